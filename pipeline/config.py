@@ -1,0 +1,205 @@
+"""Process-wide settings: environment (``PIPELINE_`` prefix, ``__`` nesting) over an optional TOML file.
+
+Precedence, highest first: keyword arguments, environment variables, the TOML file
+given with ``--config`` (or ``PIPELINE_CONFIG``), defaults.  Every component gets its
+own frozen section; secrets are :class:`~pydantic.SecretStr` and print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from workers.settings import BatchSettings, ModelSettings, PoolSettings
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    """How the worker reaches Kafka and which topics it uses."""
+
+    model_config = _FROZEN
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of brokers.")
+    topic: str = Field("documents", description="Topic the document events are read from.")
+    group_id: str = Field("embedstream", description="Consumer group of the ingestion workers.")
+    dlq_topic: str = Field("documents.dlq", description="Dead-letter topic for events that cannot be ingested.")
+    partitions: int = Field(
+        4, ge=1, description="Partitions to create the topic with when it does not exist yet."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group with no committed offset starts."
+    )
+    max_poll_records: int = Field(500, ge=1, description="Most records one poll returns.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
+
+
+class MilvusSettings(BaseModel):
+    """Where the dimension replicas live and how they are indexed."""
+
+    model_config = _FROZEN
+
+    uri: str = Field("http://127.0.0.1:19530", description="Milvus URI (http://host:port, or a local .db path).")
+    token: SecretStr | None = Field(None, description="Milvus token or 'user:password' (never logged).")
+    db_name: str = Field("", description="Milvus database; empty means the server's default.")
+    collection_prefix: str = Field(
+        "documents", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Replica collections are '{prefix}_{dim}'."
+    )
+    index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = Field(
+        "HNSW", description="Vector index of every replica."
+    )
+    hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW graph degree.")
+    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build-time candidate list size.")
+    search_ef: int = Field(128, ge=1, description="HNSW search-time candidate list size.")
+    timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call.")
+
+
+class EmbeddingSettings(BaseModel):
+    """Which Matryoshka dimensions are kept, one Milvus collection each."""
+
+    model_config = _FROZEN
+
+    dims: tuple[int, ...] = Field(
+        (),
+        description="Replica dimensions (JSON list in env). The model's native dimension is always "
+        "added; every entry must be <= it.",
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _positive_unique(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d < 1 for d in dims):
+            raise ValueError(f"embedding dims must be positive, got {list(dims)}")
+        return tuple(sorted(set(dims), reverse=True))
+
+    def replica_dims(self, native_dim: int) -> tuple[int, ...]:
+        """The dimensions to write, widest first; raises ValueError if one exceeds ``native_dim``."""
+        too_wide = [d for d in self.dims if d > native_dim]
+        if too_wide:
+            raise ValueError(
+                f"embedding.dims {too_wide} exceed the model's native dimension {native_dim}; "
+                f"use values <= {native_dim}"
+            )
+        return tuple(sorted({*self.dims, native_dim}, reverse=True))
+
+
+class ChunkingSettings(BaseModel):
+    """How long documents are split into rows."""
+
+    model_config = _FROZEN
+
+    max_tokens: int = Field(256, ge=16, description="Most tokens in one chunk (special tokens excluded).")
+    overlap_tokens: int = Field(0, ge=0, description="Tokens repeated from the end of the previous chunk.")
+
+
+class RaySettings(BaseModel):
+    """How the worker joins a Ray cluster."""
+
+    model_config = _FROZEN
+
+    address: str | None = Field(
+        None, description="Ray cluster address (host:port or 'auto'); empty starts a private local Ray."
+    )
+    auth_token: SecretStr | None = Field(
+        None, description="Ray token for clusters with RAY_AUTH_MODE=token (never logged)."
+    )
+    auth_token_path: Path | None = Field(None, description="File holding the Ray token instead of auth_token.")
+    namespace: str = Field("embedstream", description="Ray namespace of the named actors.")
+
+
+class WorkerSettings(BaseModel):
+    """The consumer loop's bounds."""
+
+    model_config = _FROZEN
+
+    max_inflight_tokens: int = Field(
+        131072, ge=64, description="Tokens sent to the pool and not yet written; partitions pause above it."
+    )
+    max_batch_events: int = Field(256, ge=1, description="Most events handed to the pool as one unit.")
+    commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff on retries.")
+
+
+class StackSettings(BaseModel):
+    """The embedded local stack of `up` / `down`."""
+
+    model_config = _FROZEN
+
+    data_dir: Path = Field(Path(".stack"), description="Folder holding every local service's state and logs.")
+    kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the local Tansu broker.")
+    milvus_port: int = Field(19530, ge=1, le=65535, description="Port of the local milvus-lite server.")
+    ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head.")
+    dashboard_port: int = Field(8265, ge=1, le=65535, description="Port of the Ray dashboard (127.0.0.1).")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the Ray head offers; default all.")
+
+
+class Settings(BaseSettings):
+    """All settings of one worker process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka client and topics.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Embedding model.")
+    batching: BatchSettings = Field(default_factory=BatchSettings, description="Actor micro-batching.")
+    pool: PoolSettings = Field(default_factory=PoolSettings, description="Embedder actor pool.")
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings, description="MRL replicas.")
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Document chunking.")
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings, description="Milvus replicas.")
+    ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Consumer loop bounds.")
+    stack: StackSettings = Field(default_factory=StackSettings, description="Local embedded stack.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get("PIPELINE_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and ``config_file`` (TOML); raises ConfigError when invalid."""
+    from pydantic import ValidationError
+
+    from workers.errors import ConfigError
+
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        os.environ["PIPELINE_CONFIG"] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,45 @@
+"""Typed failures shared by both sides of the pipeline.
+
+Every failure the worker can recover from is a :class:`RetriableError`; code that
+catches one may try again after ``retry_after`` seconds.  Anything else is either a
+bad input (handled per event) or a bug / bad configuration (stops the worker with a
+clear message).  Raise these ``from`` their cause so the original traceback survives.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(PipelineError):
+    """The configuration cannot work (e.g. a replica wider than the model). Fix it and restart."""
+
+
+class RetriableError(PipelineError):
+    """A transient failure: the same call may succeed after ``retry_after`` seconds."""
+
+    retriable = True
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Backpressure(RetriableError):
+    """A bounded queue is full: the caller must slow down and try again later."""
+
+
+class EmbedderUnavailable(RetriableError):
+    """An embedder actor died or could not be reached; Ray restarts it."""
+
+
+class SinkUnavailable(RetriableError):
+    """Milvus could not be reached or timed out."""
+
+
+class PoisonInput(PipelineError):
+    """One input is rejected by a downstream component for good (e.g. Milvus refuses a value)."""

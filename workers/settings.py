@@ -1,0 +1,101 @@
+"""Settings of the Ray side: the model, the micro-batcher and the actor pool.
+
+These are plain frozen pydantic models; :mod:`pipeline.config` nests them into the
+process-wide settings that read the environment and TOML files.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Pooling = Literal["auto", "last_token", "mean", "cls"]
+DType = Literal["auto", "bfloat16", "float32"]
+
+
+class ModelSettings(BaseModel):
+    """Which embedding model every actor loads, and how its outputs are pooled."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name_or_path: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Hugging Face hub id or local folder of the model (AutoModel + AutoTokenizer). "
+        "Nothing is downloaded unless the hub is reachable; a local folder always works.",
+    )
+    pooling: Pooling = Field(
+        "auto",
+        description="How token states become one vector. 'auto' reads the sentence-transformers "
+        "pooling config in the model folder, uses last-token for Qwen3 models, else mean.",
+    )
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Longest input in tokens (special tokens included); default: the model's own limit "
+        "capped at 8192.",
+    )
+    dtype: DType = Field(
+        "auto",
+        description="Compute dtype. 'auto' = bfloat16 on GPU, float32 on CPU. float16 is not offered: "
+        "Qwen3-Embedding-8B overflows to NaN in fp16.",
+    )
+    instruction_template: str = Field(
+        "Instruct: {instruction}\nQuery:{text}",
+        description="How an instruction is joined to a text (Qwen3-Embedding format by default). "
+        "Applied only to inputs that carry an instruction.",
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folder.")
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching inside each embedder actor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_batch_tokens: int = Field(
+        16384, ge=64, description="Token budget of one forward pass (padded tokens on the padded path)."
+    )
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="How long the first waiting text may wait for a batch to fill up."
+    )
+    max_queued_tokens: int = Field(
+        262144,
+        ge=64,
+        description="Tokens an actor accepts before it refuses new work with Backpressure.",
+    )
+    sort_window: int = Field(
+        256, ge=1, description="How many waiting texts are sorted by length to cut padding."
+    )
+
+
+class PoolSettings(BaseModel):
+    """The Ray actor pool that holds the model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_actors: int | None = Field(
+        None, ge=1, description="Embedder actors to start; default one per GPU in the cluster, at least one."
+    )
+    gpus_per_actor: float = Field(
+        1.0, gt=0, le=8, description="GPUs each actor asks Ray for when the cluster has GPUs (fractions allowed)."
+    )
+    cpus_per_actor: float = Field(
+        1.0, gt=0, description="CPUs each actor asks Ray for when the cluster has no GPU."
+    )
+    max_restarts: int = Field(
+        3, ge=-1, description="How often Ray restarts a dead actor (-1 = forever)."
+    )
+    max_attempts: int = Field(
+        4, ge=1, description="Tries of one embed request across actor deaths before it fails."
+    )
+    ready_timeout_s: float = Field(
+        600.0, gt=0, description="How long to wait for every actor to load its model."
+    )
+
+
+def format_input(settings: ModelSettings, text: str, instruction: str | None) -> str:
+    """The string the model sees: ``text`` alone, or joined to ``instruction`` by the template."""
+    if not instruction:
+        return text
+    return settings.instruction_template.format(instruction=instruction, text=text)
