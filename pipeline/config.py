@@ -134,7 +134,10 @@ class WorkerSettings(BaseModel):
     max_inflight_tokens: int = Field(
         131072, ge=64, description="Tokens sent to the pool and not yet written; partitions pause above it."
     )
-    max_batch_events: int = Field(256, ge=1, description="Most events handed to the pool as one unit.")
+    max_batch_events: int = Field(256, ge=1, description="Most events of one partition handled as one unit.")
+    max_request_tokens: int = Field(
+        16384, ge=64, description="Most tokens in one embed call to the pool (a unit is split above it)."
+    )
     commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff on retries.")
 

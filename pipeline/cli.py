@@ -1,0 +1,134 @@
+"""`python -m pipeline <verb>` (console script `embedstream`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.config import Settings, load_settings
+from workers.errors import ConfigError, PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML settings file (environment variables override it)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs.add_parser("up", help="start the local stack (broker, Milvus Lite server, Ray head) in the background")
+    verbs.add_parser("down", help="stop the local stack")
+    run = verbs.add_parser("run", help="run the ingestion worker until interrupted")
+    run.add_argument(
+        "--until-idle", type=float, metavar="SECONDS", help="return once nothing arrived for SECONDS"
+    )
+    produce = verbs.add_parser("produce", help="send JSONL events or .txt/.md documents to the topic")
+    produce.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    produce.add_argument("--topic", help="topic to send to (default: kafka.topic)")
+    search = verbs.add_parser("search", help="search one dimension replica")
+    search.add_argument("query", nargs="+")
+    search.add_argument("--dim", type=int, help="replica dimension (default: the model's native one)")
+    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("--instruction", help="task instruction for instruction-aware models (Qwen3)")
+    verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
+    verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
+    return parser
+
+
+async def _run_worker(settings: Settings, until_idle: float | None) -> int:
+    from pipeline.runtime import build_runtime
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = await build_runtime(settings)
+    try:
+        stats = await runtime.worker.run(stop=stop, until_idle_s=until_idle)
+    finally:
+        runtime.close()
+    print(
+        f"{stats.events} events: {stats.documents_written} documents written ({stats.chunks_written} chunks), "
+        f"{stats.documents_deleted} deleted, {stats.dead_letters} dead-lettered; "
+        f"{stats.events_per_second():.1f} events/s"
+    )
+    return 0
+
+
+async def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.runtime import connect_ray, start_pool
+    from pipeline.search import format_results, search
+
+    connect_ray(settings)
+    pool, _ = await start_pool(settings)
+    try:
+        results = await search(settings, pool, [" ".join(args.query)], args.dim, args.top_k, args.instruction)
+    finally:
+        pool.shutdown()
+    print(format_results(results))
+    return 0
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if args.verb == "up":
+        from pipeline import stack
+
+        for service in await asyncio.to_thread(stack.up, settings):
+            print(service)
+        print(f"Ray dashboard: http://127.0.0.1:{settings.stack.dashboard_port}")
+        return 0
+    if args.verb == "down":
+        from pipeline import stack
+
+        for service in await asyncio.to_thread(stack.down, settings):
+            print(service)
+        return 0
+    if args.verb == "run":
+        return await _run_worker(settings, args.until_idle)
+    if args.verb == "produce":
+        from pipeline.produce import produce
+
+        await produce(settings.kafka, args.paths, args.topic)
+        return 0
+    if args.verb == "search":
+        return await _search(settings, args)
+    if args.verb == "status":
+        from pipeline.status import collect_status
+
+        print((await collect_status(settings)).render(settings))
+        return 0
+    if args.verb == "demo":
+        from pipeline.demo import run_demo
+
+        return await run_demo(settings)
+    raise AssertionError(args.verb)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for bad configuration or input, 1 for other failures)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aiokafka", "pymilvus", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return asyncio.run(_dispatch(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,378 @@
+"""The ingestion worker: poll Kafka, embed on the Ray pool, write every replica, then commit.
+
+Flow per partition ("lane"): units are built in poll order and their embeddings start at
+once (concurrently, on any actor); the lane then writes units strictly in offset order, so
+for one document id the last event in partition order wins in Milvus.  A unit's offsets
+are acknowledged only after every replica write and every dead-letter send of the unit
+succeeded, and the :class:`~pipeline.offsets.OffsetTracker` commits the contiguous prefix.
+
+The poll loop never waits on the GPU: when the tokens in flight pass
+``worker.max_inflight_tokens`` the assigned partitions are paused (the loop keeps polling,
+so the consumer keeps its group membership) and resumed once the lanes have drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from pipeline.chunking import Chunker
+from pipeline.config import Settings
+from pipeline.kafka import client_options, make_producer
+from pipeline.offsets import OffsetTracker
+from pipeline.retry import Backoff
+from pipeline.sink import DocumentWrite
+from pipeline.work import WorkUnit, build_unit
+from workers.errors import PoisonInput, RetriableError
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """What the worker needs from the embedder pool."""
+
+    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]: ...
+
+
+class Sink(Protocol):
+    """What the worker needs from the Milvus sink."""
+
+    def write(self, writes: Sequence[DocumentWrite]) -> object: ...
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker run."""
+
+    events: int = 0
+    dead_letters: int = 0
+    documents_written: int = 0
+    documents_deleted: int = 0
+    chunks_written: int = 0
+    tokens_embedded: int = 0
+    commits: int = 0
+    first_record_at: float | None = None
+    last_ack_at: float | None = None
+
+    def busy_seconds(self) -> float:
+        """Time from the first record polled to the last unit acknowledged."""
+        if self.first_record_at is None or self.last_ack_at is None:
+            return 0.0
+        return self.last_ack_at - self.first_record_at
+
+    def events_per_second(self) -> float:
+        """Events fully handled per second while there was work."""
+        return self.events / self.busy_seconds() if self.busy_seconds() > 0 else 0.0
+
+
+@dataclass
+class _Lane:
+    tp: TopicPartition
+    epoch: int
+    queue: asyncio.Queue[tuple[WorkUnit, asyncio.Task[dict[int, np.ndarray]] | None]]
+    task: asyncio.Task[None] | None = None
+    writing: asyncio.Task[None] | None = None
+
+
+class IngestWorker:
+    """One member of the ingestion consumer group."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        sink: Sink,
+        chunker: Chunker,
+        dims: tuple[int, ...],
+        special_tokens: int = 0,
+    ) -> None:
+        self._settings = settings
+        self._embedder = embedder
+        self._sink = sink
+        self._chunker = chunker
+        self._dims = dims
+        self._special_tokens = special_tokens
+        kafka = settings.kafka
+        self._consumer = AIOKafkaConsumer(
+            **client_options(kafka),
+            group_id=kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=kafka.auto_offset_reset,
+            max_poll_records=kafka.max_poll_records,
+        )
+        self._producer = make_producer(kafka)
+        self._tracker = OffsetTracker()
+        self._lanes: dict[TopicPartition, _Lane] = {}
+        self._inflight_tokens = 0
+        self._inflight_units = 0
+        self._paused = False
+        self._fatal: asyncio.Future[None] | None = None
+        self._assigned_once = asyncio.Event()
+        self.stats = WorkerStats()
+
+    async def run(self, stop: asyncio.Event | None = None, until_idle_s: float | None = None) -> WorkerStats:
+        """Consume until ``stop`` is set, or until nothing arrived for ``until_idle_s`` and all is committed.
+
+        Raises the first non-retriable error of any lane; work in flight is then abandoned
+        uncommitted (it is re-consumed on restart).
+        """
+        stop = stop or asyncio.Event()
+        self._fatal = asyncio.get_running_loop().create_future()
+        await self._producer.start()
+        await self._consumer.start()
+        self._consumer.subscribe([self._settings.kafka.topic], listener=_Rebalance(self))
+        committer = asyncio.create_task(self._commit_periodically(), name="committer")
+        last_activity = time.monotonic()
+        try:
+            while not stop.is_set():
+                if self._fatal.done():
+                    self._fatal.result()
+                batches = await self._consumer.getmany(timeout_ms=100)
+                if self.stats.first_record_at is None and any(batches.values()):
+                    self.stats.first_record_at = time.monotonic()
+                for tp, records in batches.items():
+                    await self._dispatch(tp, records)
+                self._apply_backpressure()
+                busy = self._inflight_units > 0 or not self._tracker.all_committed()
+                if any(batches.values()) or busy or not self._assigned_once.is_set():
+                    last_activity = time.monotonic()
+                elif until_idle_s is not None and time.monotonic() - last_activity >= until_idle_s:
+                    break
+            if self._fatal.done():
+                self._fatal.result()
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await self._shutdown(graceful=not (self._fatal.done() and self._fatal.exception()))
+        return self.stats
+
+    async def _dispatch(self, tp: TopicPartition, records: Sequence[object]) -> None:
+        lane = self._lanes.get(tp)
+        if lane is None:  # revoked between fetch and now: the new owner re-reads these
+            return
+        size = self._settings.worker.max_batch_events
+        for start in range(0, len(records), size):
+            unit = await asyncio.to_thread(
+                build_unit,
+                tp,
+                lane.epoch,
+                records[start : start + size],  # type: ignore[arg-type]
+                self._chunker,
+                self._settings.model,
+                self._special_tokens,
+            )
+            self.stats.events += len(unit.offsets)
+            self._tracker.track(tp, lane.epoch, unit.offsets)
+            embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
+            self._inflight_tokens += unit.tokens
+            self._inflight_units += 1
+            lane.queue.put_nowait((unit, embedding))
+
+    def _apply_backpressure(self) -> None:
+        limit = self._settings.worker.max_inflight_tokens
+        assigned = self._consumer.assignment()
+        if not self._paused and self._inflight_tokens >= limit:
+            self._consumer.pause(*assigned)
+            self._paused = True
+            log.info("paused %d partitions: %d tokens in flight", len(assigned), self._inflight_tokens)
+        elif self._paused and self._inflight_tokens < limit // 2:
+            self._consumer.resume(*assigned)
+            self._paused = False
+            log.info("resumed partitions: %d tokens in flight", self._inflight_tokens)
+
+    async def _embed(self, unit: WorkUnit) -> dict[int, np.ndarray]:
+        """Embed every text of ``unit`` (split into pool requests), retrying transient failures."""
+        limit = self._settings.worker.max_request_tokens
+        requests: list[list[str]] = [[]]
+        budget = 0
+        per_text = max(1, unit.tokens // max(1, len(unit.texts)))
+        for text in unit.texts:
+            if requests[-1] and budget + per_text > limit:
+                requests.append([])
+                budget = 0
+            requests[-1].append(text)
+            budget += per_text
+        results = await asyncio.gather(*(self._embed_request(texts) for texts in requests))
+        return {dim: np.concatenate([r[dim] for r in results]) for dim in self._dims}
+
+    async def _embed_request(self, texts: list[str]) -> dict[int, np.ndarray]:
+        backoff = Backoff(cap=self._settings.worker.retry_backoff_max_s)
+        while True:
+            try:
+                return await self._embedder.embed(texts, self._dims)
+            except RetriableError as exc:
+                delay = backoff.next(exc.retry_after)
+                log.warning("embedding failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _drain(self, lane: _Lane) -> None:
+        """Write the lane's units in offset order; a unit is acknowledged once fully written."""
+        while True:
+            unit, embedding = await lane.queue.get()
+            vectors = await embedding if embedding is not None else {d: np.zeros((0, d)) for d in self._dims}
+            # Shielded: once a write is sent to Milvus it must finish (and acknowledge) even
+            # when the lane is cancelled by a rebalance; see _close_lane.
+            lane.writing = asyncio.create_task(self._complete_unit(unit, vectors))
+            await asyncio.shield(lane.writing)
+            lane.writing = None
+
+    async def _complete_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
+        await self._write_unit(unit, vectors)
+        await self._send_dead_letters(unit)
+        self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
+        self._release(unit)
+        self.stats.tokens_embedded += unit.tokens
+        self.stats.last_ack_at = time.monotonic()
+
+    def _release(self, unit: WorkUnit) -> None:
+        self._inflight_tokens -= unit.tokens
+        self._inflight_units -= 1
+
+    async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
+        backoff = Backoff(cap=self._settings.worker.retry_backoff_max_s)
+        while True:
+            writes = unit.writes(vectors)
+            try:
+                if writes:
+                    await asyncio.to_thread(self._sink.write, writes)
+                break
+            except PoisonInput as exc:
+                doc_id = getattr(exc, "doc_id", None)
+                if doc_id is None:
+                    raise
+                log.warning("document %r rejected by Milvus: %s", doc_id, exc)
+                unit.reject(doc_id, f"rejected by Milvus: {exc}")
+            except RetriableError as exc:
+                delay = backoff.next(exc.retry_after)
+                log.warning("Milvus write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+        for write in writes:
+            if hasattr(write, "chunks"):
+                self.stats.documents_written += 1
+                self.stats.chunks_written += len(write.chunks)
+            else:
+                self.stats.documents_deleted += 1
+
+    async def _send_dead_letters(self, unit: WorkUnit) -> None:
+        if not unit.dead_letters:
+            return
+        backoff = Backoff(cap=self._settings.worker.retry_backoff_max_s)
+        topic = self._settings.kafka.dlq_topic
+        while True:
+            try:
+                sends = [
+                    await self._producer.send(topic, key=d.key, value=d.value, headers=d.headers())
+                    for d in unit.dead_letters
+                ]
+                await asyncio.gather(*sends)
+                break
+            except KafkaError as exc:
+                delay = backoff.next(1.0)
+                log.warning("dead-letter send failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+        self.stats.dead_letters += len(unit.dead_letters)
+        for d in unit.dead_letters:
+            log.info("dead-lettered %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.worker.commit_interval_s)
+            await self._commit()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        offsets = self._tracker.committable()
+        if only is not None:
+            offsets = {tp: o for tp, o in offsets.items() if tp in only}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:  # e.g. a rebalance in progress: the next round retries
+            log.warning("commit of %s failed: %s", offsets, exc)
+            return
+        self._tracker.mark_committed(offsets)
+        self.stats.commits += 1
+
+    def _open_lane(self, tp: TopicPartition, committed: int | None) -> None:
+        epoch = self._tracker.assign(tp, committed)
+        lane = _Lane(tp=tp, epoch=epoch, queue=asyncio.Queue())
+        lane.task = asyncio.create_task(self._drain(lane), name=f"lane-{tp.topic}-{tp.partition}")
+        lane.task.add_done_callback(self._on_lane_done)
+        self._lanes[tp] = lane
+
+    def _on_lane_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._fatal is None or self._fatal.done():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("lane %s failed: %r", task.get_name(), exc)
+            self._fatal.set_exception(exc)
+
+    async def _close_lane(self, tp: TopicPartition, drain: bool) -> None:
+        """Stop a lane; a write already sent to Milvus is awaited so it cannot land after the new owner's."""
+        lane = self._lanes.pop(tp, None)
+        if lane is None or lane.task is None:
+            return
+        if drain:
+            while not lane.queue.empty() or lane.writing is not None:
+                if lane.task.done():
+                    break
+                await asyncio.sleep(0.05)
+        lane.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await lane.task
+        if lane.writing is not None:
+            with contextlib.suppress(Exception):
+                await lane.writing
+        while not lane.queue.empty():
+            unit, embedding = lane.queue.get_nowait()
+            self._release(unit)
+            if embedding is not None:
+                embedding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await embedding
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            await self._close_lane(tp, drain=False)
+        await self._commit(only=set(revoked))
+        for tp in revoked:
+            self._tracker.revoke(tp)
+        log.info("revoked %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp not in self._lanes:
+                self._open_lane(tp, await self._consumer.committed(tp))
+        self._paused = False
+        self._assigned_once.set()
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+    async def _shutdown(self, graceful: bool) -> None:
+        for tp in list(self._lanes):
+            await self._close_lane(tp, drain=graceful)
+        if graceful:
+            await self._commit()
+        await self._consumer.stop()
+        await self._producer.stop()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: IngestWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker._on_assigned(assigned)

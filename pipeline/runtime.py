@@ -1,0 +1,100 @@
+"""Assembling a worker from settings: join Ray, start the pool, open Milvus, check the configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+from pipeline import stack
+from pipeline.chunking import Chunker
+from pipeline.config import Settings
+from pipeline.consumer import IngestWorker
+from pipeline.kafka import ensure_topics
+from pipeline.sink import MilvusSink
+from workers.errors import ConfigError
+from workers.pool import EmbedderPool
+from workers.tokenizer import load_text_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def connect_ray(settings: Settings) -> str:
+    """Join the configured Ray cluster (or the local stack's, or a private one); returns a description.
+
+    Token authentication: ``ray.auth_token`` / ``ray.auth_token_path`` are exported as the
+    variables Ray 2.60 reads; the local stack's token is used when joining its head.
+    """
+    if ray.is_initialized():
+        return "already connected"
+    address = settings.ray.address
+    if settings.ray.auth_token is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = settings.ray.auth_token.get_secret_value()
+    elif settings.ray.auth_token_path is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(settings.ray.auth_token_path)
+    if address is None and stack.ray_head_running(settings):
+        address = stack.ray_address(settings)
+        os.environ.update(stack.ray_client_env(settings))
+    ray.init(
+        address=address,
+        namespace=settings.ray.namespace,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return address or "a private local Ray"
+
+
+@dataclass
+class Runtime:
+    """Everything a running worker holds; :meth:`close` releases it."""
+
+    worker: IngestWorker
+    pool: EmbedderPool
+    sink: MilvusSink
+    dims: tuple[int, ...]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.sink.close()
+
+
+async def start_pool(settings: Settings) -> tuple[EmbedderPool, tuple[int, ...]]:
+    """Start the embedder actors and resolve the replica dims against the model's native dimension."""
+    pool = await EmbedderPool.start(settings.model, settings.batching, settings.pool)
+    try:
+        dims = settings.embedding.replica_dims(pool.info.native_dim)
+    except ValueError as exc:
+        pool.shutdown()
+        raise ConfigError(str(exc)) from exc
+    return pool, dims
+
+
+async def build_runtime(settings: Settings) -> Runtime:
+    """Start the pool, open every replica and the topics, and check the settings fit together."""
+    connect_ray(settings)
+    pool, dims = await start_pool(settings)
+    try:
+        tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
+        room = pool.info.max_length - tokenizer.num_special_tokens
+        if settings.chunking.max_tokens > room:
+            raise ConfigError(
+                f"chunking.max_tokens={settings.chunking.max_tokens} does not fit the model: "
+                f"{pool.info.name} takes {pool.info.max_length} tokens including "
+                f"{tokenizer.num_special_tokens} special ones; use at most {room}"
+            )
+        chunker = Chunker(tokenizer, settings.chunking.max_tokens, settings.chunking.overlap_tokens)
+        sink = MilvusSink(settings.milvus, dims)
+        await asyncio.to_thread(sink.ensure_collections)
+        await ensure_topics(settings.kafka)
+    except BaseException:
+        pool.shutdown()
+        raise
+    worker = IngestWorker(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)
+    log.info("worker ready: model %s, replicas %s", pool.info.name, list(dims))
+    return Runtime(worker=worker, pool=pool, sink=sink, dims=dims)
