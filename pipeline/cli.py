@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="TOML settings file (environment variables override it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs.add_parser("up", help="start the local stack (broker, Milvus Lite server, Ray head) in the background")
+    verbs.add_parser(
+        "up", help="start the local stack (broker, Milvus Lite server, Ray head) in the background"
+    )
     verbs.add_parser("down", help="stop the local stack")
     run = verbs.add_parser("run", help="run the ingestion worker until interrupted")
     run.add_argument(
@@ -49,11 +51,12 @@ async def _run_worker(settings: Settings, until_idle: float | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     runtime = await build_runtime(settings)
     try:
-        stats = await runtime.worker.run(stop=stop, until_idle_s=until_idle)
+        stats = await runtime.new_worker().run(stop=stop, until_idle_s=until_idle)
     finally:
         runtime.close()
     print(
-        f"{stats.events} events: {stats.documents_written} documents written ({stats.chunks_written} chunks), "
+        f"{stats.events} events: {stats.documents_written} documents written "
+        f"({stats.chunks_written} chunks), "
         f"{stats.documents_deleted} deleted, {stats.dead_letters} dead-lettered; "
         f"{stats.events_per_second():.1f} events/s"
     )

@@ -70,6 +70,17 @@ class MilvusSettings(BaseModel):
     hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW graph degree.")
     hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build-time candidate list size.")
     search_ef: int = Field(128, ge=1, description="HNSW search-time candidate list size.")
+    ivf_nlist: int = Field(1024, ge=1, le=65536, description="IVF_FLAT clusters built per replica.")
+    ivf_nprobe: int = Field(
+        32, ge=1, le=65536, description="IVF_FLAT clusters searched per query (Milvus wants <= ivf_nlist)."
+    )
+    max_call_rows: int = Field(5000, ge=1, description="Most rows in one upsert call; larger writes are split.")
+    max_call_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Most bytes (estimated) in one upsert call; keep well under the server's gRPC "
+        "message limit (64 MiB by default). A single larger row is sent alone.",
+    )
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call.")
 
 

@@ -30,9 +30,9 @@ from pipeline.config import Settings
 from pipeline.kafka import client_options, make_producer
 from pipeline.offsets import OffsetTracker
 from pipeline.retry import Backoff
-from pipeline.sink import DocumentWrite
+from pipeline.sink import DocumentWrite, UpsertDocument, WriteResult
 from pipeline.work import WorkUnit, build_unit
-from workers.errors import PoisonInput, RetriableError
+from workers.errors import RetriableError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Embedder(Protocol):
 class Sink(Protocol):
     """What the worker needs from the Milvus sink."""
 
-    def write(self, writes: Sequence[DocumentWrite]) -> object: ...
+    def write(self, writes: Sequence[DocumentWrite]) -> WriteResult: ...
 
 
 @dataclass
@@ -239,25 +239,27 @@ class IngestWorker:
         self._inflight_units -= 1
 
     async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
+        """Write the unit to every replica; documents Milvus refuses for good become dead letters."""
+        writes = unit.writes(vectors)
+        if not writes:
+            return
         backoff = Backoff(cap=self._settings.worker.retry_backoff_max_s)
         while True:
-            writes = unit.writes(vectors)
             try:
-                if writes:
-                    await asyncio.to_thread(self._sink.write, writes)
+                result = await asyncio.to_thread(self._sink.write, writes)
                 break
-            except PoisonInput as exc:
-                doc_id = getattr(exc, "doc_id", None)
-                if doc_id is None:
-                    raise
-                log.warning("document %r rejected by Milvus: %s", doc_id, exc)
-                unit.reject(doc_id, f"rejected by Milvus: {exc}")
             except RetriableError as exc:
                 delay = backoff.next(exc.retry_after)
                 log.warning("Milvus write failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-        for write in writes:
-            if hasattr(write, "chunks"):
+        rejected = result.rejected
+        for index, reason in rejected.items():
+            log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
+            unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}")
+        for index, write in enumerate(writes):
+            if index in rejected:
+                continue
+            if isinstance(write, UpsertDocument):
                 self.stats.documents_written += 1
                 self.stats.chunks_written += len(write.chunks)
             else:
@@ -367,7 +369,7 @@ class IngestWorker:
         await self._producer.stop()
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, worker: IngestWorker) -> None:
         self._worker = worker
 

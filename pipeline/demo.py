@@ -41,7 +41,7 @@ async def run_demo(settings: Settings, idle_s: float = 3.0) -> int:
     print("== starting the embedder pool and ingesting")
     runtime = await build_runtime(settings)
     try:
-        stats = await runtime.worker.run(until_idle_s=idle_s)
+        stats = await runtime.new_worker().run(until_idle_s=idle_s)
         print(
             f"   {stats.events} events -> {stats.documents_written} documents, {stats.chunks_written} chunks "
             f"in {len(runtime.dims)} replicas {list(runtime.dims)}; {stats.dead_letters} dead-lettered; "
@@ -55,5 +55,7 @@ async def run_demo(settings: Settings, idle_s: float = 3.0) -> int:
     finally:
         runtime.close()
     print(f"== Ray dashboard: http://127.0.0.1:{settings.stack.dashboard_port}")
-    print("   the stack keeps running: `python -m pipeline status` shows it, `python -m pipeline down` stops it")
+    print(
+        "   the stack keeps running: `python -m pipeline status` shows it, `python -m pipeline down` stops it"
+    )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -57,25 +58,24 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
         existing = set(await admin.list_topics())
         missing = [t for t in (kafka.topic, kafka.dlq_topic) if t not in existing]
         if missing:
-            try:
+            # Another worker may create it between our list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another worker created it between our list and create
     finally:
         await admin.close()
 
 
-async def partition_lag(kafka: KafkaSettings, topic: str, timeout_s: float = 5.0) -> dict[int, tuple[int, int]]:
+async def partition_lag(
+    kafka: KafkaSettings, topic: str, timeout_s: float = 5.0
+) -> dict[int, tuple[int, int]]:
     """Per partition of ``topic``: (committed offset of the worker group, high watermark).
 
     The high watermark is read from fetch responses rather than ListOffsets, which the
     local Tansu broker answers wrongly for some partitions.
     """
-    consumer = AIOKafkaConsumer(
-        **client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()

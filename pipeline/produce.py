@@ -95,9 +95,8 @@ class ProgressBar:
             self._last_draw = now
             filled = int(30 * self.done / self._total)
             rate = self.done / max(now - self._start, 1e-9)
-            self._stream.write(
-                f"\r{self._label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self._total} {rate:,.0f}/s"
-            )
+            bar = "#" * filled + "." * (30 - filled)
+            self._stream.write(f"\r{self._label} [{bar}] {self.done}/{self._total} {rate:,.0f}/s")
             self._stream.flush()
 
     def close(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 
 import ray
@@ -32,14 +31,16 @@ def connect_ray(settings: Settings) -> str:
         return "already connected"
     address = settings.ray.address
     if settings.ray.auth_token is not None:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN"] = settings.ray.auth_token.get_secret_value()
+        stack.export_ray_auth(
+            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": settings.ray.auth_token.get_secret_value()}
+        )
     elif settings.ray.auth_token_path is not None:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(settings.ray.auth_token_path)
+        stack.export_ray_auth(
+            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(settings.ray.auth_token_path)}
+        )
     if address is None and stack.ray_head_running(settings):
         address = stack.ray_address(settings)
-        os.environ.update(stack.ray_client_env(settings))
+        stack.export_ray_auth(stack.ray_client_env(settings))
     ray.init(
         address=address,
         namespace=settings.ray.namespace,
@@ -54,10 +55,16 @@ def connect_ray(settings: Settings) -> str:
 class Runtime:
     """Everything a running worker holds; :meth:`close` releases it."""
 
-    worker: IngestWorker
+    settings: Settings
     pool: EmbedderPool
     sink: MilvusSink
+    chunker: Chunker
     dims: tuple[int, ...]
+    special_tokens: int
+
+    def new_worker(self) -> IngestWorker:
+        """A fresh consumer-group member that shares this runtime's pool and sink."""
+        return IngestWorker(self.settings, self.pool, self.sink, self.chunker, self.dims, self.special_tokens)
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -95,6 +102,5 @@ async def build_runtime(settings: Settings) -> Runtime:
     except BaseException:
         pool.shutdown()
         raise
-    worker = IngestWorker(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)
     log.info("worker ready: model %s, replicas %s", pool.info.name, list(dims))
-    return Runtime(worker=worker, pool=pool, sink=sink, dims=dims)
+    return Runtime(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)

@@ -30,7 +30,7 @@ async def search(
     top_k: int = 5,
     instruction: str | None = None,
 ) -> list[QueryResult]:
-    """Embed ``queries`` (with ``instruction``, if any) and return the ``top_k`` hits of each on replica ``dim``."""
+    """Embed ``queries`` (with ``instruction``, if any); the ``top_k`` hits of each on replica ``dim``."""
     native = pool.info.native_dim
     dims = settings.embedding.replica_dims(native)
     dim = dim or native
@@ -54,7 +54,7 @@ def format_results(results: Sequence[QueryResult], snippet_chars: int = 120) -> 
         if not result.hits:
             lines.append("  no hits")
         for rank, hit in enumerate(result.hits, 1):
-            snippet = " ".join(hit.text.split())
+            snippet = " ".join((hit.text or "").split())
             if len(snippet) > snippet_chars:
                 snippet = snippet[: snippet_chars - 1] + "…"
             lines.append(f"  {rank}. {hit.score:.3f}  {hit.doc_id}#{hit.chunk_index}  {snippet}")

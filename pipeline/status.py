@@ -29,7 +29,9 @@ class StatusReport:
             total = sum(hw - committed for committed, hw in self.lag.values())
             lines.append(f"  topic {kafka.topic}, group {kafka.group_id}: lag {total}")
             for partition, (committed, hw) in sorted(self.lag.items()):
-                lines.append(f"    partition {partition}: committed {committed}, end {hw}, lag {hw - committed}")
+                lines.append(
+                    f"    partition {partition}: committed {committed}, end {hw}, lag {hw - committed}"
+                )
         if self.dlq_records is not None:
             lines.append(f"  dead-letter topic {kafka.dlq_topic}: {self.dlq_records} records")
         lines.append(f"milvus   {settings.milvus.uri}: {self.milvus}")

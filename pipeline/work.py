@@ -93,14 +93,14 @@ class WorkUnit:
                 continue
             end = item.first_text + len(item.chunks)
             metadata: dict[str, Any] = dict(item.event.metadata)
-            rows = [
+            chunk_rows = [
                 ChunkRow(doc_id=item.event.id, chunk_index=i, text=text, metadata=metadata)
                 for i, text in enumerate(item.chunks)
             ]
             writes.append(
                 UpsertDocument(
                     doc_id=item.event.id,
-                    chunks=rows,
+                    chunks=chunk_rows,
                     vectors={dim: arr[item.first_text : end] for dim, arr in vectors.items()},
                 )
             )

@@ -84,7 +84,7 @@ class PoolSettings(BaseModel):
         1.0, gt=0, description="CPUs each actor asks Ray for when the cluster has no GPU."
     )
     max_restarts: int = Field(
-        3, ge=-1, description="How often Ray restarts a dead actor (-1 = forever)."
+        -1, ge=-1, description="How often Ray restarts a dead actor (-1 = forever)."
     )
     max_attempts: int = Field(
         4, ge=1, description="Tries of one embed request across actor deaths before it fails."

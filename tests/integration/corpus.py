@@ -13,10 +13,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WORDS = (
-    "river stone harbor lantern meadow copper signal orbit granite willow falcon ember tide "
-    "quartz maple cinder glacier prairie beacon thistle basalt comet fjord saffron tundra "
-    "vector kernel buffer socket cache shard replica commit offset partition broker cluster"
-).split()
+    "river",
+    "stone",
+    "harbor",
+    "lantern",
+    "meadow",
+    "copper",
+    "signal",
+    "orbit",
+    "granite",
+    "willow",
+    "falcon",
+    "ember",
+    "tide",
+    "quartz",
+    "maple",
+    "cinder",
+    "glacier",
+    "prairie",
+    "beacon",
+    "thistle",
+    "basalt",
+    "comet",
+    "fjord",
+    "saffron",
+    "tundra",
+    "vector",
+    "kernel",
+    "buffer",
+    "socket",
+    "cache",
+    "shard",
+    "replica",
+    "commit",
+    "offset",
+    "partition",
+    "broker",
+    "cluster",
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +99,10 @@ def malformed_records() -> list[tuple[Record, str]]:
         (Record(b"id-type", b'{"id": 7, "text": "t"}'), "id"),
         (Record(b"meta-type", b'{"id": "meta-type", "text": "t", "metadata": [1, 2]}'), "metadata"),
         (
-            Record(b"meta-big", json.dumps({"id": "meta-big", "text": "t", "metadata": {"v": "y" * 70000}}).encode()),
+            Record(
+                b"meta-big",
+                json.dumps({"id": "meta-big", "text": "t", "metadata": {"v": "y" * 70000}}).encode(),
+            ),
             "metadata",
         ),
         (Record(b"instr-type", b'{"id": "instr-type", "text": "t", "instruction": 5}'), "instruction"),
@@ -76,7 +113,9 @@ def malformed_records() -> list[tuple[Record, str]]:
     ]
 
 
-def build_stream(seed: int = 7, documents: int = 300, target_events: int = 1100) -> tuple[list[Record], Oracle]:
+def build_stream(
+    seed: int = 7, documents: int = 300, target_events: int = 1100
+) -> tuple[list[Record], Oracle]:
     """About ``target_events`` records: upserts, shrinking updates, deletes, duplicates and malformed ones."""
     rng = random.Random(seed)
     oracle = Oracle()
@@ -100,7 +139,11 @@ def build_stream(seed: int = 7, documents: int = 300, target_events: int = 1100)
 
     for doc_id in ids:  # first version: some long (several chunks)
         paragraphs = rng.choice([1, 1, 2, 3, 12])
-        event: dict[str, Any] = {"id": doc_id, "text": _text(rng, paragraphs), "metadata": {"v": 1, "tag": rng.choice(WORDS)}}
+        event: dict[str, Any] = {
+            "id": doc_id,
+            "text": _text(rng, paragraphs),
+            "metadata": {"v": 1, "tag": rng.choice(WORDS)},
+        }
         if rng.random() < 0.1:
             event["instruction"] = "Represent this passage for retrieval"
         emit(event)
@@ -113,7 +156,13 @@ def build_stream(seed: int = 7, documents: int = 300, target_events: int = 1100)
         elif roll < 0.35:  # shrink: long document replaced by one short paragraph
             emit({"op": "upsert", "id": doc_id, "text": _text(rng, 1), "metadata": {"v": 2}})
         else:
-            emit({"id": doc_id, "text": _text(rng, rng.choice([1, 2, 8])), "metadata": {"v": 3, "n": rng.randint(0, 99)}})
+            emit(
+                {
+                    "id": doc_id,
+                    "text": _text(rng, rng.choice([1, 2, 8])),
+                    "metadata": {"v": 3, "n": rng.randint(0, 99)},
+                }
+            )
     # malformed records are spread through the stream
     for record, keyword in malformed:
         position = rng.randint(0, len(records))

@@ -1,0 +1,219 @@
+"""End to end on real components: Tansu broker → Ray pool (MiniLM) → Milvus (Lite server and Milvus 2.3.5).
+
+Checks every replica against the independent oracle of tests/integration/corpus.py, the
+dead-letter topic against the malformed records, committed offsets against the log end,
+and that re-delivering half the stream leaves Milvus unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.config import (
+    ChunkingSettings,
+    EmbeddingSettings,
+    KafkaSettings,
+    MilvusSettings,
+    Settings,
+    WorkerSettings,
+)
+from pipeline.kafka import client_options, make_producer
+from pipeline.runtime import build_runtime
+from pipeline.sink import MilvusSink
+from tests.integration.corpus import Oracle, Record, build_stream
+from workers.settings import ModelSettings, PoolSettings, format_input
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+DIMS = (256, 128)
+
+
+def _settings(bootstrap: str, milvus_uri: str, model_path: Path) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=bootstrap, topic=f"docs-{run}", dlq_topic=f"docs-{run}.dlq", group_id=f"g-{run}"
+        ),
+        model=ModelSettings(name_or_path=str(model_path)),
+        pool=PoolSettings(num_actors=1),
+        embedding=EmbeddingSettings(dims=DIMS),
+        chunking=ChunkingSettings(max_tokens=96),
+        milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"e2e_{run}", index_type="FLAT"),
+        worker=WorkerSettings(commit_interval_s=0.3, max_batch_events=64),
+    )
+
+
+async def _produce(settings: Settings, records: list[Record]) -> None:
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.kafka.topic, key=r.key, value=r.value) for r in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _read_all(settings: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` (read without a group, up to each partition's high watermark)."""
+    consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        positions = {tp: 0 for tp in tps}
+        for _ in range(100):
+            batch = await consumer.getmany(timeout_ms=300)
+            for tp, rs in batch.items():
+                records.extend(rs)
+                positions[tp] = rs[-1].offset + 1
+            if all(
+                consumer.highwater(tp) is not None and positions[tp] >= consumer.highwater(tp) for tp in tps
+            ):
+                break
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _committed_and_end(settings: Settings) -> dict[int, tuple[int | None, int | None]]:
+    consumer = AIOKafkaConsumer(
+        **client_options(settings.kafka), group_id=settings.kafka.group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        topic = settings.kafka.topic
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        committed = {tp: await consumer.committed(tp) for tp in tps}
+        await consumer.seek_to_beginning(*tps)
+        for _ in range(50):
+            if all(consumer.highwater(tp) is not None for tp in tps):
+                break
+            await consumer.getmany(timeout_ms=200, max_records=1)
+        return {tp.partition: (committed[tp], consumer.highwater(tp)) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def _rewind_group(settings: Settings, to: dict[int, int]) -> None:
+    consumer = AIOKafkaConsumer(
+        **client_options(settings.kafka), group_id=settings.kafka.group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        topic = settings.kafka.topic
+        tps = {TopicPartition(topic, p): offset for p, offset in to.items()}
+        consumer.assign(list(tps))
+        await consumer.commit(tps)
+    finally:
+        await consumer.stop()
+
+
+def _rows_by_doc(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    docs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        docs[row["doc_id"]].append(row)
+    return {d: sorted(rs, key=lambda r: r["chunk_index"]) for d, rs in docs.items()}
+
+
+def _check_replicas(
+    sink: MilvusSink, dims: tuple[int, ...], oracle: Oracle
+) -> dict[int, dict[str, np.ndarray]]:
+    """Assert every replica equals the oracle; returns pk → vector per dim."""
+    native = dims[0]
+    vectors: dict[int, dict[str, np.ndarray]] = {}
+    for dim in dims:
+        rows = sink.fetch_all(dim)
+        docs = _rows_by_doc(rows)
+        assert set(docs) == set(oracle.documents), f"replica {dim}: documents differ from the oracle"
+        for doc_id, chunks in docs.items():
+            expected = oracle.documents[doc_id]
+            assert [c["chunk_index"] for c in chunks] == list(range(len(chunks))), doc_id
+            assert [c["pk"] for c in chunks] == [f"{doc_id}#{i}" for i in range(len(chunks))]
+            assert " ".join(c["text"] for c in chunks).split() == expected["text"].split(), doc_id
+            assert all(c["metadata"] == expected["metadata"] for c in chunks), doc_id
+        matrix = np.array([r["embedding"] for r in rows], dtype=np.float32)
+        assert matrix.shape == (len(rows), dim)
+        np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
+        vectors[dim] = {r["pk"]: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+    for dim in dims[1:]:  # each lower replica is normalize(prefix) of the native one
+        for pk, full in vectors[native].items():
+            prefix = full[:dim] / np.linalg.norm(full[:dim])
+            np.testing.assert_allclose(vectors[dim][pk], prefix, atol=1e-5)
+    return vectors
+
+
+@pytest.fixture(params=["lite", "standalone"])
+def milvus_uri(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"milvus_{request.param}_uri"))
+
+
+async def test_stream_lands_exactly_in_every_replica(
+    kafka_bootstrap: str, milvus_uri: str, minilm_path: Path, ray_session: None
+) -> None:
+    settings = _settings(kafka_bootstrap, milvus_uri, minilm_path)
+    records, oracle = build_stream()
+    assert len(records) >= 1000 and len(oracle.malformed) >= 15
+    runtime = await build_runtime(settings)
+    try:
+        assert runtime.dims == (384, 256, 128)
+        await _produce(settings, records)
+        stats = await runtime.new_worker().run(until_idle_s=2.0)
+        assert stats.events == len(records)
+
+        # Offsets: the group committed up to the end of every partition.
+        for partition, (committed, end) in (await _committed_and_end(settings)).items():
+            assert committed == end, f"partition {partition}: committed {committed}, end {end}"
+
+        # Dead letters: exactly the malformed records, original bytes, a precise one-line reason.
+        dead = await _read_all(settings, settings.kafka.dlq_topic)
+        assert Counter((d.key, d.value) for d in dead) == Counter(
+            (r.key, r.value) for r, _ in oracle.malformed
+        )
+        keyword_of = {(r.key, r.value): k for r, k in oracle.malformed}
+        for d in dead:
+            headers = {k: v.decode() for k, v in d.headers}
+            assert headers["source_topic"] == settings.kafka.topic
+            assert int(headers["source_offset"]) >= 0 and int(headers["source_partition"]) >= 0
+            reason = headers["error"]
+            assert "\n" not in reason and keyword_of[(d.key, d.value)].lower() in reason.lower(), reason
+
+        # Milvus: every replica equals the oracle; vectors unit length and nested.
+        sink = runtime.sink
+        vectors = await asyncio.to_thread(_check_replicas, sink, runtime.dims, oracle)
+
+        # The native vectors are what sentence-transformers itself computes for the chunk texts.
+        from sentence_transformers import SentenceTransformer
+
+        reference = SentenceTransformer(str(minilm_path), device="cpu")
+        rows = (await asyncio.to_thread(sink.fetch_all, 384))[:64]
+        inputs = [
+            format_input(settings.model, r["text"], oracle.documents[r["doc_id"]]["instruction"])
+            for r in rows
+        ]
+        expected = reference.encode(inputs, normalize_embeddings=True)
+        cosines = np.sum(expected * np.array([vectors[384][r["pk"]] for r in rows]), axis=1)
+        assert cosines.min() >= 0.999, cosines.min()
+
+        # Re-delivery: rewind the group to the middle of every partition and ingest again.
+        ends = await _committed_and_end(settings)
+        await _rewind_group(settings, {p: (end or 0) // 2 for p, (_, end) in ends.items()})
+        replay = await runtime.new_worker().run(until_idle_s=2.0)
+        assert replay.events == sum((end or 0) - (end or 0) // 2 for _, end in ends.values())
+        again = await asyncio.to_thread(_check_replicas, sink, runtime.dims, oracle)
+        for dim in runtime.dims:
+            assert again[dim].keys() == vectors[dim].keys()
+            for pk, vector in vectors[dim].items():
+                np.testing.assert_allclose(again[dim][pk], vector, atol=1e-6)
+    finally:
+        runtime.close()

@@ -1,0 +1,154 @@
+"""Real Milvus servers for the sink tests: milvus-lite 3.2 and Milvus 2.3.5 standalone.
+
+Each runs as a subprocess on free ports with its data in a temporary folder, starts
+once per session on first use, and is always stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from pathlib import Path
+
+import pytest
+from pymilvus import MilvusClient
+
+BIN = Path(sys.executable).parent
+LITE_START_S = 60.0
+STANDALONE_START_S = 180.0  # ~12 s on 2 cores, most of it unpacking and booting the binary
+# milvus-server ports that we pin to free ones (it otherwise scans up from fixed defaults).
+STANDALONE_PORT_OPTIONS = (
+    "--root-coord-port",
+    "--proxy-internal-port",
+    "--query-coord-port",
+    "--query-node-port",
+    "--index-coord-port",
+    "--index-node-port",
+    "--data-coord-port",
+    "--data-node-port",
+)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free a moment ago."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def wait_until_serving(uri: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    """Block until ``uri`` answers a collection listing; fail with the log if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            client = MilvusClient(uri=uri, timeout=2.0, dedicated=True)
+            try:
+                client.list_collections(timeout=2.0)
+                return
+            finally:
+                client.close()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop ``proc`` (started with start_new_session) and everything in its process group."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # children the wrapper did not stop
+    proc.wait()
+
+
+@contextmanager
+def lite_server(data_dir: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A milvus-lite gRPC server on ``port`` (default: a free one); yields its URI and process."""
+    port = port or free_ports(1)[0]
+    log = data_dir.parent / f"{data_dir.name}.log"
+    argv = [str(BIN / "milvus-lite"), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen([*argv, "--port", str(port)], stdout=out, stderr=out, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(uri, proc, log, LITE_START_S)
+        yield uri, proc
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def standalone_server(data_dir: Path) -> Iterator[str]:
+    """Milvus 2.3.5 standalone (PyPI ``milvus``) on free ports; yields its URI.
+
+    The wrapper's embedded etcd would listen on the fixed 2379/2380 (clashing with any
+    other instance); ETCD_CONFIG_PATH moves it.  Only its metrics port (9091 and up) is
+    not configurable.  The wrapper stops Milvus on SIGINT, not on SIGTERM.
+    """
+    proxy, etcd_client, etcd_peer, *others = free_ports(3 + len(STANDALONE_PORT_OPTIONS))
+    data_dir.mkdir(parents=True)
+    etcd_config = data_dir / "etcd.yaml"
+    etcd_config.write_text(
+        f"listen-client-urls: http://127.0.0.1:{etcd_client}\n"
+        f"advertise-client-urls: http://127.0.0.1:{etcd_client}\n"
+        f"listen-peer-urls: http://127.0.0.1:{etcd_peer}\n"
+        f"initial-advertise-peer-urls: http://127.0.0.1:{etcd_peer}\n"
+        f"initial-cluster: default=http://127.0.0.1:{etcd_peer}\n"
+    )
+    argv = [str(BIN / "milvus-server"), "--data", str(data_dir), "--proxy-port", str(proxy)]
+    argv += ["--etcd-port", str(etcd_client)]
+    for option, port in zip(STANDALONE_PORT_OPTIONS, others, strict=True):
+        argv += [option, str(port)]
+    env = {**os.environ, "ETCD_CONFIG_PATH": str(etcd_config)}
+    log = data_dir / "wrapper.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{proxy}"
+    try:
+        wait_until_serving(uri, proc, log, STANDALONE_START_S)
+        yield uri
+    finally:
+        stop(proc, signal.SIGINT)
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with lite_server(tmp_path_factory.mktemp("milvus-lite") / "data") as (uri, _):
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with standalone_server(tmp_path_factory.mktemp("milvus-standalone") / "data") as uri:
+        yield uri
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return free_ports(1)[0]
+
+
+@pytest.fixture
+def start_lite() -> Callable[[Path, int], AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]]:
+    """:func:`lite_server`, for tests that stop, hang or restart their own server."""
+    return lite_server
+
+
+@pytest.fixture(scope="session", params=["lite", "standalone"])
+def milvus_uri(request: pytest.FixtureRequest) -> str:
+    """URI of each real server in turn (tests are grouped per server)."""
+    return str(request.getfixturevalue(f"milvus_{request.param}_uri"))

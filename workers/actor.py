@@ -1,0 +1,126 @@
+"""The embedder actor: one model on one device behind a micro-batcher, as a Ray async actor.
+
+Importing this module imports neither torch nor transformers (the model loads them when it loads),
+so the driver (the Kafka consumer) can import :mod:`workers.pool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import ray
+
+from workers.batcher import MicroBatcher
+from workers.errors import ConfigError
+from workers.model import EmbeddingModel, ModelInfo
+from workers.settings import BatchSettings, ModelSettings
+
+log = logging.getLogger(__name__)
+
+_LOG_EVERY_S = 30.0
+"""How often an actor under load logs its throughput."""
+
+
+def validate_dims(dims: tuple[int, ...], native_dim: int) -> tuple[int, ...]:
+    """``dims`` unchanged if it is non-empty and every entry is in ``1..native_dim``; else ConfigError."""
+    if not dims:
+        raise ConfigError("embed needs at least one dimension")
+    invalid = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= native_dim]
+    if invalid:
+        raise ConfigError(f"embedding dims {invalid} are not integers in 1..{native_dim} (the native dim)")
+    return dims
+
+
+def _configure_logging() -> None:
+    """Let INFO lines reach the worker's stderr (shown in the Ray dashboard's actor logs).
+
+    Left alone when the worker's logging is already set up, e.g. by ``ray.init(logging_config=...)``.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class EmbedderActor:
+    """Holds one :class:`~workers.model.EmbeddingModel`; concurrent :meth:`embed` calls share forward passes.
+
+    Run it as a Ray async actor (see :mod:`workers.pool`).  The model goes on CUDA when Ray assigned
+    this actor a GPU, else on the CPU.  Tokenization runs on its own thread and forward passes on the
+    batcher's, so the event loop only routes calls.
+    """
+
+    def __init__(self, model_settings: ModelSettings, batch_settings: BatchSettings, index: int) -> None:
+        _configure_logging()
+        self._name = f"embedder-{index}"
+        # Outside a Ray worker nothing was assigned; asking would make Ray start a local cluster.
+        device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
+        started = time.monotonic()
+        self._model = EmbeddingModel.load(model_settings, device=device)
+        self._info = self._model.info()
+        log.info(
+            "%s loaded %s in %.1fs: device=%s dtype=%s pooling=%s dim=%d max_length=%d",
+            self._name,
+            self._info.name,
+            time.monotonic() - started,
+            self._info.device,
+            self._info.dtype,
+            self._info.pooling,
+            self._info.native_dim,
+            self._info.max_length,
+        )
+        self._batcher = MicroBatcher(self._model.embed_ids, batch_settings)
+        # Tokenization gets its own single thread: it overlaps the forward pass on the batcher's
+        # thread, and the model is not promised to be thread-safe beyond that split.
+        self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self._logged_at = time.monotonic()
+        self._logged = self._batcher.stats()
+
+    async def ready(self) -> ModelInfo:
+        """What this actor serves; returns once the model is loaded (the constructor did that)."""
+        return self._info
+
+    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order.
+
+        Raises ConfigError for dims outside ``1..native_dim``, Backpressure when the queue is full.
+        """
+        validate_dims(dims, self._info.native_dim)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._tokenize, self._model.encode_ids, texts)
+        result = await self._batcher.submit(ids, dims)
+        self._maybe_log()
+        return result
+
+    async def stats(self) -> dict[str, Any]:
+        """The batcher's counters plus who this actor is."""
+        return {
+            "actor": self._name,
+            "pid": os.getpid(),
+            "device": self._info.device,
+            **dataclasses.asdict(self._batcher.stats()),
+        }
+
+    def _maybe_log(self) -> None:
+        """Every ``_LOG_EVERY_S`` under load: throughput since the last line."""
+        now = time.monotonic()
+        elapsed = now - self._logged_at
+        if elapsed < _LOG_EVERY_S:
+            return
+        stats, last = self._batcher.stats(), self._logged
+        padded = stats.padded_tokens - last.padded_tokens
+        log.info(
+            "%s: %.1f batches/s, %.0f tokens/s, padding efficiency %.2f, %d tokens queued, %d refusals",
+            self._name,
+            (stats.batches - last.batches) / elapsed,
+            (stats.tokens - last.tokens) / elapsed,
+            (stats.tokens - last.tokens) / padded if padded else 1.0,
+            stats.queued_tokens,
+            stats.rejected_requests - last.rejected_requests,
+        )
+        self._logged_at, self._logged = now, stats

@@ -1,0 +1,220 @@
+"""The pool of embedder actors as seen from the driver: start, route, retry, shut down.
+
+Importing this module imports neither torch nor transformers, nor does receiving a ModelInfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import ray
+from ray import ObjectRef
+from ray.actor import ActorHandle
+from ray.exceptions import ActorAlreadyExistsError, RayActorError
+
+from workers.actor import EmbedderActor, validate_dims
+from workers.errors import Backpressure, ConfigError, EmbedderUnavailable
+from workers.model import ModelInfo
+from workers.settings import BatchSettings, ModelSettings, PoolSettings
+
+log = logging.getLogger(__name__)
+
+# Concurrent calls one actor runs; an async actor's calls only wait on its batcher, so this merely has
+# to exceed what the drivers keep in flight (the batcher's queue bound refuses work long before).
+_MAX_CONCURRENCY = 1024
+# After an actor fails, calls avoid it for this long, doubling per consecutive outage: Ray refuses
+# calls at once while it restarts an actor, so retrying sooner would only burn attempts.
+_AVOID_BASE_S = 1.0
+_AVOID_MAX_S = 30.0
+
+_RemoteEmbedder = ray.remote(EmbedderActor)
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    handle: ActorHandle
+    outstanding: int = 0  # characters of the texts sent and not answered yet
+    calls: int = 0
+    failures: int = 0  # consecutive actor failures
+    avoid_until: float = 0.0
+
+
+class EmbedderPool:
+    """Embedder actors behind one ``embed`` that many asyncio tasks of the driver may await at once.
+
+    Routing: each call goes to the actor with the fewest characters in flight from this pool (a cheap
+    stand-in for tokens: the driver does not tokenize), ties broken by fewest calls so far.  An actor
+    that just failed is avoided for a while.  Every call's ObjectRef is awaited; a caller cancelled
+    while waiting cancels its Ray task too.
+    """
+
+    def __init__(self, handles: Sequence[ActorHandle], info: ModelInfo, settings: PoolSettings) -> None:
+        """A pool over running actors that serve ``info``; :meth:`start` is the usual way to get one."""
+        self._slots = [_Slot(index, handle) for index, handle in enumerate(handles)]
+        self._info = info
+        self._settings = settings
+
+    @classmethod
+    async def start(
+        cls,
+        model: ModelSettings,
+        batching: BatchSettings,
+        pool: PoolSettings,
+        *,
+        namespace: str | None = None,
+    ) -> EmbedderPool:
+        """Start the actors (the caller has joined Ray) and wait until each has loaded the model.
+
+        One actor per ``gpus_per_actor`` GPUs of the cluster unless ``pool.num_actors`` is set, at
+        least one; without GPUs each actor takes ``cpus_per_actor`` CPUs.  The actors are named
+        ``embedder-{i}`` in ``namespace`` (default: the driver's, from ``ray.init``).  Raises
+        ConfigError when a model fails to load, the names are taken, or the actors disagree about
+        the model; EmbedderUnavailable when they are not ready within ``ready_timeout_s``.
+        """
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        count = pool.num_actors or max(1, int(gpus // pool.gpus_per_actor))
+        resources = {"num_gpus": pool.gpus_per_actor} if gpus else {"num_cpus": pool.cpus_per_actor}
+        namespace = namespace or ray.get_runtime_context().namespace
+        handles: list[ActorHandle] = []
+        try:
+            for index in range(count):
+                options = _RemoteEmbedder.options(
+                    name=f"embedder-{index}",
+                    namespace=namespace,
+                    max_restarts=pool.max_restarts,
+                    max_concurrency=_MAX_CONCURRENCY,
+                    **resources,
+                )
+                handles.append(cast(ActorHandle, options.remote(model, batching, index)))
+        except ActorAlreadyExistsError as exc:
+            _kill(handles)
+            raise ConfigError(
+                f"Ray namespace {namespace!r} already has embedder actors: another worker runs there; "
+                "give each worker its own ray.namespace"
+            ) from exc
+        log.info("starting %d embedder actors with %s each", count, resources)
+        infos = await _wait_ready(handles, pool.ready_timeout_s)
+        if any(info != infos[0] for info in infos):
+            _kill(handles)
+            raise ConfigError(f"embedder actors disagree about the model: {infos}")
+        log.info("embedder pool ready: %d actors, %s", count, infos[0])
+        return cls(handles, infos[0], pool)
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model every actor serves."""
+        return self._info
+
+    @property
+    def size(self) -> int:
+        """Number of actors."""
+        return len(self._slots)
+
+    async def embed(self, texts: Sequence[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order.
+
+        Retries on another actor when an actor dies or is restarting, up to ``max_attempts`` tries,
+        then raises EmbedderUnavailable from the last failure.  Once every actor has failed, tries wait
+        for the avoidance of the first one to end (1 s, 2 s, 4 s, ...), so a quick restart is ridden
+        out; a longer outage is the caller's to retry.  When an actor's queue is full it waits the
+        actor's ``retry_after`` and routes again (not counted as a try).
+        Raises ConfigError for dims outside ``1..native_dim``; other errors of the actor propagate.
+        The arrays may be read-only (zero-copy from Ray's object store).
+        """
+        validate_dims(dims, self._info.native_dim)
+        texts = list(texts)
+        attempt = 0
+        while True:
+            slot = self._pick()
+            try:
+                result = await self._call(slot, texts, dims)
+            except Backpressure as exc:
+                await asyncio.sleep(exc.retry_after)
+                continue
+            except RayActorError as exc:
+                attempt += 1
+                self._failed(slot, exc)
+                if attempt >= self._settings.max_attempts:
+                    raise EmbedderUnavailable(
+                        f"embedding failed on {attempt} tries; last actor embedder-{slot.index}: {exc}"
+                    ) from exc
+                await asyncio.sleep(self._wait_before_retry())
+                continue
+            slot.failures, slot.avoid_until = 0, 0.0
+            return result
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Every actor's counters (an actor that cannot answer reports its error instead)."""
+        replies = await asyncio.gather(
+            *(slot.handle.stats.remote() for slot in self._slots), return_exceptions=True
+        )
+        return [
+            reply if isinstance(reply, dict) else {"actor": f"embedder-{slot.index}", "error": repr(reply)}
+            for slot, reply in zip(self._slots, replies, strict=True)
+        ]
+
+    def shutdown(self) -> None:
+        """Kill every actor (no restart); calls still in flight fail with EmbedderUnavailable."""
+        _kill([slot.handle for slot in self._slots])
+
+    async def _call(self, slot: _Slot, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+        cost = sum(len(text) for text in texts)
+        slot.outstanding += cost
+        slot.calls += 1
+        ref: ObjectRef[dict[int, np.ndarray]] = slot.handle.embed.remote(texts, dims)
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)  # the actor drops the texts instead of embedding them for nobody
+            raise
+        finally:
+            slot.outstanding -= cost
+
+    def _pick(self) -> _Slot:
+        now = time.monotonic()
+        return min(self._slots, key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls))
+
+    def _failed(self, slot: _Slot, exc: RayActorError) -> None:
+        now = time.monotonic()
+        if slot.avoid_until > now:
+            return  # another call already reported this outage: one death fails every call in flight
+        slot.failures += 1
+        avoid = min(_AVOID_MAX_S, _AVOID_BASE_S * 2 ** (slot.failures - 1))
+        slot.avoid_until = now + avoid
+        log.warning("embedder-%d failed (%s); avoiding it for %.0fs", slot.index, exc, avoid)
+
+    def _wait_before_retry(self) -> float:
+        """Nothing while some actor is not avoided, else until the first one's avoidance ends."""
+        now = time.monotonic()
+        return max(0.0, min(slot.avoid_until for slot in self._slots) - now)
+
+
+async def _wait_ready(handles: list[ActorHandle], timeout: float) -> list[ModelInfo]:
+    """Every actor's ModelInfo; on the first failure or the timeout kills them all and raises."""
+    calls: list[asyncio.Future[ModelInfo]] = [asyncio.ensure_future(h.ready.remote()) for h in handles]
+    done, pending = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+    failed = next((call for call in done if call.exception() is not None), None)
+    if failed is None and not pending:
+        return [call.result() for call in calls]
+    for call in pending:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)  # nothing left unawaited, whatever happened
+    _kill(handles)
+    if failed is None:
+        raise EmbedderUnavailable(f"embedder actors were not ready within {timeout:.0f}s (enough GPUs/CPUs?)")
+    exc = failed.exception()
+    if isinstance(exc, RayActorError) and exc.actor_init_failed:
+        raise ConfigError(f"an embedder actor could not load the model: {exc}") from exc
+    raise EmbedderUnavailable(f"an embedder actor failed while starting: {exc}") from exc
+
+
+def _kill(handles: Sequence[ActorHandle]) -> None:
+    for handle in handles:
+        ray.kill(handle, no_restart=True)

