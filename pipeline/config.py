@@ -58,11 +58,15 @@ class MilvusSettings(BaseModel):
 
     model_config = _FROZEN
 
-    uri: str = Field("http://127.0.0.1:19530", description="Milvus URI (http://host:port, or a local .db path).")
+    uri: str = Field(
+        "http://127.0.0.1:19530", description="Milvus URI (http://host:port, or a local .db path)."
+    )
     token: SecretStr | None = Field(None, description="Milvus token or 'user:password' (never logged).")
     db_name: str = Field("", description="Milvus database; empty means the server's default.")
     collection_prefix: str = Field(
-        "documents", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Replica collections are '{prefix}_{dim}'."
+        "documents",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Replica collections are '{prefix}_{dim}'.",
     )
     index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = Field(
         "HNSW", description="Vector index of every replica."
@@ -74,7 +78,9 @@ class MilvusSettings(BaseModel):
     ivf_nprobe: int = Field(
         32, ge=1, le=65536, description="IVF_FLAT clusters searched per query (Milvus wants <= ivf_nlist)."
     )
-    max_call_rows: int = Field(5000, ge=1, description="Most rows in one upsert call; larger writes are split.")
+    max_call_rows: int = Field(
+        5000, ge=1, description="Most rows in one upsert call; larger writes are split."
+    )
     max_call_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1,

@@ -1,6 +1,6 @@
 """The sink's errors: pymilvus / gRPC failures as project errors, and refused documents.
 
-:func:`translated` maps every failure of a Milvus call to exactly one of
+:func:`translated` turns every pymilvus / gRPC exception of a call into exactly one of
 
 * :class:`~workers.errors.SinkUnavailable` when the server is down, slow or throttling
   (retry the same call later),

@@ -1,10 +1,11 @@
-"""Document writes checked against every limit Milvus enforces, and cut into upsert calls.
+"""Document writes checked against Milvus' limits, then cut into upsert calls and deletes.
 
 :func:`plan_write` is the sink's poison check: before anything is sent, it rejects a
 write that breaks a limit of the replica schema or of Milvus (ids and texts longer than
 their VARCHAR, metadata that is not a JSON object within Milvus' JSON limit, vectors of
-the wrong shape, non-finite or all zeros).  :func:`upsert_calls` turns accepted writes
-into the rows of one replica, in calls small enough for one request.
+the wrong shape, non-finite or all zeros).  Accepted writes become the rows of
+:func:`upsert_calls`, in calls small enough for one request, and the delete filters of
+:func:`stale_chunk_filters`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.milvus_errors import poison, show
+from pipeline.milvus_expr import any_of, in_lists
 from pipeline.milvus_schema import DOC_ID_MAX_BYTES, TEXT_MAX_BYTES
 
 if TYPE_CHECKING:
     from pipeline.sink import ChunkRow
 
 METADATA_MAX_BYTES = 65536  # Milvus' JSON field limit
+_MAX_EXPR_IDS = 1000
+_MAX_EXPR_CHARS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,21 @@ def upsert_calls(
             size += row_size
     if rows:
         yield call_plans, rows
+
+
+def stale_chunk_filters(plans: Sequence[Plan]) -> Iterator[str]:
+    """Delete filters that together match every chunk of ``plans``' documents from their
+    new chunk count on (all chunks of a delete); each at most about 256K characters long,
+    so a usual batch needs one."""
+    doc_ids_by_count: dict[int, list[str]] = {}
+    for plan in plans:
+        doc_ids_by_count.setdefault(len(plan.texts), []).append(plan.doc_id)
+    terms = (
+        f"{ids} and chunk_index >= {count}" if count else ids
+        for count, doc_ids in sorted(doc_ids_by_count.items())
+        for ids in in_lists("doc_id", doc_ids, _MAX_EXPR_IDS, _MAX_EXPR_CHARS)
+    )
+    return any_of(terms, _MAX_EXPR_CHARS)
 
 
 def _utf8_len(value: object, doc_id: str, what: str) -> int:

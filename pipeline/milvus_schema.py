@@ -1,14 +1,14 @@
-"""Schema and vector index of a dimension replica, and checks that a collection matches them.
+"""The replica collections: their schema and vector index, created or checked, then loaded.
 
 Replica ``{prefix}_{dim}`` has the fields ``pk`` (VARCHAR primary key, no auto id),
 ``doc_id``, ``chunk_index``, ``text``, ``metadata`` (JSON) and ``embedding``
-(FLOAT_VECTOR of ``dim``), and one COSINE index of ``milvus.index_type`` on
-``embedding``.  The functions here only build and compare descriptions; the sink
-makes the calls.
+(FLOAT_VECTOR of ``dim``), Strong consistency, and one COSINE index of
+``milvus.index_type`` on ``embedding``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,12 +16,56 @@ from pymilvus import CollectionSchema, DataType, MilvusClient
 from pymilvus.milvus_client import IndexParams
 
 from pipeline.config import MilvusSettings
-from workers.errors import ConfigError
+from pipeline.milvus_connection import MilvusConnection
+from workers.errors import ConfigError, PipelineError
+
+logger = logging.getLogger(__name__)
 
 DOC_ID_MAX_BYTES = 512 * 4  # 512 characters of any Unicode, UTF-8 encoded
 PK_MAX_BYTES = DOC_ID_MAX_BYTES + 32  # "#" and the chunk index
 TEXT_MAX_BYTES = 65535  # largest VARCHAR
+CONSISTENCY = "Strong"  # a delete by expression must see every earlier write
 _METRIC = "COSINE"
+
+
+def ensure_replicas(connection: MilvusConnection, settings: MilvusSettings, names: Mapping[int, str]) -> None:
+    """Create the missing replicas (``names``: dim -> collection) and their index, check
+    the existing ones, and load all.
+
+    Raises ConfigError when an existing collection does not match the schema, metric or
+    index type of ``settings``.
+    """
+    for dim, name in names.items():
+        if not connection.call(f"looking up {name}", "has_collection", name):
+            _create(connection, name, dim)
+        check_schema(name, dim, connection.call(f"describing {name}", "describe_collection", name))
+        indexes = connection.call(f"listing indexes of {name}", "list_indexes", name, "embedding")
+        if indexes:
+            index = connection.call(f"describing the index of {name}", "describe_index", name, indexes[0])
+            check_index(name, index, settings)
+        else:
+            connection.call(f"indexing {name}", "create_index", name, index_params(settings))
+        # Start every load before waiting on any: the server loads them side by side.
+        connection.call(f"loading {name}", "load_collection", name, _async=True)
+    for name in names.values():
+        connection.call(f"loading {name}", "load_collection", name)
+
+
+def _create(connection: MilvusConnection, name: str, dim: int) -> None:
+    try:
+        connection.call(
+            f"creating {name}",
+            "create_collection",
+            name,
+            schema=replica_schema(dim),
+            consistency_level=CONSISTENCY,
+        )
+    except PipelineError:
+        # Another worker may have created it between our check and our create.
+        if not connection.call(f"looking up {name}", "has_collection", name):
+            raise
+        return
+    logger.info("created Milvus collection %s (dim %d)", name, dim)
 
 
 def _fields(dim: int) -> dict[str, tuple[DataType, dict[str, int]]]:

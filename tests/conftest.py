@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from services import RayCluster, start_milvus_standalone
+
+from pipeline import stack
+from pipeline.config import Settings, StackSettings
 
 # Tests never reach the network: every model is local (built here or packaged).  Set before any
 # test module imports transformers / huggingface_hub, which read these at import time.
@@ -37,3 +42,82 @@ def minilm_path() -> Path:
 # ---------------------------------------------------------------------------------------------
 # End of model fixtures
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Real services, one of each per test session, on free ports in temp folders. Each is started
+# by the code behind `python -m pipeline up` (pipeline.stack), so these fixtures exercise it
+# too, and each is stopped (its whole process group) at the end of the session, also when
+# tests fail. A service that does not come up fails the tests that use it with its log tail.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a Tansu broker (memory storage)."""
+    broker = stack.start_kafka(tmp_path_factory.mktemp("kafka"), stack.free_port())
+    try:
+        yield broker.address
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://host:port`` of a Milvus Lite server."""
+    server = stack.start_milvus_lite(tmp_path_factory.mktemp("milvus-lite"), stack.free_port())
+    try:
+        yield f"http://{server.address}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://host:port`` of a real Milvus 2.3.5 standalone (~15 s to start, ~250 MB RSS idle)."""
+    server = start_milvus_standalone(tmp_path_factory.mktemp("milvus-standalone"), stack.free_port())
+    try:
+        yield f"http://{server.address}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """A Ray head (``ray start --head --block``, token auth on) of its own."""
+    settings = Settings(
+        stack=StackSettings(
+            data_dir=tmp_path_factory.mktemp("ray"),
+            ray_port=stack.free_port(),
+            dashboard_port=stack.free_port(),
+            ray_num_cpus=4,  # logical CPUs: several one-CPU embedder actors share the 2 cores of CI
+        )
+    )
+    stack.start_ray_head(settings.stack)
+    try:
+        yield RayCluster(
+            address=stack.ray_address(settings),
+            env=stack.ray_client_env(settings),
+            dashboard_url=f"http://{stack.HOST}:{settings.stack.dashboard_port}",
+        )
+    finally:
+        stack.down(settings)  # only the head runs in this data folder; also drops its temp-dir link
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster: RayCluster) -> Iterator[None]:
+    """This test process is a Ray driver of :func:`ray_cluster` (namespace ``embedstream``) all session."""
+    import ray
+
+    saved = {name: os.environ.get(name) for name in (*ray_cluster.env, "RAY_AUTH_TOKEN")}
+    stack.export_ray_auth(ray_cluster.env)
+    ray.init(address=ray_cluster.address, namespace="embedstream", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -106,15 +106,16 @@ async def _committed_and_end(settings: Settings) -> dict[int, tuple[int | None, 
 
 
 async def _rewind_group(settings: Settings, to: dict[int, int]) -> None:
+    """Commit ``to`` for the worker group, as a member of it (Tansu refuses commits from outside)."""
     consumer = AIOKafkaConsumer(
         **client_options(settings.kafka), group_id=settings.kafka.group_id, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        topic = settings.kafka.topic
-        tps = {TopicPartition(topic, p): offset for p, offset in to.items()}
-        consumer.assign(list(tps))
-        await consumer.commit(tps)
+        consumer.subscribe([settings.kafka.topic])
+        while len(consumer.assignment()) < len(to):
+            await consumer.getmany(timeout_ms=200, max_records=1)
+        await consumer.commit({TopicPartition(settings.kafka.topic, p): o for p, o in to.items()})
     finally:
         await consumer.stop()
 

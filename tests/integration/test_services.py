@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymilvus import DataType, MilvusClient
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import RayCluster
+    from services import RayCluster
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,5 @@
-"""Real Milvus servers for the sink tests: milvus-lite 3.2 and Milvus 2.3.5 standalone.
-
-Each runs as a subprocess on free ports with its data in a temporary folder, starts
-once per session on first use, and is always stopped at the end.
-"""
+"""Milvus fixtures of the sink tests: each test runs on both session servers (tests/conftest.py),
+and outage tests start, hang and restart a milvus-lite server of their own."""
 
 from __future__ import annotations
 
@@ -21,18 +18,6 @@ from pymilvus import MilvusClient
 
 BIN = Path(sys.executable).parent
 LITE_START_S = 60.0
-STANDALONE_START_S = 180.0  # ~12 s on 2 cores, most of it unpacking and booting the binary
-# milvus-server ports that we pin to free ones (it otherwise scans up from fixed defaults).
-STANDALONE_PORT_OPTIONS = (
-    "--root-coord-port",
-    "--proxy-internal-port",
-    "--query-coord-port",
-    "--query-node-port",
-    "--index-coord-port",
-    "--index-node-port",
-    "--data-coord-port",
-    "--data-node-port",
-)
 
 
 def free_ports(count: int) -> list[int]:
@@ -88,52 +73,6 @@ def lite_server(data_dir: Path, port: int | None = None) -> Iterator[tuple[str, 
         yield uri, proc
     finally:
         stop(proc)
-
-
-@contextmanager
-def standalone_server(data_dir: Path) -> Iterator[str]:
-    """Milvus 2.3.5 standalone (PyPI ``milvus``) on free ports; yields its URI.
-
-    The wrapper's embedded etcd would listen on the fixed 2379/2380 (clashing with any
-    other instance); ETCD_CONFIG_PATH moves it.  Only its metrics port (9091 and up) is
-    not configurable.  The wrapper stops Milvus on SIGINT, not on SIGTERM.
-    """
-    proxy, etcd_client, etcd_peer, *others = free_ports(3 + len(STANDALONE_PORT_OPTIONS))
-    data_dir.mkdir(parents=True)
-    etcd_config = data_dir / "etcd.yaml"
-    etcd_config.write_text(
-        f"listen-client-urls: http://127.0.0.1:{etcd_client}\n"
-        f"advertise-client-urls: http://127.0.0.1:{etcd_client}\n"
-        f"listen-peer-urls: http://127.0.0.1:{etcd_peer}\n"
-        f"initial-advertise-peer-urls: http://127.0.0.1:{etcd_peer}\n"
-        f"initial-cluster: default=http://127.0.0.1:{etcd_peer}\n"
-    )
-    argv = [str(BIN / "milvus-server"), "--data", str(data_dir), "--proxy-port", str(proxy)]
-    argv += ["--etcd-port", str(etcd_client)]
-    for option, port in zip(STANDALONE_PORT_OPTIONS, others, strict=True):
-        argv += [option, str(port)]
-    env = {**os.environ, "ETCD_CONFIG_PATH": str(etcd_config)}
-    log = data_dir / "wrapper.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{proxy}"
-    try:
-        wait_until_serving(uri, proc, log, STANDALONE_START_S)
-        yield uri
-    finally:
-        stop(proc, signal.SIGINT)
-
-
-@pytest.fixture(scope="session")
-def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with lite_server(tmp_path_factory.mktemp("milvus-lite") / "data") as (uri, _):
-        yield uri
-
-
-@pytest.fixture(scope="session")
-def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with standalone_server(tmp_path_factory.mktemp("milvus-standalone") / "data") as uri:
-        yield uri
 
 
 @pytest.fixture

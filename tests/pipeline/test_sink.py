@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from pymilvus import DataType, MilvusClient
 
-import pipeline.sink as sink_module
+import pipeline.milvus_rows as milvus_rows
 from pipeline.config import MilvusSettings
 from pipeline.milvus_expr import any_of, in_lists, quote
 from pipeline.sink import ChunkRow, DeleteDocument, DocumentWrite, MilvusSink, UpsertDocument
@@ -401,7 +401,7 @@ def test_server_refusal_is_isolated_to_its_document(
 ) -> None:
     # Lift our own JSON limit so the document reaches Milvus 2.3.5, which refuses JSON
     # over 64 KiB (code 1100): the batch is retried per document to find it.
-    monkeypatch.setattr(sink_module, "METADATA_MAX_BYTES", 10**6)
+    monkeypatch.setattr(milvus_rows, "METADATA_MAX_BYTES", 10**6)
     sink = open_sink(milvus_standalone_uri)
     try:
         big = upsert("big", 2, version=1, blob="z" * 70000)

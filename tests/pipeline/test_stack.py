@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from pymilvus import DataType, MilvusClient
 
-from pipeline import stack
+from pipeline import processes, stack
 from pipeline.config import Settings, StackSettings
 
 
 def _settings(data_dir: Path) -> Settings:
-    free = stack.free_port
+    free = processes.free_port
     return Settings(
         stack=StackSettings(
             data_dir=data_dir, kafka_port=free(), milvus_port=free(), ray_port=free(), dashboard_port=free()
@@ -110,17 +110,17 @@ def test_up_refuses_a_port_taken_by_another_process(tmp_path: Path) -> None:
 
 
 def test_a_service_that_dies_at_startup_raises_with_its_log_tail(tmp_path: Path) -> None:
-    proc = stack.ManagedProcess("broken", tmp_path, "127.0.0.1:1")
+    proc = processes.ManagedProcess("broken", tmp_path, "127.0.0.1:1")
     proc.start(["sh", "-c", "echo 'fatal: cannot open the data folder' >&2; exit 3"])
     with pytest.raises(
-        stack.StackError, match=r"(?s)broken exited during startup.*cannot open the data folder"
+        processes.StackError, match=r"(?s)broken exited during startup.*cannot open the data folder"
     ):
         proc.wait_ready(lambda: False, timeout_s=30)
     assert proc.pid() is None and not proc.pid_path.exists()
 
 
 def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
-    proc = stack.ManagedProcess("stubborn", tmp_path, "-")
+    proc = processes.ManagedProcess("stubborn", tmp_path, "-")
     # The trap is inherited by the background child: the whole group ignores SIGTERM.
     proc.start(["sh", "-c", "trap '' TERM; sleep 300 & echo ready; wait"])
     proc.wait_ready(lambda: "ready" in proc.log_path.read_text(), timeout_s=30)
@@ -133,7 +133,7 @@ def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
 
 
 def test_a_stale_pid_file_never_signals_an_unrelated_process(tmp_path: Path) -> None:
-    proc = stack.ManagedProcess("kafka", tmp_path, "127.0.0.1:9092")
+    proc = processes.ManagedProcess("kafka", tmp_path, "127.0.0.1:9092")
     # Our own pid with another start time: what a recycled pid looks like.
     proc.pid_path.write_text(json.dumps({"pid": os.getpid(), "start": 1, "address": "127.0.0.1:9092"}))
     assert proc.pid() is None
@@ -142,7 +142,7 @@ def test_a_stale_pid_file_never_signals_an_unrelated_process(tmp_path: Path) -> 
 
 
 def test_milvus_lite_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
-    port = stack.free_port()
+    port = processes.free_port()
     server = stack.start_milvus_lite(tmp_path, port)
     try:
         client = MilvusClient(uri=f"http://{server.address}", timeout=30)

@@ -1,0 +1,64 @@
+"""One Milvus connection whose calls carry the call timeout and raise project errors."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pymilvus import MilvusClient
+
+from pipeline.config import MilvusSettings
+from pipeline.milvus_errors import translated
+
+
+class MilvusConnection:
+    """A :class:`~pymilvus.MilvusClient`, opened on first use and again after :meth:`close`.
+
+    Thread-safe.  Every call is bounded by ``settings.timeout_s`` and fails with the
+    errors of :func:`pipeline.milvus_errors.translate`.
+    """
+
+    def __init__(self, settings: MilvusSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._milvus: MilvusClient | None = None
+
+    def call(self, what: str, method: str, *args: Any, refusable: bool = False, **kwargs: Any) -> Any:
+        """``client.<method>(*args, **kwargs)``; ``what`` names the call in error messages,
+        ``refusable`` says it carries rows Milvus may refuse (PoisonInput)."""
+        with translated(what, refusable=refusable):
+            return getattr(self._client(), method)(*args, timeout=self._settings.timeout_s, **kwargs)
+
+    def query_all(self, what: str, collection: str, page_size: int, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every row ``query_iterator(collection, **kwargs)`` yields, read ``page_size`` at a time."""
+        rows: list[dict[str, Any]] = []
+        with translated(what):
+            pages = self._client().query_iterator(
+                collection, batch_size=page_size, timeout=self._settings.timeout_s, **kwargs
+            )
+            try:
+                while page := pages.next():
+                    rows.extend(page)
+            finally:
+                pages.close()
+        return rows
+
+    def close(self) -> None:
+        """Drop the connection; a later call reconnects."""
+        with self._lock:
+            client, self._milvus = self._milvus, None
+        if client is not None:
+            client.close()
+
+    def _client(self) -> MilvusClient:
+        with self._lock:
+            if self._milvus is None:
+                token = self._settings.token
+                self._milvus = MilvusClient(
+                    uri=self._settings.uri,
+                    token=token.get_secret_value() if token else "",
+                    db_name=self._settings.db_name,
+                    timeout=self._settings.timeout_s,
+                    dedicated=True,  # close() must really close it, not a shared channel
+                )
+            return self._milvus
