@@ -64,15 +64,26 @@ async def _run_worker(settings: Settings, until_idle: float | None) -> int:
 
 
 async def _search(settings: Settings, args: argparse.Namespace) -> int:
+    import uuid
+
     from pipeline.runtime import connect_ray, start_pool
     from pipeline.search import format_results, search
+    from workers.pool import EmbedderPool
 
     connect_ray(settings)
-    pool, _ = await start_pool(settings)
+    # Reuse a running worker's actors; otherwise load the model in a pool of our own.
+    pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
+    owned = pool is None
+    if pool is None:
+        pool, _ = await start_pool(
+            settings, namespace=f"{settings.ray.namespace}-search-{uuid.uuid4().hex[:8]}"
+        )
     try:
-        results = await search(settings, pool, [" ".join(args.query)], args.dim, args.top_k, args.instruction)
+        query = " ".join(args.query)
+        results = await search(settings, pool, [query], args.dim, args.top_k, args.instruction)
     finally:
-        pool.shutdown()
+        if owned:
+            pool.shutdown()
     print(format_results(results))
     return 0
 

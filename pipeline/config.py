@@ -32,7 +32,9 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of brokers.")
     topic: str = Field("documents", description="Topic the document events are read from.")
     group_id: str = Field("embedstream", description="Consumer group of the ingestion workers.")
-    dlq_topic: str = Field("documents.dlq", description="Dead-letter topic for events that cannot be ingested.")
+    dlq_topic: str = Field(
+        "documents.dlq", description="Dead-letter topic for events that cannot be ingested."
+    )
     partitions: int = Field(
         4, ge=1, description="Partitions to create the topic with when it does not exist yet."
     )
@@ -139,7 +141,9 @@ class RaySettings(BaseModel):
     auth_token: SecretStr | None = Field(
         None, description="Ray token for clusters with RAY_AUTH_MODE=token (never logged)."
     )
-    auth_token_path: Path | None = Field(None, description="File holding the Ray token instead of auth_token.")
+    auth_token_path: Path | None = Field(
+        None, description="File holding the Ray token instead of auth_token."
+    )
     namespace: str = Field("embedstream", description="Ray namespace of the named actors.")
 
 
@@ -219,7 +223,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from exc

@@ -22,12 +22,16 @@ DEMO_QUERIES = (
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The user's settings, with the demo's replicas (native, 256, 128) unless dims were configured."""
-    if settings.embedding.dims:
-        return settings
-    return settings.model_copy(
-        update={"embedding": settings.embedding.model_copy(update={"dims": DEMO_DIMS})}
-    )
+    """The user's settings pointed at the local stack's ports, with the demo's replicas
+    (native, 256, 128) unless dims were configured."""
+    local = settings.stack
+    update: dict[str, object] = {
+        "kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{local.kafka_port}"}),
+        "milvus": settings.milvus.model_copy(update={"uri": f"http://127.0.0.1:{local.milvus_port}"}),
+    }
+    if not settings.embedding.dims:
+        update["embedding"] = settings.embedding.model_copy(update={"dims": DEMO_DIMS})
+    return settings.model_copy(update=update)
 
 
 async def run_demo(settings: Settings, idle_s: float = 3.0) -> int:

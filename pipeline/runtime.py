@@ -71,9 +71,11 @@ class Runtime:
         self.sink.close()
 
 
-async def start_pool(settings: Settings) -> tuple[EmbedderPool, tuple[int, ...]]:
+async def start_pool(
+    settings: Settings, namespace: str | None = None
+) -> tuple[EmbedderPool, tuple[int, ...]]:
     """Start the embedder actors and resolve the replica dims against the model's native dimension."""
-    pool = await EmbedderPool.start(settings.model, settings.batching, settings.pool)
+    pool = await EmbedderPool.start(settings.model, settings.batching, settings.pool, namespace=namespace)
     try:
         dims = settings.embedding.replica_dims(pool.info.native_dim)
     except ValueError as exc:

@@ -107,6 +107,23 @@ class EmbedderPool:
         log.info("embedder pool ready: %d actors, %s", count, infos[0])
         return cls(handles, infos[0], pool)
 
+    @classmethod
+    async def attach(cls, pool: PoolSettings, namespace: str) -> EmbedderPool | None:
+        """A pool over the embedder actors a running worker started in ``namespace``, or None if none.
+
+        The attached pool only routes calls; :meth:`shutdown` on it would stop the worker's actors.
+        """
+        names = sorted(
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == namespace and a["name"].startswith("embedder-")
+        )
+        if not names:
+            return None
+        handles = [ray.get_actor(name, namespace=namespace) for name in names]
+        infos = await _wait_ready(handles, pool.ready_timeout_s)
+        return cls(handles, infos[0], pool)
+
     @property
     def info(self) -> ModelInfo:
         """The model every actor serves."""

@@ -78,14 +78,18 @@ class PoolSettings(BaseModel):
         None, ge=1, description="Embedder actors to start; default one per GPU in the cluster, at least one."
     )
     gpus_per_actor: float = Field(
-        1.0, gt=0, le=8, description="GPUs each actor asks Ray for when the cluster has GPUs (fractions allowed)."
+        1.0,
+        gt=0,
+        le=8,
+        description="GPUs each actor asks Ray for when the cluster has GPUs (fractions allowed).",
     )
     cpus_per_actor: float = Field(
-        1.0, gt=0, description="CPUs each actor asks Ray for when the cluster has no GPU."
+        2.0,
+        gt=0,
+        description="CPUs each actor asks Ray for when the cluster has no GPU; Ray gives the actor "
+        "that many torch threads (OMP_NUM_THREADS).",
     )
-    max_restarts: int = Field(
-        -1, ge=-1, description="How often Ray restarts a dead actor (-1 = forever)."
-    )
+    max_restarts: int = Field(-1, ge=-1, description="How often Ray restarts a dead actor (-1 = forever).")
     max_attempts: int = Field(
         4, ge=1, description="Tries of one embed request across actor deaths before it fails."
     )

@@ -28,7 +28,7 @@ from pipeline.config import (
 from pipeline.kafka import client_options, make_producer
 from pipeline.runtime import build_runtime
 from pipeline.sink import MilvusSink
-from tests.integration.corpus import Oracle, Record, build_stream
+from corpus import Oracle, Record, build_stream
 from workers.settings import ModelSettings, PoolSettings, format_input
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

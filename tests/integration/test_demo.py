@@ -1,0 +1,88 @@
+"""The README's main command and the CLI verbs, as a user runs them, on a local stack of their own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.processes import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment of a user whose stack lives in a temp folder on free ports; ``down`` at the end."""
+    kafka, milvus = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PIPELINE_STACK__DATA_DIR": str(tmp_path_factory.mktemp("stack")),
+        "PIPELINE_STACK__KAFKA_PORT": str(kafka),
+        "PIPELINE_STACK__MILVUS_PORT": str(milvus),
+        "PIPELINE_STACK__RAY_PORT": str(free_port()),
+        "PIPELINE_STACK__DASHBOARD_PORT": str(free_port()),
+        "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka}",
+        "PIPELINE_MILVUS__URI": f"http://127.0.0.1:{milvus}",
+        "PIPELINE_EMBEDDING__DIMS": "[256, 128]",
+    }
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        env.pop(name, None)  # the session's own Ray must not leak into the user's shell
+    try:
+        yield env
+    finally:
+        subprocess.run([sys.executable, "-m", "pipeline", "down"], env=env, timeout=120, check=False)
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 600) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def test_demo_then_status_search_and_down(cli_env: dict[str, str]) -> None:
+    out = _cli(cli_env, "demo")
+    assert "24 events -> 24 documents" in out and "0 dead-lettered" in out, out
+    assert f"http://127.0.0.1:{cli_env['PIPELINE_STACK__DASHBOARD_PORT']}" in out
+    for dim in (384, 256, 128):
+        assert f"search on the {dim}-dimension replica" in out
+    # The right document tops each demo query on every replica.
+    sections = out.split("== search on the ")[1:]
+    for section in sections:
+        firsts = [line.split()[2] for line in section.splitlines() if line.strip().startswith("1. ")]
+        assert [f.split("#")[0] for f in firsts] == [
+            "sourdough-bread.md",
+            "tides-and-the-moon.md",
+            "kafka-consumer-groups.md",
+            "first-aid-for-burns.md",
+        ], section
+
+    status = _cli(cli_env, "status")
+    assert ": up" in status.splitlines()[0], status
+    assert "lag 0" in status and "dead-letter topic documents.dlq: 0 records" in status, status
+    rows = {line.split(":")[0].strip(): line for line in status.splitlines() if line.strip().startswith("documents_")}
+    assert set(rows) == {"documents_384", "documents_256", "documents_128"}, status
+    assert len({line.split(":")[1] for line in rows.values()}) == 1  # every replica holds the same rows
+
+    hits = _cli(cli_env, "search", "how do bees make honey", "--dim", "128", "--top-k", "2")
+    assert "1. " in hits and "beekeeping-basics.md#" in hits.split("2. ")[0], hits
+
+    # Re-running the demo re-delivers the corpus: the replicas do not change.
+    again = _cli(cli_env, "demo")
+    assert "24 events -> 24 documents" in again
+    assert _cli(cli_env, "status").count("rows") == status.count("rows")
+    assert [line for line in _cli(cli_env, "status").splitlines() if "rows" in line] == list(rows.values())
+
+    down = _cli(cli_env, "down")
+    assert "running (pid" not in down and down.count("stopped") == 3, down
