@@ -126,7 +126,12 @@ class ChunkingSettings(BaseModel):
 
     model_config = _FROZEN
 
-    max_tokens: int = Field(256, ge=16, description="Most tokens in one chunk (special tokens excluded).")
+    max_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Most tokens in one chunk (special tokens excluded); default: what the model takes, "
+        "at most 512.",
+    )
     overlap_tokens: int = Field(0, ge=0, description="Tokens repeated from the end of the previous chunk.")
 
 

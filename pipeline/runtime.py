@@ -20,6 +20,9 @@ from workers.tokenizer import load_text_tokenizer
 
 log = logging.getLogger(__name__)
 
+# Long enough for a few paragraphs, short enough that a hit points at the relevant passage.
+DEFAULT_CHUNK_TOKENS = 512
+
 
 def connect_ray(settings: Settings) -> str:
     """Join the configured Ray cluster (or the local stack's, or a private one); returns a description.
@@ -91,13 +94,14 @@ async def build_runtime(settings: Settings) -> Runtime:
     try:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         room = pool.info.max_length - tokenizer.num_special_tokens
-        if settings.chunking.max_tokens > room:
+        max_tokens = settings.chunking.max_tokens or min(room, DEFAULT_CHUNK_TOKENS)
+        if max_tokens > room:
             raise ConfigError(
-                f"chunking.max_tokens={settings.chunking.max_tokens} does not fit the model: "
+                f"chunking.max_tokens={max_tokens} does not fit the model: "
                 f"{pool.info.name} takes {pool.info.max_length} tokens including "
                 f"{tokenizer.num_special_tokens} special ones; use at most {room}"
             )
-        chunker = Chunker(tokenizer, settings.chunking.max_tokens, settings.chunking.overlap_tokens)
+        chunker = Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens)
         sink = MilvusSink(settings.milvus, dims)
         await asyncio.to_thread(sink.ensure_collections)
         await ensure_topics(settings.kafka)
