@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from corpus import Oracle, Record, build_stream
 
 from pipeline.config import (
     ChunkingSettings,
@@ -28,7 +29,6 @@ from pipeline.config import (
 from pipeline.kafka import client_options, make_producer
 from pipeline.runtime import build_runtime
 from pipeline.sink import MilvusSink
-from corpus import Oracle, Record, build_stream
 from workers.settings import ModelSettings, PoolSettings, format_input
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
