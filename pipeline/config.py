@@ -166,6 +166,11 @@ class WorkerSettings(BaseModel):
     )
     commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff on retries.")
+    shutdown_drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="On stop, how long units in flight may take to finish before they are dropped.",
+    )
 
 
 class StackSettings(BaseModel):

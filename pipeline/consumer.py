@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -76,9 +77,12 @@ class WorkerStats:
 
 @dataclass
 class _Lane:
+    """One assigned partition: its units in offset order, from dispatch until fully written."""
+
     tp: TopicPartition
     epoch: int
-    queue: asyncio.Queue[tuple[WorkUnit, asyncio.Task[dict[int, np.ndarray]] | None]]
+    units: deque[tuple[WorkUnit, asyncio.Task[dict[int, np.ndarray]] | None]] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     writing: asyncio.Task[None] | None = None
 
@@ -117,13 +121,20 @@ class IngestWorker:
         self._paused = False
         self._fatal: asyncio.Future[None] | None = None
         self._assigned_once = asyncio.Event()
+        self._assigned_at = 0.0
         self.stats = WorkerStats()
+
+    @property
+    def assigned(self) -> frozenset[TopicPartition]:
+        """The partitions this member currently owns."""
+        return frozenset(self._lanes)
 
     async def run(self, stop: asyncio.Event | None = None, until_idle_s: float | None = None) -> WorkerStats:
         """Consume until ``stop`` is set, or until nothing arrived for ``until_idle_s`` and all is committed.
 
-        Raises the first non-retriable error of any lane; work in flight is then abandoned
-        uncommitted (it is re-consumed on restart).
+        On ``stop`` the lanes get ``worker.shutdown_drain_s`` to finish their units.  Raises the
+        first non-retriable error of any lane; work in flight is then abandoned uncommitted (it
+        is re-consumed on restart).
         """
         stop = stop or asyncio.Event()
         self._fatal = asyncio.get_running_loop().create_future()
@@ -132,6 +143,7 @@ class IngestWorker:
         self._consumer.subscribe([self._settings.kafka.topic], listener=_Rebalance(self))
         committer = asyncio.create_task(self._commit_periodically(), name="committer")
         last_activity = time.monotonic()
+        drain_s = self._settings.worker.shutdown_drain_s
         try:
             while not stop.is_set():
                 if self._fatal.done():
@@ -145,15 +157,19 @@ class IngestWorker:
                 busy = self._inflight_units > 0 or not self._tracker.all_committed()
                 if any(batches.values()) or busy or not self._assigned_once.is_set():
                     last_activity = time.monotonic()
-                elif until_idle_s is not None and time.monotonic() - last_activity >= until_idle_s:
+                last_activity = max(last_activity, self._assigned_at)  # new partitions: not idle yet
+                if until_idle_s is not None and time.monotonic() - last_activity >= until_idle_s:
                     break
             if self._fatal.done():
                 self._fatal.result()
+        except BaseException:
+            drain_s = 0.0  # failed or cancelled: stop now, keep only what is acknowledged
+            raise
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
-            await self._shutdown(graceful=not (self._fatal.done() and self._fatal.exception()))
+            await self._shutdown(drain_s)
         return self.stats
 
     async def _dispatch(self, tp: TopicPartition, records: Sequence[object]) -> None:
@@ -176,7 +192,8 @@ class IngestWorker:
             embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
             self._inflight_tokens += unit.tokens
             self._inflight_units += 1
-            lane.queue.put_nowait((unit, embedding))
+            lane.units.append((unit, embedding))
+            lane.arrived.set()
 
     def _apply_backpressure(self) -> None:
         limit = self._settings.worker.max_inflight_tokens
@@ -218,19 +235,23 @@ class IngestWorker:
     async def _drain(self, lane: _Lane) -> None:
         """Write the lane's units in offset order; a unit is acknowledged once fully written."""
         while True:
-            unit, embedding = await lane.queue.get()
+            while not lane.units:
+                lane.arrived.clear()
+                await lane.arrived.wait()
+            unit, embedding = lane.units[0]
             vectors = await embedding if embedding is not None else {d: np.zeros((0, d)) for d in self._dims}
             # Shielded: once a write is sent to Milvus it must finish (and acknowledge) even
             # when the lane is cancelled by a rebalance; see _close_lane.
             lane.writing = asyncio.create_task(self._complete_unit(unit, vectors))
             await asyncio.shield(lane.writing)
             lane.writing = None
+            lane.units.popleft()
+            self._release(unit)
 
     async def _complete_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
         await self._write_unit(unit, vectors)
         await self._send_dead_letters(unit)
         self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
-        self._release(unit)
         self.stats.tokens_embedded += unit.tokens
         self.stats.last_ack_at = time.monotonic()
 
@@ -307,7 +328,7 @@ class IngestWorker:
 
     def _open_lane(self, tp: TopicPartition, committed: int | None) -> None:
         epoch = self._tracker.assign(tp, committed)
-        lane = _Lane(tp=tp, epoch=epoch, queue=asyncio.Queue())
+        lane = _Lane(tp=tp, epoch=epoch)
         lane.task = asyncio.create_task(self._drain(lane), name=f"lane-{tp.topic}-{tp.partition}")
         lane.task.add_done_callback(self._on_lane_done)
         self._lanes[tp] = lane
@@ -320,33 +341,35 @@ class IngestWorker:
             log.error("lane %s failed: %r", task.get_name(), exc)
             self._fatal.set_exception(exc)
 
-    async def _close_lane(self, tp: TopicPartition, drain: bool) -> None:
-        """Stop a lane; a write already sent to Milvus is awaited so it cannot land after the new owner's."""
+    async def _close_lane(self, tp: TopicPartition, drain_s: float = 0.0) -> None:
+        """Stop a lane, after up to ``drain_s`` seconds for its units to finish.
+
+        A write already sent to Milvus is awaited, so it cannot land after the new owner's;
+        units not written by then are dropped unacknowledged (the next owner re-reads them).
+        """
         lane = self._lanes.pop(tp, None)
         if lane is None or lane.task is None:
             return
-        if drain:
-            while not lane.queue.empty() or lane.writing is not None:
-                if lane.task.done():
-                    break
-                await asyncio.sleep(0.05)
+        deadline = time.monotonic() + drain_s
+        while lane.units and not lane.task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         lane.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await lane.task
         if lane.writing is not None:
             with contextlib.suppress(Exception):
                 await lane.writing
-        while not lane.queue.empty():
-            unit, embedding = lane.queue.get_nowait()
+        for unit, embedding in lane.units:
             self._release(unit)
             if embedding is not None:
                 embedding.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await embedding
+        lane.units.clear()
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
-            await self._close_lane(tp, drain=False)
+            await self._close_lane(tp)
         await self._commit(only=set(revoked))
         for tp in revoked:
             self._tracker.revoke(tp)
@@ -357,14 +380,14 @@ class IngestWorker:
             if tp not in self._lanes:
                 self._open_lane(tp, await self._consumer.committed(tp))
         self._paused = False
+        self._assigned_at = time.monotonic()
         self._assigned_once.set()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
-    async def _shutdown(self, graceful: bool) -> None:
+    async def _shutdown(self, drain_s: float) -> None:
         for tp in list(self._lanes):
-            await self._close_lane(tp, drain=graceful)
-        if graceful:
-            await self._commit()
+            await self._close_lane(tp, drain_s)
+        await self._commit()  # whatever was acknowledged is safe to commit, also after an error
         await self._consumer.stop()
         await self._producer.stop()
 

@@ -86,10 +86,12 @@ def _settings(bootstrap: str, **worker: object) -> Settings:
     )
 
 
-async def _produce_stream(settings: Settings, n: int, seed: int = 3) -> dict[str, str]:
-    """``n`` upserts/deletes over 40 ids; returns the expected final text per live id."""
+async def _produce_stream(
+    settings: Settings, n: int, seed: int = 3, expected: dict[str, str] | None = None
+) -> dict[str, str]:
+    """``n`` upserts/deletes over 40 ids; updates and returns ``expected`` (final text per live id)."""
     rng = random.Random(seed)
-    expected: dict[str, str] = {}
+    expected = {} if expected is None else expected
     await ensure_topics(settings.kafka)
     producer = make_producer(settings.kafka)
     await producer.start()
@@ -98,7 +100,7 @@ async def _produce_stream(settings: Settings, n: int, seed: int = 3) -> dict[str
         for i in range(n):
             doc_id = f"d{rng.randrange(40)}"
             if rng.random() < 0.2:
-                event = {"op": "delete", "id": doc_id}
+                event: dict[str, str] = {"op": "delete", "id": doc_id}
                 expected.pop(doc_id, None)
             else:
                 text = " ".join(f"w{i}x{j}" for j in range(rng.randint(1, 50)))
@@ -197,3 +199,45 @@ async def test_a_crashing_lane_stops_the_worker_and_commits_nothing(kafka_bootst
         assert tps and all([await consumer.committed(tp) in (None, 0) for tp in tps])
     finally:
         await consumer.stop()
+
+
+async def test_stop_mid_stream_then_restart_loses_nothing(kafka_bootstrap: str) -> None:
+    settings = _settings(kafka_bootstrap, max_batch_events=5, shutdown_drain_s=5.0)
+    expected = await _produce_stream(settings, 300, seed=13)
+    sink = RecordingSink()
+    stop = asyncio.Event()
+    first = _worker(settings, ShuffledEmbedder(max_delay=0.05), sink)
+    running = asyncio.create_task(first.run(stop=stop))
+    while sink.calls < 5:
+        await asyncio.sleep(0.05)
+    stop.set()
+    stats = await asyncio.wait_for(running, 60)
+    assert stats.documents_written + stats.documents_deleted > 0
+    await _worker(settings, ShuffledEmbedder(max_delay=0.0), sink).run(until_idle_s=1.5)
+    assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
+        d: t.split() for d, t in expected.items()
+    }
+    assert await _committed_equals_end(settings)
+
+
+async def test_a_second_member_joining_mid_stream_loses_nothing(kafka_bootstrap: str) -> None:
+    """A rebalance moves partitions while units are in flight; the final state is still exact."""
+    settings = _settings(kafka_bootstrap, max_batch_events=3, max_inflight_tokens=64)
+    expected = await _produce_stream(settings, 300, seed=17)
+    sink = RecordingSink()  # shared: both members write to the same "Milvus"
+    one = _worker(settings, ShuffledEmbedder(max_delay=0.1), sink)
+    two = _worker(settings, ShuffledEmbedder(seed=2, max_delay=0.1), sink)
+    first = asyncio.create_task(one.run(until_idle_s=6))
+    while sink.calls < 3:
+        await asyncio.sleep(0.05)
+    second = asyncio.create_task(two.run(until_idle_s=6))
+    while not (two.assigned and one.assigned):
+        await asyncio.sleep(0.1)
+    assert not (one.assigned & two.assigned)
+    await _produce_stream(settings, 300, seed=19, expected=expected)  # reaches both members
+    stats = await asyncio.wait_for(asyncio.gather(first, second), 180)
+    assert stats[0].events > 0 and stats[1].events > 0
+    assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
+        d: t.split() for d, t in expected.items()
+    }
+    assert await _committed_equals_end(settings)
