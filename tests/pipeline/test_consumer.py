@@ -16,12 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.chunking import Chunker
 from pipeline.config import ChunkingSettings, KafkaSettings, Settings, WorkerSettings
 from pipeline.consumer import IngestWorker
-from pipeline.kafka import client_options, ensure_topics, make_producer
+from pipeline.kafka import ensure_topics, make_producer, partition_lag
 from pipeline.sink import DeleteDocument, DocumentWrite, UpsertDocument, WriteResult
 from workers.errors import SinkUnavailable
 
@@ -118,23 +117,8 @@ async def _produce_stream(
 
 
 async def _committed_equals_end(settings: Settings) -> bool:
-    consumer = AIOKafkaConsumer(**client_options(settings.kafka), group_id=settings.kafka.group_id)
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(settings.kafka.topic, p)
-            for p in consumer.partitions_for_topic(settings.kafka.topic) or []
-        ]
-        consumer.assign(tps)
-        committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
-        await consumer.seek_to_beginning(*tps)
-        for _ in range(50):
-            if all(consumer.highwater(tp) is not None for tp in tps):
-                break
-            await consumer.getmany(timeout_ms=200)
-        return all(committed[tp] == consumer.highwater(tp) for tp in tps)
-    finally:
-        await consumer.stop()
+    lag = await partition_lag(settings.kafka, settings.kafka.topic)
+    return bool(lag) and all(committed == end for committed, end in lag.values())
 
 
 def _worker(settings: Settings, embedder: ShuffledEmbedder, sink: RecordingSink) -> IngestWorker:
@@ -189,16 +173,8 @@ async def test_a_crashing_lane_stops_the_worker_and_commits_nothing(kafka_bootst
         await asyncio.wait_for(
             _worker(settings, ShuffledEmbedder(), RecordingSink(crash=True)).run(until_idle_s=5), 60
         )
-    consumer = AIOKafkaConsumer(**client_options(settings.kafka), group_id=settings.kafka.group_id)
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(settings.kafka.topic, p)
-            for p in consumer.partitions_for_topic(settings.kafka.topic) or []
-        ]
-        assert tps and all([await consumer.committed(tp) in (None, 0) for tp in tps])
-    finally:
-        await consumer.stop()
+    lag = await partition_lag(settings.kafka, settings.kafka.topic)
+    assert lag and all(committed == 0 for committed, _ in lag.values()), lag
 
 
 async def test_stop_mid_stream_then_restart_loses_nothing(kafka_bootstrap: str) -> None:
