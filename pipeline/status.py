@@ -52,7 +52,7 @@ async def collect_status(settings: Settings) -> StatusReport:
     else:
         report.broker = "unreachable"
     report.milvus, report.replicas = await asyncio.to_thread(_milvus_rows, settings)
-    report.ray = await asyncio.to_thread(_ray_summary, settings)
+    report.ray = _ray_summary(settings)  # ray.init wants the main thread (it installs a SIGTERM handler)
     return report
 
 
