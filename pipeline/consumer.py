@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.chunking import Chunker
 from pipeline.config import Settings
+from pipeline.dlq import DeadLetterQueue
 from pipeline.kafka import client_options, make_producer
 from pipeline.offsets import OffsetTracker
 from pipeline.retry import Backoff
@@ -114,6 +115,9 @@ class IngestWorker:
             max_poll_records=kafka.max_poll_records,
         )
         self._producer = make_producer(kafka)
+        self._dead_letters = DeadLetterQueue(
+            self._producer, kafka.dlq_topic, settings.worker.retry_backoff_max_s
+        )
         self._tracker = OffsetTracker()
         self._lanes: dict[TopicPartition, _Lane] = {}
         self._inflight_tokens = 0
@@ -250,7 +254,8 @@ class IngestWorker:
 
     async def _complete_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
         await self._write_unit(unit, vectors)
-        await self._send_dead_letters(unit)
+        await self._dead_letters.send(unit.dead_letters)
+        self.stats.dead_letters += len(unit.dead_letters)
         self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
         self.stats.tokens_embedded += unit.tokens
         self.stats.last_ack_at = time.monotonic()
@@ -285,27 +290,6 @@ class IngestWorker:
                 self.stats.chunks_written += len(write.chunks)
             else:
                 self.stats.documents_deleted += 1
-
-    async def _send_dead_letters(self, unit: WorkUnit) -> None:
-        if not unit.dead_letters:
-            return
-        backoff = Backoff(cap=self._settings.worker.retry_backoff_max_s)
-        topic = self._settings.kafka.dlq_topic
-        while True:
-            try:
-                sends = [
-                    await self._producer.send(topic, key=d.key, value=d.value, headers=d.headers())
-                    for d in unit.dead_letters
-                ]
-                await asyncio.gather(*sends)
-                break
-            except KafkaError as exc:
-                delay = backoff.next(1.0)
-                log.warning("dead-letter send failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-        self.stats.dead_letters += len(unit.dead_letters)
-        for d in unit.dead_letters:
-            log.info("dead-lettered %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
 
     async def _commit_periodically(self) -> None:
         while True:

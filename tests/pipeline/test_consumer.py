@@ -128,10 +128,17 @@ def _worker(settings: Settings, embedder: ShuffledEmbedder, sink: RecordingSink)
 async def test_out_of_order_embeddings_still_apply_in_partition_order(kafka_bootstrap: str) -> None:
     settings = _settings(kafka_bootstrap, max_batch_events=7)
     expected = await _produce_stream(settings, 600)
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        for bad in (b"not json", b"[1]", b'{"id": "x"}'):
+            await producer.send_and_wait(settings.kafka.topic, key=b"x", value=bad)
+    finally:
+        await producer.stop()
     sink = RecordingSink()
     embedder = ShuffledEmbedder()
     stats = await _worker(settings, embedder, sink).run(until_idle_s=1.5)
-    assert stats.events == 600
+    assert stats.events == 603 and stats.dead_letters == 3
     assert embedder.calls > 20  # many units were in flight at once
     assert {d: " ".join(chunks).split() for d, chunks in sink.documents.items()} == {
         d: t.split() for d, t in expected.items()
