@@ -32,6 +32,8 @@ class OutgoingRecord:
 def iter_records(paths: Sequence[Path]) -> Iterator[OutgoingRecord]:
     """Records for ``paths``: JSONL files line by line, documents one event each, folders recursively."""
     for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 if file.suffix in DOCUMENT_SUFFIXES:
@@ -42,8 +44,6 @@ def iter_records(paths: Sequence[Path]) -> Iterator[OutgoingRecord]:
             yield from _jsonl(path)
         elif path.suffix in DOCUMENT_SUFFIXES:
             yield _document(path, path.name)
-        elif not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
         else:
             raise ValueError(f"{path}: expected a .jsonl, .txt or .md file, or a folder")
 

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from pipeline.config import Settings, load_settings
+from workers.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("PIPELINE_")]:
+        monkeypatch.delenv(name)
+
+
+def test_environment_nests_with_double_underscore_and_lists_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_KAFKA__BOOTSTRAP_SERVERS", "broker:9093")
+    monkeypatch.setenv("PIPELINE_EMBEDDING__DIMS", "[128, 512, 128]")
+    monkeypatch.setenv("PIPELINE_MODEL__POOLING", "cls")
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "broker:9093"
+    assert settings.embedding.dims == (512, 128)  # sorted widest first, duplicates dropped
+    assert settings.model.pooling == "cls"
+
+
+def test_toml_file_is_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        '[kafka]\ntopic = "from-file"\ngroup_id = "file-group"\n[milvus]\ncollection_prefix = "docs"\n'
+    )
+    monkeypatch.setenv("PIPELINE_KAFKA__GROUP_ID", "env-group")
+    settings = load_settings(config)
+    assert settings.kafka.topic == "from-file"
+    assert settings.kafka.group_id == "env-group"
+    assert settings.milvus.collection_prefix == "docs"
+
+
+def test_bad_settings_are_one_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_KAFKA__PARTITIONS", "0")
+    monkeypatch.setenv("PIPELINE_MILVUS__COLLECTION_PREFIX", "has space")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "kafka.partitions" in message and "milvus.collection_prefix" in message
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+    monkeypatch.delenv("PIPELINE_KAFKA__PARTITIONS")
+    monkeypatch.delenv("PIPELINE_MILVUS__COLLECTION_PREFIX")
+    monkeypatch.setenv("PIPELINE_KAFKA__TOPICS", "typo")  # unknown keys are refused, not ignored
+    with pytest.raises(ConfigError, match="topics"):
+        load_settings()
+
+
+def test_replica_dims_always_include_the_native_one_and_refuse_wider() -> None:
+    settings = Settings(embedding={"dims": [256, 128]})  # type: ignore[arg-type]
+    assert settings.embedding.replica_dims(384) == (384, 256, 128)
+    with pytest.raises(ValueError, match=r"\[2048\] exceed the model's native dimension 1024"):
+        Settings(embedding={"dims": [2048, 256]}).embedding.replica_dims(1024)  # type: ignore[arg-type]
+
+
+def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_KAFKA__SASL_PASSWORD", "kafka-secret-1")
+    monkeypatch.setenv("PIPELINE_MILVUS__TOKEN", "root:milvus-secret-2")
+    monkeypatch.setenv("PIPELINE_RAY__AUTH_TOKEN", "ray-secret-3")
+    settings = load_settings()
+    assert settings.milvus.token is not None and settings.milvus.token.get_secret_value().endswith("secret-2")
+    for shown in (str(settings), repr(settings), settings.model_dump_json(), str(settings.model_dump())):
+        assert "secret-1" not in shown and "secret-2" not in shown and "secret-3" not in shown
+
+
+def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    found = [model]
+    for field in model.model_fields.values():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += _models(annotation)
+    return found
+
+
+def test_every_setting_is_described_and_frozen() -> None:
+    for model in _models(Settings):
+        assert model.model_config.get("frozen"), model.__name__
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
