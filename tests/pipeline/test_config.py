@@ -56,10 +56,10 @@ def test_bad_settings_are_one_clear_config_error(tmp_path: Path, monkeypatch: py
 
 
 def test_replica_dims_always_include_the_native_one_and_refuse_wider() -> None:
-    settings = Settings(embedding={"dims": [256, 128]})  # type: ignore[arg-type]
+    settings = Settings(embedding={"dims": [256, 128]})
     assert settings.embedding.replica_dims(384) == (384, 256, 128)
     with pytest.raises(ValueError, match=r"\[2048\] exceed the model's native dimension 1024"):
-        Settings(embedding={"dims": [2048, 256]}).embedding.replica_dims(1024)  # type: ignore[arg-type]
+        Settings(embedding={"dims": [2048, 256]}).embedding.replica_dims(1024)
 
 
 def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
