@@ -45,13 +45,26 @@ def _parser() -> argparse.ArgumentParser:
 async def _run_worker(settings: Settings, until_idle: float | None) -> int:
     from pipeline.runtime import build_runtime
 
+    runtime = await build_runtime(settings)
     stop = asyncio.Event()
+    running = asyncio.create_task(runtime.new_worker().run(stop=stop, until_idle_s=until_idle))
+
+    def on_signal() -> None:
+        # First signal: finish the units in flight and commit. Second: stop at once.
+        if stop.is_set():
+            running.cancel()
+        else:
+            log.info("stopping: finishing the work in flight (signal again to stop at once)")
+            stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runtime = await build_runtime(settings)
+        loop.add_signal_handler(sig, on_signal)
     try:
-        stats = await runtime.new_worker().run(stop=stop, until_idle_s=until_idle)
+        stats = await running
+    except asyncio.CancelledError:
+        print("stopped at once; uncommitted work will be re-read on restart", file=sys.stderr)
+        return 130
     finally:
         runtime.close()
     print(
