@@ -10,6 +10,17 @@ from pymilvus import MilvusClient
 from pipeline.config import MilvusSettings
 from pipeline.milvus_errors import translated
 
+# pymilvus pings every 10 s even on idle connections; servers with gRPC's default policy (Milvus
+# Lite among them) answer an idle connection's pings with GOAWAY "too_many_pings", which then
+# fails the next calls. Ping only while calls are in flight, and not more than once a minute.
+# A local subchannel pool keeps a reconnecting client off the process-wide pool, where a
+# connection to a restarted server may still sit in its reconnect backoff.
+GRPC_OPTIONS = {
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_permit_without_calls": False,
+    "grpc.use_local_subchannel_pool": 1,
+}
+
 
 class MilvusConnection:
     """A :class:`~pymilvus.MilvusClient`, opened on first use and again after :meth:`close`.
@@ -60,5 +71,6 @@ class MilvusConnection:
                     db_name=self._settings.db_name,
                     timeout=self._settings.timeout_s,
                     dedicated=True,  # close() must really close it, not a shared channel
+                    grpc_options=GRPC_OPTIONS,
                 )
             return self._milvus

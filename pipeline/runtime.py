@@ -13,8 +13,9 @@ from pipeline.chunking import Chunker
 from pipeline.config import Settings
 from pipeline.consumer import IngestWorker
 from pipeline.kafka import ensure_topics
+from pipeline.retry import Backoff
 from pipeline.sink import MilvusSink
-from workers.errors import ConfigError
+from workers.errors import ConfigError, SinkUnavailable
 from workers.pool import EmbedderPool
 from workers.tokenizer import load_text_tokenizer
 
@@ -87,6 +88,21 @@ async def start_pool(
     return pool, dims
 
 
+async def _ensure_replicas(sink: MilvusSink, settings: Settings, attempts: int = 6) -> None:
+    """Create or check the replica collections, waiting out a Milvus that is still starting."""
+    backoff = Backoff(base=1.0, cap=settings.worker.retry_backoff_max_s)
+    for attempt in range(1, attempts + 1):
+        try:
+            await asyncio.to_thread(sink.ensure_collections)
+            return
+        except SinkUnavailable as exc:
+            if attempt == attempts:
+                raise
+            delay = backoff.next(exc.retry_after)
+            log.warning("Milvus not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+
 async def build_runtime(settings: Settings) -> Runtime:
     """Start the pool, open every replica and the topics, and check the settings fit together."""
     connect_ray(settings)
@@ -103,7 +119,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             )
         chunker = Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens)
         sink = MilvusSink(settings.milvus, dims)
-        await asyncio.to_thread(sink.ensure_collections)
+        await _ensure_replicas(sink, settings)
         await ensure_topics(settings.kafka)
     except BaseException:
         pool.shutdown()
