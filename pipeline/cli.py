@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--instruction", help="task instruction for instruction-aware models (Qwen3)")
     verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
+    # Its options belong to workers.bench, which parses what follows the verb.
+    verbs.add_parser(
+        "bench", add_help=False, help="embedder throughput vs sentence-transformers (see --help)"
+    )
     return parser
 
 
@@ -139,7 +143,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad configuration or input, 1 for other failures)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.verb == "bench":
+        # The benchmark lives on the Ray side: it loads the model (torch) in this process.
+        from workers import bench
+
+        return bench.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

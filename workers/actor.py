@@ -74,7 +74,7 @@ class EmbedderActor:
             self._info.native_dim,
             self._info.max_length,
         )
-        self._batcher = MicroBatcher(self._model.embed_ids, batch_settings)
+        self._batcher = MicroBatcher(self._model.embed_ids, batch_settings, packed=self._model.packed)
         # Tokenization gets its own single thread: it overlaps the forward pass on the batcher's
         # thread, and the model is not promised to be thread-safe beyond that split.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")

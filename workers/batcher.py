@@ -6,8 +6,9 @@ Many concurrent :meth:`MicroBatcher.submit` calls share forward passes.  How a b
   length (stable) and appended to a "ready" run.  Batches are cut from the front of that run, so every
   text of window *k* runs before any text of window *k + 1*: sorting cuts padding, and the bounded window
   means no text waits behind an unbounded stream of shorter ones.
-* A batch grows while ``longest × count <= max_batch_tokens`` (the padded cost of one forward pass); a
-  single text longer than the budget runs alone.
+* A batch grows while its cost stays within ``max_batch_tokens``: ``longest × count`` for a padded
+  forward pass, the sum of the lengths for a packed one (``packed=True``, what the model says it runs).
+  A single text longer than the budget runs alone.
 * The first batch starts when the waiting texts hold a full budget of tokens or when the oldest of them
   has waited ``max_wait_ms``, whichever comes first.
 * Requests may ask for different dimension sets: a batch is run once for the union of its requests' dims
@@ -55,6 +56,7 @@ class BatcherStats:
     texts: int
     tokens: int
     padded_tokens: int
+    """Tokens the forward passes computed, padding included (equal to ``tokens`` when packed)."""
     failed_batches: int
     rejected_requests: int
     forward_seconds: float
@@ -99,8 +101,9 @@ class MicroBatcher:
     future submit raises instead of hanging.  Not thread-safe: use it from one event loop.
     """
 
-    def __init__(self, run_batch: RunBatch, settings: BatchSettings) -> None:
+    def __init__(self, run_batch: RunBatch, settings: BatchSettings, *, packed: bool = False) -> None:
         self._run_batch = run_batch
+        self._packed = packed
         self._settings = settings
         self._max_wait = settings.max_wait_ms / 1000
         self._pending: deque[_Item] = deque()  # arrival order, not yet in a sorted window
@@ -213,7 +216,7 @@ class MicroBatcher:
         """Cut the next batch from the front of the sorted run, sealing new windows as needed."""
         budget = self._settings.max_batch_tokens
         batch: list[_Item] = []
-        longest = 0
+        longest = total = 0
         while True:
             if not self._ready:
                 if not self._pending:
@@ -226,12 +229,13 @@ class MicroBatcher:
                 self._ready.popleft()
                 self._waiting_tokens -= size
                 continue
-            if batch and max(longest, size) * (len(batch) + 1) > budget:
+            cost = total + size if self._packed else max(longest, size) * (len(batch) + 1)
+            if batch and cost > budget:
                 break
             self._ready.popleft()
             self._waiting_tokens -= size
             batch.append(item)
-            longest = max(longest, size)
+            longest, total = max(longest, size), total + size
         if not self._ready:
             self._ready_since = math.inf
         return batch
@@ -247,8 +251,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         dims = tuple(sorted({dim for item in batch for dim in item.request.dims}, reverse=True))
         ids = [item.ids for item in batch]
-        padded = max(len(seq) for seq in ids) * len(ids)
         tokens = sum(len(seq) for seq in ids)
+        padded = tokens if self._packed else max(len(seq) for seq in ids) * len(ids)
         self._running = batch  # left in place if cancelled, so that close() fails these requests too
         started = loop.time()
         try:

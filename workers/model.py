@@ -8,9 +8,9 @@ the driver can unpickle the :class:`ModelInfo` an actor sends back without them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -73,9 +73,12 @@ class EmbeddingModel:
     thread may tokenize while another runs forward passes; neither method is safe to call from
     two threads at once.
 
-    Inputs are padded on the left for last-token pooling (every row's last real token then sits
-    in the last column, the layout Qwen3-Embedding and sentence-transformers use) and on the
-    right otherwise (the layout absolute-position encoders such as BERT expect).
+    When :attr:`packed`, a batch runs as one unpadded row (see :mod:`workers.packing`) and costs
+    the sum of its lengths.  Otherwise inputs are padded on the left for last-token pooling (every
+    row's last real token then sits in the last column, the layout Qwen3-Embedding and
+    sentence-transformers use) and on the right otherwise (the layout absolute-position encoders
+    such as BERT expect), and a batch costs its longest input times its size.  Both give every
+    text the embedding it gets alone, within floating-point tolerance.
     """
 
     def __init__(
@@ -87,6 +90,8 @@ class EmbeddingModel:
         pooling: PoolingMode,
         device: str,
         dtype: str,
+        packing: Literal["auto", "on", "off"] = "off",
+        compile: bool = False,
     ) -> None:
         self._name = name
         self._model = model
@@ -96,7 +101,17 @@ class EmbeddingModel:
         self._dtype = dtype
         self._native_dim = int(model.config.hidden_size)
         self._padding_side: Literal["left", "right"] = "left" if pooling == "last_token" else "right"
-        self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self._takes_position_ids = "position_ids" in parameters
+        # A decoder would otherwise fill a key/value cache nobody reads.
+        self._cache_off = {"use_cache": False} if "use_cache" in parameters else {}
+        self._packed = packing != "off" and _packs(model, device, packing)
+        # What runs the batches: the model itself, or its compiled form (which calls the same weights).
+        self._forward: Callable[..., Any] = model
+        if compile and device.startswith("cuda"):
+            import torch
+
+            self._forward = torch.compile(model, dynamic=True)
 
     @classmethod
     def load(cls, settings: ModelSettings, device: str | None = None) -> EmbeddingModel:
@@ -127,6 +142,8 @@ class EmbeddingModel:
             pooling=pooling,
             device=device,
             dtype=dtype,
+            packing=settings.packing,
+            compile=settings.compile,
         )
 
     @property
@@ -165,6 +182,16 @@ class EmbeddingModel:
         return self._padding_side
 
     @property
+    def packed(self) -> bool:
+        """Whether batches run packed (unpadded) rather than padded."""
+        return self._packed
+
+    @property
+    def module(self) -> PreTrainedModel:
+        """The underlying Transformers model (for benchmarks and reference forwards)."""
+        return self._model
+
+    @property
     def tokenizer(self) -> TextTokenizer:
         """The model's tokenizer (CPU)."""
         return self._tokenizer
@@ -195,9 +222,9 @@ class EmbeddingModel:
     def embed_ids(self, ids: Sequence[Sequence[int]], dims: Sequence[int]) -> dict[int, np.ndarray]:
         """Map each of ``dims`` to a float32 ``(len(ids), dim)`` array of unit rows, in input order.
 
-        One padded forward pass over all inputs; the pooled vectors are cut to each dim and
-        normalized on the device, then copied back.  Raises ValueError for an empty input row,
-        a row longer than :attr:`max_length`, or a dim outside ``1..native_dim``.
+        One forward pass over all inputs (packed or padded, see :attr:`packed`); the pooled vectors
+        are cut to each dim and normalized on the device, then copied back.  Raises ValueError for an
+        empty input row, a row longer than :attr:`max_length`, or a dim outside ``1..native_dim``.
         """
         import torch
 
@@ -208,18 +235,27 @@ class EmbeddingModel:
             if not 0 < len(row) <= self.max_length:
                 raise ValueError(f"an input has {len(row)} tokens; 1..{self.max_length} are allowed")
         with torch.inference_mode():
-            if ids:
+            if ids and self._packed:
+                pooled = self._embed_packed(ids)
+            elif ids:
                 input_ids, mask = self._pad(ids)
-                inputs = {"input_ids": input_ids, "attention_mask": mask}
+                inputs = {"input_ids": input_ids, "attention_mask": mask, **self._cache_off}
                 if self._padding_side == "left" and self._takes_position_ids:
                     # Number positions from each row's first real token, as if unpadded, so a
                     # text's embedding does not depend on the batch it travels in.
                     inputs["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
-                pooled = pool(self._model(**inputs).last_hidden_state, mask, self._pooling)
+                pooled = pool(self._forward(**inputs).last_hidden_state, mask, self._pooling)
             else:
                 pooled = torch.empty((0, self._native_dim), device=self._device)
             vectors = cut_and_normalize(pooled, dims)
             return {dim: vector.cpu().numpy() for dim, vector in vectors.items()}
+
+    def _embed_packed(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        from workers.packing import pack, packed_forward, pool_packed
+
+        batch = pack(ids, self._device)
+        hidden = packed_forward(self._forward, self._model.config.layer_types, batch)
+        return pool_packed(hidden, batch.cu_seqlens, self._pooling)
 
     def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` of ``ids`` padded to the longest, on the device."""
@@ -233,3 +269,13 @@ class EmbeddingModel:
             input_ids[i, columns] = torch.tensor(row, dtype=torch.long)
             mask[i, columns] = 1
         return input_ids.to(self._device), mask.to(self._device)
+
+
+def _packs(model: PreTrainedModel, device: str, packing: Literal["auto", "on"]) -> bool:
+    """Switch ``model`` to packed attention when ``packing`` asks for it and the model can; says if it did."""
+    from workers.packing import can_pack, use_packed_attention, varlen_kernel_available
+
+    if not can_pack(model) or (packing == "auto" and not varlen_kernel_available(device)):
+        return False
+    use_packed_attention(model)
+    return True

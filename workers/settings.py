@@ -46,6 +46,18 @@ class ModelSettings(BaseModel):
         "Applied only to inputs that carry an instruction.",
     )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folder.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (dynamic shapes) on CUDA, fusing its element-wise work; the "
+        "first batches then take minutes to compile. Ignored on CPU.",
+    )
+    packing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Packed (unpadded) forward passes: texts back to back in one row, attention kept "
+        "inside each text. 'auto' packs on CUDA when torch has variable-length flash attention; 'on' "
+        "packs on any device (one attention call per text off CUDA); models without a packed path "
+        "(see workers.packing) always run padded.",
+    )
 
 
 class BatchSettings(BaseModel):

@@ -210,6 +210,13 @@ class TextTokenizer:
         """Tokens of ``text`` without special tokens, however long the text."""
         return len(self._whole.encode(text, add_special_tokens=False).ids)
 
+    def special_affixes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The special token ids :meth:`encode` puts before and after every text's own tokens."""
+        bare = self._whole.encode("x", add_special_tokens=False).ids
+        full = self._whole.encode("x", add_special_tokens=True).ids
+        start = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
+        return tuple(full[:start]), tuple(full[start + len(bare) :])
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Model input ids of each text: special tokens added, truncated to :attr:`max_length`."""
         encodings = self._truncating.encode_batch(list(texts), add_special_tokens=True)

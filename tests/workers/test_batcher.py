@@ -321,3 +321,14 @@ async def test_empty_request_returns_empty_arrays_without_a_forward_pass(closing
     out = await batcher.submit([], (8, 4))
     assert {dim: rows.shape for dim, rows in out.items()} == {8: (0, 8), 4: (0, 4)}
     assert forward.batches == []
+
+
+async def test_a_packed_batch_is_budgeted_by_its_sum_of_lengths(closing: list[MicroBatcher]) -> None:
+    forward = FakeForward()
+    batcher = MicroBatcher(forward, settings(max_batch_tokens=100, sort_window=8), packed=True)
+    closing.append(batcher)
+    # Padded, these would cost 5 x 50 = 250 and split in two; packed they cost their 90 real tokens.
+    await batcher.submit([text(1, 10), text(2, 50), text(3, 10), text(4, 10), text(5, 10)], (4,))
+    assert [len(ids) for ids, _ in forward.batches] == [5]
+    stats = batcher.stats()
+    assert stats.padded_tokens == stats.tokens == 90 and stats.padding_efficiency == 1.0

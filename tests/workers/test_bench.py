@@ -1,0 +1,51 @@
+"""`python -m pipeline bench` on the CPU: the tiny random model, a small workload, the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cli import main as cli_main
+from workers.bench_setup import Affixes, as_text, id_tokenizer, lognormal_lengths, make_documents
+
+
+def test_workload_lengths_are_lognormal_clipped_and_fixed_by_the_seed() -> None:
+    lengths = lognormal_lengths(4000, seed=0)
+    assert lengths.min() >= 8 and lengths.max() <= 2048
+    assert 270 <= np.median(lengths) <= 330
+    assert (lengths == lognormal_lengths(4000, seed=0)).all()
+
+
+def test_documents_end_with_the_eos_and_round_trip_through_the_id_tokenizer() -> None:
+    affixes = Affixes(prefix=(), suffix=(511,), pad=511)
+    documents = make_documents(np.array([8, 30, 2]), 512, affixes, seed=0)
+    assert [len(document) for document in documents] == [8, 30, 2]
+    tokenizer = id_tokenizer(512, affixes)
+    for document in documents:
+        assert document[-1] == 511 and 511 not in document[:-1]
+        assert tokenizer.encode(as_text(document, affixes)).ids == document
+
+
+def test_bench_runs_on_cpu_and_writes_its_result(tmp_path: Path) -> None:
+    out = tmp_path / "tiny.json"
+    argv = ["bench", "--random", "tiny", "--docs", "12", "--warmup-docs", "4", "--out", str(out)]
+    assert cli_main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m pipeline bench --random tiny")
+    assert {"device", "torch", "transformers", "sentence_transformers", "matmul_peak_tflops"} <= set(result)
+    assert result["model"]["non_embedding_params"] > 0 and result["accuracy_passed"] is True
+    assert set(result["workloads"]) == {"mixed", "fixed512"}
+    for workload in result["workloads"].values():
+        assert workload["docs"] == 12
+        assert set(workload["strategies"]) == {"ours", "sentence_transformers", "hf_arrival"}
+        for figures in workload["strategies"].values():
+            assert figures["tokens_per_s"] > 0 and figures["docs_per_s"] > 0 and figures["peak_fraction"] > 0
+            assert figures["accuracy"] == {
+                "checked": 12,
+                "min_cosine": figures["accuracy"]["min_cosine"],
+                "passed": True,
+            }
+            assert figures["accuracy"]["min_cosine"] >= 0.999
+        assert workload["strategies"]["sentence_transformers"]["ratio_vs_sentence_transformers"] == 1.0
