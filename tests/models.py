@@ -135,3 +135,13 @@ def write_sentence_transformers_layout(
     ]
     (dest / "modules.json").write_text(json.dumps(modules, indent=2))
     return dest
+
+
+# Texts of varied length and script that the model tests embed.
+SAMPLE_TEXTS = [
+    "Hello world.",
+    "A somewhat longer sentence about streaming document ingestion into a vector database.",
+    "Unicode: café, naïve, Größe, 東京, Москва, emoji 😀🚀.",
+    " ".join(["Matryoshka embeddings stay meaningful when cut to their first dimensions."] * 12),
+    "x",
+]

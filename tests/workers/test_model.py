@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import build_tiny_qwen3, write_sentence_transformers_layout
+from models import SAMPLE_TEXTS, build_tiny_qwen3, write_sentence_transformers_layout
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
@@ -19,13 +19,7 @@ from workers.settings import ModelSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-TEXTS = [
-    "Hello world.",
-    "A somewhat longer sentence about streaming document ingestion into a vector database.",
-    "Unicode: café, naïve, Größe, 東京, Москва, emoji 😀🚀.",
-    " ".join(["Matryoshka embeddings stay meaningful when cut to their first dimensions."] * 12),
-    "x",
-]
+TEXTS = SAMPLE_TEXTS
 LONG = " ".join(["Ray actors hold the model and batch by tokens."] * 60)
 
 

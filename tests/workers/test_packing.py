@@ -12,18 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import SAMPLE_TEXTS
 
 from workers.model import EmbeddingModel
 from workers.packing import pack, pool_packed
 from workers.settings import ModelSettings
 
-TEXTS = [
-    "Hello world.",
-    "A somewhat longer sentence about streaming document ingestion into a vector database.",
-    "Unicode: café, naïve, Größe, 東京, Москва, emoji 😀🚀.",
-    " ".join(["Matryoshka embeddings stay meaningful when cut to their first dimensions."] * 12),
-    "x",
-]
+TEXTS = SAMPLE_TEXTS
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # float32 on CPU; bf16 on a GPU, where batch shapes change the kernels' rounding.
 MIN_COSINE = 0.999 if DEVICE == "cuda" else 0.99999
