@@ -22,6 +22,24 @@ GRPC_OPTIONS = {
 }
 
 
+def open_client(
+    uri: str, *, token: str = "", db_name: str = "", timeout: float | None = None
+) -> MilvusClient:
+    """A new Milvus client on a channel of its own, with keepalive pings Milvus Lite tolerates.
+
+    Every client of this project (and of its tests) is made here: one client with pymilvus'
+    default pings can get the shared connection GOAWAY'd for all the others.
+    """
+    return MilvusClient(
+        uri=uri,
+        token=token,
+        db_name=db_name,
+        timeout=timeout,
+        dedicated=True,  # close() must really close it, not a shared channel
+        grpc_options=GRPC_OPTIONS,
+    )
+
+
 class MilvusConnection:
     """A :class:`~pymilvus.MilvusClient`, opened on first use and again after :meth:`close`.
 
@@ -65,12 +83,10 @@ class MilvusConnection:
         with self._lock:
             if self._milvus is None:
                 token = self._settings.token
-                self._milvus = MilvusClient(
-                    uri=self._settings.uri,
+                self._milvus = open_client(
+                    self._settings.uri,
                     token=token.get_secret_value() if token else "",
                     db_name=self._settings.db_name,
                     timeout=self._settings.timeout_s,
-                    dedicated=True,  # close() must really close it, not a shared channel
-                    grpc_options=GRPC_OPTIONS,
                 )
             return self._milvus

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from pymilvus import MilvusClient, MilvusException
+from pymilvus import MilvusException
 
 from pipeline.config import KafkaSettings, Settings, StackSettings
 from pipeline.kafka import broker_reachable
+from pipeline.milvus_connection import open_client
 from pipeline.processes import (
     HOST,
     ManagedProcess,
@@ -103,7 +104,7 @@ def milvus_ready(address: str) -> bool:
         return False
     try:
         # Dedicated: pymilvus shares one connection per URI, which would outlive a restarted server.
-        client = MilvusClient(uri=f"http://{address}", timeout=2.0, dedicated=True)
+        client = open_client(f"http://{address}", timeout=2.0)
     except MilvusException:
         return False
     try:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from pymilvus import MilvusClient
-
 from pipeline.config import Settings
 from pipeline.kafka import broker_reachable, partition_lag
-from pipeline.milvus_connection import GRPC_OPTIONS
+from pipeline.milvus_connection import open_client
 
 
 @dataclass
@@ -61,9 +59,7 @@ def _milvus_rows(settings: Settings) -> tuple[str, dict[str, int]]:
     milvus = settings.milvus
     token = milvus.token.get_secret_value() if milvus.token else ""
     try:
-        client = MilvusClient(
-            uri=milvus.uri, token=token, db_name=milvus.db_name, timeout=5, grpc_options=GRPC_OPTIONS
-        )
+        client = open_client(milvus.uri, token=token, db_name=milvus.db_name, timeout=5)
     except Exception as exc:  # any connection failure is a status line, not a crash
         return f"unreachable ({type(exc).__name__})", {}
     try:

@@ -14,6 +14,8 @@ import ray
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymilvus import DataType, MilvusClient
 
+from pipeline.milvus_connection import open_client
+
 if TYPE_CHECKING:
     from services import RayCluster
 
@@ -43,7 +45,7 @@ async def test_a_record_goes_through_the_broker(kafka_bootstrap: str) -> None:
 
 @pytest.mark.parametrize("server", ["milvus_lite_uri", "milvus_standalone_uri"])
 def test_a_collection_is_created_filled_and_queried(server: str, request: pytest.FixtureRequest) -> None:
-    client = MilvusClient(uri=request.getfixturevalue(server), timeout=30)
+    client = open_client(request.getfixturevalue(server), timeout=30)
     name = f"smoke_{uuid.uuid4().hex[:8]}"
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=600)

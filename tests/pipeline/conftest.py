@@ -14,7 +14,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, suppre
 from pathlib import Path
 
 import pytest
-from pymilvus import MilvusClient
+
+from pipeline.milvus_connection import open_client
 
 BIN = Path(sys.executable).parent
 LITE_START_S = 60.0
@@ -36,7 +37,7 @@ def wait_until_serving(uri: str, proc: subprocess.Popen[bytes], log: Path, timeo
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            client = MilvusClient(uri=uri, timeout=2.0, dedicated=True)
+            client = open_client(uri, timeout=2.0)
             try:
                 client.list_collections(timeout=2.0)
                 return

@@ -24,6 +24,7 @@ from pymilvus import DataType, MilvusClient
 
 import pipeline.milvus_rows as milvus_rows
 from pipeline.config import MilvusSettings
+from pipeline.milvus_connection import open_client
 from pipeline.milvus_expr import any_of, in_lists, quote
 from pipeline.sink import ChunkRow, DeleteDocument, DocumentWrite, MilvusSink, UpsertDocument
 from workers.errors import ConfigError, PoisonInput, SinkUnavailable
@@ -97,7 +98,7 @@ def make_sink(milvus_uri: str) -> Iterator[SinkFactory]:
 
 
 def empty(uri: str, collections: Sequence[str]) -> None:
-    client = MilvusClient(uri=uri, dedicated=True)
+    client = open_client(uri)
     try:
         for name in collections:
             client.delete(name, filter="chunk_index >= 0", consistency_level="Strong")
@@ -150,7 +151,7 @@ def assert_replicas(sink: MilvusSink, documents: Mapping[str, UpsertDocument]) -
 def test_ensure_collections_creates_loads_and_reopens(make_sink: SinkFactory, milvus_uri: str) -> None:
     prefix = f"reopen_{next(_counter)}"
     sink = make_sink(prefix=prefix)
-    client = MilvusClient(uri=milvus_uri, dedicated=True)
+    client = open_client(milvus_uri)
     try:
         for dim in DIMS:
             name = sink.collection_name(dim)
@@ -174,7 +175,7 @@ def test_mismatching_collection_is_a_config_error(
     make_sink: SinkFactory, milvus_uri: str, mismatch: str
 ) -> None:
     prefix = f"mismatch_{mismatch}_{next(_counter)}"
-    client = MilvusClient(uri=milvus_uri, dedicated=True)
+    client = open_client(milvus_uri)
     try:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         if mismatch == "pk":
@@ -290,7 +291,7 @@ def test_nasty_ids_are_written_updated_and_deleted(make_sink: SinkFactory) -> No
 def test_quote_round_trips_through_the_server(make_sink: SinkFactory, milvus_uri: str) -> None:
     sink = make_sink((8,))
     sink.write([upsert(d, 1, dims=(8,)) for d in NASTY_IDS])
-    client = MilvusClient(uri=milvus_uri, dedicated=True)
+    client = open_client(milvus_uri)
     try:
         for doc_id in NASTY_IDS:
             rows = client.query(

@@ -14,6 +14,7 @@ from pymilvus import DataType, MilvusClient
 
 from pipeline import processes, stack
 from pipeline.config import Settings, StackSettings
+from pipeline.milvus_connection import open_client
 
 
 def _settings(data_dir: Path) -> Settings:
@@ -145,7 +146,7 @@ def test_milvus_lite_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
     port = processes.free_port()
     server = stack.start_milvus_lite(tmp_path, port)
     try:
-        client = MilvusClient(uri=f"http://{server.address}", timeout=30)
+        client = open_client(f"http://{server.address}", timeout=30)
         schema = MilvusClient.create_schema(auto_id=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=2)
@@ -158,7 +159,7 @@ def test_milvus_lite_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
         assert server.stop()
     server = stack.start_milvus_lite(tmp_path, port)
     try:
-        client = MilvusClient(uri=f"http://{server.address}", timeout=30)
+        client = open_client(f"http://{server.address}", timeout=30)
         client.load_collection("kept")
         rows = client.query("kept", filter="", output_fields=["pk"], limit=10)
         assert sorted(r["pk"] for r in rows) == ["a", "b"]
