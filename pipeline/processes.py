@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -189,11 +190,22 @@ class ManagedProcess:
         return True
 
 
+# Below Linux's ephemeral range (32768-60999): a port handed out here cannot be taken by the
+# source port of some outgoing connection between our check and the service's bind.
+_FREE_PORT_RANGE = (20000, 32767)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it from the ephemeral range)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing is bound to right now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.randint(*_FREE_PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise StackError(f"no free TCP port in {_FREE_PORT_RANGE[0]}-{_FREE_PORT_RANGE[1]}")
 
 
 def accepts(address: str) -> bool:
