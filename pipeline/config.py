@@ -8,6 +8,7 @@ own frozen section; secrets are :class:`~pydantic.SecretStr` and print as ``****
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,6 +187,10 @@ class StackSettings(BaseModel):
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the Ray head offers; default all.")
 
 
+# The TOML file of the load_settings() call in progress (then PIPELINE_CONFIG): no global state left behind.
+_config_file: ContextVar[str | None] = ContextVar("pipeline_config_file", default=None)
+
+
 class Settings(BaseSettings):
     """All settings of one worker process."""
 
@@ -213,7 +218,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = os.environ.get("PIPELINE_CONFIG")
+        toml_path = _config_file.get() or os.environ.get("PIPELINE_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
@@ -226,12 +231,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
     from workers.errors import ConfigError
 
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
-        os.environ["PIPELINE_CONFIG"] = str(config_file)
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from exc
+    finally:
+        _config_file.reset(token)

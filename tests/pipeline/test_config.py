@@ -86,3 +86,10 @@ def test_every_setting_is_described_and_frozen() -> None:
         assert model.model_config.get("frozen"), model.__name__
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_the_example_config_in_infra_loads() -> None:
+    example = Path(__file__).parents[2] / "infra" / "embedstream.example.toml"
+    settings = load_settings(example)
+    assert settings.embedding.dims == (256, 128)
+    assert settings.kafka.dlq_topic == "documents.dlq" and settings.model.packing == "auto"
