@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
 import pytest
 
+from pipeline import processes
 from pipeline.milvus_connection import open_client
 
 BIN = Path(sys.executable).parent
 LITE_START_S = 60.0
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free a moment ago."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def wait_until_serving(uri: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
@@ -63,7 +54,7 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 @contextmanager
 def lite_server(data_dir: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A milvus-lite gRPC server on ``port`` (default: a free one); yields its URI and process."""
-    port = port or free_ports(1)[0]
+    port = port or processes.free_port()
     log = data_dir.parent / f"{data_dir.name}.log"
     argv = [str(BIN / "milvus-lite"), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1"]
     with log.open("ab") as out:
@@ -79,7 +70,7 @@ def lite_server(data_dir: Path, port: int | None = None) -> Iterator[tuple[str, 
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    return free_ports(1)[0]
+    return processes.free_port()
 
 
 @pytest.fixture
