@@ -39,9 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--instruction", help="task instruction for instruction-aware models (Qwen3)")
     verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
-    # Its options belong to workers.bench, which parses what follows the verb.
+    # Its options belong to workers.bench (or, with --end-to-end, pipeline.bench_pipeline), which
+    # parses what follows the verb.
     verbs.add_parser(
-        "bench", add_help=False, help="embedder throughput vs sentence-transformers (see --help)"
+        "bench",
+        add_help=False,
+        help="embedder throughput vs sentence-transformers, or with --end-to-end the whole pipeline "
+        "vs the bare embedder (see --help)",
     )
     return parser
 
@@ -146,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.verb == "bench":
-        # The benchmark lives on the Ray side: it loads the model (torch) in this process.
+        if "--end-to-end" in rest:
+            from pipeline import bench_pipeline
+
+            return bench_pipeline.main(rest, config=args.config)
+        # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
         from workers import bench
 
         return bench.main(rest)

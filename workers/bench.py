@@ -36,6 +36,7 @@ from workers.bench_setup import (
     lognormal_lengths,
     make_documents,
     random_qwen3,
+    save_random_model,
     sentence_transformer_peer,
 )
 from workers.bench_strategies import PEER, Strategy, build_strategies, padded_forward, peer_tokenize
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup-docs", type=int, default=64)
     parser.add_argument("--device", help="default: cuda when available")
+    parser.add_argument(
+        "--save-model",
+        type=Path,
+        metavar="DIR",
+        help="with --random: write the random model and its tokenizer to DIR (no benchmark)",
+    )
     parser.add_argument(
         "--out", type=Path, help="JSON result (default tests/perf/results/<model>-<device>.json)"
     )
@@ -255,8 +262,17 @@ def _table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """CLI entry: run, write the JSON, print a table; exit 1 when our embedder misses the accuracy bar."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     args.argv = list(argv)
+    if args.save_model is not None:
+        if not args.random:
+            parser.error("--save-model needs --random")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, compute_dtype("auto", device))
+        save_random_model(SHAPES[args.random], args.save_model, device, dtype, args.seed)
+        print(f"random {args.random} model written to {args.save_model}")
+        return 0
     result = run(args)
     device = result["device"].lower().replace(" ", "-")
     name = args.random or Path(args.model).name

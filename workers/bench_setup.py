@@ -131,6 +131,26 @@ def id_tokenizer(vocab: int, affixes: Affixes) -> Tokenizer:
     return tokenizer
 
 
+def save_random_model(shape: Shape, folder: Path, device: str, dtype: torch.dtype, seed: int = 0) -> Path:
+    """Write a loadable model folder: seeded random weights of ``shape`` and its id tokenizer.
+
+    The folder loads like a Qwen3-Embedding checkpoint (``EmbeddingModel.load``, last-token pooling,
+    EOS appended), so the whole pipeline can run on the real shapes without the real weights.  Its
+    texts are words ``t{id}``: one word is one token.
+    """
+    affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
+    model = random_qwen3(shape, device, dtype, seed)
+    model.save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=id_tokenizer(shape.vocab, affixes),
+        eos_token=f"t{shape.eos}",
+        pad_token=f"t{affixes.pad}",
+        padding_side="left",
+        model_max_length=int(model.config.max_position_embeddings),
+    ).save_pretrained(folder)
+    return folder
+
+
 _ST_POOLING = {"last_token": "lasttoken", "mean": "mean", "cls": "cls"}
 # Enough of a model for sentence-transformers to load; its weights are swapped for the real ones.
 _STUB = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4}

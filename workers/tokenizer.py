@@ -206,6 +206,15 @@ class TextTokenizer:
         encoding = self._whole.encode(text, add_special_tokens=False)
         return normalize_spans(encoding.offsets, len(text))
 
+    @property
+    def vocabulary_size(self) -> int:
+        """Number of token ids, added tokens included."""
+        return int(self._whole.get_vocab_size(with_added_tokens=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, special tokens left out."""
+        return str(self._whole.decode(list(ids), skip_special_tokens=True))
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` without special tokens, however long the text."""
         return len(self._whole.encode(text, add_special_tokens=False).ids)

@@ -49,3 +49,19 @@ def test_bench_runs_on_cpu_and_writes_its_result(tmp_path: Path) -> None:
             }
             assert figures["accuracy"]["min_cosine"] >= 0.999
         assert workload["strategies"]["sentence_transformers"]["ratio_vs_sentence_transformers"] == 1.0
+
+
+def test_saved_random_model_loads_like_a_qwen3_embedding_checkpoint(tmp_path: Path) -> None:
+    from workers.model import EmbeddingModel
+    from workers.settings import ModelSettings
+
+    folder = tmp_path / "tiny"
+    assert cli_main(["bench", "--random", "tiny", "--save-model", str(folder)]) == 0
+    model = EmbeddingModel.load(ModelSettings(name_or_path=str(folder)), device="cpu")
+    assert model.pooling == "last_token" and model.info().native_dim == 64
+    # One word is one token, and the tokenizer appends the EOS the model pools.
+    assert model.tokenizer.encode(["t5 t7 t9"]) == [[5, 7, 9, 511]]
+    vectors = model.embed_ids(model.tokenizer.encode(["t5 t7 t9", "t1"]), (64, 16))
+    for dim, rows in vectors.items():
+        assert rows.shape == (2, dim)
+        assert np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
