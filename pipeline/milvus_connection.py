@@ -6,9 +6,17 @@ import threading
 from typing import Any
 
 from pymilvus import MilvusClient
+from pymilvus.client import entity_helper
 
 from pipeline.config import MilvusSettings
 from pipeline.milvus_errors import translated
+
+# pymilvus' row path "checks" a VARCHAR value by walking it as if it were a list of strings: one
+# Python isinstance and len per character, which made packing the rows cost more CPU than the
+# GPU spent embedding them (a 2,000-character chunk in three replicas: ~6 ms, in the worker's
+# event loop process).  Every string this project writes is checked first, and more strictly (UTF-8
+# bytes against the schema), by pipeline.milvus_rows.plan_write, so that walk is switched off.
+entity_helper.CHECK_STR_ARRAY = False
 
 # pymilvus pings every 10 s even on idle connections; servers with gRPC's default policy (Milvus
 # Lite among them) answer an idle connection's pings with GOAWAY "too_many_pings", which then

@@ -5,13 +5,13 @@ write that breaks a limit of the replica schema or of Milvus (ids and texts long
 their VARCHAR, metadata that is not a JSON object within Milvus' JSON limit, vectors of
 the wrong shape, non-finite or all zeros).  Accepted writes become the rows of
 :func:`upsert_calls`, in calls small enough for one request, and the delete filters of
-:func:`stale_chunk_filters`.
+:func:`stale_chunk_filters` for the documents that :func:`first_stale_pks` finds stale chunks of.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +112,7 @@ def upsert_calls(
                 call_plans.append(plan)
             rows.append(
                 {
-                    "pk": f"{plan.doc_id}#{i}",
+                    "pk": chunk_pk(plan.doc_id, i),
                     "doc_id": plan.doc_id,
                     "chunk_index": i,
                     "text": text,
@@ -123,6 +123,26 @@ def upsert_calls(
             size += row_size
     if rows:
         yield call_plans, rows
+
+
+def chunk_pk(doc_id: str, chunk_index: int) -> str:
+    """Primary key of chunk ``chunk_index`` of ``doc_id``."""
+    return f"{doc_id}#{chunk_index}"
+
+
+def first_stale_pks(plans: Sequence[Plan]) -> dict[str, Plan]:
+    """``{pk of chunk n: plan}`` for each plan that leaves its document ``n`` chunks.
+
+    A document's chunks are always numbered ``0..m-1`` without gaps (every write upserts its
+    chunks before it deletes the ones past them, and a retry repeats both), so the document has
+    stale chunks exactly when the row keyed by this pk exists.
+    """
+    return {chunk_pk(plan.doc_id, len(plan.texts)): plan for plan in plans}
+
+
+def pk_filters(pks: Iterable[str]) -> Iterator[str]:
+    """``pk in [...]`` filters covering ``pks``, each within Milvus' expression limits."""
+    return in_lists("pk", pks, _MAX_EXPR_IDS, _MAX_EXPR_CHARS)
 
 
 def stale_chunk_filters(plans: Sequence[Plan]) -> Iterator[str]:

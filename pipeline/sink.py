@@ -29,7 +29,14 @@ import numpy as np
 from pipeline.config import MilvusSettings
 from pipeline.milvus_connection import MilvusConnection
 from pipeline.milvus_errors import poison, show
-from pipeline.milvus_rows import Plan, plan_write, stale_chunk_filters, upsert_calls
+from pipeline.milvus_rows import (
+    Plan,
+    first_stale_pks,
+    pk_filters,
+    plan_write,
+    stale_chunk_filters,
+    upsert_calls,
+)
 from pipeline.milvus_schema import CONSISTENCY, ensure_replicas, search_params
 from workers.errors import ConfigError, PipelineError, PoisonInput
 
@@ -193,14 +200,31 @@ class MilvusSink:
                             f"accepted ({', '.join(map(show, outcome))}): {exc}"
                         ) from exc
                     refused.update({d: poison(d, str(e)) for d, e in outcome.items()})
-            # One delete per replica and write() in the usual case: every document drops
-            # its chunks from its new chunk count on (all of them for a delete).
-            kept = [p for p in live if p.doc_id not in refused]
-            for expr in stale_chunk_filters(kept):
+            # Every document drops its chunks from its new chunk count on (all of them for a
+            # delete).  Only documents that have such chunks get a delete: a delete by doc_id
+            # scans the collection, a lookup by primary key does not.
+            stale = self._with_stale_chunks(name, [p for p in live if p.doc_id not in refused])
+            for expr in stale_chunk_filters(stale):
                 self._milvus.call(
                     f"deleting from {name}", "delete", name, filter=expr, consistency_level=CONSISTENCY
                 )
         return refused
+
+    def _with_stale_chunks(self, name: str, plans: Sequence[Plan]) -> list[Plan]:
+        """The plans whose document has a chunk at or past its new chunk count in ``name``."""
+        first_stale = first_stale_pks(plans)
+        found: set[str] = set()
+        for expr in pk_filters(first_stale):
+            rows = self._milvus.call(
+                f"reading {name}",
+                "query",
+                name,
+                filter=expr,
+                output_fields=["pk"],
+                consistency_level=CONSISTENCY,
+            )
+            found.update(row["pk"] for row in rows)
+        return [plan for pk, plan in first_stale.items() if pk in found]
 
     def _isolate(self, name: str, plans: Sequence[Plan], dim: int) -> dict[str, PoisonInput]:
         """Upsert ``plans`` one document at a time; returns the ones Milvus refuses."""

@@ -237,6 +237,21 @@ def test_update_replaces_all_chunks(make_sink: SinkFactory) -> None:
     assert_replicas(sink, {"other": upsert("other", 3)})
 
 
+def test_a_retry_deletes_stale_chunks_that_only_a_later_replica_still_holds(
+    make_sink: SinkFactory, milvus_uri: str
+) -> None:
+    # A shrinking write interrupted after the first replica's delete: the others still hold 2..4.
+    sink = make_sink()
+    sink.write([upsert("doc", 5), upsert("other", 3)])
+    client = open_client(milvus_uri)
+    try:
+        client.delete(sink.collection_name(DIMS[0]), ids=["doc#2", "doc#3", "doc#4"])
+    finally:
+        client.close()
+    sink.write([upsert("doc", 2)])  # the retry: only the later replicas' probes find chunk 2
+    assert_replicas(sink, {"doc": upsert("doc", 2), "other": upsert("other", 3)})
+
+
 def test_delete_removes_every_chunk(make_sink: SinkFactory) -> None:
     sink = make_sink()
     sink.write([upsert("gone", 4), upsert("kept", 2)])
