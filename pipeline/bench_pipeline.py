@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import functools
 import json
-import logging
 import shlex
 import subprocess
 import time
@@ -34,8 +33,8 @@ import numpy as np
 from pipeline import stack
 from pipeline.config import Settings, load_settings
 from pipeline.demo import demo_settings
-from pipeline.kafka import make_producer
-from pipeline.milvus_connection import open_client
+from pipeline.milvus_connection import MilvusConnection
+from pipeline.produce import OutgoingRecord, send_records
 from pipeline.runtime import Runtime, build_runtime
 from workers.settings import format_input
 from workers.tokenizer import TextTokenizer, load_text_tokenizer
@@ -85,18 +84,13 @@ def make_documents(tokenizer: TextTokenizer, count: int, seed: int, *, max_words
 
 async def produce_documents(settings: Settings, texts: Sequence[str]) -> None:
     """Send one upsert event per text to the event topic (ids ``doc-{i}``), all acknowledged."""
-    producer = make_producer(settings.kafka, max_request_size=16 * 1024 * 1024)
-    await producer.start()
-    try:
-        pending = []
-        for i, text in enumerate(texts):
-            event = {"op": "upsert", "id": f"doc-{i}", "text": text}
-            value = json.dumps(event).encode()
-            pending.append(await producer.send(settings.kafka.topic, key=f"doc-{i}".encode(), value=value))
-        for future in pending:
-            await future
-    finally:
-        await producer.stop()
+    records = (
+        OutgoingRecord(
+            f"doc-{i}".encode(), json.dumps({"op": "upsert", "id": f"doc-{i}", "text": text}).encode()
+        )
+        for i, text in enumerate(texts)
+    )
+    await send_records(settings.kafka, records)
 
 
 def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[str], int]], int]:
@@ -104,7 +98,7 @@ def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[s
     limit = runtime.settings.worker.max_request_tokens
     requests: list[tuple[list[str], int]] = []
     batch: list[str] = []
-    tokens = total = chunks = 0
+    tokens = chunks = 0
     for text in texts:
         for chunk in runtime.chunker.split(text):
             size = chunk.token_count + runtime.special_tokens
@@ -113,7 +107,6 @@ def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[s
                 batch, tokens = [], 0
             batch.append(format_input(runtime.settings.model, chunk.text, None))
             tokens += size
-            total += size
             chunks += 1
     if batch:
         requests.append((batch, tokens))
@@ -163,13 +156,13 @@ def _gpu_name() -> str | None:
 
 
 def _drop_collections(runtime: Runtime) -> None:
-    milvus = runtime.settings.milvus
-    client = open_client(milvus.uri, token=milvus.token.get_secret_value() if milvus.token else "")
+    milvus = MilvusConnection(runtime.settings.milvus)
     try:
         for dim in runtime.dims:
-            client.drop_collection(runtime.sink.collection_name(dim))
+            name = runtime.sink.collection_name(dim)
+            milvus.call(f"dropping {name}", "drop_collection", name)
     finally:
-        client.close()
+        milvus.close()
 
 
 def bench_settings(settings: Settings, run_id: str) -> Settings:
@@ -260,9 +253,6 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
     replica misses rows; a short run (under --min-seconds) is reported, not failed.
     """
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aiokafka", "pymilvus", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = load_settings(config)
     if not args.external:
         settings = demo_settings(settings)

@@ -145,6 +145,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.verb)
 
 
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aiokafka", "pymilvus", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad configuration or input, 1 for other failures)."""
     parser = _parser()
@@ -153,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--end-to-end" in rest:
             from pipeline import bench_pipeline
 
+            _configure_logging(args.verbose)
             return bench_pipeline.main(rest, config=args.config)
         # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
         from workers import bench
@@ -160,12 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("aiokafka", "pymilvus", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configure_logging(args.verbose)
     try:
         return asyncio.run(_dispatch(args))
     except ConfigError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -106,26 +106,42 @@ class ProgressBar:
         self._stream.write(f"{self._label}: {self.done} in {elapsed:.1f}s\n")
 
 
-async def produce(kafka: KafkaSettings, paths: Sequence[Path], topic: str | None = None) -> int:
-    """Send every record of ``paths`` to ``topic`` (default the event topic); returns how many were acked."""
-    await ensure_topics(kafka)
-    total = count_records(paths)
-    bar = ProgressBar(total, "produced")
+async def send_records(
+    kafka: KafkaSettings,
+    records: Iterable[OutgoingRecord],
+    topic: str | None = None,
+    on_acked: Callable[[], None] | None = None,
+) -> None:
+    """Send ``records`` in order to ``topic`` (default the event topic) and wait until each is acked.
+
+    At most 1,000 sends wait for their acknowledgement at a time; ``on_acked`` runs after each one.
+    """
     producer = make_producer(kafka, max_request_size=16 * 1024 * 1024)
     await producer.start()
     try:
         pending = []
-        for record in iter_records(paths):
+        for record in records:
             pending.append(await producer.send(topic or kafka.topic, key=record.key, value=record.value))
             if len(pending) >= 1000:
                 for future in pending:
                     await future
-                    bar.advance()
+                    if on_acked is not None:
+                        on_acked()
                 pending.clear()
         for future in pending:
             await future
-            bar.advance()
+            if on_acked is not None:
+                on_acked()
     finally:
         await producer.stop()
+
+
+async def produce(kafka: KafkaSettings, paths: Sequence[Path], topic: str | None = None) -> int:
+    """Send every record of ``paths`` to ``topic`` (default the event topic); returns how many were acked."""
+    await ensure_topics(kafka)
+    bar = ProgressBar(count_records(paths), "produced")
+    try:
+        await send_records(kafka, iter_records(paths), topic, bar.advance)
+    finally:
         bar.close()
     return bar.done
