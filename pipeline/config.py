@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,6 +43,17 @@ class KafkaSettings(BaseModel):
         "earliest", description="Where a group with no committed offset starts."
     )
     max_poll_records: int = Field(500, ge=1, description="Most records one poll returns.")
+    session_timeout_ms: int = Field(
+        10000,
+        ge=1000,
+        description="How long the group coordinator waits for a silent member (a killed worker) "
+        "before giving its partitions to the others; a restarted worker waits that long too.",
+    )
+    heartbeat_interval_ms: int = Field(
+        3000,
+        ge=100,
+        description="How often the consumer heartbeats; keep it under a third of the session timeout.",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol."
     )
@@ -54,6 +65,15 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates.")
     ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"kafka.heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"kafka.session_timeout_ms ({self.session_timeout_ms})"
+            )
+        return self
 
 
 class MilvusSettings(BaseModel):

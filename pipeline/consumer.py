@@ -113,6 +113,8 @@ class IngestWorker:
             enable_auto_commit=False,
             auto_offset_reset=kafka.auto_offset_reset,
             max_poll_records=kafka.max_poll_records,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         )
         self._producer = make_producer(kafka)
         self._dead_letters = DeadLetterQueue(

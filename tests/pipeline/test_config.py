@@ -55,6 +55,14 @@ def test_bad_settings_are_one_clear_config_error(tmp_path: Path, monkeypatch: py
         load_settings()
 
 
+def test_heartbeat_must_be_shorter_than_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_KAFKA__SESSION_TIMEOUT_MS", "4000")
+    assert load_settings().kafka.session_timeout_ms == 4000
+    monkeypatch.setenv("PIPELINE_KAFKA__HEARTBEAT_INTERVAL_MS", "4000")
+    with pytest.raises(ConfigError, match="heartbeat_interval_ms"):
+        load_settings()
+
+
 def test_replica_dims_always_include_the_native_one_and_refuse_wider() -> None:
     settings = Settings(embedding={"dims": [256, 128]})
     assert settings.embedding.replica_dims(384) == (384, 256, 128)
