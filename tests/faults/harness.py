@@ -1,0 +1,131 @@
+"""Settings of the fault tests, and the worker as a separate process that a test can SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import (
+    ChunkingSettings,
+    EmbeddingSettings,
+    KafkaSettings,
+    MilvusSettings,
+    Settings,
+    WorkerSettings,
+)
+from workers.settings import ModelSettings, PoolSettings
+
+DIMS = (128,)  # besides MiniLM's native 384
+
+
+def fault_settings(bootstrap: str, milvus_uri: str, model_path: Path, **sections: Any) -> Settings:
+    """Settings of one fault test: its own topics, group and collections; MiniLM on one actor.
+
+    Short group timeouts: a SIGKILLed member is evicted after 3 s instead of 10 s, so a
+    restarted worker gets its partitions back quickly.  ``sections`` replace whole sections.
+    """
+    run = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "kafka": KafkaSettings(
+            bootstrap_servers=bootstrap,
+            topic=f"faults-{run}",
+            dlq_topic=f"faults-{run}.dlq",
+            group_id=f"faults-{run}",
+            session_timeout_ms=3000,
+            heartbeat_interval_ms=500,
+        ),
+        "model": ModelSettings(name_or_path=str(model_path)),
+        "pool": PoolSettings(num_actors=1, cpus_per_actor=1.0),
+        "embedding": EmbeddingSettings(dims=DIMS),
+        "chunking": ChunkingSettings(max_tokens=64),
+        "milvus": MilvusSettings(uri=milvus_uri, collection_prefix=f"faults_{run}", index_type="FLAT"),
+        "worker": WorkerSettings(commit_interval_s=0.3, max_batch_events=64, retry_backoff_max_s=4.0),
+    }
+    values.update(sections)
+    return Settings(**values)
+
+
+def write_toml(settings: Settings, path: Path) -> Path:
+    """``settings`` as the TOML file of ``--config`` (every section; unset values left out)."""
+    lines: list[str] = []
+    for section, values in settings.model_dump(mode="json", exclude_none=True).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class WorkerProcess:
+    """``python -m pipeline --config FILE run`` as a child process, started again after each kill.
+
+    Each start joins the test's Ray cluster in a namespace of its own: the embedder actor of a
+    killed worker keeps its name until Ray notices its owner died.
+    """
+
+    def __init__(self, config: Path, ray_address: str, ray_env: Mapping[str, str], logs: Path) -> None:
+        self._config = config
+        self._env = {**os.environ, **ray_env, "PIPELINE_RAY__ADDRESS": ray_address}
+        self._env.pop("RAY_AUTH_TOKEN", None)  # it would win over the token file of ray_env
+        self._env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), self._env.get("PYTHONPATH", "")])
+        self._logs = logs
+        self._logs.mkdir(parents=True, exist_ok=True)
+        self.starts = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self, *args: str) -> None:
+        self.starts += 1
+        self.log_path = self._logs / f"worker-{self.starts}.log"
+        env = self._env | {"PIPELINE_RAY__NAMESPACE": f"faults-{uuid.uuid4().hex[:8]}"}
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "--config", str(self._config), "run", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def wait_for_log(self, needle: str, timeout_s: float) -> float:
+        """Seconds until ``needle`` appears in this start's log; fails if the worker exits first."""
+        started = time.monotonic()
+        while needle not in self.log():
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(
+                    f"no {needle!r} in the worker log after {timeout_s:.0f}s:\n{self.log()[-4000:]}"
+                )
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no commit, no goodbye to the group."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            self.kill()
+            raise AssertionError(f"worker did not finish in {timeout_s:.0f}s:\n{self.log()[-4000:]}") from exc
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
