@@ -1,7 +1,7 @@
 """Fixtures of the fault-injection suite: real broker, Milvus and Ray (tests/conftest.py) per session.
 
-The oracle and the comparer are in :mod:`faults.oracle`; settings and the worker process in
-:mod:`faults.harness`.
+The oracle and the comparer are in :mod:`oracle`; settings and the worker process in
+:mod:`harness`.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import fault_settings
 
-from faults.harness import fault_settings
 from pipeline.config import Settings
 from pipeline.sink import MilvusSink
 
 
 @pytest.fixture
 def make_settings(kafka_bootstrap: str, minilm_path: Path) -> Callable[..., Settings]:
-    """``make_settings(milvus_uri, **sections)``: :func:`~faults.harness.fault_settings`, session broker."""
+    """``make_settings(milvus_uri, **sections)``: :func:`~harness.fault_settings`, session broker."""
 
     def make(milvus_uri: str, **sections: Any) -> Settings:
         return fault_settings(kafka_bootstrap, milvus_uri, minilm_path, **sections)
