@@ -32,11 +32,29 @@ def _parser() -> argparse.ArgumentParser:
     produce = verbs.add_parser("produce", help="send JSONL events or .txt/.md documents to the topic")
     produce.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     produce.add_argument("--topic", help="topic to send to (default: kafka.topic)")
-    search = verbs.add_parser("search", help="search one dimension replica")
+    search = verbs.add_parser("search", help="search a dimension replica, by funnel, or as routing picks")
     search.add_argument("query", nargs="+")
     search.add_argument("--dim", type=int, help="replica dimension (default: the model's native one)")
     search.add_argument("--top-k", type=int, default=5)
-    search.add_argument("--instruction", help="task instruction for instruction-aware models (Qwen3)")
+    search.add_argument(
+        "--instruction", help="query task for instruction-aware models (Qwen3); default: search.default_task"
+    )
+    search.add_argument(
+        "--funnel",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="FACTOR",
+        help="funnel search: shortlist top-k × FACTOR (default search.funnel_factor) on --dim (default "
+        "the smallest replica), re-score with the full-dimension vectors",
+    )
+    search.add_argument(
+        "--recall-target", type=float, help="let routing pick the fastest strategy reaching it"
+    )
+    search.add_argument(
+        "--latency-budget-ms", type=float, help="let routing pick the best strategy within it"
+    )
+    search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
     verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
     # Its options belong to workers.bench (or, with --end-to-end, pipeline.bench_pipeline), which
@@ -101,7 +119,19 @@ async def _search(settings: Settings, args: argparse.Namespace) -> int:
         )
     try:
         query = " ".join(args.query)
-        results = await search(settings, pool, [query], args.dim, args.top_k, args.instruction)
+        factor = None if args.funnel is None else (args.funnel or settings.search.funnel_factor)
+        results = await search(
+            settings,
+            pool,
+            [query],
+            args.dim,
+            args.top_k,
+            args.instruction,
+            funnel_factor=factor,
+            recall_target=args.recall_target,
+            latency_budget_ms=args.latency_budget_ms,
+            per_document=args.per_document,
+        )
     finally:
         if owned:
             pool.shutdown()

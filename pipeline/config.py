@@ -207,6 +207,53 @@ class StackSettings(BaseModel):
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the Ray head offers; default all.")
 
 
+class SearchSettings(BaseModel):
+    """The read side: query tasks, funnel search and routing."""
+
+    model_config = _FROZEN
+
+    default_task: str | None = Field(
+        "Given a web search query, retrieve relevant passages that answer the query",
+        description="Task of queries without one, for instruction-aware models (Qwen3-Embedding gets "
+        "'Instruct: {task}\\nQuery:{q}'); other models get the raw query.",
+    )
+    collection_tasks: dict[str, str] = Field(
+        default_factory=dict,
+        description="Default task per collection prefix (overrides default_task for that collection).",
+    )
+    funnel_factor: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Funnel search shortlists top_k × this many chunks on the small replica.",
+    )
+    profile_path: Path | None = Field(
+        None,
+        description="eval-recall's JSON (measured recall/latency per strategy) that routing reads; "
+        "unset: a default profile (native replica, or funnel from the smallest).",
+    )
+
+    def task_for(self, collection_prefix: str) -> str | None:
+        """The default query task of the collections named ``{collection_prefix}_{dim}``."""
+        return self.collection_tasks.get(collection_prefix, self.default_task)
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API of `python -m pipeline serve` (OpenAI-compatible embeddings, search)."""
+
+    model_config = _FROZEN
+
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the API listens on (0: any free port).")
+    model_name: str | None = Field(
+        None, description="Model id the API reports and accepts in 'model'; default: model.name_or_path."
+    )
+    max_inputs: int = Field(2048, ge=1, description="Most inputs in one embeddings request (OpenAI's limit).")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted (larger: HTTP 413)."
+    )
+
+
 # The TOML file of the load_settings() call in progress (then PIPELINE_CONFIG): no global state left behind.
 _config_file: ContextVar[str | None] = ContextVar("pipeline_config_file", default=None)
 
@@ -228,6 +275,8 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster.")
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Consumer loop bounds.")
     stack: StackSettings = Field(default_factory=StackSettings, description="Local embedded stack.")
+    search: SearchSettings = Field(default_factory=SearchSettings, description="Search and routing.")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
 
     @classmethod
     def settings_customise_sources(

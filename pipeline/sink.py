@@ -295,6 +295,23 @@ class MilvusSink:
             for hits in result
         ]
 
+    def fetch(
+        self, dim: int, pks: Collection[str], output_fields: Collection[str] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """``{pk: row}`` for the chunks of ``pks`` in replica ``dim`` (missing ones left out): each row
+        has ``doc_id``, ``chunk_index``, ``embedding`` (float32 array) and the ``output_fields`` among
+        "text" and "metadata".  Point lookups by primary key: no scan of the replica."""
+        if unknown := set(output_fields) - _HIT_FIELDS:
+            raise ValueError(f"output_fields may only hold {sorted(_HIT_FIELDS)}, got {sorted(unknown)}")
+        name = self.collection_name(dim)
+        fields = ["pk", "doc_id", "chunk_index", "embedding", *sorted(output_fields)]
+        found: dict[str, dict[str, Any]] = {}
+        for expr in pk_filters(pks):
+            for row in self._milvus.call(f"reading {name}", "query", name, filter=expr, output_fields=fields):
+                row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
+                found[row["pk"]] = row
+        return found
+
     def fetch_all(self, dim: int) -> list[dict[str, Any]]:
         """Every row of replica ``dim`` with its vector (a list of floats), sorted by pk.
 

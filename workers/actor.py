@@ -20,7 +20,7 @@ import ray
 from workers.batcher import MicroBatcher
 from workers.errors import ConfigError
 from workers.model import EmbeddingModel, ModelInfo
-from workers.settings import BatchSettings, ModelSettings
+from workers.settings import BatchSettings, ModelSettings, format_query
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class EmbedderActor:
         device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
         started = time.monotonic()
         self._model = EmbeddingModel.load(model_settings, device=device)
+        self._model_settings = model_settings
         self._info = self._model.info()
         log.info(
             "%s loaded %s in %.1fs: device=%s dtype=%s pooling=%s dim=%d max_length=%d",
@@ -90,10 +91,23 @@ class EmbedderActor:
 
         Raises ConfigError for dims outside ``1..native_dim``, Backpressure when the queue is full.
         """
+        return await self._embed(texts, dims, priority=False)
+
+    async def embed_queries(
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """Like :meth:`embed`, for search queries: formatted with ``task`` the way the model expects
+        (:func:`~workers.settings.format_query`) and batched in the query lane, ahead of ingestion."""
+        texts = [format_query(self._model_settings, self._info.model_type, q, task) for q in queries]
+        return await self._embed(texts, dims, priority=True)
+
+    async def _embed(
+        self, texts: list[str], dims: tuple[int, ...], *, priority: bool
+    ) -> dict[int, np.ndarray]:
         validate_dims(dims, self._info.native_dim)
         loop = asyncio.get_running_loop()
         ids = await loop.run_in_executor(self._tokenize, self._model.encode_ids, texts)
-        result = await self._batcher.submit(ids, dims)
+        result = await self._batcher.submit(ids, dims, priority=priority)
         self._maybe_log()
         return result
 

@@ -11,6 +11,9 @@ Many concurrent :meth:`MicroBatcher.submit` calls share forward passes.  How a b
   A single text longer than the budget runs alone.
 * The first batch starts when the waiting texts hold a full budget of tokens or when the oldest of them
   has waited ``max_wait_ms``, whichever comes first.
+* Queries (``submit(..., priority=True)``) wait in a separate bounded lane and go first into every
+  batch, up to ``priority_share`` of its budget; a waiting query starts the next batch at once.  See
+  :mod:`workers.query_lane` for what that guarantees queries and ingestion.
 * Requests may ask for different dimension sets: a batch is run once for the union of its requests' dims
   and each request keeps its own (the forward pass is the same; only the cheap cut + normalize repeats).
 
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workers.errors import Backpressure, EmbedderUnavailable, PipelineError
+from workers.query_lane import QueryLane
 from workers.settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,10 @@ class _Item:
     ids: Sequence[int]
     enqueued: float
 
+    def abandoned(self) -> bool:
+        """The caller gave up, or another text of its request failed."""
+        return self.request.future.done()
+
 
 def _chained(error: PipelineError, cause: BaseException) -> PipelineError:
     error.__cause__ = cause
@@ -108,6 +116,7 @@ class MicroBatcher:
         self._max_wait = settings.max_wait_ms / 1000
         self._pending: deque[_Item] = deque()  # arrival order, not yet in a sorted window
         self._ready: deque[_Item] = deque()  # sorted windows, front is next
+        self._queries: QueryLane[_Item] = QueryLane(settings.max_priority_tokens)
         self._ready_since = math.inf  # arrival time of the oldest text in `_ready` (or older)
         self._running: list[_Item] = []
         self._waiting_tokens = 0
@@ -120,12 +129,16 @@ class MicroBatcher:
         self._forward_s = self._fill_sum = 0.0
         self._rate = 0.0
 
-    async def submit(self, ids: Sequence[Sequence[int]], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+    async def submit(
+        self, ids: Sequence[Sequence[int]], dims: tuple[int, ...], *, priority: bool = False
+    ) -> dict[int, np.ndarray]:
         """Embed tokenized texts; returns ``{dim: float32 (len(ids), dim)}`` with rows in input order.
 
+        ``priority=True`` puts them in the query lane (module docstring) instead of the ingestion queue.
         Raises :class:`Backpressure` at once when accepting ``ids`` would put more than
-        ``max_queued_tokens`` in the queue (a request is always accepted into an empty queue, so one
-        larger than the bound still runs).  Raises :class:`PipelineError` (chained to the cause) when
+        ``max_queued_tokens`` in the queue (``max_priority_tokens`` in the lane; a request is always
+        accepted into an empty queue, so one larger than the bound still runs).
+        Raises :class:`PipelineError` (chained to the cause) when
         its forward pass fails or the batcher stopped, :class:`EmbedderUnavailable` once closed.
         """
         if self._stopped is not None:
@@ -135,8 +148,15 @@ class MicroBatcher:
         if not ids:
             return {dim: np.empty((0, dim), dtype=np.float32) for dim in dims}
         tokens = sum(len(seq) for seq in ids)
+        if priority and self._queries.overflows(tokens):
+            self._rejected += 1
+            limit = self._settings.max_priority_tokens
+            raise Backpressure(
+                f"query lane holds {self._queries.tokens} tokens; {tokens} more exceed {limit}",
+                retry_after=self._retry_after(self._queries.tokens + tokens - limit),
+            )
         limit = self._settings.max_queued_tokens
-        if self._waiting_tokens and self._waiting_tokens + tokens > limit:
+        if not priority and self._waiting_tokens and self._waiting_tokens + tokens > limit:
             self._rejected += 1
             raise Backpressure(
                 f"embedder queue holds {self._waiting_tokens} tokens; {tokens} more exceed {limit}",
@@ -154,8 +174,12 @@ class MicroBatcher:
             remaining=len(ids),
         )
         now = loop.time()
-        self._pending.extend(_Item(request, row, seq, now) for row, seq in enumerate(ids))
-        self._waiting_tokens += tokens
+        items = (_Item(request, row, seq, now) for row, seq in enumerate(ids))
+        if priority:
+            self._queries.extend(items)
+        else:
+            self._pending.extend(items)
+            self._waiting_tokens += tokens
         self._arrived.set()
         # A cancelled caller cancels the future; its texts are then skipped when batches form.
         return await request.future
@@ -163,8 +187,8 @@ class MicroBatcher:
     def stats(self) -> BatcherStats:
         """Counters since creation; ``queued_*`` still count texts of callers that gave up, until dropped."""
         return BatcherStats(
-            queued_texts=len(self._pending) + len(self._ready),
-            queued_tokens=self._waiting_tokens,
+            queued_texts=len(self._pending) + len(self._ready) + len(self._queries),
+            queued_tokens=self._waiting_tokens + self._queries.tokens,
             batches=self._batches,
             texts=self._texts,
             tokens=self._tokens,
@@ -195,11 +219,14 @@ class MicroBatcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending and not self._ready:
+            if not self._pending and not self._ready and not self._queries:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            if self._waiting_tokens < self._settings.max_batch_tokens:
+            # A waiting query does not wait for the batch to fill: someone is waiting on it.
+            if self._queries.next_live() is None and self._waiting_tokens < self._settings.max_batch_tokens:
+                if not self._pending and not self._ready:
+                    continue  # only abandoned queries were left, and next_live() dropped them
                 oldest = self._ready_since if self._ready else self._pending[0].enqueued
                 delay = oldest + self._max_wait - loop.time()
                 if delay > 0:
@@ -213,10 +240,27 @@ class MicroBatcher:
                 await self._execute(batch)
 
     def _take_batch(self) -> list[_Item]:
-        """Cut the next batch from the front of the sorted run, sealing new windows as needed."""
+        """Queries first (up to their share of the budget), then the front of the sorted ingestion
+        run, sealing new windows as needed; queries again if ingestion left room."""
         budget = self._settings.max_batch_tokens
         batch: list[_Item] = []
         longest = total = 0
+
+        def fits(item: _Item) -> bool:
+            size = len(item.ids)
+            cost = total + size if self._packed else max(longest, size) * (len(batch) + 1)
+            return not batch or cost <= budget
+
+        def add(item: _Item) -> None:
+            nonlocal longest, total
+            batch.append(item)
+            longest, total = max(longest, len(item.ids)), total + len(item.ids)
+
+        query_budget = self._settings.priority_share * budget
+        while (query := self._queries.next_live()) is not None and fits(query):
+            if batch and total + len(query.ids) > query_budget:
+                break
+            add(self._queries.pop())
         while True:
             if not self._ready:
                 if not self._pending:
@@ -225,19 +269,20 @@ class MicroBatcher:
                 continue
             item = self._ready[0]
             size = len(item.ids)
-            if item.request.future.done():  # the caller gave up, or another text of it failed
+            if item.abandoned():
                 self._ready.popleft()
                 self._waiting_tokens -= size
                 continue
-            cost = total + size if self._packed else max(longest, size) * (len(batch) + 1)
-            if batch and cost > budget:
+            if not fits(item):
                 break
             self._ready.popleft()
             self._waiting_tokens -= size
-            batch.append(item)
-            longest, total = max(longest, size), total + size
+            add(item)
         if not self._ready:
             self._ready_since = math.inf
+            # Ingestion left room: more queries may take it.
+            while (query := self._queries.next_live()) is not None and fits(query):
+                add(self._queries.pop())
         return batch
 
     def _seal_window(self) -> None:
@@ -301,7 +346,7 @@ class MicroBatcher:
     def _fail_all(self) -> None:
         """Fail every request still waiting or running with the stop error (each gets its own instance)."""
         assert self._stopped is not None
-        items = [*self._running, *self._ready, *self._pending]
+        items = [*self._running, *self._ready, *self._pending, *self._queries.drain()]
         self._running, self._ready, self._pending = [], deque(), deque()
         self._waiting_tokens = 0
         for request in {item.request for item in items}:

@@ -38,6 +38,8 @@ class ModelInfo:
     device: str
     dtype: str
     pooling: str
+    model_type: str = ""
+    """The Transformers ``config.model_type`` ("qwen3", "bert", ...): says how queries are formatted."""
 
 
 def resolve_pooling(requested: Pooling, files: ModelFiles, model_type: str) -> PoolingMode:
@@ -100,6 +102,7 @@ class EmbeddingModel:
         self._device = device
         self._dtype = dtype
         self._native_dim = int(model.config.hidden_size)
+        self._model_type = str(getattr(model.config, "model_type", ""))
         self._padding_side: Literal["left", "right"] = "left" if pooling == "last_token" else "right"
         parameters = inspect.signature(model.forward).parameters
         self._takes_position_ids = "position_ids" in parameters
@@ -205,6 +208,7 @@ class EmbeddingModel:
             device=self._device,
             dtype=self._dtype,
             pooling=self._pooling,
+            model_type=self._model_type,
         )
 
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:

@@ -145,13 +145,27 @@ class EmbedderPool:
         Raises ConfigError for dims outside ``1..native_dim``; other errors of the actor propagate.
         The arrays may be read-only (zero-copy from Ray's object store).
         """
+        return await self._embed(texts, dims, query_task=None)
+
+    async def embed_queries(
+        self, queries: Sequence[str], dims: tuple[int, ...], task: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """Like :meth:`embed`, for search queries on the same actors: each actor formats them for its
+        model (Qwen3-Embedding: ``Instruct: {task}\\nQuery:{q}``; others: the raw query) and batches
+        them in its query lane, ahead of ingestion texts but never starving them."""
+        return await self._embed(queries, dims, query_task=task or "")
+
+    async def _embed(
+        self, texts: Sequence[str], dims: tuple[int, ...], query_task: str | None
+    ) -> dict[int, np.ndarray]:
+        """``embed`` (``query_task`` None) or ``embed_queries`` (a task, "" for none), with retries."""
         validate_dims(dims, self._info.native_dim)
         texts = list(texts)
         attempt = 0
         while True:
             slot = self._pick()
             try:
-                result = await self._call(slot, texts, dims)
+                result = await self._call(slot, texts, dims, query_task)
             except Backpressure as exc:
                 await asyncio.sleep(exc.retry_after)
                 continue
@@ -181,11 +195,17 @@ class EmbedderPool:
         """Kill every actor (no restart); calls still in flight fail with EmbedderUnavailable."""
         _kill([slot.handle for slot in self._slots])
 
-    async def _call(self, slot: _Slot, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+    async def _call(
+        self, slot: _Slot, texts: list[str], dims: tuple[int, ...], query_task: str | None = None
+    ) -> dict[int, np.ndarray]:
         cost = sum(len(text) for text in texts)
         slot.outstanding += cost
         slot.calls += 1
-        ref: ObjectRef[dict[int, np.ndarray]] = slot.handle.embed.remote(texts, dims)
+        ref: ObjectRef[dict[int, np.ndarray]] = (
+            slot.handle.embed.remote(texts, dims)
+            if query_task is None
+            else slot.handle.embed_queries.remote(texts, dims, query_task or None)
+        )
         try:
             return await ref
         except asyncio.CancelledError:

@@ -79,6 +79,18 @@ class BatchSettings(BaseModel):
     sort_window: int = Field(
         256, ge=1, description="How many waiting texts are sorted by length to cut padding."
     )
+    priority_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of each batch's token budget that waiting queries (search, API) take first; "
+        "ingestion gets the rest, and queries fill whatever ingestion leaves.",
+    )
+    max_priority_tokens: int = Field(
+        32768,
+        ge=64,
+        description="Tokens of queries an actor accepts before it refuses more with Backpressure.",
+    )
 
 
 class PoolSettings(BaseModel):
@@ -108,6 +120,18 @@ class PoolSettings(BaseModel):
     ready_timeout_s: float = Field(
         600.0, gt=0, description="How long to wait for every actor to load its model."
     )
+
+
+def format_query(settings: ModelSettings, model_type: str, query: str, task: str | None) -> str:
+    """The string the model sees for a search query.
+
+    Instruction-aware models (Qwen3-Embedding: ``model_type`` starting with "qwen3") get ``task`` joined
+    by the instruction template (``Instruct: {task}\nQuery:{q}``), as they were trained; any other model
+    (MiniLM, BERT-style encoders) gets the raw query, because a prefix it never saw only adds noise.
+    """
+    if task and model_type.startswith("qwen3"):
+        return format_input(settings, query, task)
+    return query
 
 
 def format_input(settings: ModelSettings, text: str, instruction: str | None) -> str:

@@ -79,6 +79,7 @@ def test_minilm_properties(minilm: EmbeddingModel) -> None:
         device="cpu",
         dtype="float32",
         pooling="mean",
+        model_type="bert",
     )
     assert minilm.padding_side == "right"
     assert pickle.loads(pickle.dumps(minilm.info())) == minilm.info()
