@@ -102,3 +102,20 @@ async def test_the_actor_logs_its_model_and_throughput(
     loaded = next(message for message in messages if "embedder-7 loaded" in message)
     assert all(part in loaded for part in ("device=cpu", "dtype=float32", "pooling=mean", "dim=384"))
     assert any(message.startswith("embedder-7: ") and "tokens/s" in message for message in messages)
+
+
+async def test_queries_are_formatted_for_the_model_and_ride_the_query_lane(
+    settings: ModelSettings, tiny_qwen3_path: Path
+) -> None:
+    qwen3 = EmbedderActor(ModelSettings(name_or_path=str(tiny_qwen3_path)), BatchSettings(), 0)
+    minilm = EmbedderActor(settings, BatchSettings(), 1)
+    query, task = "how do I list files", "Given a question, retrieve man pages"
+    for local, expected_text in (
+        (qwen3, f"Instruct: {task}\nQuery:{query}"),  # Qwen3-Embedding's query format
+        (minilm, query),  # a model trained without instructions gets the raw query
+    ):
+        dim = (await local.ready()).native_dim
+        got = (await local.embed_queries([query], (dim,), task))[dim]
+        expected = (await local.embed([expected_text], (dim,)))[dim]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert (await local.stats())["texts"] == 2
