@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 
 from pipeline import stack
+from pipeline.chunking import Chunker
 from pipeline.config import Settings, load_settings
 from pipeline.demo import demo_settings
 from pipeline.milvus_connection import MilvusConnection
 from pipeline.produce import OutgoingRecord, send_records
 from pipeline.runtime import Runtime, build_runtime
-from workers.settings import format_input
+from workers.pool import EmbedderPool
+from workers.settings import ModelSettings, format_input
 from workers.tokenizer import TextTokenizer, load_text_tokenizer
 
 
@@ -93,19 +95,24 @@ async def produce_documents(settings: Settings, texts: Sequence[str]) -> None:
     await send_records(settings.kafka, records)
 
 
-def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[str], int]], int]:
-    """The chunks the worker would embed, grouped into requests of at most the worker's size."""
-    limit = runtime.settings.worker.max_request_tokens
+def embed_requests(
+    chunker: Chunker, model: ModelSettings, special_tokens: int, limit: int, texts: Sequence[str]
+) -> tuple[list[tuple[list[str], int]], int]:
+    """The chunks the worker would embed, grouped into requests of at most ``limit`` tokens each.
+
+    Returns the requests (texts as the model reads them, and their tokens with ``special_tokens``
+    per chunk) and the number of chunks.
+    """
     requests: list[tuple[list[str], int]] = []
     batch: list[str] = []
     tokens = chunks = 0
     for text in texts:
-        for chunk in runtime.chunker.split(text):
-            size = chunk.token_count + runtime.special_tokens
+        for chunk in chunker.split(text):
+            size = chunk.token_count + special_tokens
             if batch and tokens + size > limit:
                 requests.append((batch, tokens))
                 batch, tokens = [], 0
-            batch.append(format_input(runtime.settings.model, chunk.text, None))
+            batch.append(format_input(model, chunk.text, None))
             tokens += size
             chunks += 1
     if batch:
@@ -113,16 +120,22 @@ def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[s
     return requests, chunks
 
 
-async def time_embedder(runtime: Runtime, requests: Sequence[tuple[list[str], int]]) -> float:
-    """Seconds for the pool to embed every request, with at most the worker's tokens in flight."""
-    budget = runtime.settings.worker.max_inflight_tokens
+def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[str], int]], int]:
+    limit = runtime.settings.worker.max_request_tokens
+    return embed_requests(runtime.chunker, runtime.settings.model, runtime.special_tokens, limit, texts)
+
+
+async def time_embedder(
+    pool: EmbedderPool, dims: tuple[int, ...], budget: int, requests: Sequence[tuple[list[str], int]]
+) -> float:
+    """Seconds for ``pool`` to embed every request, with at most ``budget`` tokens in flight."""
     room = asyncio.Condition()
     inflight = 0
 
     async def embed(texts: list[str], tokens: int) -> None:
         nonlocal inflight
         try:
-            await runtime.pool.embed(texts, runtime.dims)
+            await pool.embed(texts, dims)
         finally:
             async with room:
                 inflight -= tokens
@@ -141,7 +154,8 @@ async def time_embedder(runtime: Runtime, requests: Sequence[tuple[list[str], in
     return time.perf_counter() - started
 
 
-def _gpu_name() -> str | None:
+def gpu_name() -> str | None:
+    """The first GPU's name as nvidia-smi reports it, or None without one."""
     try:
         names = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -193,10 +207,11 @@ async def run_pipeline_bench(
         await produce_documents(settings, texts)
         produce_seconds = time.perf_counter() - produce_started
         warm_requests, _ = _requests(runtime, warmup)
-        warmup_seconds = await time_embedder(runtime, warm_requests)
+        budget = settings.worker.max_inflight_tokens
+        warmup_seconds = await time_embedder(runtime.pool, runtime.dims, budget, warm_requests)
         requests, chunks = _requests(runtime, texts)
         tokens = sum(size for _, size in requests)
-        embedder_seconds = await time_embedder(runtime, requests)
+        embedder_seconds = await time_embedder(runtime.pool, runtime.dims, budget, requests)
         stats = await runtime.new_worker().run(until_idle_s=3.0)
         rows = {dim: runtime.sink.count(dim) for dim in runtime.dims}
         if not keep:
@@ -207,7 +222,7 @@ async def run_pipeline_bench(
     embedder_rate = tokens / embedder_seconds
     pipeline_rate = stats.tokens_embedded / busy if busy > 0 else 0.0
     return {
-        "device": _gpu_name() or runtime.pool.info.device,
+        "device": gpu_name() or runtime.pool.info.device,
         "model": {
             "name": runtime.pool.info.name,
             "dtype": runtime.pool.info.dtype,

@@ -57,13 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
     verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
-    # Its options belong to workers.bench (or, with --end-to-end, pipeline.bench_pipeline), which
-    # parses what follows the verb.
+    # Its options belong to workers.bench (or, with --end-to-end, pipeline.bench_pipeline; with
+    # --scaling, pipeline.bench_scaling), which parses what follows the verb.
     verbs.add_parser(
         "bench",
         add_help=False,
-        help="embedder throughput vs sentence-transformers, or with --end-to-end the whole pipeline "
-        "vs the bare embedder (see --help)",
+        help="embedder throughput vs sentence-transformers; with --end-to-end the whole pipeline "
+        "vs the bare embedder; with --scaling N,M the pool at N and M actors (see --help)",
     )
     return parser
 
@@ -194,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _configure_logging(args.verbose)
             return bench_pipeline.main(rest, config=args.config)
+        if any(arg == "--scaling" or arg.startswith("--scaling=") for arg in rest):
+            from pipeline import bench_scaling
+
+            _configure_logging(args.verbose)
+            return bench_scaling.main(rest, config=args.config)
         # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
         from workers import bench
 

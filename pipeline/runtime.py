@@ -16,8 +16,9 @@ from pipeline.kafka import ensure_topics
 from pipeline.retry import Backoff
 from pipeline.sink import MilvusSink
 from workers.errors import ConfigError, SinkUnavailable
+from workers.model import ModelInfo
 from workers.pool import EmbedderPool
-from workers.tokenizer import load_text_tokenizer
+from workers.tokenizer import TextTokenizer, load_text_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,19 @@ async def start_pool(
     return pool, dims
 
 
+def make_chunker(settings: Settings, tokenizer: TextTokenizer, info: ModelInfo) -> Chunker:
+    """The chunker for ``settings``; raises ConfigError when its chunks cannot fit the model."""
+    room = info.max_length - tokenizer.num_special_tokens
+    max_tokens = settings.chunking.max_tokens or min(room, DEFAULT_CHUNK_TOKENS)
+    if max_tokens > room:
+        raise ConfigError(
+            f"chunking.max_tokens={max_tokens} does not fit the model: "
+            f"{info.name} takes {info.max_length} tokens including "
+            f"{tokenizer.num_special_tokens} special ones; use at most {room}"
+        )
+    return Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens)
+
+
 async def _ensure_replicas(sink: MilvusSink, settings: Settings, attempts: int = 6) -> None:
     """Create or check the replica collections, waiting out a Milvus that is still starting."""
     backoff = Backoff(base=1.0, cap=settings.worker.retry_backoff_max_s)
@@ -109,15 +123,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     pool, dims = await start_pool(settings)
     try:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        room = pool.info.max_length - tokenizer.num_special_tokens
-        max_tokens = settings.chunking.max_tokens or min(room, DEFAULT_CHUNK_TOKENS)
-        if max_tokens > room:
-            raise ConfigError(
-                f"chunking.max_tokens={max_tokens} does not fit the model: "
-                f"{pool.info.name} takes {pool.info.max_length} tokens including "
-                f"{tokenizer.num_special_tokens} special ones; use at most {room}"
-            )
-        chunker = Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens)
+        chunker = make_chunker(settings, tokenizer, pool.info)
         sink = MilvusSink(settings.milvus, dims)
         await _ensure_replicas(sink, settings)
         await ensure_topics(settings.kafka)

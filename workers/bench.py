@@ -16,6 +16,7 @@ fraction of peak is ``tokens/s x 2 x non-embedding parameters`` over a measured 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import shlex
@@ -39,7 +40,14 @@ from workers.bench_setup import (
     save_random_model,
     sentence_transformer_peer,
 )
-from workers.bench_strategies import PEER, Strategy, build_strategies, padded_forward, peer_tokenize
+from workers.bench_strategies import (
+    PEER,
+    Strategy,
+    build_strategies,
+    padded_forward,
+    peer_tokenize,
+    single_forward,
+)
 from workers.model import EmbeddingModel, compute_dtype
 from workers.settings import BatchSettings, ModelSettings
 from workers.tokenizer import TextTokenizer
@@ -62,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (CUDA only)")
     parser.add_argument(
         "--accuracy-sample", type=int, default=64, help="documents checked on a GPU (CPU: all)"
+    )
+    parser.add_argument(
+        "--fp32-reference",
+        action="store_true",
+        help="also compare the checked documents with a float32 forward of each alone (diagnostic: "
+        "how far the bf16 reference itself is from float32)",
+    )
+    parser.add_argument(
+        "--full-precision-reductions",
+        action="store_true",
+        help="forbid cuBLAS reduced-precision (bf16/fp16) split-K reductions in every strategy",
     )
     parser.add_argument("--warmup-docs", type=int, default=64)
     parser.add_argument("--device", help="default: cuda when available")
@@ -113,6 +132,7 @@ def _measure(
     args: argparse.Namespace,
     model: EmbeddingModel,
     reference: dict[int, np.ndarray],
+    fp32_reference: dict[int, np.ndarray] | None,
     peak_tflops: float,
     flops_per_token: float,
     peer_tokenize: Callable[[list[list[int]]], float],
@@ -138,13 +158,24 @@ def _measure(
                 "passed": min(cosines) >= MIN_COSINE,
             },
         }
+        if fp32_reference is not None:
+            results[name]["accuracy"]["min_cosine_vs_fp32"] = min(
+                float(vectors[i] @ expected) for i, expected in fp32_reference.items()
+            )
     if PEER in results:
         # Host work inside the peer's time: its tokenizer reading the ids back from text (none in ours).
         results[PEER]["tokenize_seconds"] = peer_tokenize(documents)
         for figures in results.values():
             figures[f"ratio_vs_{PEER}"] = figures["tokens_per_s"] / results[PEER]["tokens_per_s"]
     lengths = np.array([len(document) for document in documents])
+    diagnostics = {}
+    if fp32_reference is not None:
+        # The bar's own yardstick: how close the bf16 single-document forward is to float32.
+        diagnostics["reference_min_cosine_vs_fp32"] = min(
+            float(reference[i] @ expected) for i, expected in fp32_reference.items()
+        )
     return {
+        **diagnostics,
         "docs": len(documents),
         "tokens": tokens,
         "length": {
@@ -193,6 +224,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     params = sum(p.numel() for p in model.module.parameters() if p is not embeddings)
     peak = matmul_peak_tflops(device, getattr(torch, model.dtype))
     names = args.strategies.split(",")
+    if args.full_precision_reductions:
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    # A float32 copy of the network, for the diagnostic only (twice the weights' memory again).
+    fp32_module = copy.deepcopy(model.module).float() if args.fp32_reference else None
     with tempfile.TemporaryDirectory() as folder:
         peer = None
         if PEER in names:
@@ -205,6 +241,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checked = len(documents) if device == "cpu" else min(args.accuracy_sample, len(documents))
             sample = np.random.default_rng(args.seed).choice(len(documents), checked, replace=False)
             reference = {int(i): padded_forward(model, [documents[i]])[0] for i in sample}
+            fp32_reference = None
+            if fp32_module is not None:
+                fp32_reference = {i: single_forward(model, fp32_module, documents[i]) for i in reference}
             workloads[workload] = _measure(
                 strategies,
                 names,
@@ -212,6 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args,
                 model,
                 reference,
+                fp32_reference,
                 peak,
                 2 * params,
                 peer_tokenize(peer, affixes),
@@ -237,6 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "flops_per_token": 2 * params,
         },
         "max_batch_tokens": args.max_batch_tokens,
+        "reduced_precision_reductions": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
         "matmul_peak_tflops": peak,
         "workloads": workloads,
         # The bar is on our embedder; the other strategies' figures are reported alongside.
@@ -256,6 +297,16 @@ def _table(result: dict[str, Any]) -> str:
                 f"  {workload:9} {name:22} {s['tokens_per_s']:>10.0f} tok/s {s['docs_per_s']:>8.1f} docs/s "
                 f"{s['peak_fraction']:6.1%} of peak  x{ratio:.2f} vs ST  "
                 f"min cos {s['accuracy']['min_cosine']:.5f}"
+                + (
+                    f" (vs fp32 {s['accuracy']['min_cosine_vs_fp32']:.5f})"
+                    if "min_cosine_vs_fp32" in s["accuracy"]
+                    else ""
+                )
+            )
+        if "reference_min_cosine_vs_fp32" in figures:
+            lines.append(
+                f"  {workload:9} bf16 reference alone vs fp32: "
+                f"min cos {figures['reference_min_cosine_vs_fp32']:.5f}"
             )
     return "\n".join(lines)
 

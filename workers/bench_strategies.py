@@ -38,6 +38,15 @@ def padded_forward(model: EmbeddingModel, batch: Sequence[Sequence[int]]) -> np.
         return _normalized(pool(hidden, mask, model.pooling))
 
 
+def single_forward(model: EmbeddingModel, module: Any, document: Sequence[int]) -> np.ndarray:
+    """``module`` (``model``'s network, maybe in another dtype) on ``document`` alone, pooled, normalized."""
+    ids = torch.tensor([list(document)], device=model.device)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        hidden = module(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return _normalized(pool(hidden, mask, model.pooling))[0]
+
+
 def _ours(model: EmbeddingModel, budget: int) -> Strategy:
     settings = BatchSettings(max_batch_tokens=budget, max_queued_tokens=2**62)
 

@@ -51,6 +51,22 @@ def test_bench_runs_on_cpu_and_writes_its_result(tmp_path: Path) -> None:
         assert workload["strategies"]["sentence_transformers"]["ratio_vs_sentence_transformers"] == 1.0
 
 
+def test_fp32_reference_reports_how_far_each_vector_and_the_reference_are_from_float32(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "tiny.json"
+    argv = ["bench", "--random", "tiny", "--docs", "8", "--warmup-docs", "2", "--workloads", "mixed"]
+    argv += ["--strategies", "ours", "--fp32-reference", "--full-precision-reductions", "--out", str(out)]
+    assert cli_main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["reduced_precision_reductions"] is False
+    mixed = result["workloads"]["mixed"]
+    accuracy = mixed["strategies"]["ours"]["accuracy"]
+    # On the CPU the model already runs in float32: every figure is a cosine of (nearly) equal vectors.
+    assert 0.9999 <= mixed["reference_min_cosine_vs_fp32"] <= 1.0001
+    assert 0.9999 <= accuracy["min_cosine_vs_fp32"] <= 1.0001 and accuracy["checked"] == 8
+
+
 def test_saved_random_model_loads_like_a_qwen3_embedding_checkpoint(tmp_path: Path) -> None:
     from workers.model import EmbeddingModel
     from workers.settings import ModelSettings
