@@ -36,6 +36,13 @@ class KafkaSettings(BaseModel):
     dlq_topic: str = Field(
         "documents.dlq", description="Dead-letter topic for events that cannot be ingested."
     )
+    dlq_max_record_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Most key + value bytes of one dead-letter record (keep under the broker's "
+        "message.max.bytes); a larger rejected event is dead-lettered cut to fit, with a "
+        "'truncated_from' header.",
+    )
     partitions: int = Field(
         4, ge=1, description="Partitions to create the topic with when it does not exist yet."
     )

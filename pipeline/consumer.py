@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.chunking import Chunker
 from pipeline.config import Settings
-from pipeline.dlq import DeadLetterQueue
+from pipeline.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
 from pipeline.kafka import client_options, make_producer
 from pipeline.offsets import OffsetTracker
 from pipeline.retry import Backoff
@@ -116,9 +116,9 @@ class IngestWorker:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         )
-        self._producer = make_producer(kafka)
+        self._producer = make_producer(kafka, max_request_size=kafka.dlq_max_record_bytes + DLQ_HEADER_ROOM)
         self._dead_letters = DeadLetterQueue(
-            self._producer, kafka.dlq_topic, settings.worker.retry_backoff_max_s
+            self._producer, kafka.dlq_topic, settings.worker.retry_backoff_max_s, kafka.dlq_max_record_bytes
         )
         self._tracker = OffsetTracker()
         self._lanes: dict[TopicPartition, _Lane] = {}

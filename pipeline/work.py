@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from pipeline.chunking import Chunker
 from pipeline.events import DocumentEvent, InvalidEvent, parse_event
 from pipeline.sink import ChunkRow, DeleteDocument, DocumentWrite, UpsertDocument
+from workers.errors import PoisonInput
 from workers.settings import ModelSettings, format_input
 
 
@@ -145,7 +146,11 @@ def build_unit(
         if event.op == "delete":
             unit.plan.append(_PlannedDelete(event.id, record))
             continue
-        chunks = chunker.split(event.text or "")
+        try:
+            chunks = chunker.split(event.text or "")
+        except PoisonInput as exc:  # characters the tokenizer cannot fit in one chunk
+            unit.dead_letters.append(_dead_letter(tp, record, f"text cannot be chunked: {exc}"))
+            continue
         if not chunks:
             unit.dead_letters.append(_dead_letter(tp, record, "text has no tokens"))
             continue

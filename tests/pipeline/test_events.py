@@ -14,6 +14,7 @@ from pipeline.events import (
     DEFAULT_MAX_VALUE_BYTES,
     MAX_ID_CHARS,
     MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
     DocumentEvent,
     InvalidEvent,
     parse_event,
@@ -325,3 +326,36 @@ def test_near_valid_json_gives_an_event_or_invalid_event(
     document = json.dumps(fields)
     _assert_parses_or_rejects(key, document.encode())
     _assert_parses_or_rejects(key, (document[:-1] + raw_tail).encode("utf-8", "surrogatepass"))
+
+
+# Hostile shapes (fault scenario 7): any text, any nesting depth — an event or a precise reason.
+
+
+_any_chars = st.characters() | st.integers(0xD800, 0xDFFF).map(chr)  # lone surrogates included
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(_any_chars, max_size=60).map("".join), ascii_json=st.booleans())
+def test_any_text_is_kept_verbatim_or_rejected_as_blank_or_surrogate(text: str, ascii_json: bool) -> None:
+    value = json.dumps({"id": "d", "text": text}, ensure_ascii=ascii_json).encode("utf-8", "surrogatepass")
+    try:
+        event = parse_event(b"d", value)
+    except InvalidEvent as error:
+        assert "text is blank" in error.reason or "surrogate" in error.reason or "not UTF-8" in error.reason
+    else:  # JSON joins an escaped surrogate pair into its character, as UTF-16 does
+        assert event.text == text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+
+
+@settings(max_examples=100, deadline=None)
+@given(depth=st.integers(0, 5000), container=st.sampled_from(["[", '{"k": ']))
+def test_any_nesting_depth_is_accepted_or_rejected_as_too_deep(depth: int, container: str) -> None:
+    closing = "]" if container == "[" else "}"
+    nested = container * depth + "1" + closing * depth
+    value = f'{{"id": "d", "text": "t", "metadata": {{"x": {nested}}}}}'.encode()
+    try:
+        event = parse_event(b"d", value)
+    except InvalidEvent as error:
+        assert "nests" in error.reason and "deep" in error.reason, error.reason
+        assert depth >= MAX_METADATA_DEPTH - 2
+    else:
+        assert depth < MAX_METADATA_DEPTH and event.metadata

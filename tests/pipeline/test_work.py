@@ -85,3 +85,25 @@ def test_a_document_milvus_refuses_becomes_a_dead_letter_with_its_original_bytes
         "source_partition": b"2",
         "source_offset": b"1",
     }
+
+
+class EmojiAsFourTokens:
+    """Whitespace words, except that an emoji is four tokens sharing its one character."""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        for m in re.finditer(r"\S+", text):
+            if m.group() == "😀":
+                spans.extend([m.span()] * 4)
+            else:
+                spans.append(m.span())
+        return spans
+
+
+def test_a_text_the_chunker_cannot_split_becomes_a_dead_letter() -> None:
+    records = [_rec(0, id="ok", text="fine words"), _rec(1, id="emoji", text="smile 😀")]
+    unit = build_unit(TP, 1, records, Chunker(EmojiAsFourTokens(), max_tokens=3), ModelSettings())
+    assert unit.texts == ["fine words"]
+    (dead,) = unit.dead_letters
+    assert dead.offset == 1 and dead.reason.startswith("text cannot be chunked: ")
+    assert "inseparable tokens" in dead.reason
