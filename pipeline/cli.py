@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import Settings, load_settings
 from workers.errors import ConfigError, PipelineError
+
+if TYPE_CHECKING:
+    from workers.pool import EmbedderPool
 
 log = logging.getLogger("pipeline")
 
@@ -56,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
     verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
+    _add_eval_recall(verbs)
+    serve = verbs.add_parser("serve", help="HTTP API: OpenAI-compatible /v1/embeddings and /v1/search")
+    serve.add_argument("--host", help="listen address (default api.host)")
+    serve.add_argument("--port", type=int, help="listen port (default api.port)")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
     # Its options belong to workers.bench (or, with --end-to-end, pipeline.bench_pipeline; with
     # --scaling, pipeline.bench_scaling), which parses what follows the verb.
@@ -66,6 +75,36 @@ def _parser() -> argparse.ArgumentParser:
         "vs the bare embedder; with --scaling N,M the pool at N and M actors (see --help)",
     )
     return parser
+
+
+def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    evaluate = verbs.add_parser(
+        "eval-recall", help="recall@k and latency of every replica and of funnel mode on a real corpus"
+    )
+    corpus = evaluate.add_mutually_exclusive_group()
+    corpus.add_argument("--man-dir", type=Path, help="manual pages root (default /usr/share/man)")
+    corpus.add_argument("--text-dir", type=Path, help="a folder of plain text files instead of manual pages")
+    evaluate.add_argument("--sections", default="158", help="manual sections to read (default 158)")
+    evaluate.add_argument("--lang", help="translation folder under the manual root, e.g. fr, de, zh_CN")
+    evaluate.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip pages whose file name matches"
+    )
+    evaluate.add_argument("--max-docs", type=int, default=1000, help="documents to index (seeded sample)")
+    evaluate.add_argument("--queries", type=Path, help="query file (default pipeline/sample_queries.txt)")
+    evaluate.add_argument(
+        "--title-queries", type=int, default=50, help="also query the title lines of this many documents"
+    )
+    evaluate.add_argument(
+        "--factors", default="10,20,50", help="funnel factors, comma-separated (default 10,20,50)"
+    )
+    evaluate.add_argument("--top-k", type=int, default=10)
+    evaluate.add_argument(
+        "--prefix", default="recall", help="collection prefix (its collections are rebuilt)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--out", type=Path, default=Path("recall-results"), help="folder for recall.json/.md/.png"
+    )
 
 
 async def _run_worker(settings: Settings, until_idle: float | None) -> int:
@@ -102,22 +141,84 @@ async def _run_worker(settings: Settings, until_idle: float | None) -> int:
     return 0
 
 
-async def _search(settings: Settings, args: argparse.Namespace) -> int:
+async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.eval_recall import SAMPLE_QUERIES, EvalOptions, render_table, run_eval
+
+    options = EvalOptions(
+        out_dir=args.out,
+        man_dir=args.man_dir,
+        sections=args.sections,
+        lang=args.lang,
+        exclude=tuple(args.exclude),
+        max_docs=args.max_docs,
+        text_dir=args.text_dir,
+        queries_file=args.queries or SAMPLE_QUERIES,
+        title_queries=args.title_queries,
+        factors=tuple(int(f) for f in args.factors.split(",") if f.strip()),
+        top_k=args.top_k,
+        collection_prefix=args.prefix,
+        seed=args.seed,
+    )
+    async with _query_pool(settings, "eval") as pool:
+        report = await run_eval(settings, pool, options)
+    print(render_table(report))
+    print(f"written: {args.out}/recall.json, recall.md, recall.png")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _query_pool(settings: Settings, purpose: str) -> AsyncIterator[EmbedderPool]:
+    """A running worker's actors when there are some (queries share them), else a pool of our own."""
     import uuid
 
     from pipeline.runtime import connect_ray, start_pool
-    from pipeline.search import format_results, search
     from workers.pool import EmbedderPool
 
     connect_ray(settings)
-    # Reuse a running worker's actors; otherwise load the model in a pool of our own.
     pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
     owned = pool is None
     if pool is None:
         pool, _ = await start_pool(
-            settings, namespace=f"{settings.ray.namespace}-search-{uuid.uuid4().hex[:8]}"
+            settings, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
         )
     try:
+        yield pool
+    finally:
+        if owned:
+            pool.shutdown()
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from pipeline.api import Api
+    from pipeline.sink import MilvusSink
+    from workers.tokenizer import load_text_tokenizer
+
+    host, port = args.host or settings.api.host, args.port if args.port is not None else settings.api.port
+    async with _query_pool(settings, "serve") as pool:
+        tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
+        sink = MilvusSink(settings.milvus, settings.embedding.replica_dims(pool.info.native_dim))
+        runner = web.AppRunner(Api(settings, pool, tokenizer, sink).app())
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            print(f"serving {pool.info.name} on {runner.addresses} (Ctrl-C stops)", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            sink.close()
+    return 0
+
+
+async def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.search import format_results, search
+
+    async with _query_pool(settings, "search") as pool:
         query = " ".join(args.query)
         factor = None if args.funnel is None else (args.funnel or settings.search.funnel_factor)
         results = await search(
@@ -132,9 +233,6 @@ async def _search(settings: Settings, args: argparse.Namespace) -> int:
             latency_budget_ms=args.latency_budget_ms,
             per_document=args.per_document,
         )
-    finally:
-        if owned:
-            pool.shutdown()
     print(format_results(results))
     return 0
 
@@ -163,6 +261,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "search":
         return await _search(settings, args)
+    if args.verb == "serve":
+        return await _serve(settings, args)
+    if args.verb == "eval-recall":
+        return await _eval_recall(settings, args)
     if args.verb == "status":
         from pipeline.status import collect_status
 

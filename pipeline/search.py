@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -27,10 +28,21 @@ from pipeline.config import Settings
 from pipeline.routing import Profile, Strategy, choose
 from pipeline.sink import Hit, MilvusSink
 from workers.errors import ConfigError
-from workers.pool import EmbedderPool
+from workers.model import ModelInfo
 
 _PER_DOCUMENT_OVERFETCH = 4
 _HIT_FIELDS = ("text", "metadata")
+
+
+class QueryEmbedder(Protocol):
+    """What search needs of the pool (:class:`workers.pool.EmbedderPool` is one)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def embed_queries(
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+    ) -> dict[int, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,7 @@ def load_profile(settings: Settings, dims: Sequence[int]) -> Profile:
 
 async def search(
     settings: Settings,
-    pool: EmbedderPool,
+    pool: QueryEmbedder,
     queries: Sequence[str],
     dim: int | None = None,
     top_k: int = 5,
@@ -162,10 +174,11 @@ async def search(
     latency_budget_ms: float | None = None,
     profile: Profile | None = None,
     per_document: bool = False,
+    sink: MilvusSink | None = None,
 ) -> list[QueryResult]:
     """Embed ``queries`` as queries (task ``instruction``, else the collection's default task) and return
     the ``top_k`` hits of each by the strategy :func:`pick_strategy` picks.  Served latencies are folded
-    into ``profile`` when one is given."""
+    into ``profile`` when one is given.  ``sink`` (kept open) saves a connection per call."""
     dims = settings.embedding.replica_dims(pool.info.native_dim)
     strategy = pick_strategy(
         settings,
@@ -180,14 +193,16 @@ async def search(
     task = instruction or settings.search.task_for(settings.milvus.collection_prefix)
     vectors = await pool.embed_queries(list(queries), tuple(sorted(wanted, reverse=True)), task)
     limit = top_k * _PER_DOCUMENT_OVERFETCH if per_document else top_k
-    sink = MilvusSink(settings.milvus, dims)
+    own = sink is None
+    sink = sink or MilvusSink(settings.milvus, dims)
     try:
         started = time.perf_counter()
         hits = await asyncio.to_thread(ReplicaSearch(sink, max(dims)).run, strategy, vectors, limit)
         if profile is not None:
             profile.observe(strategy, (time.perf_counter() - started) * 1000 / max(1, len(queries)))
     finally:
-        sink.close()
+        if own:
+            sink.close()
     if per_document:
         hits = [best_chunk_per_document(h, top_k) for h in hits]
     return [QueryResult(q, strategy.dim, h, strategy.name) for q, h in zip(queries, hits, strict=True)]
