@@ -6,9 +6,10 @@ for one document id the last event in partition order wins in Milvus.  A unit's 
 are acknowledged only after every replica write and every dead-letter send of the unit
 succeeded, and the :class:`~pipeline.offsets.OffsetTracker` commits the contiguous prefix.
 
-The poll loop never waits on the GPU: when the tokens in flight pass
-``worker.max_inflight_tokens`` the assigned partitions are paused (the loop keeps polling,
-so the consumer keeps its group membership) and resumed once the lanes have drained.
+The poll loop never waits on the GPU or on Milvus: when the tokens in flight pass
+``worker.max_inflight_tokens``, or while a Milvus write is being retried, the assigned
+partitions are paused (the loop keeps polling, so the consumer keeps its group membership)
+and resumed once that has cleared (:mod:`pipeline.flow`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from aiokafka.errors import KafkaError
 from pipeline.chunking import Chunker
 from pipeline.config import Settings
 from pipeline.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
+from pipeline.flow import FlowControl, retry_transient
 from pipeline.kafka import client_options, make_producer
 from pipeline.offsets import OffsetTracker
-from pipeline.retry import Backoff
 from pipeline.sink import DocumentWrite, UpsertDocument, WriteResult
 from pipeline.work import WorkUnit, build_unit
-from workers.errors import RetriableError
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,7 @@ class IngestWorker:
         )
         self._tracker = OffsetTracker()
         self._lanes: dict[TopicPartition, _Lane] = {}
-        self._inflight_tokens = 0
-        self._inflight_units = 0
-        self._paused = False
+        self._flow = FlowControl(settings.worker.max_inflight_tokens)
         self._fatal: asyncio.Future[None] | None = None
         self._assigned_once = asyncio.Event()
         self._assigned_at = 0.0
@@ -159,8 +157,8 @@ class IngestWorker:
                     self.stats.first_record_at = time.monotonic()
                 for tp, records in batches.items():
                     await self._dispatch(tp, records)
-                self._apply_backpressure()
-                busy = self._inflight_units > 0 or not self._tracker.all_committed()
+                self._flow.apply(self._consumer)
+                busy = self._flow.units > 0 or not self._tracker.all_committed()
                 if any(batches.values()) or busy or not self._assigned_once.is_set():
                     last_activity = time.monotonic()
                 last_activity = max(last_activity, self._assigned_at)  # new partitions: not idle yet
@@ -196,22 +194,9 @@ class IngestWorker:
             self.stats.events += len(unit.offsets)
             self._tracker.track(tp, lane.epoch, unit.offsets)
             embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
-            self._inflight_tokens += unit.tokens
-            self._inflight_units += 1
+            self._flow.dispatched(unit.tokens)
             lane.units.append((unit, embedding))
             lane.arrived.set()
-
-    def _apply_backpressure(self) -> None:
-        limit = self._settings.worker.max_inflight_tokens
-        assigned = self._consumer.assignment()
-        if not self._paused and self._inflight_tokens >= limit:
-            self._consumer.pause(*assigned)
-            self._paused = True
-            log.info("paused %d partitions: %d tokens in flight", len(assigned), self._inflight_tokens)
-        elif self._paused and self._inflight_tokens < limit // 2:
-            self._consumer.resume(*assigned)
-            self._paused = False
-            log.info("resumed partitions: %d tokens in flight", self._inflight_tokens)
 
     async def _embed(self, unit: WorkUnit) -> dict[int, np.ndarray]:
         """Embed every text of ``unit`` (split into pool requests), retrying transient failures."""
@@ -229,14 +214,11 @@ class IngestWorker:
         return {dim: np.concatenate([r[dim] for r in results]) for dim in self._dims}
 
     async def _embed_request(self, texts: list[str]) -> dict[int, np.ndarray]:
-        backoff = Backoff(cap=self._settings.worker.retry_backoff_max_s)
-        while True:
-            try:
-                return await self._embedder.embed(texts, self._dims)
-            except RetriableError as exc:
-                delay = backoff.next(exc.retry_after)
-                log.warning("embedding failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        return await retry_transient(
+            "embedding",
+            lambda: self._embedder.embed(texts, self._dims),
+            self._settings.worker.retry_backoff_max_s,
+        )
 
     async def _drain(self, lane: _Lane) -> None:
         """Write the lane's units in offset order; a unit is acknowledged once fully written."""
@@ -263,23 +245,22 @@ class IngestWorker:
         self.stats.last_ack_at = time.monotonic()
 
     def _release(self, unit: WorkUnit) -> None:
-        self._inflight_tokens -= unit.tokens
-        self._inflight_units -= 1
+        self._flow.released(unit.tokens)
 
     async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
         """Write the unit to every replica; documents Milvus refuses for good become dead letters."""
         writes = unit.writes(vectors)
         if not writes:
             return
-        backoff = Backoff(cap=self._settings.worker.retry_backoff_max_s)
-        while True:
-            try:
-                result = await asyncio.to_thread(self._sink.write, writes)
-                break
-            except RetriableError as exc:
-                delay = backoff.next(exc.retry_after)
-                log.warning("Milvus write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        # Nothing of this unit (nor after it in its partition) is acknowledged meanwhile, so
+        # nothing is committed past it; the partitions are paused while it fails.
+        result = await retry_transient(
+            "Milvus write",
+            lambda: asyncio.to_thread(self._sink.write, writes),
+            self._settings.worker.retry_backoff_max_s,
+            on_failing=self._flow.write_failing,
+            on_recovered=self._flow.write_recovered,
+        )
         rejected = result.rejected
         for index, reason in rejected.items():
             log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
@@ -365,7 +346,7 @@ class IngestWorker:
         for tp in assigned:
             if tp not in self._lanes:
                 self._open_lane(tp, await self._consumer.committed(tp))
-        self._paused = False
+        self._flow.reassigned()
         self._assigned_at = time.monotonic()
         self._assigned_once.set()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))

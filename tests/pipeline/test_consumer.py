@@ -147,12 +147,16 @@ async def test_out_of_order_embeddings_still_apply_in_partition_order(kafka_boot
     assert await _committed_equals_end(settings)
 
 
-async def test_sink_outage_is_retried_and_nothing_is_lost(kafka_bootstrap: str) -> None:
+async def test_sink_outage_is_retried_and_nothing_is_lost(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = _settings(kafka_bootstrap)
     expected = await _produce_stream(settings, 200, seed=5)
     sink = RecordingSink(failures=6)
-    await _worker(settings, ShuffledEmbedder(max_delay=0.0), sink).run(until_idle_s=1.5)
+    with caplog.at_level("INFO", logger="pipeline.flow"):
+        await _worker(settings, ShuffledEmbedder(max_delay=0.0), sink).run(until_idle_s=1.5)
     assert sink.calls > 6
+    assert any("the sink is failing" in r.getMessage() for r in caplog.records)  # fetching paused
     assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
         d: t.split() for d, t in expected.items()
     }
@@ -165,9 +169,9 @@ async def test_full_pipeline_pauses_partitions_and_still_finishes(
     settings = _settings(kafka_bootstrap, max_inflight_tokens=64, max_batch_events=4)
     expected = await _produce_stream(settings, 150, seed=9)
     sink = RecordingSink()
-    with caplog.at_level("INFO", logger="pipeline.consumer"):
+    with caplog.at_level("INFO", logger="pipeline.flow"):
         await _worker(settings, ShuffledEmbedder(max_delay=0.03), sink).run(until_idle_s=1.5)
-    assert any("paused" in r.getMessage() for r in caplog.records)
+    assert any("tokens in flight" in r.getMessage() for r in caplog.records)
     assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
         d: t.split() for d, t in expected.items()
     }
