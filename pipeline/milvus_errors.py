@@ -2,8 +2,8 @@
 
 :func:`translated` turns every pymilvus / gRPC exception of a call into exactly one of
 
-* :class:`~workers.errors.SinkUnavailable` when the server is down, slow or throttling
-  (retry the same call later),
+* :class:`~workers.errors.SinkUnavailable` when the server is down, slow or throttling, or
+  a collection is not loaded (a restarted server) (retry the same call later),
 * :class:`~workers.errors.PoisonInput` when a call that carried rows was refused for
   its data,
 * :class:`~workers.errors.ConfigError` when a replica collection is missing,
@@ -29,6 +29,9 @@ _TRANSIENT_CODES = frozenset({2, 3, 4, 7, 8, 9, 11})
 _TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _INVALID_PARAMETER_CODES = frozenset({1100, 1101, 1102})
 _COLLECTION_NOT_FOUND = 100
+# A restarted server (Milvus Lite among them) brings its collections back released; the sink
+# loads them again before its next write (MilvusSink.write), so this is transient.
+_COLLECTION_NOT_LOADED = 101
 
 
 @contextmanager
@@ -57,6 +60,8 @@ def translate(exc: Exception, what: str, refusable: bool) -> PipelineError:
         detail = f"{type(exc).__name__}: {exc}"
     if _is_transient(exc):
         return SinkUnavailable(f"Milvus unavailable while {what}: {detail}", retry_after=_RETRY_AFTER_S)
+    if isinstance(exc, MilvusException) and exc.code == _COLLECTION_NOT_LOADED:
+        return SinkUnavailable(f"Milvus collection not loaded while {what}: {detail}", retry_after=0.0)
     if isinstance(exc, MilvusException):
         if refusable and (
             exc.code in _INVALID_PARAMETER_CODES

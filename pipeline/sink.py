@@ -11,7 +11,9 @@ Replica ``{prefix}_{dim}`` holds one row per chunk, keyed ``pk = f"{doc_id}#{chu
 * A write Milvus can never accept (NaN vector, text too long, ...) is rejected alone and
   reported in :attr:`WriteResult.rejected` by its position; the rest are written.
 * A transient failure (server down, timeout, rate limit) raises
-  :class:`~workers.errors.SinkUnavailable`: retry the same batch later.
+  :class:`~workers.errors.SinkUnavailable`: retry the same batch later.  The retry first
+  loads the replicas again (:meth:`MilvusSink.ensure_collections`): a restarted server comes
+  back with its collections released, and would refuse the reads a write needs.
 
 Collections use Strong consistency: a delete by expression must see every earlier write
 (the stale chunks of a previous version), and :meth:`count` / :meth:`fetch_all` read
@@ -38,7 +40,7 @@ from pipeline.milvus_rows import (
     upsert_calls,
 )
 from pipeline.milvus_schema import CONSISTENCY, ensure_replicas, search_params
-from workers.errors import ConfigError, PipelineError, PoisonInput
+from workers.errors import ConfigError, PipelineError, PoisonInput, SinkUnavailable
 
 _QUERY_PAGE = 1000
 _HIT_FIELDS = frozenset({"text", "metadata"})
@@ -116,6 +118,7 @@ class MilvusSink:
         self._max_rows = settings.max_call_rows if max_call_rows is None else max_call_rows
         self._max_bytes = settings.max_call_bytes if max_call_bytes is None else max_call_bytes
         self._milvus = MilvusConnection(settings)
+        self._reload = False  # a call failed transiently: load the replicas before the next write
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -141,6 +144,16 @@ class MilvusSink:
         replica is missing, PipelineError when Milvus fails otherwise.  Concurrent calls must
         not share documents (the consumer writes each partition from one task).
         """
+        try:
+            if self._reload:
+                self.ensure_collections()
+                self._reload = False
+            return self._write(writes)
+        except SinkUnavailable:
+            self._reload = True
+            raise
+
+    def _write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
         rejected: dict[int, PoisonInput] = {}
         candidates: dict[str, list[Plan]] = {}  # valid writes per document, in order
         for index, document_write in enumerate(writes):

@@ -472,9 +472,14 @@ def test_outage_mid_session_then_recovery(tmp_path: Path, free_port: int, start_
                 proc.send_signal(signal.SIGCONT)
         with pytest.raises(SinkUnavailable):  # server gone: connection refused
             sink.write([upsert("b", 1)])
-        with start_lite(data, free_port):  # back on the same data: the same sink recovers
-            sink.ensure_collections()
+        with start_lite(data, free_port):  # back on the same data, replicas released: the sink loads them
             sink.write([upsert("b", 1)])
             assert_replicas(sink, {"a": upsert("a", 2), "b": upsert("b", 1)})
+        with start_lite(data, free_port):  # restarted while the sink was idle
+            try:
+                sink.write([upsert("c", 1)])
+            except SinkUnavailable:  # found the replicas released (or the channel reconnecting)
+                sink.write([upsert("c", 1)])  # the retry loads them
+            assert_replicas(sink, {"a": upsert("a", 2), "b": upsert("b", 1), "c": upsert("c", 1)})
     finally:
         sink.close()
