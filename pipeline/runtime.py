@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -118,17 +119,35 @@ async def _ensure_replicas(sink: MilvusSink, settings: Settings, attempts: int =
 
 
 async def build_runtime(settings: Settings) -> Runtime:
-    """Start the pool, open every replica and the topics, and check the settings fit together."""
+    """Start the pool, open every replica and the topics, and check the settings fit together.
+
+    The driver's tokenizer loads and the topics are created while the actors load the model:
+    a restarted worker is back sooner (its partitions wait for it meanwhile).
+    """
     connect_ray(settings)
-    pool, dims = await start_pool(settings)
+    tokenizer_loading = asyncio.create_task(asyncio.to_thread(load_text_tokenizer, settings.model))
+    topics = asyncio.create_task(ensure_topics(settings.kafka))
     try:
-        tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
+        pool, dims = await start_pool(settings)
+    except BaseException:
+        await _settle(tokenizer_loading, topics)
+        raise
+    try:
+        tokenizer = await tokenizer_loading
+        await topics
         chunker = make_chunker(settings, tokenizer, pool.info)
         sink = MilvusSink(settings.milvus, dims)
         await _ensure_replicas(sink, settings)
-        await ensure_topics(settings.kafka)
     except BaseException:
+        await _settle(tokenizer_loading, topics)
         pool.shutdown()
         raise
     log.info("worker ready: model %s, replicas %s", pool.info.name, list(dims))
     return Runtime(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)
+
+
+async def _settle(*tasks: asyncio.Task[Any]) -> None:
+    """Wait for side tasks of a failed start; their own errors are secondary to the one raised."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
