@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from pipeline.chunking import Chunker
 from pipeline.config import Settings
 from pipeline.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
+from pipeline.embedding import Embedder, UnitEmbedder
 from pipeline.flow import FlowControl, retry_transient
 from pipeline.kafka import client_options, make_producer
 from pipeline.offsets import OffsetTracker
@@ -37,12 +38,6 @@ from pipeline.sink import DocumentWrite, UpsertDocument, WriteResult
 from pipeline.work import WorkUnit, build_unit
 
 log = logging.getLogger(__name__)
-
-
-class Embedder(Protocol):
-    """What the worker needs from the embedder pool."""
-
-    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]: ...
 
 
 class Sink(Protocol):
@@ -101,7 +96,9 @@ class IngestWorker:
         special_tokens: int = 0,
     ) -> None:
         self._settings = settings
-        self._embedder = embedder
+        self._embedder = UnitEmbedder(
+            embedder, dims, settings.worker.max_request_tokens, settings.worker.retry_backoff_max_s
+        )
         self._sink = sink
         self._chunker = chunker
         self._dims = dims
@@ -132,6 +129,11 @@ class IngestWorker:
     def assigned(self) -> frozenset[TopicPartition]:
         """The partitions this member currently owns."""
         return frozenset(self._lanes)
+
+    @property
+    def paused(self) -> bool:
+        """Whether fetching is paused: the in-flight budget is full or a Milvus write is failing."""
+        return self._flow.paused
 
     async def run(self, stop: asyncio.Event | None = None, until_idle_s: float | None = None) -> WorkerStats:
         """Consume until ``stop`` is set, or until nothing arrived for ``until_idle_s`` and all is committed.
@@ -193,32 +195,10 @@ class IngestWorker:
             )
             self.stats.events += len(unit.offsets)
             self._tracker.track(tp, lane.epoch, unit.offsets)
-            embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
+            embedding = asyncio.create_task(self._embedder.embed(unit)) if unit.texts else None
             self._flow.dispatched(unit.tokens)
             lane.units.append((unit, embedding))
             lane.arrived.set()
-
-    async def _embed(self, unit: WorkUnit) -> dict[int, np.ndarray]:
-        """Embed every text of ``unit`` (split into pool requests), retrying transient failures."""
-        limit = self._settings.worker.max_request_tokens
-        requests: list[list[str]] = [[]]
-        budget = 0
-        per_text = max(1, unit.tokens // max(1, len(unit.texts)))
-        for text in unit.texts:
-            if requests[-1] and budget + per_text > limit:
-                requests.append([])
-                budget = 0
-            requests[-1].append(text)
-            budget += per_text
-        results = await asyncio.gather(*(self._embed_request(texts) for texts in requests))
-        return {dim: np.concatenate([r[dim] for r in results]) for dim in self._dims}
-
-    async def _embed_request(self, texts: list[str]) -> dict[int, np.ndarray]:
-        return await retry_transient(
-            "embedding",
-            lambda: self._embedder.embed(texts, self._dims),
-            self._settings.worker.retry_backoff_max_s,
-        )
 
     async def _drain(self, lane: _Lane) -> None:
         """Write the lane's units in offset order; a unit is acknowledged once fully written."""

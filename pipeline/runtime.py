@@ -16,6 +16,7 @@ from pipeline.consumer import IngestWorker
 from pipeline.kafka import ensure_topics
 from pipeline.retry import Backoff
 from pipeline.sink import MilvusSink
+from workers.actor import EmbedderActor
 from workers.errors import ConfigError, SinkUnavailable
 from workers.model import ModelInfo
 from workers.pool import EmbedderPool
@@ -78,10 +79,12 @@ class Runtime:
 
 
 async def start_pool(
-    settings: Settings, namespace: str | None = None
+    settings: Settings, namespace: str | None = None, actor_class: type[EmbedderActor] = EmbedderActor
 ) -> tuple[EmbedderPool, tuple[int, ...]]:
     """Start the embedder actors and resolve the replica dims against the model's native dimension."""
-    pool = await EmbedderPool.start(settings.model, settings.batching, settings.pool, namespace=namespace)
+    pool = await EmbedderPool.start(
+        settings.model, settings.batching, settings.pool, namespace=namespace, actor_class=actor_class
+    )
     try:
         dims = settings.embedding.replica_dims(pool.info.native_dim)
     except ValueError as exc:
@@ -118,8 +121,10 @@ async def _ensure_replicas(sink: MilvusSink, settings: Settings, attempts: int =
             await asyncio.sleep(delay)
 
 
-async def build_runtime(settings: Settings) -> Runtime:
+async def build_runtime(settings: Settings, actor_class: type[EmbedderActor] = EmbedderActor) -> Runtime:
     """Start the pool, open every replica and the topics, and check the settings fit together.
+
+    ``actor_class``: an EmbedderActor subclass for the pool (tests inject faults with one).
 
     The driver's tokenizer loads and the topics are created while the actors load the model:
     a restarted worker is back sooner (its partitions wait for it meanwhile).
@@ -128,7 +133,7 @@ async def build_runtime(settings: Settings) -> Runtime:
     tokenizer_loading = asyncio.create_task(asyncio.to_thread(load_text_tokenizer, settings.model))
     topics = asyncio.create_task(ensure_topics(settings.kafka))
     try:
-        pool, dims = await start_pool(settings)
+        pool, dims = await start_pool(settings, actor_class=actor_class)
     except BaseException:
         await _settle(tokenizer_loading, topics)
         raise

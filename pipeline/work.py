@@ -7,7 +7,7 @@ collapsed away before anything is embedded.  Nothing here talks to Kafka, Ray or
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,6 +115,29 @@ class WorkUnit:
                 self.dead_letters.append(_dead_letter(self.tp, item.record, reason))
                 return
         raise KeyError(doc_id)
+
+
+    def reject_texts(self, poison: Collection[str], reason: str) -> list[str]:
+        """Move every document with a chunk input in ``poison`` to the dead letters; returns their ids.
+
+        ``texts`` is rebuilt without them.  ``tokens`` is left as dispatched: it is what the
+        worker's in-flight accounting releases when the unit is done.
+        """
+        rejected: list[str] = []
+        kept: list[_PlannedUpsert | _PlannedDelete] = []
+        texts: list[str] = []
+        for item in self.plan:
+            if isinstance(item, _PlannedUpsert):
+                inputs = self.texts[item.first_text : item.first_text + len(item.chunks)]
+                if any(text in poison for text in inputs):
+                    self.dead_letters.append(_dead_letter(self.tp, item.record, reason))
+                    rejected.append(item.event.id)
+                    continue
+                item.first_text = len(texts)
+                texts.extend(inputs)
+            kept.append(item)
+        self.plan, self.texts = kept, texts
+        return rejected
 
 
 def _dead_letter(tp: TopicPartition, record: KafkaRecord, reason: str) -> DeadLetter:

@@ -43,3 +43,15 @@ class SinkUnavailable(RetriableError):
 
 class PoisonInput(PipelineError):
     """One input is rejected by a downstream component for good (e.g. Milvus refuses a value)."""
+
+
+class PoisonTexts(PipelineError):
+    """Texts that crash every embedder actor that runs them alone; the rest of the request is fine.
+
+    ``texts`` are the offending inputs exactly as they were passed to ``embed``.
+    """
+
+    def __init__(self, texts: tuple[str, ...], crashes: int) -> None:
+        super().__init__(f"{len(texts)} text(s) crashed an embedder actor {crashes} time(s) each, run alone")
+        self.texts = texts
+        self.crashes = crashes

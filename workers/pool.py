@@ -16,10 +16,10 @@ import numpy as np
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import ActorAlreadyExistsError, RayActorError
+from ray.exceptions import ActorAlreadyExistsError, ActorDiedError, RayActorError
 
 from workers.actor import EmbedderActor, validate_dims
-from workers.errors import Backpressure, ConfigError, EmbedderUnavailable
+from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
 from workers.model import ModelInfo
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 
@@ -32,6 +32,8 @@ _MAX_CONCURRENCY = 1024
 # calls at once while it restarts an actor, so retrying sooner would only burn attempts.
 _AVOID_BASE_S = 1.0
 _AVOID_MAX_S = 30.0
+# How often a request run alone asks a restarting actor whether it is back.
+_READY_POLL_S = 0.5
 
 _RemoteEmbedder = ray.remote(EmbedderActor)
 
@@ -44,6 +46,12 @@ class _Slot:
     calls: int = 0
     failures: int = 0  # consecutive actor failures
     avoid_until: float = 0.0
+    in_flight: int = 0  # calls sent and not answered
+    reserved: bool = False  # a suspect request waits to run alone here: send nothing else
+
+
+class _KillsActors(Exception):
+    """A request run alone crashed its actor ``poison_after_crashes`` times."""
 
 
 class EmbedderPool:
@@ -69,6 +77,7 @@ class EmbedderPool:
         pool: PoolSettings,
         *,
         namespace: str | None = None,
+        actor_class: type[EmbedderActor] = EmbedderActor,
     ) -> EmbedderPool:
         """Start the actors (the caller has joined Ray) and wait until each has loaded the model.
 
@@ -77,15 +86,17 @@ class EmbedderPool:
         ``embedder-{i}`` in ``namespace`` (default: the driver's, from ``ray.init``).  Raises
         ConfigError when a model fails to load, the names are taken, or the actors disagree about
         the model; EmbedderUnavailable when they are not ready within ``ready_timeout_s``.
+        ``actor_class``: an EmbedderActor subclass to run instead (tests inject faults with one).
         """
         gpus = ray.cluster_resources().get("GPU", 0.0)
         count = pool.num_actors or max(1, int(gpus // pool.gpus_per_actor))
         resources = {"num_gpus": pool.gpus_per_actor} if gpus else {"num_cpus": pool.cpus_per_actor}
         namespace = namespace or ray.get_runtime_context().namespace
         handles: list[ActorHandle] = []
+        remote = _RemoteEmbedder if actor_class is EmbedderActor else ray.remote(actor_class)
         try:
             for index in range(count):
-                options = _RemoteEmbedder.options(
+                options = remote.options(
                     name=f"embedder-{index}",
                     namespace=namespace,
                     max_restarts=pool.max_restarts,
@@ -140,8 +151,15 @@ class EmbedderPool:
         Retries on another actor when an actor dies or is restarting, up to ``max_attempts`` tries,
         then raises EmbedderUnavailable from the last failure.  Once every actor has failed, tries wait
         for the avoidance of the first one to end (1 s, 2 s, 4 s, ...), so a quick restart is ridden
-        out; a longer outage is the caller's to retry.  When an actor's queue is full it waits the
-        actor's ``retry_after`` and routes again (not counted as a try).
+        out; a longer outage is the caller's to retry.  A call unanswered after ``call_timeout_s``
+        counts as a failed try.  When an actor's queue is full it waits the actor's ``retry_after``
+        and routes again (not counted as a try).
+
+        Poison: after ``poison_after_crashes`` failed tries the request runs alone on an actor (once
+        it answers, with nothing else in flight there), so a crash then is its own doing.  A request
+        that crashes actors that many times alone is split in halves, each run alone, until the
+        texts that kill actors are isolated; they are raised as PoisonTexts (the other texts'
+        vectors are dropped: the caller asks again without the poison).
         Raises ConfigError for dims outside ``1..native_dim``; other errors of the actor propagate.
         The arrays may be read-only (zero-copy from Ray's object store).
         """
@@ -161,23 +179,64 @@ class EmbedderPool:
         """``embed`` (``query_task`` None) or ``embed_queries`` (a task, "" for none), with retries."""
         validate_dims(dims, self._info.native_dim)
         texts = list(texts)
-        attempt = 0
+        vectors, poison = await self._embed_isolating(texts, dims, query_task, alone=False)
+        if poison:
+            raise PoisonTexts(tuple(texts[i] for i in poison), self._settings.poison_after_crashes)
+        return vectors
+
+    async def _embed_isolating(
+        self, texts: list[str], dims: tuple[int, ...], query_task: str | None, alone: bool
+    ) -> tuple[dict[int, np.ndarray], list[int]]:
+        """Vectors of ``texts`` (zero rows for poison) and the positions of the poison texts."""
+        try:
+            return await self._embed_request(texts, dims, query_task, alone), []
+        except _KillsActors:
+            if len(texts) == 1:
+                log.warning("isolated a text that crashes embedder actors (%d characters)", len(texts[0]))
+                return {dim: np.zeros((1, dim), dtype=np.float32) for dim in dims}, [0]
+        middle = len(texts) // 2
+        left, left_poison = await self._embed_isolating(texts[:middle], dims, query_task, alone=True)
+        right, right_poison = await self._embed_isolating(texts[middle:], dims, query_task, alone=True)
+        vectors = {dim: np.concatenate([left[dim], right[dim]]) for dim in dims}
+        return vectors, left_poison + [middle + i for i in right_poison]
+
+    async def _embed_request(
+        self, texts: list[str], dims: tuple[int, ...], query_task: str | None, alone: bool
+    ) -> dict[int, np.ndarray]:
+        """One request, retried as :meth:`embed` says; raises _KillsActors when it crashes actors alone."""
+        attempt = crashes = 0
         while True:
-            slot = self._pick()
+            slot = await (self._reserve() if alone else self._pick())
+            reserved, answered = alone, False
             try:
+                if reserved:
+                    await self._until_ready(slot)
+                    answered = True
                 result = await self._call(slot, texts, dims, query_task)
             except Backpressure as exc:
                 await asyncio.sleep(exc.retry_after)
                 continue
-            except RayActorError as exc:
-                attempt += 1
+            except (RayActorError, TimeoutError) as exc:
                 self._failed(slot, exc)
+                if answered:  # the actor was up and ran nothing else: this request crashed it
+                    crashes += 1
+                    if crashes >= self._settings.poison_after_crashes:
+                        raise _KillsActors from exc
+                    continue
+                attempt += 1
                 if attempt >= self._settings.max_attempts:
                     raise EmbedderUnavailable(
-                        f"embedding failed on {attempt} tries; last actor embedder-{slot.index}: {exc}"
+                        f"embedding failed on {attempt} tries; last actor embedder-{slot.index}: {exc!r}"
                     ) from exc
+                if attempt >= self._settings.poison_after_crashes and not alone:
+                    log.warning("request of %d texts failed %d times; running it alone", len(texts), attempt)
+                    alone = True
+                    continue
                 await asyncio.sleep(self._wait_before_retry())
                 continue
+            finally:
+                if reserved:
+                    slot.reserved = False
             slot.failures, slot.avoid_until = 0, 0.0
             return result
 
@@ -198,27 +257,73 @@ class EmbedderPool:
     async def _call(
         self, slot: _Slot, texts: list[str], dims: tuple[int, ...], query_task: str | None = None
     ) -> dict[int, np.ndarray]:
+        """One embed call on ``slot``; TimeoutError after ``call_timeout_s`` (the Ray task is cancelled)."""
         cost = sum(len(text) for text in texts)
         slot.outstanding += cost
         slot.calls += 1
+        slot.in_flight += 1
         ref: ObjectRef[dict[int, np.ndarray]] = (
             slot.handle.embed.remote(texts, dims)
             if query_task is None
             else slot.handle.embed_queries.remote(texts, dims, query_task or None)
         )
         try:
-            return await ref
-        except asyncio.CancelledError:
+            async with asyncio.timeout(self._settings.call_timeout_s):
+                return await ref
+        except (asyncio.CancelledError, TimeoutError):
             ray.cancel(ref)  # the actor drops the texts instead of embedding them for nobody
             raise
         finally:
             slot.outstanding -= cost
+            slot.in_flight -= 1
 
-    def _pick(self) -> _Slot:
+    async def _pick(self) -> _Slot:
+        """The least loaded actor not avoided, among those no suspect request is waiting for."""
+        while all(slot.reserved for slot in self._slots):
+            await asyncio.sleep(0.05)
         now = time.monotonic()
-        return min(self._slots, key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls))
+        return min(
+            (slot for slot in self._slots if not slot.reserved),
+            key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls),
+        )
 
-    def _failed(self, slot: _Slot, exc: RayActorError) -> None:
+    async def _reserve(self) -> _Slot:
+        """A slot with nothing in flight, reserved (no new calls go there) until the caller clears it."""
+        while True:
+            free = [slot for slot in self._slots if not slot.reserved]
+            if free:
+                now = time.monotonic()
+                slot = min(free, key=lambda slot: (slot.avoid_until > now, slot.in_flight, slot.outstanding))
+                slot.reserved = True
+                break
+            await asyncio.sleep(_READY_POLL_S)
+        while slot.in_flight:
+            await asyncio.sleep(0.05)
+        return slot
+
+    async def _until_ready(self, slot: _Slot) -> None:
+        """Wait until ``slot``'s actor answers (riding out a restart), at most ``ready_timeout_s``.
+
+        Raises ActorDiedError when the actor is gone for good, EmbedderUnavailable when it does not
+        come back in time.
+        """
+        deadline = time.monotonic() + self._settings.ready_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await slot.handle.ready.remote()
+                return
+            except ActorDiedError:
+                raise
+            except (RayActorError, TimeoutError):
+                pass  # restarting, or not back yet
+            if time.monotonic() >= deadline:
+                raise EmbedderUnavailable(
+                    f"embedder-{slot.index} did not come back within {self._settings.ready_timeout_s:.0f}s"
+                )
+            await asyncio.sleep(_READY_POLL_S)
+
+    def _failed(self, slot: _Slot, exc: RayActorError | TimeoutError) -> None:
         now = time.monotonic()
         if slot.avoid_until > now:
             return  # another call already reported this outage: one death fails every call in flight

@@ -120,6 +120,19 @@ class PoolSettings(BaseModel):
     ready_timeout_s: float = Field(
         600.0, gt=0, description="How long to wait for every actor to load its model."
     )
+    call_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest wait for one embed call on one actor (e.g. one stuck restarting); then it "
+        "counts as a failed try.",
+    )
+    poison_after_crashes: int = Field(
+        2,
+        ge=1,
+        description="After this many failed tries of one request, its texts are run alone on an actor; a "
+        "request that then crashes the actor this many times is split in halves until the texts that "
+        "kill actors are isolated (raised as PoisonTexts).",
+    )
 
 
 def format_query(settings: ModelSettings, model_type: str, query: str, task: str | None) -> str:

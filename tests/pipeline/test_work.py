@@ -107,3 +107,23 @@ def test_a_text_the_chunker_cannot_split_becomes_a_dead_letter() -> None:
     (dead,) = unit.dead_letters
     assert dead.offset == 1 and dead.reason.startswith("text cannot be chunked: ")
     assert "inseparable tokens" in dead.reason
+
+
+def test_documents_with_a_poison_text_become_dead_letters_and_the_texts_close_up() -> None:
+    records = [
+        _rec(0, id="x", text="one two three four five six"),
+        _rec(1, id="y", text="poison here"),
+        _rec(2, op="delete", id="z"),
+        _rec(3, id="w", text="last words"),
+    ]
+    unit = build_unit(TP, 1, records, Chunker(WordSpans(), max_tokens=4), ModelSettings())
+    tokens = unit.tokens
+    assert unit.texts == ["one two three four", "five six", "poison here", "last words"]
+    assert unit.reject_texts({"poison here"}, "crashed the embedder") == ["y"]
+    assert unit.texts == ["one two three four", "five six", "last words"]
+    assert unit.tokens == tokens  # what the in-flight accounting releases, unchanged
+    assert [(d.offset, d.reason) for d in unit.dead_letters] == [(1, "crashed the embedder")]
+    writes = unit.writes({4: np.arange(12, dtype=np.float32).reshape(3, 4)})
+    assert [w.doc_id for w in writes] == ["x", "z", "w"]
+    w = writes[2]
+    assert isinstance(w, UpsertDocument) and w.vectors[4].tolist() == [[8, 9, 10, 11]]

@@ -17,7 +17,7 @@ import pytest_asyncio
 import ray
 from ray.exceptions import RayActorError
 
-from workers.errors import Backpressure, ConfigError, EmbedderUnavailable
+from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
 from workers.model import EmbeddingModel, ModelInfo
 from workers.pool import EmbedderPool
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
@@ -32,7 +32,7 @@ class ScriptedEmbedder:
 
     It refuses the next ``refuse(n)`` calls with Backpressure, hangs on the text "hang" (counting
     cancellations), takes a second over "slow", and exits its process on every call when built
-    with ``die=True``.
+    with ``die=True`` or given the text "poison".
     """
 
     def __init__(self, die: bool = False) -> None:
@@ -44,7 +44,7 @@ class ScriptedEmbedder:
 
     async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
         self.calls += 1
-        if self.die:
+        if self.die or "poison" in texts:
             os._exit(1)
         if self.refusals:
             self.refusals -= 1
@@ -56,6 +56,9 @@ class ScriptedEmbedder:
             raise
         lengths = np.array([len(text) for text in texts], dtype=np.float32)
         return {dim: np.repeat(lengths[:, None], dim, axis=1) for dim in dims}
+
+    async def ready(self) -> ModelInfo:
+        return FAKE_INFO
 
     async def counters(self) -> dict[str, int]:
         return {"calls": self.calls, "cancelled": self.cancelled}
@@ -131,6 +134,28 @@ async def test_attempts_are_bounded_when_no_actor_answers(scripted: list[Any]) -
     with pytest.raises(EmbedderUnavailable, match="3 tries") as failure:
         await pool.embed(["x"], (8,))
     assert isinstance(failure.value.__cause__, RayActorError)
+
+
+async def test_an_unanswered_call_is_a_failed_try(scripted: list[Any]) -> None:
+    pool = scripted_pool([scripted[0]], max_attempts=2, call_timeout_s=0.3, poison_after_crashes=5)
+    started = time.monotonic()
+    with pytest.raises(EmbedderUnavailable, match="2 tries"):
+        await pool.embed(["hang"], (8,))
+    assert time.monotonic() - started < 10
+
+
+async def test_texts_that_kill_actors_are_isolated_and_the_rest_embeds(scripted_actor: Any) -> None:
+    actor = scripted_actor.options(num_cpus=0, max_restarts=-1).remote()
+    pool = scripted_pool([actor], max_attempts=3, poison_after_crashes=1)
+    try:
+        texts = ["a", "bb", "poison", "dddd", "eeeee", "poison", "g"]
+        with pytest.raises(PoisonTexts) as caught:
+            await pool.embed(texts, (8,))
+        assert caught.value.texts == ("poison", "poison")
+        clean = [t for t in texts if t != "poison"]
+        assert (await pool.embed(clean, (8,)))[8][:, 0].tolist() == [len(t) for t in clean]
+    finally:
+        ray.kill(actor)
 
 
 async def test_concurrent_calls_spread_over_the_actors(scripted: list[Any]) -> None:
