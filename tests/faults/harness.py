@@ -112,6 +112,13 @@ class WorkerProcess:
             time.sleep(0.1)
         return time.monotonic() - started
 
+    def exited(self) -> str | None:
+        """None while the worker runs, else its exit code and log tail."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            return None
+        return f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
+
     def kill(self) -> None:
         """SIGKILL: no drain, no commit, no goodbye to the group."""
         assert self.proc is not None

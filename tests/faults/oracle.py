@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,6 +234,44 @@ async def committed_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int |
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
     finally:
         await consumer.stop()
+
+
+class CommitWatcher:
+    """Reads the worker group's committed offsets (sum over partitions) with one client."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._topic = kafka.topic
+        self._consumer = AIOKafkaConsumer(
+            **client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False
+        )
+
+    async def __aenter__(self) -> CommitWatcher:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def total(self) -> int:
+        partitions = self._consumer.partitions_for_topic(self._topic)
+        if not partitions:  # created after this client started
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(self._topic) or set()
+        offsets = [await self._consumer.committed(TopicPartition(self._topic, p)) for p in partitions]
+        return sum(o or 0 for o in offsets)
+
+    async def wait_beyond(self, committed: int, alive: Callable[[], str | None], timeout_s: float) -> int:
+        """Wait until the group committed past ``committed``; returns the total.
+
+        ``alive()`` returns None while the worker runs, else why it stopped (fails the wait).
+        """
+        deadline = time.monotonic() + timeout_s
+        while (total := await self.total()) <= committed:
+            problem = alive()
+            assert problem is None, problem
+            assert time.monotonic() < deadline, f"no commit in {timeout_s:.0f}s"
+            await asyncio.sleep(0.2)
+        return total
 
 
 def read_replicas(sink: MilvusSink) -> dict[int, list[dict[str, Any]]]:
