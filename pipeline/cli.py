@@ -103,6 +103,9 @@ def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument(
+        "--reuse-index", action="store_true", help="measure on the collections a previous run built"
+    )
+    evaluate.add_argument(
         "--out", type=Path, default=Path("recall-results"), help="folder for recall.json/.md/.png"
     )
 
@@ -158,6 +161,7 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
         top_k=args.top_k,
         collection_prefix=args.prefix,
         seed=args.seed,
+        reuse_index=args.reuse_index,
     )
     async with _query_pool(settings, "eval") as pool:
         report = await run_eval(settings, pool, options)

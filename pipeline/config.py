@@ -229,7 +229,7 @@ class SearchSettings(BaseModel):
         description="Default task per collection prefix (overrides default_task for that collection).",
     )
     funnel_factor: int = Field(
-        20,
+        50,
         ge=1,
         le=1000,
         description="Funnel search shortlists top_k × this many chunks on the small replica.",

@@ -66,6 +66,8 @@ class EvalOptions:
     top_k: int = 10
     collection_prefix: str = "recall"
     seed: int = 0
+    reuse_index: bool = False
+    """Measure on the collections a previous run of the same corpus left (no re-embedding)."""
 
 
 @dataclass
@@ -168,6 +170,18 @@ def _drop_replicas(settings: Settings, dims: Sequence[int]) -> None:
         milvus.close()
 
 
+def _read_index(settings: Settings, dims: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
+    """Every chunk's pk and full-dimension vector, as a previous run stored them."""
+    sink = MilvusSink(settings.milvus, dims)
+    try:
+        rows = sink.fetch_all(max(dims))
+    finally:
+        sink.close()
+    if not rows:
+        raise FileNotFoundError(f"no rows in {settings.milvus.collection_prefix}_{max(dims)}: index first")
+    return [r["pk"] for r in rows], np.array([r["embedding"] for r in rows], dtype=np.float32)
+
+
 def _measure(
     searcher: ReplicaSearch,
     strategy: Strategy,
@@ -207,8 +221,11 @@ async def run_eval(settings: Settings, pool: EmbedderPool, options: EvalOptions)
     dims = settings.embedding.replica_dims(pool.info.native_dim)
     corpus, documents = await asyncio.to_thread(load_corpus, options)
     queries = load_queries(options, documents)
-    await asyncio.to_thread(_drop_replicas, settings, dims)
-    pks, full = await _index(settings, pool, dims, documents)
+    if options.reuse_index:
+        pks, full = await asyncio.to_thread(_read_index, settings, dims)
+    else:
+        await asyncio.to_thread(_drop_replicas, settings, dims)
+        pks, full = await _index(settings, pool, dims, documents)
     task = settings.search.task_for(options.collection_prefix)
     query_vectors = await pool.embed_queries(queries, dims, task)
     top_k = min(options.top_k, len(pks))

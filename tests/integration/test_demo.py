@@ -51,6 +51,48 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 600) -> str:
     return done.stdout
 
 
+def _check_the_api(env: dict[str, str]) -> None:
+    """`serve` on the demo's stack: embeddings through the real openai client, then a routed search."""
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    import openai
+
+    url = f"http://127.0.0.1:{free_port()}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--port", url.rsplit(":", 1)[1]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, server.communicate()[0][-4000:]
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "serve did not answer /health within 300 s"
+                time.sleep(1)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        model = "sentence-transformers/all-MiniLM-L6-v2"
+        embedded = client.embeddings.create(model=model, input=["honey", "tides"], dimensions=128)
+        assert [len(d.embedding) for d in embedded.data] == [128, 128] and embedded.usage.total_tokens > 0
+        body = json.dumps({"query": "how do bees make honey", "recall_target": 0.9, "top_k": 2}).encode()
+        request = urllib.request.Request(f"{url}/v1/search", body, {"Content-Type": "application/json"})
+        [result] = json.loads(urllib.request.urlopen(request, timeout=60).read())["data"]
+        assert result["hits"][0]["doc_id"] == "beekeeping-basics.md", result
+    finally:
+        server.send_signal(signal.SIGINT)
+        out = server.communicate(timeout=120)[0]
+    assert server.returncode == 0, out[-4000:]
+
+
 def test_demo_then_status_search_and_down(cli_env: dict[str, str]) -> None:
     out = _cli(cli_env, "demo")
     assert "24 events -> 24 documents" in out and "0 dead-lettered" in out, out
@@ -81,6 +123,9 @@ def test_demo_then_status_search_and_down(cli_env: dict[str, str]) -> None:
 
     hits = _cli(cli_env, "search", "how do bees make honey", "--dim", "128", "--top-k", "2")
     assert "1. " in hits and "beekeeping-basics.md#" in hits.split("2. ")[0], hits
+    funnel = _cli(cli_env, "search", "how do bees make honey", "--funnel", "5", "--top-k", "2")
+    assert "(funnel 128d×5)" in funnel and "beekeeping-basics.md#" in funnel.split("2. ")[0], funnel
+    _check_the_api(cli_env)
 
     # Re-running the demo re-delivers the corpus: the replicas do not change.
     again = _cli(cli_env, "demo")

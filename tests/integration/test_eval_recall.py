@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,10 @@ async def test_eval_recall_measures_every_strategy(
     )
     try:
         report = await run_eval(settings, pool, options)
+        # Measuring again on the stored index (no re-embedding) reads the same chunks and vectors.
+        again = await run_eval(
+            settings, pool, replace(options, out_dir=tmp_path / "again", factors=(50,), reuse_index=True)
+        )
     finally:
         pool.shutdown()
     assert report.documents == 10 and report.queries > 50 and report.chunks <= 5 * 50
@@ -65,3 +70,7 @@ async def test_eval_recall_measures_every_strategy(
     profile = Profile.load(tmp_path / "recall.json", (384, 128, 32))
     assert choose(profile, recall_target=1.0).strategy.dim in (384, 128, 32)
     assert Strategy(32, 50) in profile.entries
+    assert again.chunks == report.chunks
+    assert [r["recall"] for r in again.rows if r["funnel_factor"] != 2] == [
+        r["recall"] for r in report.rows if r["funnel_factor"] != 2
+    ]

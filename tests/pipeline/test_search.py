@@ -107,7 +107,7 @@ def test_pick_strategy() -> None:
     assert pick_strategy(settings, dims) == Strategy(384)
     assert pick_strategy(settings, dims, dim=128) == Strategy(128)
     assert pick_strategy(settings, dims, funnel_factor=10) == Strategy(64, 10)  # from the smallest
-    assert pick_strategy(settings, dims, recall_target=0.9) == Strategy(64, 20)  # the default profile
+    assert pick_strategy(settings, dims, recall_target=0.9) == Strategy(64, 50)  # the default profile
     measured = Profile.from_rows([{"dim": 128, "funnel_factor": None, "recall": 0.91, "p50_ms": 1}], "t")
     assert pick_strategy(settings, dims, recall_target=0.9, profile=measured) == Strategy(128)
     with pytest.raises(ConfigError, match="no replica of dimension 100"):
