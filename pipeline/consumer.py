@@ -131,6 +131,11 @@ class IngestWorker:
         return frozenset(self._lanes)
 
     @property
+    def inflight_units(self) -> int:
+        """Units dispatched and not yet written or dropped."""
+        return self._flow.units
+
+    @property
     def paused(self) -> bool:
         """Whether fetching is paused: the in-flight budget is full or a Milvus write is failing."""
         return self._flow.paused

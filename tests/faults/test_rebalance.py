@@ -280,7 +280,7 @@ async def test_revoke_awaits_the_write_in_flight_and_commits_only_what_it_acknow
 
     assert sink.applied == ["d0", "d1"]  # the write in flight finished; later units were dropped
     assert consumer.commits == [{tp: 102}]  # exactly the acknowledged prefix, before release
-    assert worker.assigned == frozenset() and worker._inflight_units == 0
+    assert worker.assigned == frozenset() and worker.inflight_units == 0
     # A late acknowledgement under the revoked epoch commits nothing.
     worker._tracker.ack(tp, old_epoch, [102, 103])
     await worker._commit()
