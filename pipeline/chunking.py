@@ -225,7 +225,10 @@ class Chunker:
                 first, budget = pos, self.max_tokens  # the overlap leaves no room: drop it
                 continue
             piece = text[units.bounds[first] : units.bounds[end]].strip()
-            count = len(self._tokenizer.token_spans(piece)) if piece else 0
+            if first == 0 and end == n and len(piece) == len(text):
+                count = len(spans)  # the whole text, already tokenized: most events are one chunk
+            else:
+                count = len(self._tokenizer.token_spans(piece)) if piece else 0
             if count > self.max_tokens:
                 # The piece tokenizes to more than its spans said: retry shorter, but never
                 # shorter than the first unit of new content.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,8 @@ from aiokafka.helpers import create_ssl_context
 
 from pipeline.config import KafkaSettings
 from workers.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -105,6 +108,10 @@ async def broker_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> bool
         await asyncio.wait_for(admin.list_topics(), timeout_s)
         return True
     except (KafkaError, OSError, TimeoutError):
+        return False
+    except Exception as exc:  # a probe reports, never crashes: e.g. aiokafka's SCRAM client
+        # raises KeyError('v') when the broker refuses the login
+        log.warning("broker %s refused the connection (%s)", kafka.bootstrap_servers, type(exc).__name__)
         return False
     finally:
         await admin.close()

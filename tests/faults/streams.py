@@ -1,22 +1,20 @@
-"""Helpers shared by the fault scenarios 5–9: settings for a private topic/group/replica set,
-producing records, reading a topic back, committed offsets, and a replica-vs-expected check.
-
-The expected state is computed from the produced events alone (last valid event per id in
-production order); it knows nothing about chunking or embedding.
+"""Helpers shared by the fault scenarios 5–9: settings for a private topic, group and replica
+set (with this scenario's model, replicas and worker bounds), producing records, reading a topic
+back, committed offsets, and the check of every replica and the dead-letter topic against the
+shared oracle of tests/faults/oracle.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from oracle import Record, StreamOracle, compare, read_replicas
 
 from pipeline.config import (
     ChunkingSettings,
@@ -29,26 +27,6 @@ from pipeline.config import (
 from pipeline.kafka import client_options, make_producer
 from pipeline.sink import MilvusSink
 from workers.settings import ModelSettings, PoolSettings
-
-
-@dataclass(frozen=True)
-class Record:
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass
-class Expected:
-    """Live documents (id -> text, metadata) and the records that must be dead-lettered."""
-
-    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dead: list[tuple[Record, str]] = field(default_factory=list)  # (record, reason fragment)
-
-    def upsert(self, doc_id: str, text: str, metadata: dict[str, Any]) -> None:
-        self.documents[doc_id] = {"text": text, "metadata": metadata}
-
-    def delete(self, doc_id: str) -> None:
-        self.documents.pop(doc_id, None)
 
 
 def fault_settings(
@@ -144,26 +122,12 @@ async def assert_all_committed(settings: Settings) -> None:
         assert committed == end, f"partition {partition}: committed {committed}, log end {end}"
 
 
-def assert_replicas_match(sink: MilvusSink, dims: Sequence[int], expected: Expected) -> None:
-    """Every replica holds exactly the expected documents: no missing or extra id, chunks
-    ``0..n-1`` with pks ``{id}#{i}``, texts that rebuild the document, the last metadata."""
-    for dim in dims:
-        docs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in sink.fetch_all(dim):
-            docs[row["doc_id"]].append(row)
-        missing = set(expected.documents) - set(docs)
-        extra = set(docs) - set(expected.documents)
-        assert not missing and not extra, (
-            f"replica {dim}: {len(missing)} missing ({sorted(missing)[:5]}), "
-            f"{len(extra)} extra ({sorted(extra)[:5]})"
-        )
-        for doc_id, rows in docs.items():
-            rows.sort(key=lambda r: r["chunk_index"])
-            want = expected.documents[doc_id]
-            assert [r["pk"] for r in rows] == [f"{doc_id}#{i}" for i in range(len(rows))], doc_id
-            assert " ".join(r["text"] for r in rows).split() == want["text"].split(), doc_id
-            assert all(r["metadata"] == want["metadata"] for r in rows), doc_id
-            assert all(len(r["embedding"]) == dim for r in rows)
+def assert_exact(
+    oracle: StreamOracle, sink: MilvusSink, dead_letters: Sequence[Any], source_topic: str
+) -> None:
+    """Every replica and the dead-letter topic equal the shared oracle (tests/faults/oracle.py)."""
+    verdict = compare(oracle, read_replicas(sink), dead_letters, source_topic)
+    assert verdict.exact, verdict.summary()
 
 
 def dead_letter_reasons(dead: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[tuple[Any, Any], str]:

@@ -30,7 +30,7 @@ from pipeline.kafka import ensure_topics, partition_lag
 from pipeline.produce import OutgoingRecord, send_records
 from workers.settings import ModelSettings, PoolSettings
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 EVENTS = int(os.environ.get("EMBEDSTREAM_SOAK_EVENTS", "200000"))
 WARMUP = 20_000
@@ -105,7 +105,7 @@ async def test_soak_rss_stays_flat_and_reports_events_per_second(
     try:
         samples: list[dict[str, Any]] = []
         baseline: dict[str, Any] | None = None
-        deadline = time.monotonic() + 840
+        deadline = time.monotonic() + 1500  # generous: a busy 2-core box did ~400 events/s
         done = 0
         while done < EVENTS:
             assert worker.proc is not None and worker.proc.poll() is None, worker.log()[-4000:]
