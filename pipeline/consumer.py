@@ -27,6 +27,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from pipeline import metrics
 from pipeline.chunking import Chunker
 from pipeline.config import Settings
 from pipeline.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
@@ -35,7 +36,7 @@ from pipeline.flow import FlowControl, retry_transient
 from pipeline.kafka import client_options, make_producer
 from pipeline.offsets import OffsetTracker
 from pipeline.sink import DocumentWrite, UpsertDocument, WriteResult
-from pipeline.work import WorkUnit, build_unit
+from pipeline.work import KafkaRecord, WorkUnit, build_unit
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class IngestWorker:
             self._producer, kafka.dlq_topic, settings.worker.retry_backoff_max_s, kafka.dlq_max_record_bytes
         )
         self._tracker = OffsetTracker()
+        self._latency = metrics.CommitLatency(kafka.topic)
         self._lanes: dict[TopicPartition, _Lane] = {}
         self._flow = FlowControl(settings.worker.max_inflight_tokens)
         self._fatal: asyncio.Future[None] | None = None
@@ -183,23 +185,25 @@ class IngestWorker:
             await self._shutdown(drain_s)
         return self.stats
 
-    async def _dispatch(self, tp: TopicPartition, records: Sequence[object]) -> None:
+    async def _dispatch(self, tp: TopicPartition, records: Sequence[KafkaRecord]) -> None:
         lane = self._lanes.get(tp)
         if lane is None:  # revoked between fetch and now: the new owner re-reads these
             return
         size = self._settings.worker.max_batch_events
         for start in range(0, len(records), size):
+            part = records[start : start + size]
             unit = await asyncio.to_thread(
                 build_unit,
                 tp,
                 lane.epoch,
-                records[start : start + size],  # type: ignore[arg-type]
+                part,
                 self._chunker,
                 self._settings.model,
                 self._special_tokens,
             )
             self.stats.events += len(unit.offsets)
             self._tracker.track(tp, lane.epoch, unit.offsets)
+            self._latency.dispatched(tp, unit.offsets[-1] + 1, [r.timestamp for r in part])
             embedding = asyncio.create_task(self._embedder.embed(unit)) if unit.texts else None
             self._flow.dispatched(unit.tokens)
             lane.units.append((unit, embedding))
@@ -222,21 +226,30 @@ class IngestWorker:
             self._release(unit)
 
     async def _complete_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
-        await self._write_unit(unit, vectors)
+        chunks = await self._write_unit(unit, vectors)
         await self._dead_letters.send(unit.dead_letters)
         self.stats.dead_letters += len(unit.dead_letters)
         self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
+        metrics.unit_done(
+            unit.tp.topic,
+            len(unit.offsets),
+            [d.reason for d in unit.dead_letters],
+            chunks,
+        )
         self.stats.tokens_embedded += unit.tokens
         self.stats.last_ack_at = time.monotonic()
 
     def _release(self, unit: WorkUnit) -> None:
         self._flow.released(unit.tokens)
 
-    async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
-        """Write the unit to every replica; documents Milvus refuses for good become dead letters."""
+    async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
+        """Write the unit to every replica; documents Milvus refuses for good become dead letters.
+
+        Returns the number of chunks written.
+        """
         writes = unit.writes(vectors)
         if not writes:
-            return
+            return 0
         # Nothing of this unit (nor after it in its partition) is acknowledged meanwhile, so
         # nothing is committed past it; the partitions are paused while it fails.
         result = await retry_transient(
@@ -250,19 +263,23 @@ class IngestWorker:
         for index, reason in rejected.items():
             log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
             unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}")
+        chunks = 0
         for index, write in enumerate(writes):
             if index in rejected:
                 continue
             if isinstance(write, UpsertDocument):
                 self.stats.documents_written += 1
-                self.stats.chunks_written += len(write.chunks)
+                chunks += len(write.chunks)
             else:
                 self.stats.documents_deleted += 1
+        self.stats.chunks_written += chunks
+        return chunks
 
     async def _commit_periodically(self) -> None:
         while True:
             await asyncio.sleep(self._settings.worker.commit_interval_s)
             await self._commit()
+            self._latency.refresh_lag(self._consumer.highwater)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         offsets = self._tracker.committable()
@@ -276,10 +293,12 @@ class IngestWorker:
             log.warning("commit of %s failed: %s", offsets, exc)
             return
         self._tracker.mark_committed(offsets)
+        self._latency.committed(offsets)
         self.stats.commits += 1
 
     def _open_lane(self, tp: TopicPartition, committed: int | None) -> None:
         epoch = self._tracker.assign(tp, committed)
+        self._latency.assigned(tp, committed)
         lane = _Lane(tp=tp, epoch=epoch)
         lane.task = asyncio.create_task(self._drain(lane), name=f"lane-{tp.topic}-{tp.partition}")
         lane.task.add_done_callback(self._on_lane_done)
@@ -325,6 +344,7 @@ class IngestWorker:
         await self._commit(only=set(revoked))
         for tp in revoked:
             self._tracker.revoke(tp)
+            self._latency.forget(tp)
         log.info("revoked %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:

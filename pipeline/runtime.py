@@ -133,7 +133,7 @@ async def build_runtime(settings: Settings, actor_class: type[EmbedderActor] = E
     tokenizer_loading = asyncio.create_task(asyncio.to_thread(load_text_tokenizer, settings.model))
     topics = asyncio.create_task(ensure_topics(settings.kafka))
     try:
-        pool, dims = await start_pool(settings, actor_class=actor_class)
+        pool, dims = await start_pool(settings, namespace=settings.ray.namespace, actor_class=actor_class)
     except BaseException:
         await _settle(tokenizer_loading, topics)
         raise

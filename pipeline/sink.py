@@ -22,12 +22,14 @@ their own writes.  Searches therefore wait for the server's latest time tick.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipeline import metrics
 from pipeline.config import MilvusSettings
 from pipeline.milvus_connection import MilvusConnection
 from pipeline.milvus_errors import poison, show
@@ -196,6 +198,7 @@ class MilvusSink:
         refused: dict[str, PoisonInput] = {}
         for replica, dim in enumerate(self._dims):
             name = self.collection_name(dim)
+            started = time.perf_counter()
             live = [p for p in plans if p.doc_id not in refused]
             upserts = [p for p in live if p.texts]
             for call_plans, rows in upsert_calls(upserts, dim, self._max_rows, self._max_bytes):
@@ -221,6 +224,7 @@ class MilvusSink:
                 self._milvus.call(
                     f"deleting from {name}", "delete", name, filter=expr, consistency_level=CONSISTENCY
                 )
+            metrics.replica_written(name, time.perf_counter() - started)
         return refused
 
     def _with_stale_chunks(self, name: str, plans: Sequence[Plan]) -> list[Plan]:

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +20,7 @@ import ray
 
 from workers.batcher import MicroBatcher
 from workers.errors import ConfigError
+from workers.metrics import ActorMetrics
 from workers.model import EmbeddingModel, ModelInfo
 from workers.settings import BatchSettings, ModelSettings, format_query
 
@@ -47,6 +49,16 @@ def _configure_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _was_restarted() -> bool:
+    """True inside an actor that Ray restarted (False outside Ray)."""
+    if not ray.is_initialized():
+        return False
+    context = ray.get_runtime_context()
+    with warnings.catch_warnings():  # Ray 2.60 flags its own property as deprecated, naming no successor
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return context.get_actor_id() is not None and context.was_current_actor_reconstructed
+
+
 class EmbedderActor:
     """Holds one :class:`~workers.model.EmbeddingModel`; concurrent :meth:`embed` calls share forward passes.
 
@@ -55,7 +67,10 @@ class EmbedderActor:
     batcher's, so the event loop only routes calls.
     """
 
-    def __init__(self, model_settings: ModelSettings, batch_settings: BatchSettings, index: int) -> None:
+    def __init__(
+        self, model_settings: ModelSettings, batch_settings: BatchSettings, index: int, namespace: str = ""
+    ) -> None:
+        """``namespace`` is the Ray namespace the pool named this actor in (a tag of its metrics)."""
         _configure_logging()
         self._name = f"embedder-{index}"
         # Outside a Ray worker nothing was assigned; asking would make Ray start a local cluster.
@@ -75,7 +90,14 @@ class EmbedderActor:
             self._info.native_dim,
             self._info.max_length,
         )
-        self._batcher = MicroBatcher(self._model.embed_ids, batch_settings, packed=self._model.packed)
+        self._metrics = ActorMetrics(namespace, self._name, batch_settings.max_batch_tokens)
+        if _was_restarted():
+            log.warning("%s restarted by Ray after the previous process died", self._name)
+            self._metrics.restarted()
+        self._inflight = 0
+        self._batcher = MicroBatcher(
+            self._model.embed_ids, batch_settings, packed=self._model.packed, on_batch=self._on_batch
+        )
         # Tokenization gets its own single thread: it overlaps the forward pass on the batcher's
         # thread, and the model is not promised to be thread-safe beyond that split.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -106,8 +128,14 @@ class EmbedderActor:
     ) -> dict[int, np.ndarray]:
         validate_dims(dims, self._info.native_dim)
         loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(self._tokenize, self._model.encode_ids, texts)
-        result = await self._batcher.submit(ids, dims, priority=priority)
+        self._inflight += 1
+        try:
+            ids = await loop.run_in_executor(self._tokenize, self._model.encode_ids, texts)
+            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
+            result = await self._batcher.submit(ids, dims, priority=priority)
+        finally:
+            self._inflight -= 1
+            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
         self._maybe_log()
         return result
 
@@ -119,6 +147,10 @@ class EmbedderActor:
             "device": self._info.device,
             **dataclasses.asdict(self._batcher.stats()),
         }
+
+    def _on_batch(self, tokens: int, padded: int, seconds: float) -> None:
+        self._metrics.batch(tokens, padded, seconds)
+        self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
 
     def _maybe_log(self) -> None:
         """Every ``_LOG_EVERY_S`` under load: throughput since the last line."""

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 RunBatch = Callable[[list[Sequence[int]], tuple[int, ...]], Mapping[int, np.ndarray]]
 """``run_batch(ids, dims)`` → ``{dim: float32 array (len(ids), dim)}``, rows in the order of ``ids``."""
 
+OnBatch = Callable[[int, int, float], None]
+"""``on_batch(tokens, padded_tokens, seconds)`` after each successful forward pass (metrics hook)."""
+
 # Bounds of the retry hint handed out with Backpressure: a slow first estimate must not park callers.
 _MIN_RETRY_S = 0.01
 _MAX_RETRY_S = 5.0
@@ -109,8 +112,16 @@ class MicroBatcher:
     future submit raises instead of hanging.  Not thread-safe: use it from one event loop.
     """
 
-    def __init__(self, run_batch: RunBatch, settings: BatchSettings, *, packed: bool = False) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        settings: BatchSettings,
+        *,
+        packed: bool = False,
+        on_batch: OnBatch | None = None,
+    ) -> None:
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self._packed = packed
         self._settings = settings
         self._max_wait = settings.max_wait_ms / 1000
@@ -326,6 +337,8 @@ class MicroBatcher:
         self._padded += padded
         self._forward_s += elapsed
         self._fill_sum += min(1.0, padded / self._settings.max_batch_tokens)
+        if self._on_batch is not None:
+            self._on_batch(tokens, padded, elapsed)
         if elapsed > 0:
             rate = tokens / elapsed
             self._rate = rate if not self._rate else self._rate + _RATE_SMOOTHING * (rate - self._rate)

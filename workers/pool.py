@@ -103,7 +103,7 @@ class EmbedderPool:
                     max_concurrency=_MAX_CONCURRENCY,
                     **resources,
                 )
-                handles.append(cast(ActorHandle, options.remote(model, batching, index)))
+                handles.append(cast(ActorHandle, options.remote(model, batching, index, namespace)))
         except ActorAlreadyExistsError as exc:
             _kill(handles)
             raise ConfigError(

@@ -1,0 +1,170 @@
+"""The metrics a run exports through Ray's Prometheus endpoint match what the run did.
+
+A small stream (valid upserts, a delete, two malformed events) is ingested on the real broker,
+Milvus Lite and a Ray head; then every node's metrics port is scraped (as Prometheus would)
+until Ray has flushed, and each ``ray_ingest_*`` metric is checked against the worker's own
+counters, the pool's counters and the stream.  Finally an embedder actor is killed and its
+restart is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import ray
+from ray.exceptions import RayActorError
+from scrape import Sample, scrape_until, series, total
+
+from pipeline import metrics as pipeline_metrics
+from pipeline.config import (
+    ChunkingSettings,
+    EmbeddingSettings,
+    KafkaSettings,
+    MilvusSettings,
+    RaySettings,
+    Settings,
+    WorkerSettings,
+)
+from pipeline.kafka import make_producer
+from pipeline.runtime import build_runtime
+from workers import metrics as worker_metrics
+from workers.settings import ModelSettings, PoolSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+VALID = 24
+MALFORMED = [(b"bad-json", b"{not json"), (b"bad-op", b'{"op": "frobnicate", "id": "bad-op", "text": "x"}')]
+
+
+def _settings(bootstrap: str, milvus_uri: str, model_path: Path, run: str) -> Settings:
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=bootstrap,
+            topic=f"metrics-{run}",
+            dlq_topic=f"metrics-{run}.dlq",
+            group_id=f"g-{run}",
+            partitions=2,
+        ),
+        model=ModelSettings(name_or_path=str(model_path)),
+        pool=PoolSettings(num_actors=1, cpus_per_actor=1),
+        embedding=EmbeddingSettings(dims=(128,)),
+        chunking=ChunkingSettings(max_tokens=48),
+        milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"metrics_{run}", index_type="FLAT"),
+        ray=RaySettings(namespace=f"metrics-{run}"),
+        worker=WorkerSettings(commit_interval_s=0.3, max_batch_events=8),
+    )
+
+
+async def _produce(settings: Settings) -> None:
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        topic = settings.kafka.topic
+        sends = []
+        for i in range(VALID):
+            text = f"Document {i} talks about streaming ingestion. " * (1 + i % 7)
+            value = json.dumps({"id": f"doc-{i}", "text": text}).encode()
+            sends.append(await producer.send(topic, key=f"doc-{i}".encode(), value=value))
+        sends.append(await producer.send(topic, key=b"doc-0", value=None))  # a tombstone: one ok delete
+        for key, value in MALFORMED:
+            sends.append(await producer.send(topic, key=key, value=value))
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+def _first_problem(
+    expected: dict[str, tuple[Callable[[list[Sample]], object], object]],
+) -> Callable[[list[Sample]], str | None]:
+    def check(samples: list[Sample]) -> str | None:
+        for what, (actual, wanted) in expected.items():
+            if (got := actual(samples)) != wanted:
+                return f"{what}: expected {wanted}, got {got}"
+        return None
+
+    return check
+
+
+async def test_every_metric_is_exported_with_the_values_of_the_run(
+    kafka_bootstrap: str, milvus_lite_uri: str, minilm_path: Path, ray_session: None
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    settings = _settings(kafka_bootstrap, milvus_lite_uri, minilm_path, run)
+    runtime = await build_runtime(settings)
+    try:
+        await _produce(settings)
+        stats = await runtime.new_worker().run(until_idle_s=2.0)
+        pool_stats = await runtime.pool.stats()
+        events = VALID + 1 + len(MALFORMED)
+        assert stats.events == events and stats.dead_letters == len(MALFORMED)
+        tokens = sum(s["tokens"] for s in pool_stats)
+        batches = sum(s["batches"] for s in pool_stats)
+        assert tokens > 0 and batches > 0
+
+        topic, ns = {"topic": settings.kafka.topic}, {"namespace": settings.ray.namespace}
+        replicas = [runtime.sink.collection_name(d) for d in runtime.dims]
+
+        def writes(s: list[Sample]) -> set[float]:
+            return {total(s, "ray_ingest_milvus_write_seconds_count", replica=r) for r in replicas}
+
+        expected: dict[str, tuple[Callable[[list[Sample]], object], object]] = {
+            "ok events": (lambda s: total(s, "ray_ingest_events_total", outcome="ok", **topic), VALID + 1),
+            "dead letters": (
+                lambda s: {
+                    x.labels["reason"]: x.value
+                    for x in series(s, "ray_ingest_events_total", outcome="dlq", **topic)
+                },
+                {"not_json": 1.0, "bad_op": 1.0},
+            ),
+            "chunks": (lambda s: total(s, "ray_ingest_chunks_embedded_total", **topic), stats.chunks_written),
+            "tokens": (lambda s: total(s, "ray_ingest_tokens_embedded_total", **ns), tokens),
+            "batch tokens": (lambda s: total(s, "ray_ingest_batch_tokens_count", **ns), batches),
+            "fill ratio": (lambda s: total(s, "ray_ingest_batch_fill_ratio_count", **ns), batches),
+            "embed time": (lambda s: total(s, "ray_ingest_embed_seconds_count", **ns), batches),
+            "queue depth": (
+                lambda s: [x.value for x in series(s, "ray_ingest_queue_depth_tokens", **ns)],
+                [0.0],
+            ),
+            "in flight": (
+                lambda s: [x.value for x in series(s, "ray_ingest_inflight_requests", **ns)],
+                [0.0],
+            ),
+            "lag": (
+                lambda s: sorted(
+                    (x.labels["partition"], x.value) for x in series(s, "ray_ingest_consumer_lag", **topic)
+                ),
+                [("0", 0.0), ("1", 0.0)],
+            ),
+            "milvus writes, equal per replica": (lambda s: len(writes(s)) == 1 and min(writes(s)) > 0, True),
+            "end to end": (lambda s: total(s, "ray_ingest_end_to_end_seconds_count", **topic), events),
+        }
+        samples, problem = await scrape_until(_first_problem(expected))
+        assert problem is None, problem
+        assert total(samples, "ray_ingest_end_to_end_seconds_sum", **topic) > 0
+        assert total(samples, "ray_ingest_actor_restarts_total", **ns) == 0
+
+        # Every metric the code defines was exported.
+        exported = {x.name for x in samples}
+        for spec in (*worker_metrics.SPECS, *pipeline_metrics.SPECS):
+            if spec is not worker_metrics.ACTOR_RESTARTS:  # only a restarted actor reports it
+                assert set(spec.exported_names()) <= exported, spec.name
+
+        # A killed actor is restarted by Ray, and the restart is counted.
+        actor = ray.get_actor("embedder-0", namespace=settings.ray.namespace)
+        ray.kill(actor, no_restart=False)
+        for _ in range(240):
+            try:
+                await actor.ready.remote()
+                break
+            except RayActorError:
+                await asyncio.sleep(0.5)
+        restarts = {"restarts": (lambda s: total(s, "ray_ingest_actor_restarts_total", **ns), 1.0)}
+        _, problem = await scrape_until(_first_problem(restarts))
+        assert problem is None, problem
+    finally:
+        runtime.close()
