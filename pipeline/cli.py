@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--until-idle", type=float, metavar="SECONDS", help="return once nothing arrived for SECONDS"
     )
+    run.add_argument(
+        "--consumer-actors",
+        type=int,
+        metavar="N",
+        help="run N consumer-group members as Ray actors (default scaling.consumer_actors; 0: here)",
+    )
     produce = verbs.add_parser("produce", help="send JSONL events or .txt/.md documents to the topic")
     produce.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     produce.add_argument("--topic", help="topic to send to (default: kafka.topic)")
@@ -60,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         "--latency-budget-ms", type=float, help="let routing pick the best strategy within it"
     )
     search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
-    verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
+    status = verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
+    status.add_argument(
+        "--watch", action="store_true", help="live view: throughput, lag, pool, rows, dead letters"
+    )
+    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh period")
+    status.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
     _add_eval_recall(verbs)
     serve = verbs.add_parser("serve", help="HTTP API: OpenAI-compatible /v1/embeddings and /v1/search")
     serve.add_argument("--host", help="listen address (default api.host)")
@@ -110,12 +121,21 @@ def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     )
 
 
-async def _run_worker(settings: Settings, until_idle: float | None) -> int:
+async def _run_worker(
+    settings: Settings, until_idle: float | None, consumer_actors: int | None = None
+) -> int:
     from pipeline.runtime import build_runtime
 
     runtime = await build_runtime(settings)
     stop = asyncio.Event()
-    running = asyncio.create_task(runtime.new_worker().run(stop=stop, until_idle_s=until_idle))
+    members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
+    if members:
+        from pipeline.consumer_actor import run_consumer_actors
+
+        consuming = run_consumer_actors(runtime, members, stop, until_idle)
+    else:
+        consuming = runtime.new_worker().run(stop=stop, until_idle_s=until_idle)
+    running = asyncio.create_task(consuming)
 
     def on_signal() -> None:
         # First signal: finish the units in flight and commit. Second: stop at once.
@@ -257,7 +277,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             print(service)
         return 0
     if args.verb == "run":
-        return await _run_worker(settings, args.until_idle)
+        return await _run_worker(settings, args.until_idle, args.consumer_actors)
     if args.verb == "produce":
         from pipeline.produce import produce
 
@@ -272,6 +292,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "status":
         from pipeline.status import collect_status
 
+        if args.watch:
+            from pipeline.status_watch import watch
+
+            await watch(settings, args.interval, args.count)
+            return 0
         print((await collect_status(settings)).render(settings))
         return 0
     if args.verb == "demo":

@@ -201,6 +201,24 @@ class WorkerSettings(BaseModel):
     )
 
 
+class ScalingSettings(BaseModel):
+    """Scale-out on a Ray cluster: consumers as Ray actors, placed by resources."""
+
+    model_config = _FROZEN
+
+    consumer_actors: int = Field(
+        0,
+        ge=0,
+        description="Consumer-group members to run as Ray actors (consumer-0, ...); 0 consumes in the "
+        "worker process itself. `run --consumer-actors N` overrides it.",
+    )
+    consumer_cpus: float = Field(1.0, gt=0, description="CPUs each consumer actor asks Ray for.")
+    consumer_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each consumer actor asks for (JSON object in env); empty: any.",
+    )
+
+
 class StackSettings(BaseModel):
     """The embedded local stack of `up` / `down`."""
 
@@ -282,6 +300,7 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster.")
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Consumer loop bounds.")
     stack: StackSettings = Field(default_factory=StackSettings, description="Local embedded stack.")
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Scale-out on Ray.")
     search: SearchSettings = Field(default_factory=SearchSettings, description="Search and routing.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
 

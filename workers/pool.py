@@ -90,7 +90,11 @@ class EmbedderPool:
         """
         gpus = ray.cluster_resources().get("GPU", 0.0)
         count = pool.num_actors or max(1, int(gpus // pool.gpus_per_actor))
-        resources = {"num_gpus": pool.gpus_per_actor} if gpus else {"num_cpus": pool.cpus_per_actor}
+        resources: dict[str, Any] = (
+            {"num_gpus": pool.gpus_per_actor} if gpus else {"num_cpus": pool.cpus_per_actor}
+        )
+        if pool.actor_resources:
+            resources["resources"] = dict(pool.actor_resources)
         namespace = namespace or ray.get_runtime_context().namespace
         handles: list[ActorHandle] = []
         remote = _RemoteEmbedder if actor_class is EmbedderActor else ray.remote(actor_class)
@@ -139,6 +143,11 @@ class EmbedderPool:
     def info(self) -> ModelInfo:
         """The model every actor serves."""
         return self._info
+
+    @property
+    def handles(self) -> list[ActorHandle]:
+        """The actors, in index order (to hand to other processes that embed on them)."""
+        return [slot.handle for slot in self._slots]
 
     @property
     def size(self) -> int:

@@ -113,6 +113,11 @@ class PoolSettings(BaseModel):
         description="CPUs each actor asks Ray for when the cluster has no GPU; Ray gives the actor "
         "that many torch threads (OMP_NUM_THREADS).",
     )
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each embedder actor asks for besides its GPUs/CPUs (JSON object in "
+        'env), e.g. {"embedder_slot": 1} to place actors only on nodes started with that resource.',
+    )
     max_restarts: int = Field(-1, ge=-1, description="How often Ray restarts a dead actor (-1 = forever).")
     max_attempts: int = Field(
         4, ge=1, description="Tries of one embed request across actor deaths before it fails."

@@ -10,6 +10,7 @@ restart is counted.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pipeline.config import (
 )
 from pipeline.kafka import make_producer
 from pipeline.runtime import build_runtime
+from pipeline.status_watch import watch
 from workers import metrics as worker_metrics
 from workers.settings import ModelSettings, PoolSettings
 
@@ -153,6 +155,18 @@ async def test_every_metric_is_exported_with_the_values_of_the_run(
         for spec in (*worker_metrics.SPECS, *pipeline_metrics.SPECS):
             if spec is not worker_metrics.ACTOR_RESTARTS:  # only a restarted actor reports it
                 assert set(spec.exported_names()) <= exported, spec.name
+
+        # The live view shows the same run: no lag, the dead letters, one idle actor, the rows.
+        view = io.StringIO()
+        await watch(settings, interval_s=0.5, count=2, out=view)
+        first, second = view.getvalue().strip().split("\n\n")
+        assert "throughput  (measuring)" in first and "throughput  0.0 events/s" in second
+        assert "lag         0 total" in second and "partition   1: lag        0" in second
+        assert "dead letters 2" in second and "pool        1 embedder actor(s)" in second
+        assert "embedder-0 [cpu]: 0 tokens/s, utilization 0%, queued 0 tokens" in second, second
+        for dim in runtime.dims:
+            rows = await asyncio.to_thread(runtime.sink.count, dim)
+            assert f"{runtime.sink.collection_name(dim)}: {rows} rows" in second and rows > 0
 
         # A killed actor is restarted by Ray, and the restart is counted.
         actor = ray.get_actor("embedder-0", namespace=settings.ray.namespace)
