@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings, load_settings
 from workers.errors import ConfigError, PipelineError
@@ -129,13 +129,20 @@ async def _run_worker(
     runtime = await build_runtime(settings)
     stop = asyncio.Event()
     members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
+    consumers: list[Any] = []
     if members:
-        from pipeline.consumer_actor import run_consumer_actors
+        from pipeline.consumer_actor import run_consumer_actors, start_consumer_actors
 
-        consuming = run_consumer_actors(runtime, members, stop, until_idle)
+        consumers = start_consumer_actors(runtime, members)
+        consuming = run_consumer_actors(runtime, members, stop, until_idle, consumers)
     else:
         consuming = runtime.new_worker().run(stop=stop, until_idle_s=until_idle)
     running = asyncio.create_task(consuming)
+    scaling = None
+    if settings.scaling.autoscale:
+        from pipeline.autoscale import start_autoscaler
+
+        scaling = start_autoscaler(runtime, consumers, running)
 
     def on_signal() -> None:
         # First signal: finish the units in flight and commit. Second: stop at once.
@@ -154,6 +161,9 @@ async def _run_worker(
         print("stopped at once; uncommitted work will be re-read on restart", file=sys.stderr)
         return 130
     finally:
+        if scaling is not None:
+            scaling.cancel()
+            await asyncio.gather(scaling, return_exceptions=True)  # its failure was reported already
         runtime.close()
     print(
         f"{stats.events} events: {stats.documents_written} documents written "

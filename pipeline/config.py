@@ -217,6 +217,22 @@ class ScalingSettings(BaseModel):
         default_factory=dict,
         description="Custom Ray resources each consumer actor asks for (JSON object in env); empty: any.",
     )
+    autoscale: bool = Field(
+        False, description="Grow and shrink the embedder pool by backlog (consumer lag and queued tokens)."
+    )
+    min_embedders: int = Field(1, ge=1, description="Fewest embedder actors when autoscaling.")
+    max_embedders: int = Field(4, ge=1, description="Most embedder actors when autoscaling.")
+    lag_per_embedder: int = Field(
+        5000, ge=1, description="Consumer lag (events) one embedder actor is expected to work off."
+    )
+    queued_tokens_per_embedder: int = Field(
+        131072, ge=1, description="Tokens queued in the actors that justify one embedder actor."
+    )
+    scale_down_after_s: float = Field(
+        120.0, ge=0, description="How long the backlog must ask for fewer actors before one is removed."
+    )
+    cooldown_s: float = Field(30.0, ge=0, description="Least time between two changes of the pool size.")
+    check_interval_s: float = Field(10.0, gt=0, description="How often the autoscaler observes the backlog.")
 
 
 class StackSettings(BaseModel):
@@ -230,6 +246,9 @@ class StackSettings(BaseModel):
     ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head.")
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Port of the Ray dashboard (127.0.0.1).")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the Ray head offers; default all.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom resources the Ray head offers (JSON object in env)."
+    )
 
 
 class SearchSettings(BaseModel):

@@ -81,6 +81,16 @@ class ConsumerActor:
         )
         return dataclasses.asdict(stats)
 
+    async def add_embedder(self, index: int, handle: ActorHandle) -> None:
+        """Route embed calls to a new actor of the pool too (the autoscaler added it)."""
+        self._pool.add_actor(index, handle)
+
+    async def retire_embedder(self, index: int) -> None:
+        """Stop routing to ``embedder-{index}`` (the newest) and return once its calls from here are done."""
+        retired, _ = await self._pool.retire_actor()
+        if retired != index:
+            log.warning("%s retired embedder-%d, the autoscaler embedder-%d", self._name, retired, index)
+
     async def stop(self) -> None:
         """Finish the units in flight (``worker.shutdown_drain_s``), commit and return from ``run``."""
         if self._stop is not None:
@@ -90,14 +100,11 @@ class ConsumerActor:
 _RemoteConsumer = ray.remote(ConsumerActor)
 
 
-async def run_consumer_actors(
-    runtime: Runtime, count: int, stop: asyncio.Event, until_idle_s: float | None = None
-) -> WorkerStats:
-    """Run ``count`` consumer actors on ``runtime``'s embedders until ``stop`` or idle; summed counters.
+def start_consumer_actors(runtime: Runtime, count: int) -> list[ActorHandle]:
+    """Create ``count`` consumer actors (``consumer-{i}``) on ``runtime``'s embedders.
 
     Each asks Ray for ``scaling.consumer_cpus`` CPUs and ``scaling.consumer_resources``, so they go
-    wherever those are (the embedders ask for GPUs).  A consumer that dies is restarted by Ray and
-    its ``run`` retried; the group rebalances meanwhile.  Raises the first error of a ``run``.
+    wherever those are (the embedders ask for GPUs).  Ray restarts one that dies.
     """
     settings = runtime.settings
     scaling = settings.scaling
@@ -114,6 +121,22 @@ async def run_consumer_actors(
         handle = options.remote(settings, index, runtime.pool.handles, runtime.pool.info, runtime.dims)
         actors.append(cast(ActorHandle, handle))
     log.info("started %d consumer actors", count)
+    return actors
+
+
+async def run_consumer_actors(
+    runtime: Runtime,
+    count: int,
+    stop: asyncio.Event,
+    until_idle_s: float | None = None,
+    actors: list[ActorHandle] | None = None,
+) -> WorkerStats:
+    """Run ``count`` consumer actors (or the given ``actors``) until ``stop`` or idle; summed counters.
+
+    A consumer that dies is restarted by Ray and its ``run`` retried (the group rebalances
+    meanwhile).  Raises the first error of a ``run``.  The actors are killed on return.
+    """
+    actors = actors if actors is not None else start_consumer_actors(runtime, count)
     runs: list[asyncio.Future[dict[str, Any]]] = [
         asyncio.ensure_future(actor.run.remote(until_idle_s)) for actor in actors
     ]

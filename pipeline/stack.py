@@ -230,6 +230,7 @@ def start_ray_head(stack: StackSettings) -> ManagedProcess:
         dashboard_agent_listen_port=free_port(),
         temp_dir=_ray_temp_dir(ray_dir),
         num_cpus=stack.ray_num_cpus,
+        resources=json.dumps(stack.ray_resources) if stack.ray_resources else None,
     )
     argv = [console_script("ray"), "start", "--head", "--block", "--disable-usage-stats", *flags]
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}

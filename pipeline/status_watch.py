@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import ray
+
 from pipeline.config import Settings
 from pipeline.status import StatusReport, collect_status
 
@@ -79,8 +81,6 @@ async def _actor_stats(settings: Settings, timeout_s: float = 5.0) -> list[dict[
     Not through ``EmbedderPool.attach``: that waits for every actor and kills them all when one
     is not ready, which a viewer must never do.
     """
-    import ray
-
     namespace = settings.ray.namespace
     names = sorted(
         (a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace),
@@ -109,7 +109,8 @@ async def watch(
     while count is None or shown < count:
         started = time.monotonic()
         report = await collect_status(settings)
-        actors = await _actor_stats(settings) if report.ray.startswith("up") else []
+        joined = report.ray.startswith("up") or ray.is_initialized()  # e.g. a driver that joined itself
+        actors = await _actor_stats(settings) if joined else []
         frame = Frame(time.monotonic(), report, actors)
         out.write((_CLEAR if clear else "") + render(settings, frame, previous) + "\n\n")
         out.flush()

@@ -90,31 +90,22 @@ class EmbedderPool:
         """
         gpus = ray.cluster_resources().get("GPU", 0.0)
         count = pool.num_actors or max(1, int(gpus // pool.gpus_per_actor))
-        resources: dict[str, Any] = (
-            {"num_gpus": pool.gpus_per_actor} if gpus else {"num_cpus": pool.cpus_per_actor}
-        )
-        if pool.actor_resources:
-            resources["resources"] = dict(pool.actor_resources)
         namespace = namespace or ray.get_runtime_context().namespace
         handles: list[ActorHandle] = []
-        remote = _RemoteEmbedder if actor_class is EmbedderActor else ray.remote(actor_class)
         try:
             for index in range(count):
-                options = remote.options(
-                    name=f"embedder-{index}",
-                    namespace=namespace,
-                    max_restarts=pool.max_restarts,
-                    max_concurrency=_MAX_CONCURRENCY,
-                    **resources,
+                handles.append(
+                    spawn_embedder(
+                        model, batching, pool, index, namespace, gpus=bool(gpus), actor_class=actor_class
+                    )
                 )
-                handles.append(cast(ActorHandle, options.remote(model, batching, index, namespace)))
         except ActorAlreadyExistsError as exc:
             _kill(handles)
             raise ConfigError(
                 f"Ray namespace {namespace!r} already has embedder actors: another worker runs there; "
                 "give each worker its own ray.namespace"
             ) from exc
-        log.info("starting %d embedder actors with %s each", count, resources)
+        log.info("starting %d embedder actors with %s each", count, actor_resources(pool, bool(gpus)))
         infos = await _wait_ready(handles, pool.ready_timeout_s)
         if any(info != infos[0] for info in infos):
             _kill(handles)
@@ -153,6 +144,23 @@ class EmbedderPool:
     def size(self) -> int:
         """Number of actors."""
         return len(self._slots)
+
+    def add_actor(self, index: int, handle: ActorHandle) -> None:
+        """Route calls to ``handle`` (``embedder-{index}``, serving this pool's model) from now on."""
+        self._slots.append(_Slot(index, handle))
+
+    async def retire_actor(self) -> tuple[int, ActorHandle]:
+        """Stop routing to the highest-indexed actor; returns it once its calls from this pool are done.
+
+        The actor is not killed (other pools may still use it).  A pool keeps at least one actor.
+        """
+        if len(self._slots) <= 1:
+            raise ConfigError("an embedder pool keeps at least one actor")
+        slot = max(self._slots, key=lambda s: s.index)
+        self._slots.remove(slot)
+        while slot.outstanding > 0:  # calls already sent finish there; no new ones are routed to it
+            await asyncio.sleep(0.02)
+        return slot.index, slot.handle
 
     async def embed(self, texts: Sequence[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
         """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order.
@@ -345,6 +353,41 @@ class EmbedderPool:
         """Nothing while some actor is not avoided, else until the first one's avoidance ends."""
         now = time.monotonic()
         return max(0.0, min(slot.avoid_until for slot in self._slots) - now)
+
+
+def actor_resources(pool: PoolSettings, gpus: bool) -> dict[str, Any]:
+    """The Ray resource options of one embedder actor: GPUs on a GPU cluster, else CPUs; plus custom ones."""
+    resources: dict[str, Any] = (
+        {"num_gpus": pool.gpus_per_actor} if gpus else {"num_cpus": pool.cpus_per_actor}
+    )
+    if pool.actor_resources:
+        resources["resources"] = dict(pool.actor_resources)
+    return resources
+
+
+def spawn_embedder(
+    model: ModelSettings,
+    batching: BatchSettings,
+    pool: PoolSettings,
+    index: int,
+    namespace: str,
+    *,
+    gpus: bool,
+    actor_class: type[EmbedderActor] = EmbedderActor,
+) -> ActorHandle:
+    """Create ``embedder-{index}`` in ``namespace``; it loads its model in the background.
+
+    ``actor_class``: an EmbedderActor subclass to run instead (tests inject faults with one).
+    """
+    remote = _RemoteEmbedder if actor_class is EmbedderActor else ray.remote(actor_class)
+    options = remote.options(
+        name=f"embedder-{index}",
+        namespace=namespace,
+        max_restarts=pool.max_restarts,
+        max_concurrency=_MAX_CONCURRENCY,
+        **actor_resources(pool, gpus),
+    )
+    return cast(ActorHandle, options.remote(model, batching, index, namespace))
 
 
 async def _wait_ready(handles: list[ActorHandle], timeout: float) -> list[ModelInfo]:

@@ -1,0 +1,45 @@
+"""Driver process of test_multinode: the worker with consumer actors on the cluster of RAY_ADDRESS.
+
+Settings come from the environment (PIPELINE_*).  Prints one JSON line: the run's counters, its
+events/s, and the node of every embedder and consumer actor it ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import ray
+from ray.util.state import list_actors
+
+from pipeline.config import load_settings
+from pipeline.consumer_actor import run_consumer_actors
+from pipeline.runtime import build_runtime
+
+
+async def main(consumers: int) -> None:
+    settings = load_settings()
+    runtime = await build_runtime(settings)
+    try:
+        stats = await run_consumer_actors(runtime, consumers, asyncio.Event(), until_idle_s=3.0)
+        placement = {
+            actor.name: actor.node_id
+            for actor in list_actors(filters=[("ray_namespace", "=", settings.ray.namespace)], limit=1000)
+            if actor.name
+        }
+    finally:
+        runtime.close()
+    result = {
+        "events": stats.events,
+        "chunks": stats.chunks_written,
+        "busy_seconds": stats.busy_seconds(),
+        "events_per_second": stats.events_per_second(),
+        "nodes": len([n for n in ray.nodes() if n["Alive"]]),
+        "placement": placement,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
