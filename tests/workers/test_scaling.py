@@ -42,8 +42,11 @@ async def test_grows_routes_and_shrinks_without_losing_calls(
         assert pool.size == 2 and added == [1]
         dims = (pool.info.native_dim,)
         calls = [asyncio.create_task(pool.embed([f"text {i}"] * 4, dims)) for i in range(8)]
-        await asyncio.sleep(0.05)  # both actors hold some of them now
-        stats = {s["actor"]: s for s in await pool.stats()}
+        for _ in range(100):  # until embedder-1 holds some of them (tokenized, waiting for a batch)
+            stats = {s["actor"]: s for s in await pool.stats()}
+            if stats["embedder-1"]["queued_texts"] or all(c.done() for c in calls):
+                break
+            await asyncio.sleep(0.01)
         await scaler.scale_to(1)  # retires embedder-1 after its calls finished
         results = await asyncio.gather(*calls)
         assert all(r[dims[0]].shape == (4, dims[0]) for r in results)
