@@ -60,7 +60,9 @@ async def test_broker_cut_for_15s_then_the_worker_finishes(
             running = asyncio.create_task(worker.run(stop=stop))
 
             def alive() -> str | None:
-                return f"worker stopped: {running}" if running.done() else None
+                if not running.done():
+                    return None
+                return f"worker stopped: {running.exception() or running.result()!r}"
 
             async with CommitWatcher(kafka) as watcher:
                 before = await watcher.wait_beyond(0, alive, 240)
