@@ -25,7 +25,11 @@ async def main(consumers: int) -> None:
         stats = await run_consumer_actors(runtime, consumers, asyncio.Event(), until_idle_s=3.0)
         placement = {
             actor.name: actor.node_id
-            for actor in list_actors(filters=[("ray_namespace", "=", settings.ray.namespace)], limit=1000)
+            for actor in list_actors(
+                address=settings.ray.address,
+                filters=[("ray_namespace", "=", settings.ray.namespace)],
+                limit=1000,
+            )
             if actor.name
         }
     finally:
