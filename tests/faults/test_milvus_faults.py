@@ -34,6 +34,7 @@ from pipeline.sink import MilvusSink
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 OUTAGE_S = 30.0
+PAUSED_CHECK_S = 15.0
 
 
 def _milvus(uri: str) -> MilvusSettings:
@@ -73,13 +74,15 @@ async def test_milvus_outage_pauses_commits_nothing_and_resumes(
             await produce(kafka, topic, oracle.records[half:])  # the stream goes on meanwhile
             while not worker.paused:  # once a write fails (its units embedded meanwhile)
                 assert alive() is None
-                assert time.monotonic() - down_at < OUTAGE_S / 2, "partitions not paused while Milvus is down"
+                assert time.monotonic() - down_at < OUTAGE_S, "partitions not paused while Milvus is down"
                 await asyncio.sleep(0.2)
             paused_after = time.monotonic() - down_at
             await asyncio.sleep(2.0)  # units acknowledged before the stop may still commit
             frozen = await watcher.total()
             samples = 0
-            while time.monotonic() - down_at < OUTAGE_S:
+            # At least OUTAGE_S down, and at least PAUSED_CHECK_S of it paused (a loaded machine may
+            # take a while to embed the units whose writes then fail).
+            while time.monotonic() - down_at < max(OUTAGE_S, paused_after + PAUSED_CHECK_S):
                 assert alive() is None
                 assert worker.paused, "partitions resumed while Milvus is down"
                 assert await watcher.total() == frozen, "committed during the outage"
@@ -108,7 +111,7 @@ async def test_milvus_outage_pauses_commits_nothing_and_resumes(
         f"{len(oracle.records)}; {before} before the stop); first commit {resume_s:.1f}s after the "
         f"restart ({resumed}); {verdict.summary()}"
     )
-    assert outage >= OUTAGE_S and samples >= OUTAGE_S / 2 and frozen < len(oracle.records)
+    assert outage >= OUTAGE_S and samples >= PAUSED_CHECK_S / 2 and frozen < len(oracle.records)
     assert verdict.exact, verdict.summary()
 
 
