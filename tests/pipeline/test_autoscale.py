@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
+from pipeline import autoscale as autoscale_module
 from pipeline.autoscale import Backlog, ScaleState, decide, wanted_actors
-from pipeline.config import ScalingSettings
+from pipeline.config import ScalingSettings, Settings
 
 SETTINGS = ScalingSettings(
     autoscale=True,
@@ -65,3 +70,50 @@ def test_a_pool_below_the_minimum_grows_at_once() -> None:
     settings = SETTINGS.model_copy(update={"min_embedders": 2})
     size, _ = decide(settings, ScaleState(changed_at=100), backlog(1, at=101))
     assert size == 2
+
+
+class _FakePool:
+    def __init__(self) -> None:
+        self.size = 1
+        self.queued = 0
+
+    async def stats(self) -> list[dict[str, int]]:
+        return [{"queued_tokens": self.queued}] * self.size
+
+
+class _FakeScaler:
+    def __init__(self, pool: _FakePool) -> None:
+        self.pool = pool
+        self.targets: list[int] = []
+
+    async def scale_to(self, target: int) -> None:
+        self.targets.append(target)
+        self.pool.size = target
+
+
+async def test_the_loop_grows_the_pool_with_the_lag_and_survives_a_broker_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lags = iter([{0: (0, 3500)}, OSError("broker down"), {0: (3000, 3500)}])
+
+    async def fake_lag(kafka: object, topic: str) -> dict[int, tuple[int, int]]:
+        lag = next(lags, {0: (3500, 3500)})
+        if isinstance(lag, Exception):
+            raise lag
+        return lag
+
+    monkeypatch.setattr(autoscale_module, "partition_lag", fake_lag)
+    settings = Settings(scaling=SETTINGS.model_copy(update={"check_interval_s": 0.01, "cooldown_s": 0}))
+    pool = _FakePool()
+    scaler = _FakeScaler(pool)
+    task = asyncio.create_task(autoscale_module.autoscale(settings, pool, scaler))  # type: ignore[arg-type]
+    for _ in range(200):
+        if scaler.targets:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the outage round and a calm one pass without stopping the loop
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert scaler.targets == [4]  # lag 3500 at 1000 per actor; then held (no calm spell long enough)
