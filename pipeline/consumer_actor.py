@@ -45,7 +45,7 @@ class ConsumerActor:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._name = f"consumer-{index}"
         self._settings = settings
-        self._pool = EmbedderPool(embedders, info, settings.pool)
+        self._pool = _current_pool(settings, embedders, info)
         tokenizer = load_text_tokenizer(settings.model)
         self._special_tokens = tokenizer.num_special_tokens
         self._chunker = make_chunker(settings, tokenizer, info)
@@ -56,7 +56,7 @@ class ConsumerActor:
             self._name,
             settings.kafka.topic,
             settings.kafka.group_id,
-            len(embedders),
+            self._pool.size,
         )
 
     async def run(self, until_idle_s: float | None = None) -> dict[str, Any]:
@@ -95,6 +95,27 @@ class ConsumerActor:
         """Finish the units in flight (``worker.shutdown_drain_s``), commit and return from ``run``."""
         if self._stop is not None:
             self._stop.set()
+
+
+def _current_pool(settings: Settings, embedders: Sequence[ActorHandle], info: ModelInfo) -> EmbedderPool:
+    """A pool over the embedder actors alive in the namespace now, by index (``embedders`` if none).
+
+    A consumer restarted by Ray gets its original constructor arguments: the autoscaler may have
+    added or retired embedders since, so it looks them up by name instead.
+    """
+    namespace = settings.ray.namespace
+    indexes = sorted(
+        int(a["name"].removeprefix("embedder-"))
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == namespace and a["name"].removeprefix("embedder-").isdigit()
+    )
+    if not indexes:
+        return EmbedderPool(embedders, info, settings.pool)
+    handles = [ray.get_actor(f"embedder-{i}", namespace=namespace) for i in indexes]
+    pool = EmbedderPool(handles[:1], info, settings.pool)
+    for index, handle in zip(indexes[1:], handles[1:], strict=True):
+        pool.add_actor(index, handle)
+    return pool
 
 
 _RemoteConsumer = ray.remote(ConsumerActor)
