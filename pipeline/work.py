@@ -116,7 +116,6 @@ class WorkUnit:
                 return
         raise KeyError(doc_id)
 
-
     def reject_texts(self, poison: Collection[str], reason: str) -> list[str]:
         """Move every document with a chunk input in ``poison`` to the dead letters; returns their ids.
 

@@ -191,37 +191,6 @@ async def produce(kafka: KafkaSettings, topic: str, records: Iterable[Record]) -
         await producer.stop()
 
 
-async def read_topic(kafka: KafkaSettings, topic: str, rounds: int = 200) -> list[Any]:
-    """Every record of ``topic`` up to each partition's high watermark (no group)."""
-    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        positions = {tp: 0 for tp in tps}
-        for _ in range(rounds):
-            batch = await consumer.getmany(timeout_ms=300)
-            for tp, rs in batch.items():
-                records.extend(rs)
-                positions[tp] = rs[-1].offset + 1
-            ends = {tp: consumer.highwater(tp) for tp in tps}
-            if all(end is not None and positions[tp] >= end for tp, end in ends.items()):
-                break
-        else:
-            raise AssertionError(f"{topic}: did not reach the end of every partition")
-        return records
-    finally:
-        await consumer.stop()
-
-
 async def committed_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int | None]:
     """Per partition of ``topic``: the offset the worker group committed (None if none)."""
     consumer = AIOKafkaConsumer(**client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False)

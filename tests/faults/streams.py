@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from kafka_reads import committed_and_end
 from oracle import Record, StreamOracle, compare, read_replicas
 
 from pipeline.config import (
@@ -24,7 +24,7 @@ from pipeline.config import (
     Settings,
     WorkerSettings,
 )
-from pipeline.kafka import client_options, make_producer
+from pipeline.kafka import make_producer
 from pipeline.sink import MilvusSink
 from workers.settings import ModelSettings, PoolSettings
 
@@ -70,55 +70,8 @@ async def produce(settings: Settings, records: Sequence[Record]) -> None:
         await producer.stop()
 
 
-async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` (no group), up to each partition's high watermark."""
-    consumer = AIOKafkaConsumer(
-        **client_options(settings.kafka), enable_auto_commit=False, fetch_max_bytes=64 * 1024 * 1024
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        positions = {tp: 0 for tp in tps}
-        for _ in range(200):
-            batch = await consumer.getmany(timeout_ms=300)
-            for tp, rs in batch.items():
-                records.extend(rs)
-                positions[tp] = rs[-1].offset + 1
-            if all((hw := consumer.highwater(tp)) is not None and positions[tp] >= hw for tp in tps):
-                break
-        return records
-    finally:
-        await consumer.stop()
-
-
-async def committed_and_end(settings: Settings) -> dict[int, tuple[int | None, int | None]]:
-    """Per partition of the event topic: (the group's committed offset, the log end)."""
-    consumer = AIOKafkaConsumer(
-        **client_options(settings.kafka), group_id=settings.kafka.group_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        topic = settings.kafka.topic
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        committed = {tp: await consumer.committed(tp) for tp in tps}
-        await consumer.seek_to_beginning(*tps)
-        for _ in range(50):
-            if all(consumer.highwater(tp) is not None for tp in tps):
-                break
-            await consumer.getmany(timeout_ms=200, max_records=1)
-        return {tp.partition: (committed[tp], consumer.highwater(tp)) for tp in tps}
-    finally:
-        await consumer.stop()
-
-
 async def assert_all_committed(settings: Settings) -> None:
-    for partition, (committed, end) in (await committed_and_end(settings)).items():
+    for partition, (committed, end) in (await committed_and_end(settings.kafka)).items():
         assert committed == end, f"partition {partition}: committed {committed}, log end {end}"
 
 

@@ -22,7 +22,8 @@ import crashing_actor
 import pytest
 import ray
 from crashing_actor import POISON, CrashingEmbedder
-from oracle import Record, compare, mixed_stream, produce, read_replicas, read_topic
+from kafka_reads import read_topic
+from oracle import Record, compare, mixed_stream, produce, read_replicas
 
 from pipeline.config import Settings, WorkerSettings
 from pipeline.kafka import partition_lag

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas, read_topic
+from kafka_reads import read_topic
+from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas
 from tcp_proxy import TcpProxy
 
 from pipeline import stack

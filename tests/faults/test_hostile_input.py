@@ -26,8 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kafka_reads import read_topic
 from oracle import Expected, Record, StreamOracle
-from streams import assert_all_committed, assert_exact, fault_settings, produce, read_topic
+from streams import assert_all_committed, assert_exact, fault_settings, produce
 
 from pipeline.runtime import build_runtime
 
@@ -233,7 +234,7 @@ async def test_hostile_stream_dead_letters_every_bad_event_and_ingests_every_goo
         await produce(settings, records)
         stats = await runtime.new_worker().run(until_idle_s=3.0)
         assert stats.events == len(records)  # the worker never stopped
-        dead = await read_topic(settings, settings.kafka.dlq_topic)
+        dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         assert stats.dead_letters == len(dead) == len(bad)
 
         # Every bad record, once, with its original bytes (cut to the dead-letter bound only if

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from oracle import CommitWatcher, compare, mixed_stream, produce, random_text, read_replicas, read_topic
+from kafka_reads import read_topic
+from oracle import CommitWatcher, compare, mixed_stream, produce, random_text, read_replicas
 
 from pipeline import events, milvus_rows, stack
 from pipeline.config import MilvusSettings, Settings

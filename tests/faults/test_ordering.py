@@ -9,8 +9,9 @@ import random
 from pathlib import Path
 
 import pytest
+from kafka_reads import read_topic
 from oracle import StreamOracle
-from streams import assert_all_committed, assert_exact, fault_settings, produce, read_topic
+from streams import assert_all_committed, assert_exact, fault_settings, produce
 
 from pipeline.runtime import build_runtime
 
@@ -80,7 +81,7 @@ async def test_last_event_per_id_wins_in_every_replica(
         assert stats.events == len(records)
         assert stats.dead_letters == 0
         assert len(runtime.dims) == 3
-        dead = await read_topic(settings, settings.kafka.dlq_topic)
+        dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         await asyncio.to_thread(assert_exact, oracle, runtime.sink, dead, settings.kafka.topic)
         await assert_all_committed(settings)
     finally:

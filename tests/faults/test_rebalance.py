@@ -22,15 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import TopicPartition
+from kafka_reads import committed_and_end, read_topic
 from oracle import Record, StreamOracle
-from streams import (
-    assert_all_committed,
-    assert_exact,
-    committed_and_end,
-    fault_settings,
-    produce,
-    read_topic,
-)
+from streams import assert_all_committed, assert_exact, fault_settings, produce
 
 from pipeline.chunking import Chunker
 from pipeline.config import KafkaSettings, Settings, WorkerSettings
@@ -172,7 +166,7 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
         )
 
         async def all_committed() -> bool:
-            return all(c == e for c, e in (await committed_and_end(settings)).values())
+            return all(c == e for c, e in (await committed_and_end(settings.kafka)).values())
 
         deadline = time.monotonic() + 300
         while not await all_committed():
@@ -190,7 +184,7 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
         # The joins and the leave took partitions away from members that held some.
         assert sum(e.kind == "revoked" and bool(e.tps) for e in log) >= 2
         await assert_all_committed(settings)
-        dead = await read_topic(settings, settings.kafka.dlq_topic)
+        dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         await asyncio.to_thread(assert_exact, oracle, runtime.sink, dead, settings.kafka.topic)
     finally:
         for stop in stops.values():

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 from harness import WorkerProcess, write_toml
-from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas, read_topic
+from kafka_reads import read_topic
+from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas
 from services import RayCluster
 
 from pipeline.config import Settings

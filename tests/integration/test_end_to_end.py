@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from corpus import Oracle, Record, build_stream
+from kafka_reads import committed_and_end, read_topic
 
 from pipeline.config import (
     ChunkingSettings,
@@ -59,50 +60,6 @@ async def _produce(settings: Settings, records: list[Record]) -> None:
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def _read_all(settings: Settings, topic: str) -> list[Any]:
-    """Every record of ``topic`` (read without a group, up to each partition's high watermark)."""
-    consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        positions = {tp: 0 for tp in tps}
-        for _ in range(100):
-            batch = await consumer.getmany(timeout_ms=300)
-            for tp, rs in batch.items():
-                records.extend(rs)
-                positions[tp] = rs[-1].offset + 1
-            if all(
-                consumer.highwater(tp) is not None and positions[tp] >= consumer.highwater(tp) for tp in tps
-            ):
-                break
-        return records
-    finally:
-        await consumer.stop()
-
-
-async def _committed_and_end(settings: Settings) -> dict[int, tuple[int | None, int | None]]:
-    consumer = AIOKafkaConsumer(
-        **client_options(settings.kafka), group_id=settings.kafka.group_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        topic = settings.kafka.topic
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        committed = {tp: await consumer.committed(tp) for tp in tps}
-        await consumer.seek_to_beginning(*tps)
-        for _ in range(50):
-            if all(consumer.highwater(tp) is not None for tp in tps):
-                break
-            await consumer.getmany(timeout_ms=200, max_records=1)
-        return {tp.partition: (committed[tp], consumer.highwater(tp)) for tp in tps}
-    finally:
-        await consumer.stop()
 
 
 async def _rewind_group(settings: Settings, to: dict[int, int]) -> None:
@@ -173,11 +130,11 @@ async def test_stream_lands_exactly_in_every_replica(
         assert stats.events == len(records)
 
         # Offsets: the group committed up to the end of every partition.
-        for partition, (committed, end) in (await _committed_and_end(settings)).items():
+        for partition, (committed, end) in (await committed_and_end(settings.kafka)).items():
             assert committed == end, f"partition {partition}: committed {committed}, end {end}"
 
         # Dead letters: exactly the malformed records, original bytes, a precise one-line reason.
-        dead = await _read_all(settings, settings.kafka.dlq_topic)
+        dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         assert Counter((d.key, d.value) for d in dead) == Counter(
             (r.key, r.value) for r, _ in oracle.malformed
         )
@@ -207,7 +164,7 @@ async def test_stream_lands_exactly_in_every_replica(
         assert cosines.min() >= 0.999, cosines.min()
 
         # Re-delivery: rewind the group to the middle of every partition and ingest again.
-        ends = await _committed_and_end(settings)
+        ends = await committed_and_end(settings.kafka)
         await _rewind_group(settings, {p: (end or 0) // 2 for p, (_, end) in ends.items()})
         replay = await runtime.new_worker().run(until_idle_s=2.0)
         assert replay.events == sum((end or 0) - (end or 0) // 2 for _, end in ends.values())

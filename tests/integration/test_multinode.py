@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka_reads import committed_and_end
 
 from pipeline import stack
 from pipeline.config import KafkaSettings, MilvusSettings, Settings, StackSettings
-from pipeline.kafka import client_options, make_producer
+from pipeline.kafka import make_producer
 from pipeline.processes import HOST, ManagedProcess, console_script, free_port
 from pipeline.sink import MilvusSink
 
@@ -86,25 +86,6 @@ async def _produce(kafka: KafkaSettings) -> None:
         await producer.stop()
 
 
-async def _committed_and_end(kafka: KafkaSettings) -> dict[int, tuple[int | None, int | None]]:
-    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(kafka.topic, p) for p in sorted(consumer.partitions_for_topic(kafka.topic) or [])
-        ]
-        consumer.assign(tps)
-        committed = {tp: await consumer.committed(tp) for tp in tps}
-        await consumer.seek_to_beginning(*tps)
-        for _ in range(50):
-            if all(consumer.highwater(tp) is not None for tp in tps):
-                break
-            await consumer.getmany(timeout_ms=200, max_records=1)
-        return {tp.partition: (committed[tp], consumer.highwater(tp)) for tp in tps}
-    finally:
-        await consumer.stop()
-
-
 def _run_pipeline(env: dict[str, str], members: int, label: str) -> dict[str, Any]:
     """Ingest a fresh topic of DOCUMENTS with ``members`` embedders and consumers; checks zero loss."""
     run = uuid.uuid4().hex[:8]
@@ -137,7 +118,7 @@ def _run_pipeline(env: dict[str, str], members: int, label: str) -> dict[str, An
     assert done.returncode == 0, done.stderr[-4000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["events"] >= DOCUMENTS  # a restarted member may re-read uncommitted events
-    for partition, (committed, end) in asyncio.run(_committed_and_end(kafka)).items():
+    for partition, (committed, end) in asyncio.run(committed_and_end(kafka)).items():
         assert committed == end, f"{label}: partition {partition} committed {committed}, end {end}"
     sink = MilvusSink(milvus, (DIM,))
     try:
