@@ -261,6 +261,17 @@ async def run_pipeline_bench(
     }
 
 
+def write_result(
+    result: dict[str, Any], argv: Sequence[str], config: Path | None, out: Path
+) -> dict[str, Any]:
+    """``result`` headed by the command that reproduces it (``bench`` and ``argv``), written to ``out``."""
+    prefix = ["--config", str(config)] if config else []
+    result = {"command": shlex.join(["python", "-m", "pipeline", *prefix, "bench", *argv]), **result}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: Sequence[str], config: Path | None = None) -> int:
     """CLI entry: bring up the local stack (unless --external), run, write the JSON, print a summary.
 
@@ -284,10 +295,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
             keep=args.keep,
         )
     )
-    prefix = ["--config", str(config)] if config else []
-    result = {"command": shlex.join(["python", "-m", "pipeline", *prefix, "bench", *argv]), **result}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(result, argv, config, args.out)
     embedder, pipeline = result["embedder"], result["pipeline"]
     print(
         f"{result['model']['name']} on {result['device']}: {result['docs']} docs, {result['chunks']} chunks, "

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import shlex
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench_pipeline import embed_requests, gpu_name, make_documents, time_embedder
+from pipeline.bench_pipeline import embed_requests, gpu_name, make_documents, time_embedder, write_result
 from pipeline.config import Settings, load_settings
 from pipeline.runtime import connect_ray, make_chunker, start_pool
 from workers.pool import EmbedderPool
@@ -151,10 +149,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
             warmup_docs=args.warmup_docs,
         )
     )
-    prefix = ["--config", str(config)] if config else []
-    result = {"command": shlex.join(["python", "-m", "pipeline", *prefix, "bench", *argv]), **result}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(result, argv, config, args.out)
     print(f"{result['runs'][0]['model']['name']} on {result['device']}, {args.docs} docs:")
     for run in result["runs"]:
         print(
