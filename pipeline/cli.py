@@ -1,22 +1,21 @@
-"""`python -m pipeline <verb>` (console script `embedstream`)."""
+"""`python -m pipeline <verb>` (console script `embedstream`): parses the command line and dispatches.
+
+Each verb's work lives in its subsystem (``runtime`` assembles and runs, ``ops`` manages the
+local stack and status, ``tools`` holds demo, bench and eval-recall); this module only turns
+arguments into calls and exceptions into exit codes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from pipeline.config import Settings, load_settings
+from pipeline.settings import Settings, load_settings
 from workers.errors import ConfigError, PipelineError
-
-if TYPE_CHECKING:
-    from workers.pool import EmbedderPool
 
 log = logging.getLogger("pipeline")
 
@@ -77,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default api.host)")
     serve.add_argument("--port", type=int, help="listen port (default api.port)")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
-    # Its options belong to workers.bench (or, with --end-to-end, pipeline.bench_pipeline; with
-    # --scaling, pipeline.bench_scaling), which parses what follows the verb.
+    # Its options belong to workers.bench.embedder_bench (with --end-to-end: pipeline.tools.bench_pipeline;
+    # with --scaling: pipeline.tools.bench_scaling), which parses what follows the verb.
     verbs.add_parser(
         "bench",
         add_help=False,
@@ -101,7 +100,7 @@ def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
         "--exclude", action="append", default=[], metavar="GLOB", help="skip pages whose file name matches"
     )
     evaluate.add_argument("--max-docs", type=int, default=1000, help="documents to index (seeded sample)")
-    evaluate.add_argument("--queries", type=Path, help="query file (default pipeline/sample_queries.txt)")
+    evaluate.add_argument("--queries", type=Path, help="query file (default: the bundled sample queries)")
     evaluate.add_argument(
         "--title-queries", type=int, default=50, help="also query the title lines of this many documents"
     )
@@ -121,61 +120,8 @@ def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     )
 
 
-async def _run_worker(
-    settings: Settings, until_idle: float | None, consumer_actors: int | None = None
-) -> int:
-    from pipeline.runtime import build_runtime
-
-    runtime = await build_runtime(settings)
-    stop = asyncio.Event()
-    members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
-    consumers: list[Any] = []
-    if members:
-        from pipeline.consumer_actor import run_consumer_actors, start_consumer_actors
-
-        consumers = start_consumer_actors(runtime, members)
-        consuming = run_consumer_actors(runtime, members, stop, until_idle, consumers)
-    else:
-        consuming = runtime.new_worker().run(stop=stop, until_idle_s=until_idle)
-    running = asyncio.create_task(consuming)
-    scaling = None
-    if settings.scaling.autoscale:
-        from pipeline.autoscale import start_autoscaler
-
-        scaling = start_autoscaler(runtime, consumers, running)
-
-    def on_signal() -> None:
-        # First signal: finish the units in flight and commit. Second: stop at once.
-        if stop.is_set():
-            running.cancel()
-        else:
-            log.info("stopping: finishing the work in flight (signal again to stop at once)")
-            stop.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        stats = await running
-    except asyncio.CancelledError:
-        print("stopped at once; uncommitted work will be re-read on restart", file=sys.stderr)
-        return 130
-    finally:
-        if scaling is not None:
-            scaling.cancel()
-            await asyncio.gather(scaling, return_exceptions=True)  # its failure was reported already
-        runtime.close()
-    print(
-        f"{stats.events} events: {stats.documents_written} documents written "
-        f"({stats.chunks_written} chunks), "
-        f"{stats.documents_deleted} deleted, {stats.dead_letters} dead-lettered; "
-        f"{stats.events_per_second():.1f} events/s"
-    )
-    return 0
-
-
 async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.eval_recall import SAMPLE_QUERIES, EvalOptions, render_table, run_eval
+    from pipeline.tools.eval_recall import SAMPLE_QUERIES, EvalOptions, render_table, run_eval
 
     options = EvalOptions(
         out_dir=args.out,
@@ -193,71 +139,26 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         reuse_index=args.reuse_index,
     )
-    async with _query_pool(settings, "eval") as pool:
-        report = await run_eval(settings, pool, options)
+    from pipeline.runtime.serving import open_query_side
+
+    async with open_query_side(settings, "eval") as side:
+        report = await run_eval(settings, side.pool, options)
     print(render_table(report))
     print(f"written: {args.out}/recall.json, recall.md, recall.png")
     return 0
 
 
-@contextlib.asynccontextmanager
-async def _query_pool(settings: Settings, purpose: str) -> AsyncIterator[EmbedderPool]:
-    """A running worker's actors when there are some (queries share them), else a pool of our own."""
-    import uuid
-
-    from pipeline.runtime import connect_ray, start_pool
-    from workers.pool import EmbedderPool
-
-    connect_ray(settings)
-    pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
-    owned = pool is None
-    if pool is None:
-        pool, _ = await start_pool(
-            settings, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
-        )
-    try:
-        yield pool
-    finally:
-        if owned:
-            pool.shutdown()
-
-
-async def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from pipeline.api import Api
-    from pipeline.sink import MilvusSink
-    from workers.tokenizer import load_text_tokenizer
-
-    host, port = args.host or settings.api.host, args.port if args.port is not None else settings.api.port
-    async with _query_pool(settings, "serve") as pool:
-        tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        sink = MilvusSink(settings.milvus, settings.embedding.replica_dims(pool.info.native_dim))
-        runner = web.AppRunner(Api(settings, pool, tokenizer, sink).app())
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-            print(f"serving {pool.info.name} on {runner.addresses} (Ctrl-C stops)", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-            sink.close()
-    return 0
-
-
 async def _search(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.search import format_results, search
+    from pipeline.runtime.serving import open_query_side
+    from pipeline.search.replicas import format_results, search
 
-    async with _query_pool(settings, "search") as pool:
+    async with open_query_side(settings, "search") as side:
         query = " ".join(args.query)
         factor = None if args.funnel is None else (args.funnel or settings.search.funnel_factor)
         results = await search(
             settings,
-            pool,
+            side.pool,
+            side.sink,
             [query],
             args.dim,
             args.top_k,
@@ -274,43 +175,52 @@ async def _search(settings: Settings, args: argparse.Namespace) -> int:
 async def _dispatch(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.verb == "up":
-        from pipeline import stack
+        from pipeline.ops import stack
 
         for service in await asyncio.to_thread(stack.up, settings):
             print(service)
         print(f"Ray dashboard: http://127.0.0.1:{settings.stack.dashboard_port}")
         return 0
     if args.verb == "down":
-        from pipeline import stack
+        from pipeline.ops import stack
 
         for service in await asyncio.to_thread(stack.down, settings):
             print(service)
         return 0
+    if args.verb not in ("up", "down", "demo"):
+        from pipeline.ops.stack import with_local_ray
+
+        settings = with_local_ray(settings)  # no-op when ray.address is configured
     if args.verb == "run":
-        return await _run_worker(settings, args.until_idle, args.consumer_actors)
+        from pipeline.runtime.ingestion import run_ingestion
+
+        return await run_ingestion(settings, args.until_idle, args.consumer_actors)
     if args.verb == "produce":
-        from pipeline.produce import produce
+        from pipeline.ingest.produce import produce
 
         await produce(settings.kafka, args.paths, args.topic)
         return 0
     if args.verb == "search":
         return await _search(settings, args)
     if args.verb == "serve":
-        return await _serve(settings, args)
+        from pipeline.runtime.serving import serve
+
+        await serve(settings, args.host, args.port)
+        return 0
     if args.verb == "eval-recall":
         return await _eval_recall(settings, args)
     if args.verb == "status":
-        from pipeline.status import collect_status
+        from pipeline.ops.status import collect_status
 
         if args.watch:
-            from pipeline.status_watch import watch
+            from pipeline.ops.status_watch import watch
 
             await watch(settings, args.interval, args.count)
             return 0
         print((await collect_status(settings)).render(settings))
         return 0
     if args.verb == "demo":
-        from pipeline.demo import run_demo
+        from pipeline.tools.demo import run_demo
 
         return await run_demo(settings)
     raise AssertionError(args.verb)
@@ -331,19 +241,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.verb == "bench":
         if "--end-to-end" in rest:
-            from pipeline import bench_pipeline
+            from pipeline.tools import bench_pipeline
 
             _configure_logging(args.verbose)
             return bench_pipeline.main(rest, config=args.config)
         if any(arg == "--scaling" or arg.startswith("--scaling=") for arg in rest):
-            from pipeline import bench_scaling
+            from pipeline.tools import bench_scaling
 
             _configure_logging(args.verbose)
             return bench_scaling.main(rest, config=args.config)
         # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
-        from workers import bench
+        from workers.bench import embedder_bench
 
-        return bench.main(rest)
+        return embedder_bench.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _configure_logging(args.verbose)

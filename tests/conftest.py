@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from services import RayCluster, start_milvus_standalone
 
-from pipeline import stack
-from pipeline.config import Settings, StackSettings
+from pipeline.ops import stack
+from pipeline.runtime.ray_cluster import export_ray_auth
+from pipeline.settings import Settings, StackSettings
 
 # Tests never reach the network: every model is local (built here or packaged).  Set before any
 # test module imports transformers / huggingface_hub, which read these at import time.
@@ -46,7 +47,7 @@ def minilm_path() -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Real services, one of each per test session, on free ports in temp folders. Each is started
-# by the code behind `python -m pipeline up` (pipeline.stack), so these fixtures exercise it
+# by the code behind `python -m pipeline up` (pipeline.ops.stack), so these fixtures exercise it
 # too, and each is stopped (its whole process group) at the end of the session, also when
 # tests fail. A service that does not come up fails the tests that use it with its log tail.
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def ray_session(ray_cluster: RayCluster) -> Iterator[None]:
     import ray
 
     saved = {name: os.environ.get(name) for name in (*ray_cluster.env, "RAY_AUTH_TOKEN")}
-    stack.export_ray_auth(ray_cluster.env)
+    export_ray_auth(ray_cluster.env)
     ray.init(address=ray_cluster.address, namespace="embedstream", log_to_driver=False)
     try:
         yield

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.config import KafkaSettings
-from pipeline.kafka import client_options
+from pipeline.ingest.kafka import client_options
+from pipeline.settings import KafkaSettings
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.processes import (
+from pipeline.ops.processes import (
     HOST,
     ManagedProcess,
     cli_flags,
@@ -16,7 +16,7 @@ from pipeline.processes import (
     group_members,
     require_free,
 )
-from pipeline.stack import milvus_ready
+from pipeline.ops.stack import milvus_ready
 
 log = logging.getLogger(__name__)
 

@@ -19,25 +19,16 @@ import numpy as np
 import ray
 
 from workers.batcher import MicroBatcher
-from workers.errors import ConfigError
 from workers.metrics import ActorMetrics
-from workers.model import EmbeddingModel, ModelInfo
-from workers.settings import BatchSettings, ModelSettings, format_query
+from workers.model.embedding_model import EmbeddingModel, ModelInfo
+from workers.model.matryoshka import validate_dims
+from workers.prompts import format_query
+from workers.settings import BatchSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_S = 30.0
 """How often an actor under load logs its throughput."""
-
-
-def validate_dims(dims: tuple[int, ...], native_dim: int) -> tuple[int, ...]:
-    """``dims`` unchanged if it is non-empty and every entry is in ``1..native_dim``; else ConfigError."""
-    if not dims:
-        raise ConfigError("embed needs at least one dimension")
-    invalid = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= native_dim]
-    if invalid:
-        raise ConfigError(f"embedding dims {invalid} are not integers in 1..{native_dim} (the native dim)")
-    return dims
 
 
 def _configure_logging() -> None:
@@ -60,7 +51,8 @@ def _was_restarted() -> bool:
 
 
 class EmbedderActor:
-    """Holds one :class:`~workers.model.EmbeddingModel`; concurrent :meth:`embed` calls share forward passes.
+    """Holds one :class:`~workers.model.embedding_model.EmbeddingModel`; concurrent :meth:`embed` calls
+    share forward passes.
 
     Run it as a Ray async actor (see :mod:`workers.pool`).  The model goes on CUDA when Ray assigned
     this actor a GPU, else on the CPU.  Tokenization runs on its own thread and forward passes on the

@@ -37,10 +37,6 @@ class EmbedderUnavailable(RetriableError):
     """An embedder actor died or could not be reached; Ray restarts it."""
 
 
-class SinkUnavailable(RetriableError):
-    """Milvus could not be reached or timed out."""
-
-
 class PoisonInput(PipelineError):
     """One input is rejected by a downstream component for good (e.g. Milvus refuses a value)."""
 

@@ -1,4 +1,6 @@
-"""The pool of embedder actors as seen from the driver: start, route, retry, shut down.
+"""The pool of embedder actors as seen from the driver: route, retry, isolate poison, shut down.
+
+Creating, finding and killing the actors is :mod:`workers.spawn`.
 
 Importing this module imports neither torch nor transformers, nor does receiving a ModelInfo.
 """
@@ -10,32 +12,29 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import ActorAlreadyExistsError, ActorDiedError, RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
-from workers.actor import EmbedderActor, validate_dims
+from workers.actor import EmbedderActor
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
-from workers.model import ModelInfo
+from workers.model.embedding_model import ModelInfo
+from workers.model.matryoshka import validate_dims
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
+from workers.spawn import find_embedders, kill_embedders, start_embedders
 
 log = logging.getLogger(__name__)
 
-# Concurrent calls one actor runs; an async actor's calls only wait on its batcher, so this merely has
-# to exceed what the drivers keep in flight (the batcher's queue bound refuses work long before).
-_MAX_CONCURRENCY = 1024
 # After an actor fails, calls avoid it for this long, doubling per consecutive outage: Ray refuses
 # calls at once while it restarts an actor, so retrying sooner would only burn attempts.
 _AVOID_BASE_S = 1.0
 _AVOID_MAX_S = 30.0
 # How often a request run alone asks a restarting actor whether it is back.
 _READY_POLL_S = 0.5
-
-_RemoteEmbedder = ray.remote(EmbedderActor)
 
 
 @dataclass(eq=False)
@@ -79,56 +78,21 @@ class EmbedderPool:
         namespace: str | None = None,
         actor_class: type[EmbedderActor] = EmbedderActor,
     ) -> EmbedderPool:
-        """Start the actors (the caller has joined Ray) and wait until each has loaded the model.
-
-        One actor per ``gpus_per_actor`` GPUs of the cluster unless ``pool.num_actors`` is set, at
-        least one; without GPUs each actor takes ``cpus_per_actor`` CPUs.  The actors are named
-        ``embedder-{i}`` in ``namespace`` (default: the driver's, from ``ray.init``).  Raises
-        ConfigError when a model fails to load, the names are taken, or the actors disagree about
-        the model; EmbedderUnavailable when they are not ready within ``ready_timeout_s``.
-        ``actor_class``: an EmbedderActor subclass to run instead (tests inject faults with one).
-        """
-        gpus = ray.cluster_resources().get("GPU", 0.0)
-        count = pool.num_actors or max(1, int(gpus // pool.gpus_per_actor))
-        namespace = namespace or ray.get_runtime_context().namespace
-        handles: list[ActorHandle] = []
-        try:
-            for index in range(count):
-                handles.append(
-                    spawn_embedder(
-                        model, batching, pool, index, namespace, gpus=bool(gpus), actor_class=actor_class
-                    )
-                )
-        except ActorAlreadyExistsError as exc:
-            _kill(handles)
-            raise ConfigError(
-                f"Ray namespace {namespace!r} already has embedder actors: another worker runs there; "
-                "give each worker its own ray.namespace"
-            ) from exc
-        log.info("starting %d embedder actors with %s each", count, actor_resources(pool, bool(gpus)))
-        infos = await _wait_ready(handles, pool.ready_timeout_s)
-        if any(info != infos[0] for info in infos):
-            _kill(handles)
-            raise ConfigError(f"embedder actors disagree about the model: {infos}")
-        log.info("embedder pool ready: %d actors, %s", count, infos[0])
-        return cls(handles, infos[0], pool)
+        """A pool over freshly started actors (:func:`workers.spawn.start_embedders` says how many,
+        where, and what it raises)."""
+        handles, info = await start_embedders(
+            model, batching, pool, namespace=namespace, actor_class=actor_class
+        )
+        return cls(handles, info, pool)
 
     @classmethod
     async def attach(cls, pool: PoolSettings, namespace: str) -> EmbedderPool | None:
-        """A pool over the embedder actors a running worker started in ``namespace``, or None if none.
+        """A pool over the embedder actors a running consumer started in ``namespace``, or None if none.
 
-        The attached pool only routes calls; :meth:`shutdown` on it would stop the worker's actors.
+        The attached pool only routes calls; :meth:`shutdown` on it would stop the consumer's actors.
         """
-        names = sorted(
-            a["name"]
-            for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == namespace and a["name"].startswith("embedder-")
-        )
-        if not names:
-            return None
-        handles = [ray.get_actor(name, namespace=namespace) for name in names]
-        infos = await _wait_ready(handles, pool.ready_timeout_s)
-        return cls(handles, infos[0], pool)
+        found = await find_embedders(namespace, pool.ready_timeout_s)
+        return None if found is None else cls(found[0], found[1], pool)
 
     @property
     def info(self) -> ModelInfo:
@@ -269,7 +233,7 @@ class EmbedderPool:
 
     def shutdown(self) -> None:
         """Kill every actor (no restart); calls still in flight fail with EmbedderUnavailable."""
-        _kill([slot.handle for slot in self._slots])
+        kill_embedders([slot.handle for slot in self._slots])
 
     async def _call(
         self, slot: _Slot, texts: list[str], dims: tuple[int, ...], query_task: str | None = None
@@ -353,62 +317,3 @@ class EmbedderPool:
         """Nothing while some actor is not avoided, else until the first one's avoidance ends."""
         now = time.monotonic()
         return max(0.0, min(slot.avoid_until for slot in self._slots) - now)
-
-
-def actor_resources(pool: PoolSettings, gpus: bool) -> dict[str, Any]:
-    """The Ray resource options of one embedder actor: GPUs on a GPU cluster, else CPUs; plus custom ones."""
-    resources: dict[str, Any] = (
-        {"num_gpus": pool.gpus_per_actor} if gpus else {"num_cpus": pool.cpus_per_actor}
-    )
-    if pool.actor_resources:
-        resources["resources"] = dict(pool.actor_resources)
-    return resources
-
-
-def spawn_embedder(
-    model: ModelSettings,
-    batching: BatchSettings,
-    pool: PoolSettings,
-    index: int,
-    namespace: str,
-    *,
-    gpus: bool,
-    actor_class: type[EmbedderActor] = EmbedderActor,
-) -> ActorHandle:
-    """Create ``embedder-{index}`` in ``namespace``; it loads its model in the background.
-
-    ``actor_class``: an EmbedderActor subclass to run instead (tests inject faults with one).
-    """
-    remote = _RemoteEmbedder if actor_class is EmbedderActor else ray.remote(actor_class)
-    options = remote.options(
-        name=f"embedder-{index}",
-        namespace=namespace,
-        max_restarts=pool.max_restarts,
-        max_concurrency=_MAX_CONCURRENCY,
-        **actor_resources(pool, gpus),
-    )
-    return cast(ActorHandle, options.remote(model, batching, index, namespace))
-
-
-async def _wait_ready(handles: list[ActorHandle], timeout: float) -> list[ModelInfo]:
-    """Every actor's ModelInfo; on the first failure or the timeout kills them all and raises."""
-    calls: list[asyncio.Future[ModelInfo]] = [asyncio.ensure_future(h.ready.remote()) for h in handles]
-    done, pending = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
-    failed = next((call for call in done if call.exception() is not None), None)
-    if failed is None and not pending:
-        return [call.result() for call in calls]
-    for call in pending:
-        call.cancel()
-    await asyncio.gather(*calls, return_exceptions=True)  # nothing left unawaited, whatever happened
-    _kill(handles)
-    if failed is None:
-        raise EmbedderUnavailable(f"embedder actors were not ready within {timeout:.0f}s (enough GPUs/CPUs?)")
-    exc = failed.exception()
-    if isinstance(exc, RayActorError) and exc.actor_init_failed:
-        raise ConfigError(f"an embedder actor could not load the model: {exc}") from exc
-    raise EmbedderUnavailable(f"an embedder actor failed while starting: {exc}") from exc
-
-
-def _kill(handles: Sequence[ActorHandle]) -> None:
-    for handle in handles:
-        ray.kill(handle, no_restart=True)

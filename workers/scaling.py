@@ -19,9 +19,10 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from workers.errors import ConfigError, EmbedderUnavailable
-from workers.model import ModelInfo
-from workers.pool import EmbedderPool, actor_resources, spawn_embedder
+from workers.model.embedding_model import ModelInfo
+from workers.pool import EmbedderPool
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
+from workers.spawn import actor_resources, spawn_embedder
 
 log = logging.getLogger(__name__)
 

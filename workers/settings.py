@@ -1,6 +1,6 @@
 """Settings of the Ray side: the model, the micro-batcher and the actor pool.
 
-These are plain frozen pydantic models; :mod:`pipeline.config` nests them into the
+These are plain frozen pydantic models; :mod:`pipeline.settings` nests them into the
 process-wide settings that read the environment and TOML files.
 """
 
@@ -56,7 +56,7 @@ class ModelSettings(BaseModel):
         description="Packed (unpadded) forward passes: texts back to back in one row, attention kept "
         "inside each text. 'auto' packs on CUDA when torch has variable-length flash attention; 'on' "
         "packs on any device (one attention call per text off CUDA); models without a packed path "
-        "(see workers.packing) always run padded.",
+        "(see workers.model.packing) always run padded.",
     )
 
 
@@ -138,22 +138,3 @@ class PoolSettings(BaseModel):
         "request that then crashes the actor this many times is split in halves until the texts that "
         "kill actors are isolated (raised as PoisonTexts).",
     )
-
-
-def format_query(settings: ModelSettings, model_type: str, query: str, task: str | None) -> str:
-    """The string the model sees for a search query.
-
-    Instruction-aware models (Qwen3-Embedding: ``model_type`` starting with "qwen3") get ``task`` joined
-    by the instruction template (``Instruct: {task}\nQuery:{q}``), as they were trained; any other model
-    (MiniLM, BERT-style encoders) gets the raw query, because a prefix it never saw only adds noise.
-    """
-    if task and model_type.startswith("qwen3"):
-        return format_input(settings, query, task)
-    return query
-
-
-def format_input(settings: ModelSettings, text: str, instruction: str | None) -> str:
-    """The string the model sees: ``text`` alone, or joined to ``instruction`` by the template."""
-    if not instruction:
-        return text
-    return settings.instruction_template.format(instruction=instruction, text=text)

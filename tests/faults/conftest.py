@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from harness import fault_settings
 
-from pipeline.config import Settings
-from pipeline.sink import MilvusSink
+from pipeline.milvus.sink import MilvusSink
+from pipeline.settings import Settings
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def open_sink() -> Iterator[Callable[[Settings], MilvusSink]]:
     sinks: list[MilvusSink] = []
 
     def make(settings: Settings) -> MilvusSink:
-        sink = MilvusSink(settings.milvus, settings.embedding.replica_dims(384))
+        sink = MilvusSink(settings.milvus, settings.replicas.replica_dims(384))
         sinks.append(sink)
         return sink
 

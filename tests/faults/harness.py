@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import (
+from pipeline.settings import (
     ChunkingSettings,
-    EmbeddingSettings,
+    ConsumerSettings,
     KafkaSettings,
     MilvusSettings,
+    ReplicaSettings,
     Settings,
-    WorkerSettings,
 )
 from workers.settings import ModelSettings, PoolSettings
 
@@ -44,10 +44,10 @@ def fault_settings(bootstrap: str, milvus_uri: str, model_path: Path, **sections
         ),
         "model": ModelSettings(name_or_path=str(model_path)),
         "pool": PoolSettings(num_actors=1, cpus_per_actor=1.0),
-        "embedding": EmbeddingSettings(dims=DIMS),
+        "replicas": ReplicaSettings(dims=DIMS),
         "chunking": ChunkingSettings(max_tokens=64),
         "milvus": MilvusSettings(uri=milvus_uri, collection_prefix=f"faults_{run}", index_type="FLAT"),
-        "worker": WorkerSettings(commit_interval_s=0.3, max_batch_events=64, retry_backoff_max_s=4.0),
+        "consumer": ConsumerSettings(commit_interval_s=0.3, max_batch_events=64, retry_backoff_max_s=4.0),
     }
     values.update(sections)
     return Settings(**values)

@@ -25,9 +25,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.config import KafkaSettings
-from pipeline.kafka import client_options, make_producer
-from pipeline.sink import MilvusSink
+from pipeline.ingest.kafka import client_options, make_producer
+from pipeline.milvus.sink import MilvusSink
+from pipeline.settings import KafkaSettings
 
 WORDS = [
     "river",

@@ -16,16 +16,16 @@ from aiokafka.structs import ConsumerRecord
 from kafka_reads import committed_and_end
 from oracle import Record, StreamOracle, compare, read_replicas
 
-from pipeline.config import (
+from pipeline.ingest.kafka import make_producer
+from pipeline.milvus.sink import MilvusSink
+from pipeline.settings import (
     ChunkingSettings,
-    EmbeddingSettings,
+    ConsumerSettings,
     KafkaSettings,
     MilvusSettings,
+    ReplicaSettings,
     Settings,
-    WorkerSettings,
 )
-from pipeline.kafka import make_producer
-from pipeline.sink import MilvusSink
 from workers.settings import ModelSettings, PoolSettings
 
 
@@ -52,10 +52,10 @@ def fault_settings(
         ),
         model=ModelSettings(name_or_path=str(model_path)),
         pool=PoolSettings(num_actors=num_actors),
-        embedding=EmbeddingSettings(dims=dims),
+        replicas=ReplicaSettings(dims=dims),
         chunking=ChunkingSettings(max_tokens=max_tokens),
         milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"f_{run}", index_type="FLAT"),
-        worker=WorkerSettings(**({"commit_interval_s": 0.3} | worker)),
+        consumer=ConsumerSettings(**({"commit_interval_s": 0.3} | worker)),
     )
 
 

@@ -25,10 +25,10 @@ from crashing_actor import POISON, CrashingEmbedder
 from kafka_reads import read_topic
 from oracle import Record, compare, mixed_stream, produce, read_replicas
 
-from pipeline.config import Settings, WorkerSettings
-from pipeline.kafka import partition_lag
-from pipeline.runtime import build_runtime
-from pipeline.sink import MilvusSink
+from pipeline.ingest.kafka import partition_lag
+from pipeline.milvus.sink import MilvusSink
+from pipeline.runtime.assemble import build_runtime
+from pipeline.settings import ConsumerSettings, Settings
 from workers.settings import PoolSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -51,7 +51,7 @@ async def test_dying_actors_are_restarted_and_a_poison_text_is_isolated(
         milvus_lite_uri,
         # One failed try and a request runs alone; one crash alone and it is split: fewer restarts.
         pool=PoolSettings(num_actors=1, cpus_per_actor=1.0, poison_after_crashes=1, max_attempts=4),
-        worker=WorkerSettings(commit_interval_s=0.3, max_batch_events=16, retry_backoff_max_s=2.0),
+        consumer=ConsumerSettings(commit_interval_s=0.3, max_batch_events=16, retry_backoff_max_s=2.0),
     )
     kafka, topic = settings.kafka, settings.kafka.topic
     oracle = mixed_stream(seed=2002, events=400, documents=120)
@@ -66,7 +66,7 @@ async def test_dying_actors_are_restarted_and_a_poison_text_is_isolated(
     started = time.monotonic()
     try:
         await produce(kafka, topic, oracle.records)
-        stats = await runtime.new_worker().run(until_idle_s=5.0)
+        stats = await runtime.new_consumer().run(until_idle_s=5.0)
     finally:
         runtime.close()
     elapsed = time.monotonic() - started

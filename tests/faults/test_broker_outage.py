@@ -19,12 +19,12 @@ from kafka_reads import read_topic
 from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas
 from tcp_proxy import TcpProxy
 
-from pipeline import stack
-from pipeline.config import Settings
-from pipeline.kafka import ensure_topics, partition_lag
-from pipeline.processes import ManagedProcess
-from pipeline.runtime import build_runtime
-from pipeline.sink import MilvusSink
+from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.milvus.sink import MilvusSink
+from pipeline.ops import stack
+from pipeline.ops.processes import ManagedProcess
+from pipeline.runtime.assemble import build_runtime
+from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -57,7 +57,7 @@ async def test_broker_cut_for_15s_then_the_worker_finishes(
         runtime = await build_runtime(settings)
         stop = asyncio.Event()
         try:
-            worker = runtime.new_worker()
+            worker = runtime.new_consumer()
             running = asyncio.create_task(worker.run(stop=stop))
 
             def alive() -> str | None:

@@ -30,7 +30,7 @@ from kafka_reads import read_topic
 from oracle import Expected, Record, StreamOracle
 from streams import assert_all_committed, assert_exact, fault_settings, produce
 
-from pipeline.runtime import build_runtime
+from pipeline.runtime.assemble import build_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -232,7 +232,7 @@ async def test_hostile_stream_dead_letters_every_bad_event_and_ingests_every_goo
     runtime = await build_runtime(settings)
     try:
         await produce(settings, records)
-        stats = await runtime.new_worker().run(until_idle_s=3.0)
+        stats = await runtime.new_consumer().run(until_idle_s=3.0)
         assert stats.events == len(records)  # the worker never stopped
         dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         assert stats.dead_letters == len(dead) == len(bad)

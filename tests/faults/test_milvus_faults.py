@@ -26,11 +26,13 @@ import pytest
 from kafka_reads import read_topic
 from oracle import CommitWatcher, compare, mixed_stream, produce, random_text, read_replicas
 
-from pipeline import events, milvus_rows, stack
-from pipeline.config import MilvusSettings, Settings
-from pipeline.kafka import ensure_topics, partition_lag
-from pipeline.runtime import build_runtime
-from pipeline.sink import MilvusSink
+from pipeline.ingest import events
+from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.milvus import rows as milvus_rows
+from pipeline.milvus.sink import MilvusSink
+from pipeline.ops import stack
+from pipeline.runtime.assemble import build_runtime
+from pipeline.settings import MilvusSettings, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -60,7 +62,7 @@ async def test_milvus_outage_pauses_commits_nothing_and_resumes(
     stop = asyncio.Event()
     try:
         await produce(kafka, topic, oracle.records[:half])
-        worker = runtime.new_worker()
+        worker = runtime.new_consumer()
         running = asyncio.create_task(worker.run(stop=stop))
 
         def alive() -> str | None:
@@ -138,7 +140,7 @@ async def test_a_row_milvus_refuses_goes_to_the_dlq_and_the_rest_lands(
     runtime = await build_runtime(settings)
     try:
         await produce(kafka, topic, oracle.records)
-        stats = await runtime.new_worker().run(until_idle_s=3.0)
+        stats = await runtime.new_consumer().run(until_idle_s=3.0)
     finally:
         runtime.close()
     assert stats.events == len(oracle.records)

@@ -13,7 +13,7 @@ from kafka_reads import read_topic
 from oracle import StreamOracle
 from streams import assert_all_committed, assert_exact, fault_settings, produce
 
-from pipeline.runtime import build_runtime
+from pipeline.runtime.assemble import build_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -77,7 +77,7 @@ async def test_last_event_per_id_wins_in_every_replica(
     runtime = await build_runtime(settings)
     try:
         await produce(settings, records)
-        stats = await runtime.new_worker().run(until_idle_s=3.0)
+        stats = await runtime.new_consumer().run(until_idle_s=3.0)
         assert stats.events == len(records)
         assert stats.dead_letters == 0
         assert len(runtime.dims) == 3

@@ -26,11 +26,11 @@ from kafka_reads import committed_and_end, read_topic
 from oracle import Record, StreamOracle
 from streams import assert_all_committed, assert_exact, fault_settings, produce
 
-from pipeline.chunking import Chunker
-from pipeline.config import KafkaSettings, Settings, WorkerSettings
-from pipeline.consumer import IngestWorker
-from pipeline.runtime import build_runtime
-from pipeline.sink import DocumentWrite, WriteResult
+from pipeline.documents import DocumentWrite, WriteResult
+from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.consumer import IngestConsumer
+from pipeline.runtime.assemble import build_runtime
+from pipeline.settings import ConsumerSettings, KafkaSettings, Settings
 
 WORDS = "amber basalt cobalt delta ember fjord garnet harbor iris jade kelp lumen".split()  # noqa: SIM905
 
@@ -57,7 +57,7 @@ class Event:
     offsets: dict[TopicPartition, int] | None = None
 
 
-def instrument(worker: IngestWorker, member: str, log: list[Event]) -> None:
+def instrument(worker: IngestConsumer, member: str, log: list[Event]) -> None:
     """Log ``worker``'s rebalance callbacks and successful commits, in the order they happen.
 
     A commit is logged at the position where it was *started* (the moment it was decided)."""
@@ -134,7 +134,7 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
     )
     runtime = await build_runtime(settings)
     log: list[Event] = []
-    workers = {name: runtime.new_worker() for name in ("a", "b", "c")}
+    workers = {name: runtime.new_consumer() for name in ("a", "b", "c")}
     stops = {name: asyncio.Event() for name in workers}
     for name, worker in workers.items():
         instrument(worker, name, log)
@@ -251,9 +251,9 @@ class FakeRecord:
 
 
 async def test_revoke_awaits_the_write_in_flight_and_commits_only_what_it_acknowledged() -> None:
-    settings = Settings(kafka=KafkaSettings(), worker=WorkerSettings(max_batch_events=2))
+    settings = Settings(kafka=KafkaSettings(), consumer=ConsumerSettings(max_batch_events=2))
     sink = GatedSink()
-    worker = IngestWorker(settings, FakeEmbedder(), sink, Chunker(WordSpans(), 16), (4,))
+    worker = IngestConsumer(settings, FakeEmbedder(), sink, Chunker(WordSpans(), 16), (4,))
     consumer = FakeConsumer()
     worker._consumer = consumer  # type: ignore[assignment]
     worker._fatal = asyncio.get_running_loop().create_future()

@@ -37,13 +37,13 @@ import numpy as np
 import pytest
 from services import RayCluster
 
-from pipeline.chunking import Chunker
-from pipeline.config import KafkaSettings, Settings, WorkerSettings
-from pipeline.consumer import IngestWorker
-from pipeline.kafka import client_options, partition_lag
-from pipeline.processes import HOST, ManagedProcess, accepts, cli_flags, free_port
-from pipeline.produce import OutgoingRecord, send_records
-from pipeline.sink import DocumentWrite, UpsertDocument, WriteResult
+from pipeline.documents import DocumentWrite, UpsertDocument, WriteResult
+from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.consumer import IngestConsumer
+from pipeline.ingest.kafka import client_options, partition_lag
+from pipeline.ingest.produce import OutgoingRecord, send_records
+from pipeline.ops.processes import HOST, ManagedProcess, accepts, cli_flags, free_port
+from pipeline.settings import ConsumerSettings, KafkaSettings, Settings
 
 SASL_PASSWORD = f"sasl-{uuid.uuid4().hex}"
 MILVUS_TOKEN = f"root:milvus-{uuid.uuid4().hex}"
@@ -253,7 +253,7 @@ async def test_sasl_and_tls_settings_reach_every_aiokafka_client(certs: Certs) -
         ssl_certfile=certs.client,
         ssl_keyfile=certs.client_key,
     )
-    worker = IngestWorker(Settings(kafka=kafka), OnesEmbedder(), DictSink(), Chunker(Words(), 16), (4,))
+    worker = IngestConsumer(Settings(kafka=kafka), OnesEmbedder(), DictSink(), Chunker(Words(), 16), (4,))
     for client in (worker._consumer._client, worker._producer.client):
         assert client._security_protocol == "SASL_SSL"
         assert client._sasl_mechanism == "SCRAM-SHA-512"
@@ -287,8 +287,8 @@ async def test_worker_consumes_over_mutual_tls(certs: Certs, tmp_path: Path) -> 
             ssl_certfile=certs.client,
             ssl_keyfile=certs.client_key,
         )
-        settings = Settings(kafka=kafka, worker=WorkerSettings(commit_interval_s=0.2))
-        from pipeline.kafka import ensure_topics
+        settings = Settings(kafka=kafka, consumer=ConsumerSettings(commit_interval_s=0.2))
+        from pipeline.ingest.kafka import ensure_topics
 
         await ensure_topics(kafka)
         events = {f"doc-{i}": f"text number {i}" for i in range(50)}
@@ -300,7 +300,7 @@ async def test_worker_consumes_over_mutual_tls(certs: Certs, tmp_path: Path) -> 
             ],
         )
         sink = DictSink()
-        worker = IngestWorker(settings, OnesEmbedder(), sink, Chunker(Words(), 16), (4,))
+        worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(Words(), 16), (4,))
         stats = await asyncio.wait_for(worker.run(until_idle_s=2.0), 120)
         assert stats.events == 50 and sink.documents == events
         lag = await partition_lag(kafka, kafka.topic)
@@ -373,7 +373,7 @@ def test_status_and_run_send_credentials_and_never_show_them(
     _assert_no_secret(output, secrets, "`run` logs and error")
 
     # The settings themselves, and the exceptions of a failed SASL login, in process.
-    from pipeline.config import load_settings
+    from pipeline.settings import load_settings
 
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("PIPELINE_")})

@@ -26,9 +26,9 @@ import ray
 from harness import WorkerProcess, fault_settings, write_toml
 from services import RayCluster
 
-from pipeline.config import ChunkingSettings, EmbeddingSettings, Settings, WorkerSettings
-from pipeline.kafka import ensure_topics, partition_lag
-from pipeline.produce import OutgoingRecord, send_records
+from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.ingest.produce import OutgoingRecord, send_records
+from pipeline.settings import ChunkingSettings, ConsumerSettings, ReplicaSettings, Settings
 from workers.settings import ModelSettings, PoolSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -93,9 +93,9 @@ async def test_soak_rss_stays_flat_and_reports_events_per_second(
         tiny_qwen3_path,
         model=ModelSettings(name_or_path=str(tiny_qwen3_path)),
         pool=PoolSettings(num_actors=1, cpus_per_actor=1.0),
-        embedding=EmbeddingSettings(dims=()),
+        replicas=ReplicaSettings(dims=()),
         chunking=ChunkingSettings(max_tokens=64),
-        worker=WorkerSettings(commit_interval_s=1.0, max_batch_events=256),
+        consumer=ConsumerSettings(commit_interval_s=1.0, max_batch_events=256),
     )
     await ensure_topics(settings.kafka)
     worker = WorkerProcess(

@@ -25,9 +25,9 @@ from kafka_reads import read_topic
 from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas
 from services import RayCluster
 
-from pipeline.config import Settings
-from pipeline.kafka import ensure_topics, partition_lag
-from pipeline.sink import MilvusSink
+from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.milvus.sink import MilvusSink
+from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~4 min on 2 idle cores; restarts dominate
 

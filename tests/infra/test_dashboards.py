@@ -9,11 +9,12 @@ from typing import Any
 
 import yaml
 
-from pipeline import metrics as pipeline_metrics
+from pipeline.ingest import metrics as ingest_metrics
+from pipeline.milvus import metrics as milvus_metrics
 from workers import metrics as worker_metrics
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
-SPECS = (*worker_metrics.SPECS, *pipeline_metrics.SPECS)
+SPECS = (*worker_metrics.SPECS, *ingest_metrics.SPECS, *milvus_metrics.SPECS)
 
 
 def _queries() -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline.cli import _parser
-from pipeline.config import load_settings
+from pipeline.settings import load_settings
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 K8S_VERSION = "1.30"

@@ -13,9 +13,9 @@ import sys
 import ray
 from ray.util.state import list_actors
 
-from pipeline.config import load_settings
-from pipeline.consumer_actor import run_consumer_actors
-from pipeline.runtime import build_runtime
+from pipeline.runtime.assemble import build_runtime
+from pipeline.runtime.consumer_actors import run_consumer_actors
+from pipeline.settings import load_settings
 
 
 async def main(consumers: int) -> None:

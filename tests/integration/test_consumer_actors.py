@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 import ray
 
-from pipeline.config import (
+from pipeline.ingest.kafka import make_producer, partition_lag
+from pipeline.runtime.assemble import build_runtime
+from pipeline.runtime.consumer_actors import run_consumer_actors, start_consumer_actors
+from pipeline.settings import (
     ChunkingSettings,
+    ConsumerSettings,
     KafkaSettings,
     MilvusSettings,
     RaySettings,
     ScalingSettings,
     Settings,
-    WorkerSettings,
 )
-from pipeline.consumer_actor import run_consumer_actors, start_consumer_actors
-from pipeline.kafka import make_producer, partition_lag
-from pipeline.runtime import build_runtime
 from workers.settings import ModelSettings, PoolSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -50,7 +50,7 @@ async def test_a_killed_consumer_actor_is_restarted_and_nothing_is_lost(
         milvus=MilvusSettings(uri=milvus_lite_uri, collection_prefix=f"ca_{run}", index_type="FLAT"),
         ray=RaySettings(namespace=f"ca-{run}"),
         scaling=ScalingSettings(consumer_cpus=0.25),
-        worker=WorkerSettings(commit_interval_s=0.3, max_batch_events=10),
+        consumer=ConsumerSettings(commit_interval_s=0.3, max_batch_events=10),
     )
     runtime = await build_runtime(settings)
     try:

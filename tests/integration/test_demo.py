@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.processes import free_port
+from pipeline.ops.processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -28,7 +28,7 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         "PIPELINE_STACK__DASHBOARD_PORT": str(free_port()),
         "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka}",
         "PIPELINE_MILVUS__URI": f"http://127.0.0.1:{milvus}",
-        "PIPELINE_EMBEDDING__DIMS": "[256, 128]",
+        "PIPELINE_REPLICAS__DIMS": "[256, 128]",
     }
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         env.pop(name, None)  # the session's own Ray must not leak into the user's shell

@@ -19,18 +19,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from corpus import Oracle, Record, build_stream
 from kafka_reads import committed_and_end, read_topic
 
-from pipeline.config import (
+from pipeline.ingest.kafka import client_options, make_producer
+from pipeline.milvus.sink import MilvusSink
+from pipeline.runtime.assemble import build_runtime
+from pipeline.settings import (
     ChunkingSettings,
-    EmbeddingSettings,
+    ConsumerSettings,
     KafkaSettings,
     MilvusSettings,
+    ReplicaSettings,
     Settings,
-    WorkerSettings,
 )
-from pipeline.kafka import client_options, make_producer
-from pipeline.runtime import build_runtime
-from pipeline.sink import MilvusSink
-from workers.settings import ModelSettings, PoolSettings, format_input
+from workers.prompts import format_input
+from workers.settings import ModelSettings, PoolSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -45,10 +46,10 @@ def _settings(bootstrap: str, milvus_uri: str, model_path: Path) -> Settings:
         ),
         model=ModelSettings(name_or_path=str(model_path)),
         pool=PoolSettings(num_actors=1),
-        embedding=EmbeddingSettings(dims=DIMS),
+        replicas=ReplicaSettings(dims=DIMS),
         chunking=ChunkingSettings(max_tokens=96),
         milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"e2e_{run}", index_type="FLAT"),
-        worker=WorkerSettings(commit_interval_s=0.3, max_batch_events=64),
+        consumer=ConsumerSettings(commit_interval_s=0.3, max_batch_events=64),
     )
 
 
@@ -126,7 +127,7 @@ async def test_stream_lands_exactly_in_every_replica(
     try:
         assert runtime.dims == (384, 256, 128)
         await _produce(settings, records)
-        stats = await runtime.new_worker().run(until_idle_s=2.0)
+        stats = await runtime.new_consumer().run(until_idle_s=2.0)
         assert stats.events == len(records)
 
         # Offsets: the group committed up to the end of every partition.
@@ -166,7 +167,7 @@ async def test_stream_lands_exactly_in_every_replica(
         # Re-delivery: rewind the group to the middle of every partition and ingest again.
         ends = await committed_and_end(settings.kafka)
         await _rewind_group(settings, {p: (end or 0) // 2 for p, (_, end) in ends.items()})
-        replay = await runtime.new_worker().run(until_idle_s=2.0)
+        replay = await runtime.new_consumer().run(until_idle_s=2.0)
         assert replay.events == sum((end or 0) - (end or 0) // 2 for _, end in ends.values())
         again = await asyncio.to_thread(_check_replicas, sink, runtime.dims, oracle)
         for dim in runtime.dims:

@@ -1,6 +1,6 @@
 """eval-recall end to end on a small corpus: real Ray pool (MiniLM), Milvus Lite, table, JSON and plot.
 
-The corpus is the repository's own pipeline/sample_corpus (always present, no download); the measured
+The corpus is the repository's own pipeline/tools/sample_corpus (always present, no download); the measured
 table in tests/perf/results/recall/ comes from Debian's manual pages by the command in the README.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings
-from pipeline.eval_recall import EvalOptions, run_eval
-from pipeline.routing import Profile, Strategy, choose
+from pipeline.search.routing import Profile, Strategy, choose
+from pipeline.settings import Settings
+from pipeline.tools.eval_recall import EvalOptions, run_eval
 from workers.pool import EmbedderPool
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ async def test_eval_recall_measures_every_strategy(
     settings = Settings.model_validate(
         {
             "model": {"name_or_path": str(minilm_path)},
-            "embedding": {"dims": [128, 32]},
+            "replicas": {"dims": [128, 32]},
             "milvus": {"uri": milvus_lite_uri},
             "pool": {"num_actors": 1, "cpus_per_actor": 1},
         }

@@ -21,19 +21,20 @@ import ray
 from ray.exceptions import RayActorError
 from scrape import Sample, scrape_until, series, total
 
-from pipeline import metrics as pipeline_metrics
-from pipeline.config import (
+from pipeline.ingest import metrics as ingest_metrics
+from pipeline.ingest.kafka import make_producer
+from pipeline.milvus import metrics as milvus_metrics
+from pipeline.ops.status_watch import watch
+from pipeline.runtime.assemble import build_runtime
+from pipeline.settings import (
     ChunkingSettings,
-    EmbeddingSettings,
+    ConsumerSettings,
     KafkaSettings,
     MilvusSettings,
     RaySettings,
+    ReplicaSettings,
     Settings,
-    WorkerSettings,
 )
-from pipeline.kafka import make_producer
-from pipeline.runtime import build_runtime
-from pipeline.status_watch import watch
 from workers import metrics as worker_metrics
 from workers.settings import ModelSettings, PoolSettings
 
@@ -54,11 +55,11 @@ def _settings(bootstrap: str, milvus_uri: str, model_path: Path, run: str) -> Se
         ),
         model=ModelSettings(name_or_path=str(model_path)),
         pool=PoolSettings(num_actors=1, cpus_per_actor=1),
-        embedding=EmbeddingSettings(dims=(128,)),
+        replicas=ReplicaSettings(dims=(128,)),
         chunking=ChunkingSettings(max_tokens=48),
         milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"metrics_{run}", index_type="FLAT"),
         ray=RaySettings(namespace=f"metrics-{run}"),
-        worker=WorkerSettings(commit_interval_s=0.3, max_batch_events=8),
+        consumer=ConsumerSettings(commit_interval_s=0.3, max_batch_events=8),
     )
 
 
@@ -100,7 +101,7 @@ async def test_every_metric_is_exported_with_the_values_of_the_run(
     runtime = await build_runtime(settings)
     try:
         await _produce(settings)
-        stats = await runtime.new_worker().run(until_idle_s=2.0)
+        stats = await runtime.new_consumer().run(until_idle_s=2.0)
         pool_stats = await runtime.pool.stats()
         events = VALID + 1 + len(MALFORMED)
         assert stats.events == events and stats.dead_letters == len(MALFORMED)
@@ -152,7 +153,7 @@ async def test_every_metric_is_exported_with_the_values_of_the_run(
 
         # Every metric the code defines was exported.
         exported = {x.name for x in samples}
-        for spec in (*worker_metrics.SPECS, *pipeline_metrics.SPECS):
+        for spec in (*worker_metrics.SPECS, *ingest_metrics.SPECS, *milvus_metrics.SPECS):
             if spec is not worker_metrics.ACTOR_RESTARTS:  # only a restarted actor reports it
                 assert set(spec.exported_names()) <= exported, spec.name
 

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from kafka_reads import committed_and_end
 
-from pipeline import stack
-from pipeline.config import KafkaSettings, MilvusSettings, Settings, StackSettings
-from pipeline.kafka import make_producer
-from pipeline.processes import HOST, ManagedProcess, console_script, free_port
-from pipeline.sink import MilvusSink
+from pipeline.ingest.kafka import make_producer
+from pipeline.milvus.sink import MilvusSink
+from pipeline.ops import stack
+from pipeline.ops.processes import HOST, ManagedProcess, console_script, free_port
+from pipeline.settings import KafkaSettings, MilvusSettings, Settings, StackSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -155,7 +155,7 @@ def test_pipeline_spreads_over_two_nodes_and_loses_nothing(
         "PIPELINE_POOL__ACTOR_RESOURCES": json.dumps({"embedder_slot": 1}),
         "PIPELINE_SCALING__CONSUMER_CPUS": "0.5",
         "PIPELINE_SCALING__CONSUMER_RESOURCES": json.dumps({"consumer_slot": 1}),
-        "PIPELINE_WORKER__COMMIT_INTERVAL_S": "0.3",
+        "PIPELINE_CONSUMER__COMMIT_INTERVAL_S": "0.3",
     }
     node: ManagedProcess | None = None
     try:

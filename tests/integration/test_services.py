@@ -14,7 +14,7 @@ import ray
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymilvus import DataType, MilvusClient
 
-from pipeline.milvus_connection import open_client
+from pipeline.milvus.connection import open_client
 
 if TYPE_CHECKING:
     from services import RayCluster

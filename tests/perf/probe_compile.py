@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from workers.bench_setup import SHAPES, Affixes, lognormal_lengths, make_documents, random_qwen3
-from workers.packing import pack, packed_forward, pool_packed, use_packed_attention
+from workers.bench.setup import SHAPES, Affixes, lognormal_lengths, make_documents, random_qwen3
+from workers.model.packing import pack, packed_forward, pool_packed, use_packed_attention
 
 
 def main(shape_name: str, budget: int = 16384) -> None:

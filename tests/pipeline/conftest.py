@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import processes
-from pipeline.milvus_connection import open_client
+from pipeline.milvus.connection import open_client
+from pipeline.ops import processes
 
 BIN = Path(sys.executable).parent
 LITE_START_S = 60.0

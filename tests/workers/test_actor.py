@@ -15,7 +15,7 @@ import ray
 from workers import actor as actor_module
 from workers.actor import EmbedderActor, validate_dims
 from workers.errors import ConfigError
-from workers.model import EmbeddingModel
+from workers.model.embedding_model import EmbeddingModel
 from workers.settings import BatchSettings, ModelSettings
 
 TEXTS = [

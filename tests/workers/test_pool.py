@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
-from workers.model import EmbeddingModel, ModelInfo
+from workers.model.embedding_model import EmbeddingModel, ModelInfo
 from workers.pool import EmbedderPool
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 

@@ -124,7 +124,8 @@ async def test_the_query_lane_is_bounded_apart_from_ingestion(batchers: list[Mic
 
 
 def test_queries_get_the_instruction_only_on_instruction_aware_models() -> None:
-    from workers.settings import ModelSettings, format_query
+    from workers.prompts import format_query
+    from workers.settings import ModelSettings
 
     model = ModelSettings()
     assert format_query(model, "qwen3", "what is ls", "find man pages") == (

@@ -1,0 +1,12 @@
+"""Ingestion: from Kafka records to acknowledged, committed writes.
+
+Owns the event contract (``events``), units of work (``units``: parse, collapse per id, chunk),
+the chunker, embedding a unit on the pool (``unit_embedder``), flow control and retries, offset
+tracking, the dead-letter topic, the consumer-group member (``consumer``), Kafka client options
+and topics (``kafka``), the producer of ``produce`` and the consumer-side metrics.
+
+May import :mod:`pipeline.settings`, :mod:`pipeline.documents`, and from :mod:`workers` only
+errors, prompts, settings and metric specs; never Milvus, Ray, torch or transformers (the pool
+is reached through the :class:`~pipeline.ingest.unit_embedder.Embedder` protocol, Milvus through
+:class:`~pipeline.documents.Sink`).
+"""

@@ -1,0 +1,117 @@
+"""Kafka plumbing shared by the worker, the producer CLI and `status`: client options, topics, lag."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from pipeline.settings import KafkaSettings
+from workers.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments every aiokafka client of this project gets (bootstrap, TLS, SASL)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+        )
+    if kafka.security_protocol.startswith("SASL"):
+        if not (kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password):
+            raise ConfigError(
+                "kafka.security_protocol is SASL_* but kafka.sasl_mechanism, kafka.sasl_username "
+                "or kafka.sasl_password is missing"
+            )
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    return options
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas.
+
+    Idempotence stays off: the Tansu broker used locally rejects aiokafka's idempotent
+    producer, and every write downstream is idempotent by primary key anyway.
+    """
+    options = client_options(kafka) | {"acks": "all", "enable_idempotence": False, "linger_ms": 5}
+    return AIOKafkaProducer(**(options | overrides))
+
+
+async def ensure_topics(kafka: KafkaSettings) -> None:
+    """Create the event and dead-letter topics when they are missing (existing ones are left alone)."""
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in (kafka.topic, kafka.dlq_topic) if t not in existing]
+        if missing:
+            # Another worker may create it between our list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing]
+                )
+    finally:
+        await admin.close()
+
+
+async def partition_lag(
+    kafka: KafkaSettings, topic: str, timeout_s: float = 5.0
+) -> dict[int, tuple[int, int]]:
+    """Per partition of ``topic``: (committed offset of the worker group, high watermark).
+
+    The high watermark is read from fetch responses rather than ListOffsets, which the
+    local Tansu broker answers wrongly for some partitions.
+    """
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()  # first contact may not know the topic yet
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        committed = {tp: (await consumer.committed(tp)) or 0 for tp in tps}
+        for tp in tps:
+            consumer.seek(tp, committed[tp])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(consumer.highwater(tp) is None for tp in tps):
+            await consumer.getmany(timeout_ms=200, max_records=1)
+        return {tp.partition: (committed[tp], consumer.highwater(tp) or 0) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def broker_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> bool:
+    """True when a bootstrap server answers a metadata request within ``timeout_s``."""
+    admin = AIOKafkaAdminClient(**client_options(kafka), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.list_topics(), timeout_s)
+        return True
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    except Exception as exc:  # a probe reports, never crashes: e.g. aiokafka's SCRAM client
+        # raises KeyError('v') when the broker refuses the login
+        log.warning("broker %s refused the connection (%s)", kafka.bootstrap_servers, type(exc).__name__)
+        return False
+    finally:
+        await admin.close()

@@ -1,0 +1,150 @@
+"""The replica collections: their schema and vector index, created or checked, then loaded.
+
+Replica ``{prefix}_{dim}`` has the fields ``pk`` (VARCHAR primary key, no auto id),
+``doc_id``, ``chunk_index``, ``text``, ``metadata`` (JSON) and ``embedding``
+(FLOAT_VECTOR of ``dim``), Strong consistency, and one COSINE index of
+``milvus.index_type`` on ``embedding``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pymilvus import CollectionSchema, DataType, MilvusClient
+from pymilvus.milvus_client import IndexParams
+
+from pipeline.milvus.connection import MilvusConnection
+from pipeline.settings import MilvusSettings
+from workers.errors import ConfigError, PipelineError
+
+logger = logging.getLogger(__name__)
+
+DOC_ID_MAX_BYTES = 512 * 4  # 512 characters of any Unicode, UTF-8 encoded
+PK_MAX_BYTES = DOC_ID_MAX_BYTES + 32  # "#" and the chunk index
+TEXT_MAX_BYTES = 65535  # largest VARCHAR
+CONSISTENCY = "Strong"  # a delete by expression must see every earlier write
+_METRIC = "COSINE"
+
+
+def ensure_replicas(connection: MilvusConnection, settings: MilvusSettings, names: Mapping[int, str]) -> None:
+    """Create the missing replicas (``names``: dim -> collection) and their index, check
+    the existing ones, and load all.
+
+    Raises ConfigError when an existing collection does not match the schema, metric or
+    index type of ``settings``.
+    """
+    for dim, name in names.items():
+        if not connection.call(f"looking up {name}", "has_collection", name):
+            _create(connection, name, dim)
+        check_schema(name, dim, connection.call(f"describing {name}", "describe_collection", name))
+        indexes = connection.call(f"listing indexes of {name}", "list_indexes", name, "embedding")
+        if indexes:
+            index = connection.call(f"describing the index of {name}", "describe_index", name, indexes[0])
+            check_index(name, index, settings)
+        else:
+            connection.call(f"indexing {name}", "create_index", name, index_params(settings))
+        # Start every load before waiting on any: the server loads them side by side.
+        connection.call(f"loading {name}", "load_collection", name, _async=True)
+    for name in names.values():
+        connection.call(f"loading {name}", "load_collection", name)
+
+
+def _create(connection: MilvusConnection, name: str, dim: int) -> None:
+    try:
+        connection.call(
+            f"creating {name}",
+            "create_collection",
+            name,
+            schema=replica_schema(dim),
+            consistency_level=CONSISTENCY,
+        )
+    except PipelineError:
+        # Another worker may have created it between our check and our create.
+        if not connection.call(f"looking up {name}", "has_collection", name):
+            raise
+        return
+    logger.info("created Milvus collection %s (dim %d)", name, dim)
+
+
+def _fields(dim: int) -> dict[str, tuple[DataType, dict[str, int]]]:
+    """Type and type parameters of every field of replica ``dim``, in schema order."""
+    return {
+        "pk": (DataType.VARCHAR, {"max_length": PK_MAX_BYTES}),
+        "doc_id": (DataType.VARCHAR, {"max_length": DOC_ID_MAX_BYTES}),
+        "chunk_index": (DataType.INT64, {}),
+        "text": (DataType.VARCHAR, {"max_length": TEXT_MAX_BYTES}),
+        "metadata": (DataType.JSON, {}),
+        "embedding": (DataType.FLOAT_VECTOR, {"dim": dim}),
+    }
+
+
+def replica_schema(dim: int) -> CollectionSchema:
+    """The schema of replica ``dim``: primary key ``pk``, no auto id, no dynamic fields."""
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    for name, (dtype, params) in _fields(dim).items():
+        schema.add_field(name, dtype, is_primary=name == "pk", **params)
+    return schema
+
+
+def check_schema(name: str, dim: int, info: Mapping[str, Any]) -> None:
+    """Raise ConfigError unless collection ``name`` (``describe_collection`` output ``info``)
+    can hold replica ``dim``: the same fields and types, VARCHARs at least as long."""
+    fields = {f["name"]: f for f in info["fields"]}
+    expected = _fields(dim)
+    problems = [f"unexpected field {n!r}" for n in fields.keys() - expected.keys()]
+    for field_name, (dtype, params) in expected.items():
+        field = fields.get(field_name)
+        if field is None:
+            problems.append(f"missing field {field_name!r}")
+            continue
+        if field["type"] != dtype:
+            problems.append(f"{field_name!r} is {field['type'].name}, expected {dtype.name}")
+        for key, value in params.items():
+            actual = int(field["params"].get(key, -1))
+            # A longer VARCHAR accepts everything we write; a vector dim must match.
+            if actual != value if key == "dim" else actual < value:
+                problems.append(f"{field_name!r} has {key}={actual}, expected {value}")
+    if not fields.get("pk", {}).get("is_primary") or info.get("auto_id"):
+        problems.append("'pk' must be the primary key, without auto_id")
+    if problems:
+        raise ConfigError(
+            f"Milvus collection {name} does not match the replica schema: {'; '.join(problems)}. "
+            f"Drop it or use another milvus.collection_prefix."
+        )
+
+
+def index_params(settings: MilvusSettings) -> IndexParams:
+    """The COSINE ``settings.index_type`` index to build on ``embedding``."""
+    params: dict[str, int] = {}
+    if settings.index_type == "HNSW":
+        params = {"M": settings.hnsw_m, "efConstruction": settings.hnsw_ef_construction}
+    elif settings.index_type == "IVF_FLAT":
+        params = {"nlist": settings.ivf_nlist}
+    index = MilvusClient.prepare_index_params()
+    index.add_index("embedding", index_type=settings.index_type, metric_type=_METRIC, params=params)
+    return index
+
+
+def check_index(name: str, index: Mapping[str, Any], settings: MilvusSettings) -> None:
+    """Raise ConfigError unless the index of ``name`` (``describe_index`` output ``index``)
+    is a COSINE index of ``settings.index_type``; its build parameters may differ."""
+    wanted = settings.index_type
+    if index.get("metric_type") != _METRIC or index.get("index_type") != wanted:
+        raise ConfigError(
+            f"Milvus collection {name} is indexed with {index.get('index_type')}/"
+            f"{index.get('metric_type')}, but milvus.index_type is {wanted}/{_METRIC}. "
+            f"Drop the index (it is rebuilt on start) or change milvus.index_type."
+        )
+
+
+def search_params(settings: MilvusSettings, top_k: int) -> dict[str, Any]:
+    """``search_params`` for a ``top_k`` search of the index that ``settings`` builds."""
+    params: dict[str, int] = {}
+    if settings.index_type == "HNSW":
+        # Milvus refuses an HNSW search with ef below top_k.
+        params = {"ef": max(settings.search_ef, top_k)}
+    elif settings.index_type == "IVF_FLAT":
+        params = {"nprobe": settings.ivf_nprobe}
+    return {"metric_type": _METRIC, "params": params}

@@ -1,0 +1,315 @@
+"""Milvus sink: every document's chunks in one collection per Matryoshka dimension.
+
+Replica ``{prefix}_{dim}`` holds one row per chunk, keyed ``pk = f"{doc_id}#{chunk_index}"``.
+:meth:`MilvusSink.write` gives these guarantees for a batch of writes in partition order:
+
+* The result equals applying the writes one by one in order, skipping the rejected ones:
+  per document only the last accepted write is sent, an upsert replaces *all* chunks of
+  its document (rows ``0..n-1`` upserted, then rows with ``chunk_index >= n`` deleted), a
+  delete removes every chunk.  Re-applying the same batch leaves Milvus unchanged, so a
+  batch that failed half-way is repaired by retrying it.
+* A write Milvus can never accept (NaN vector, text too long, ...) is rejected alone and
+  reported in :attr:`WriteResult.rejected` by its position; the rest are written.
+* A transient failure (server down, timeout, rate limit) raises
+  :class:`~pipeline.milvus.errors.SinkUnavailable`: retry the same batch later.  The retry first
+  loads the replicas again (:meth:`MilvusSink.ensure_collections`): a restarted server comes
+  back with its collections released, and would refuse the reads a write needs.
+
+Collections use Strong consistency: a delete by expression must see every earlier write
+(the stale chunks of a previous version), and :meth:`count` / :meth:`fetch_all` read
+their own writes.  Searches therefore wait for the server's latest time tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.documents import DocumentWrite, Hit, UpsertDocument, WriteResult
+from pipeline.milvus import metrics
+from pipeline.milvus.connection import MilvusConnection
+from pipeline.milvus.errors import SinkUnavailable, poison, show
+from pipeline.milvus.rows import (
+    Plan,
+    first_stale_pks,
+    pk_filters,
+    plan_write,
+    stale_chunk_filters,
+    upsert_calls,
+)
+from pipeline.milvus.schema import CONSISTENCY, ensure_replicas, search_params
+from pipeline.settings import MilvusSettings
+from workers.errors import ConfigError, PipelineError, PoisonInput
+
+_QUERY_PAGE = 1000
+_HIT_FIELDS = frozenset({"text", "metadata"})
+
+
+class MilvusSink:
+    """Writes and reads the dimension replicas; every method is blocking (use a thread)."""
+
+    def __init__(
+        self,
+        settings: MilvusSettings,
+        dims: Sequence[int],
+        *,
+        max_call_rows: int | None = None,
+        max_call_bytes: int | None = None,
+    ) -> None:
+        """``max_call_rows`` / ``max_call_bytes`` override the settings of the same names."""
+        if not dims or len(set(dims)) != len(dims) or min(dims) < 1:
+            raise ConfigError(f"replica dims must be distinct positive integers, got {list(dims)}")
+        self._settings = settings
+        self._dims = tuple(dims)
+        self._max_rows = settings.max_call_rows if max_call_rows is None else max_call_rows
+        self._max_bytes = settings.max_call_bytes if max_call_bytes is None else max_call_bytes
+        self._milvus = MilvusConnection(settings)
+        self._reload = False  # a call failed transiently: load the replicas before the next write
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return self._dims
+
+    def collection_name(self, dim: int) -> str:
+        return f"{self._settings.collection_prefix}_{dim}"
+
+    def ensure_collections(self) -> None:
+        """Create missing replicas (schema, index), check existing ones, and load all.
+
+        Raises ConfigError when an existing collection does not match the schema, metric or
+        index type this sink writes.
+        """
+        ensure_replicas(self._milvus, self._settings, {d: self.collection_name(d) for d in self._dims})
+
+    # ---------------------------------------------------------------------- writes
+
+    def write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
+        """Apply ``writes`` (in partition order) to every replica; see the module docstring.
+
+        Raises SinkUnavailable on transient failures (retry the same batch), ConfigError when a
+        replica is missing, PipelineError when Milvus fails otherwise.  Concurrent calls must
+        not share documents (the consumer writes each partition from one task).
+        """
+        try:
+            if self._reload:
+                self.ensure_collections()
+                self._reload = False
+            return self._write(writes)
+        except SinkUnavailable:
+            self._reload = True
+            raise
+
+    def _write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
+        rejected: dict[int, PoisonInput] = {}
+        candidates: dict[str, list[Plan]] = {}  # valid writes per document, in order
+        for index, document_write in enumerate(writes):
+            # A delete leaves its document without chunks, like an upsert of none.
+            chunks, vectors = (
+                (document_write.chunks, document_write.vectors)
+                if isinstance(document_write, UpsertDocument)
+                else ((), {})
+            )
+            try:
+                plan = plan_write(index, document_write.doc_id, chunks, vectors, self._dims)
+            except PoisonInput as exc:
+                rejected[index] = exc
+                continue
+            candidates.setdefault(plan.doc_id, []).append(plan)
+        applied: set[str] = set()
+        rows = 0
+        # Each round sends the latest remaining write of each document; a write Milvus
+        # refuses drops out and that document's previous write is sent next round.
+        while candidates:
+            latest = [plans[-1] for plans in candidates.values()]
+            refused = self._apply(latest)
+            for plan in latest:
+                if plan.doc_id in refused:
+                    rejected[candidates[plan.doc_id].pop().index] = refused[plan.doc_id]
+                else:
+                    applied.add(plan.doc_id)
+                    rows += len(plan.texts)
+            candidates = {d: candidates[d] for d in refused if candidates[d]}
+        return WriteResult(rejected=rejected, documents=len(applied), rows=rows)
+
+    def _apply(self, plans: Sequence[Plan]) -> dict[str, PoisonInput]:
+        """Write one plan per document to every replica; returns the documents Milvus refused.
+
+        A refused document is left as it was, except that one too large for a single call
+        may keep the rows of its calls that went through (its next write repairs it).
+        Refusals are only expected in the first replica: the replicas differ only in vector
+        width, which was validated.
+        """
+        refused: dict[str, PoisonInput] = {}
+        for replica, dim in enumerate(self._dims):
+            name = self.collection_name(dim)
+            started = time.perf_counter()
+            live = [p for p in plans if p.doc_id not in refused]
+            upserts = [p for p in live if p.texts]
+            for call_plans, rows in upsert_calls(upserts, dim, self._max_rows, self._max_bytes):
+                try:
+                    self._milvus.call(f"upserting into {name}", "upsert", name, rows, refusable=True)
+                except PoisonInput as exc:
+                    outcome = (
+                        {call_plans[0].doc_id: exc}
+                        if len(call_plans) == 1
+                        else self._isolate(name, call_plans, dim)
+                    )
+                    if outcome and replica:
+                        raise PipelineError(
+                            f"{name} refused documents that {self.collection_name(self._dims[0])} "
+                            f"accepted ({', '.join(map(show, outcome))}): {exc}"
+                        ) from exc
+                    refused.update({d: poison(d, str(e)) for d, e in outcome.items()})
+            # Every document drops its chunks from its new chunk count on (all of them for a
+            # delete).  Only documents that have such chunks get a delete: a delete by doc_id
+            # scans the collection, a lookup by primary key does not.
+            stale = self._with_stale_chunks(name, [p for p in live if p.doc_id not in refused])
+            for expr in stale_chunk_filters(stale):
+                self._milvus.call(
+                    f"deleting from {name}", "delete", name, filter=expr, consistency_level=CONSISTENCY
+                )
+            metrics.replica_written(name, time.perf_counter() - started)
+        return refused
+
+    def _with_stale_chunks(self, name: str, plans: Sequence[Plan]) -> list[Plan]:
+        """The plans whose document has a chunk at or past its new chunk count in ``name``."""
+        first_stale = first_stale_pks(plans)
+        found: set[str] = set()
+        for expr in pk_filters(first_stale):
+            rows = self._milvus.call(
+                f"reading {name}",
+                "query",
+                name,
+                filter=expr,
+                output_fields=["pk"],
+                consistency_level=CONSISTENCY,
+            )
+            found.update(row["pk"] for row in rows)
+        return [plan for pk, plan in first_stale.items() if pk in found]
+
+    def _isolate(self, name: str, plans: Sequence[Plan], dim: int) -> dict[str, PoisonInput]:
+        """Upsert ``plans`` one document at a time; returns the ones Milvus refuses."""
+        refused: dict[str, PoisonInput] = {}
+        for plan in plans:
+            try:
+                for _, rows in upsert_calls([plan], dim, self._max_rows, self._max_bytes):
+                    self._milvus.call(f"upserting into {name}", "upsert", name, rows, refusable=True)
+            except PoisonInput as exc:
+                refused[plan.doc_id] = exc
+        return refused
+
+    # ----------------------------------------------------------------------- reads
+
+    def count(self, dim: int) -> int:
+        """Exact row count of replica ``dim``; Strong consistency, so every finished write counts."""
+        name = self.collection_name(dim)
+        result = self._milvus.call(
+            f"counting {name}",
+            "query",
+            name,
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level=CONSISTENCY,
+        )
+        return int(result[0]["count(*)"])
+
+    def search(
+        self,
+        dim: int,
+        vectors: np.ndarray,
+        top_k: int,
+        output_fields: Collection[str] = ("text", "metadata"),
+    ) -> list[list[Hit]]:
+        """The ``top_k`` nearest chunks (cosine, best first) of each row of ``vectors`` (q, dim).
+
+        ``output_fields`` picks which of "text" and "metadata" to fetch.
+        """
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise ValueError(f"query vectors must have shape (q, {dim}), got {queries.shape}")
+        if unknown := set(output_fields) - _HIT_FIELDS:
+            raise ValueError(f"output_fields may only hold {sorted(_HIT_FIELDS)}, got {sorted(unknown)}")
+        if not len(queries):
+            return []
+        name = self.collection_name(dim)
+        result = self._milvus.call(
+            f"searching {name}",
+            "search",
+            name,
+            data=queries.tolist(),
+            limit=top_k,
+            output_fields=["pk", "doc_id", "chunk_index", *sorted(output_fields)],
+            search_params=search_params(self._settings, top_k),
+        )
+        return [
+            [
+                Hit(
+                    pk=hit["entity"]["pk"],
+                    doc_id=hit["entity"]["doc_id"],
+                    chunk_index=int(hit["entity"]["chunk_index"]),
+                    text=hit["entity"]["text"] if "text" in output_fields else None,
+                    metadata=hit["entity"]["metadata"] if "metadata" in output_fields else None,
+                    score=float(hit["distance"]),
+                )
+                for hit in hits
+            ]
+            for hits in result
+        ]
+
+    def fetch(
+        self, dim: int, pks: Collection[str], output_fields: Collection[str] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """``{pk: row}`` for the chunks of ``pks`` in replica ``dim`` (missing ones left out): each row
+        has ``doc_id``, ``chunk_index``, ``embedding`` (float32 array) and the ``output_fields`` among
+        "text" and "metadata".  Point lookups by primary key: no scan of the replica."""
+        if unknown := set(output_fields) - _HIT_FIELDS:
+            raise ValueError(f"output_fields may only hold {sorted(_HIT_FIELDS)}, got {sorted(unknown)}")
+        name = self.collection_name(dim)
+        fields = ["pk", "doc_id", "chunk_index", "embedding", *sorted(output_fields)]
+        found: dict[str, dict[str, Any]] = {}
+        for expr in pk_filters(pks):
+            for row in self._milvus.call(f"reading {name}", "query", name, filter=expr, output_fields=fields):
+                row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
+                found[row["pk"]] = row
+        return found
+
+    def fetch_all(self, dim: int) -> list[dict[str, Any]]:
+        """Every row of replica ``dim`` with its vector (a list of floats), sorted by pk.
+
+        Strong consistency; holds the whole replica in memory, so meant for checks and tools.
+        """
+        name = self.collection_name(dim)
+        rows = self._milvus.query_all(
+            f"reading {name}",
+            name,
+            _QUERY_PAGE,
+            output_fields=["pk", "doc_id", "chunk_index", "text", "metadata", "embedding"],
+            consistency_level=CONSISTENCY,
+        )
+        return sorted(
+            (
+                {
+                    "pk": row["pk"],
+                    "doc_id": row["doc_id"],
+                    "chunk_index": int(row["chunk_index"]),
+                    "text": row["text"],
+                    "metadata": row["metadata"],
+                    "embedding": [float(x) for x in row["embedding"]],
+                }
+                for row in rows
+            ),
+            key=lambda row: row["pk"],
+        )
+
+    def flush(self) -> None:
+        """Seal the replicas' growing segments; milvus-lite searches a fresh burst faster after it."""
+        for dim in self._dims:
+            name = self.collection_name(dim)
+            self._milvus.call(f"flushing {name}", "flush", name)
+
+    def close(self) -> None:
+        """Drop the connection; a later call reconnects."""
+        self._milvus.close()

@@ -1,0 +1,133 @@
+"""Assembling a runtime from settings: join Ray, start the pool, open the replicas, check the configuration.
+
+The replica dims are resolved here, once, against the model the actors loaded, and handed to
+every part that needs them (consumers, sink, search).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.consumer import IngestConsumer
+from pipeline.ingest.kafka import ensure_topics
+from pipeline.ingest.retry import Backoff
+from pipeline.milvus.errors import SinkUnavailable
+from pipeline.milvus.sink import MilvusSink
+from pipeline.runtime.ray_cluster import connect_ray
+from pipeline.settings import Settings
+from workers.actor import EmbedderActor
+from workers.errors import ConfigError
+from workers.model.embedding_model import ModelInfo
+from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
+from workers.pool import EmbedderPool
+
+log = logging.getLogger(__name__)
+
+# Long enough for a few paragraphs, short enough that a hit points at the relevant passage.
+DEFAULT_CHUNK_TOKENS = 512
+
+
+@dataclass
+class Runtime:
+    """Everything a running worker holds; :meth:`close` releases it."""
+
+    settings: Settings
+    pool: EmbedderPool
+    sink: MilvusSink
+    chunker: Chunker
+    dims: tuple[int, ...]
+    special_tokens: int
+
+    def new_consumer(self) -> IngestConsumer:
+        """A fresh consumer-group member that shares this runtime's pool and sink."""
+        return IngestConsumer(
+            self.settings, self.pool, self.sink, self.chunker, self.dims, self.special_tokens
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.sink.close()
+
+
+async def start_pool(
+    settings: Settings, namespace: str | None = None, actor_class: type[EmbedderActor] = EmbedderActor
+) -> tuple[EmbedderPool, tuple[int, ...]]:
+    """Start the embedder actors and resolve the replica dims against the model's native dimension."""
+    pool = await EmbedderPool.start(
+        settings.model, settings.batching, settings.pool, namespace=namespace, actor_class=actor_class
+    )
+    try:
+        dims = settings.replicas.replica_dims(pool.info.native_dim)
+    except ConfigError:
+        pool.shutdown()
+        raise
+    return pool, dims
+
+
+def make_chunker(settings: Settings, tokenizer: TextTokenizer, info: ModelInfo) -> Chunker:
+    """The chunker for ``settings``; raises ConfigError when its chunks cannot fit the model."""
+    room = info.max_length - tokenizer.num_special_tokens
+    max_tokens = settings.chunking.max_tokens or min(room, DEFAULT_CHUNK_TOKENS)
+    if max_tokens > room:
+        raise ConfigError(
+            f"chunking.max_tokens={max_tokens} does not fit the model: "
+            f"{info.name} takes {info.max_length} tokens including "
+            f"{tokenizer.num_special_tokens} special ones; use at most {room}"
+        )
+    return Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens)
+
+
+async def _ensure_replicas(sink: MilvusSink, settings: Settings, attempts: int = 6) -> None:
+    """Create or check the replica collections, waiting out a Milvus that is still starting."""
+    backoff = Backoff(base=1.0, cap=settings.consumer.retry_backoff_max_s)
+    for attempt in range(1, attempts + 1):
+        try:
+            await asyncio.to_thread(sink.ensure_collections)
+            return
+        except SinkUnavailable as exc:
+            if attempt == attempts:
+                raise
+            delay = backoff.next(exc.retry_after)
+            log.warning("Milvus not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def build_runtime(settings: Settings, actor_class: type[EmbedderActor] = EmbedderActor) -> Runtime:
+    """Start the pool, open every replica and the topics, and check the settings fit together.
+
+    ``actor_class``: an EmbedderActor subclass for the pool (tests inject faults with one).
+
+    The driver's tokenizer loads and the topics are created while the actors load the model:
+    a restarted worker is back sooner (its partitions wait for it meanwhile).
+    """
+    connect_ray(settings)
+    tokenizer_loading = asyncio.create_task(asyncio.to_thread(load_text_tokenizer, settings.model))
+    topics = asyncio.create_task(ensure_topics(settings.kafka))
+    try:
+        pool, dims = await start_pool(settings, namespace=settings.ray.namespace, actor_class=actor_class)
+    except BaseException:
+        await _settle(tokenizer_loading, topics)
+        raise
+    try:
+        tokenizer = await tokenizer_loading
+        await topics
+        chunker = make_chunker(settings, tokenizer, pool.info)
+        sink = MilvusSink(settings.milvus, dims)
+        await _ensure_replicas(sink, settings)
+    except BaseException:
+        await _settle(tokenizer_loading, topics)
+        pool.shutdown()
+        raise
+    log.info("worker ready: model %s, replicas %s", pool.info.name, list(dims))
+    return Runtime(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)
+
+
+async def _settle(*tasks: asyncio.Task[Any]) -> None:
+    """Wait for side tasks of a failed start; their own errors are secondary to the one raised."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

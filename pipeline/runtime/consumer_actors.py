@@ -1,0 +1,193 @@
+"""Consumers as Ray actors: N members of one consumer group, placed anywhere in the cluster.
+
+Each :class:`ConsumerActor` (named ``consumer-{i}`` in the worker's namespace) holds its own Kafka
+consumer, chunker and Milvus sink and embeds on the shared embedder actors, which the driver
+started (on GPU nodes) and hands over as actor handles.  The driver (:func:`run_consumer_actors`)
+supervises them: Ray restarts a consumer that died (``max_restarts``) and re-runs its ``run`` call
+(``max_task_retries``), so the member rejoins the group and re-reads from the committed offsets;
+nothing acknowledged is lost and nothing unacknowledged was committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+import ray
+from ray.actor import ActorHandle
+
+from pipeline.ingest.consumer import ConsumerStats, IngestConsumer
+from pipeline.milvus.sink import MilvusSink
+from pipeline.runtime.assemble import Runtime, make_chunker
+from pipeline.settings import Settings
+from workers.model.embedding_model import ModelInfo
+from workers.model.tokenizer import load_text_tokenizer
+from workers.pool import EmbedderPool
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerActor:
+    """One consumer-group member in its own Ray worker process (an async actor)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        index: int,
+        embedders: Sequence[ActorHandle],
+        info: ModelInfo,
+        dims: tuple[int, ...],
+    ) -> None:
+        if not logging.getLogger().handlers:  # INFO lines reach the actor's log in the dashboard
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._name = f"consumer-{index}"
+        self._settings = settings
+        self._pool = _current_pool(settings, embedders, info)
+        tokenizer = load_text_tokenizer(settings.model)
+        self._special_tokens = tokenizer.num_special_tokens
+        self._chunker = make_chunker(settings, tokenizer, info)
+        self._dims = dims
+        self._stop: asyncio.Event | None = None
+        log.info(
+            "%s ready: topic %s, group %s, %d embedder actor(s)",
+            self._name,
+            settings.kafka.topic,
+            settings.kafka.group_id,
+            self._pool.size,
+        )
+
+    async def run(self, until_idle_s: float | None = None) -> dict[str, Any]:
+        """Consume until :meth:`stop` (or idle for ``until_idle_s``); returns this run's counters."""
+        sink = MilvusSink(self._settings.milvus, self._dims)
+        self._stop = asyncio.Event()
+        worker = IngestConsumer(
+            self._settings, self._pool, sink, self._chunker, self._dims, self._special_tokens
+        )
+        log.info("%s joining group %s", self._name, self._settings.kafka.group_id)
+        try:
+            stats = await worker.run(stop=self._stop, until_idle_s=until_idle_s)
+        finally:
+            sink.close()
+        log.info(
+            "%s done: %d events, %d chunks, %d dead letters, %.1f events/s",
+            self._name,
+            stats.events,
+            stats.chunks_written,
+            stats.dead_letters,
+            stats.events_per_second(),
+        )
+        return dataclasses.asdict(stats)
+
+    async def add_embedder(self, index: int, handle: ActorHandle) -> None:
+        """Route embed calls to a new actor of the pool too (the autoscaler added it)."""
+        self._pool.add_actor(index, handle)
+
+    async def retire_embedder(self, index: int) -> None:
+        """Stop routing to ``embedder-{index}`` (the newest) and return once its calls from here are done."""
+        retired, _ = await self._pool.retire_actor()
+        if retired != index:
+            log.warning("%s retired embedder-%d, the autoscaler embedder-%d", self._name, retired, index)
+
+    async def stop(self) -> None:
+        """Finish the units in flight (``worker.shutdown_drain_s``), commit and return from ``run``."""
+        if self._stop is not None:
+            self._stop.set()
+
+
+def _current_pool(settings: Settings, embedders: Sequence[ActorHandle], info: ModelInfo) -> EmbedderPool:
+    """A pool over the embedder actors alive in the namespace now, by index (``embedders`` if none).
+
+    A consumer restarted by Ray gets its original constructor arguments: the autoscaler may have
+    added or retired embedders since, so it looks them up by name instead.
+    """
+    namespace = settings.ray.namespace
+    indexes = sorted(
+        int(a["name"].removeprefix("embedder-"))
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == namespace and a["name"].removeprefix("embedder-").isdigit()
+    )
+    if not indexes:
+        return EmbedderPool(embedders, info, settings.pool)
+    handles = [ray.get_actor(f"embedder-{i}", namespace=namespace) for i in indexes]
+    pool = EmbedderPool(handles[:1], info, settings.pool)
+    for index, handle in zip(indexes[1:], handles[1:], strict=True):
+        pool.add_actor(index, handle)
+    return pool
+
+
+_RemoteConsumer = ray.remote(ConsumerActor)
+
+
+def start_consumer_actors(runtime: Runtime, count: int) -> list[ActorHandle]:
+    """Create ``count`` consumer actors (``consumer-{i}``) on ``runtime``'s embedders.
+
+    Each asks Ray for ``scaling.consumer_cpus`` CPUs and ``scaling.consumer_resources``, so they go
+    wherever those are (the embedders ask for GPUs).  Ray restarts one that dies.
+    """
+    settings = runtime.settings
+    scaling = settings.scaling
+    actors: list[ActorHandle] = []
+    for index in range(count):
+        options = _RemoteConsumer.options(
+            name=f"consumer-{index}",
+            namespace=settings.ray.namespace,
+            num_cpus=scaling.consumer_cpus,
+            resources=dict(scaling.consumer_resources),
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+        handle = options.remote(settings, index, runtime.pool.handles, runtime.pool.info, runtime.dims)
+        actors.append(cast(ActorHandle, handle))
+    log.info("started %d consumer actors", count)
+    return actors
+
+
+async def run_consumer_actors(
+    runtime: Runtime,
+    count: int,
+    stop: asyncio.Event,
+    until_idle_s: float | None = None,
+    actors: list[ActorHandle] | None = None,
+) -> ConsumerStats:
+    """Run ``count`` consumer actors (or the given ``actors``) until ``stop`` or idle; summed counters.
+
+    A consumer that dies is restarted by Ray and its ``run`` retried (the group rebalances
+    meanwhile).  Raises the first error of a ``run``.  The actors are killed on return.
+    """
+    actors = actors if actors is not None else start_consumer_actors(runtime, count)
+    runs: list[asyncio.Future[dict[str, Any]]] = [
+        asyncio.ensure_future(actor.run.remote(until_idle_s)) for actor in actors
+    ]
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        pending: set[asyncio.Future[Any]] = set(runs)
+        while pending:
+            done, pending = await asyncio.wait({*pending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stopping)
+            for run in done - {stopping}:
+                run.result()  # the first failure stops the rest (finally) and propagates
+            if stopping in done:
+                await asyncio.gather(*(actor.stop.remote() for actor in actors))
+                stopping = asyncio.ensure_future(asyncio.Event().wait())  # stop was asked once
+        results: list[dict[str, Any]] = [run.result() for run in runs]
+    finally:
+        stopping.cancel()
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, stopping, return_exceptions=True)  # every ref's outcome is read
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    total = ConsumerStats()
+    for result in results:
+        for name in ("events", "dead_letters", "documents_written", "documents_deleted"):
+            setattr(total, name, getattr(total, name) + result[name])
+        total.chunks_written += result["chunks_written"]
+        total.tokens_embedded += result["tokens_embedded"]
+        total.commits += result["commits"]
+    # Members' clocks are not comparable (other nodes): the run took as long as its busiest member.
+    busiest = max((r["last_ack_at"] - r["first_record_at"] for r in results if r["last_ack_at"]), default=0.0)
+    total.first_record_at, total.last_ack_at = 0.0, busiest
+    return total

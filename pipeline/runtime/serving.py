@@ -1,0 +1,76 @@
+"""Assembling the read side: the query pool and replicas of ``search``, ``eval-recall`` and ``serve``.
+
+Queries share a running consumer's embedder actors when there are some in ``ray.namespace``;
+otherwise a pool of their own is started (and stopped on exit).  The replica dims are resolved
+once here, against the model the actors serve, and carried by the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pipeline.milvus.sink import MilvusSink
+from pipeline.runtime.assemble import start_pool
+from pipeline.runtime.ray_cluster import connect_ray
+from pipeline.settings import Settings
+from workers.pool import EmbedderPool
+
+
+@dataclass(frozen=True)
+class QuerySide:
+    """An embedder pool to embed queries on and the replicas to search."""
+
+    pool: EmbedderPool
+    sink: MilvusSink
+
+
+@contextlib.asynccontextmanager
+async def open_query_side(settings: Settings, purpose: str) -> AsyncIterator[QuerySide]:
+    """The running actors in ``ray.namespace`` (or a private pool named after ``purpose``) and
+    a sink over the replicas ``settings`` describe; both released on exit."""
+    connect_ray(settings)
+    pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
+    owned = pool is None
+    if pool is None:
+        pool, dims = await start_pool(
+            settings, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
+        )
+    else:
+        dims = settings.replicas.replica_dims(pool.info.native_dim)
+    sink = MilvusSink(settings.milvus, dims)
+    try:
+        yield QuerySide(pool, sink)
+    finally:
+        sink.close()
+        if owned:
+            pool.shutdown()
+
+
+async def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Serve the HTTP API (:mod:`pipeline.search.api`) until SIGINT or SIGTERM."""
+    from aiohttp import web
+
+    from pipeline.search.api import Api
+    from workers.model.tokenizer import load_text_tokenizer
+
+    host = host or settings.api.host
+    port = settings.api.port if port is None else port
+    async with open_query_side(settings, "serve") as side:
+        tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
+        runner = web.AppRunner(Api(settings, side.pool, tokenizer, side.sink).app())
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            print(f"serving {side.pool.info.name} on {runner.addresses} (Ctrl-C stops)", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()

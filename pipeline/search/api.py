@@ -1,0 +1,215 @@
+"""The HTTP API of `python -m pipeline serve`: OpenAI-compatible embeddings, and search.
+
+* ``POST /v1/embeddings`` — the OpenAI schema, so that OpenAI clients (and those of vLLM / SGLang
+  deployments) switch by changing the base URL: ``input`` (a string or a list of strings), ``model``,
+  ``dimensions`` (Matryoshka cut + L2-normalize, the same function as the replicas), ``encoding_format``
+  (``float``, or ``base64`` of little-endian float32), ``usage`` with the token counts.  Texts are embedded
+  as given — the caller adds any instruction, as with vLLM — on the pool's query lane.  Token-id inputs
+  are refused with a 400 (this server embeds text).
+* ``POST /v1/search`` — ``{"query": str | [str], "top_k", "dim", "funnel_factor", "recall_target",
+  "latency_budget_ms", "task", "per_document"}``: :func:`pipeline.search.replicas.search`, routed as
+  it routes.
+* ``GET /v1/models``, ``GET /health``.
+
+Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad input, 404
+for an unknown model, 413 for a body over ``api.max_body_bytes``, 503 (with Retry-After) when the pool
+or Milvus is unavailable.  Built on aiohttp, which ray[default] already installs: no new dependency.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any, Protocol
+
+import numpy as np
+from aiohttp import web
+
+from pipeline.milvus.sink import MilvusSink
+from pipeline.search.replicas import QueryEmbedder, load_profile, search
+from pipeline.search.routing import Profile
+from pipeline.settings import Settings
+from workers.errors import ConfigError, RetriableError
+
+log = logging.getLogger(__name__)
+
+_ENCODINGS = ("float", "base64")
+
+
+class TokenCounter(Protocol):
+    def encode(self, texts: list[str]) -> list[list[int]]: ...
+
+
+class ApiError(Exception):
+    """An error response: HTTP ``status`` and OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+        return web.json_response(body, status=self.status, headers=headers)
+
+
+def parse_inputs(raw: object, max_inputs: int) -> list[str]:
+    """OpenAI's ``input``: a string or a non-empty list of non-empty strings; token ids are refused."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "'input' must be a string or a non-empty list of strings", "input")
+    if any(isinstance(x, int | list) for x in raw):
+        raise ApiError(400, "token-id inputs are not supported: send the text", "input", "unsupported_input")
+    if not all(isinstance(x, str) for x in raw):
+        raise ApiError(400, "'input' must be a string or a list of strings", "input")
+    if any(not x for x in raw):
+        raise ApiError(400, "'input' must not contain empty strings", "input")
+    if len(raw) > max_inputs:
+        raise ApiError(400, f"'input' holds {len(raw)} texts; at most {max_inputs} are allowed", "input")
+    return raw
+
+
+def encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
+    """A row as OpenAI sends it: a list of floats, or base64 of its little-endian float32 bytes."""
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+def _int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, f"'{key}' must be an integer in {low}..{high}", key)
+    return value
+
+
+def _float(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ApiError(400, f"'{key}' must be a number", key)
+    return None if value is None else float(value)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+class Api:
+    """The request handlers over one pool, one tokenizer (for usage counts) and one Milvus sink."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: QueryEmbedder,
+        tokenizer: TokenCounter,
+        sink: MilvusSink,
+        profile: Profile | None = None,
+    ) -> None:
+        """``sink`` holds the replicas searched (its dims were resolved when the server was assembled)."""
+        self._settings = settings
+        self._pool = pool
+        self._tokenizer = tokenizer
+        self._sink = sink
+        self._model = settings.api.model_name or pool.info.name
+        self._profile = profile or load_profile(settings, sink.dims)
+        self._created = int(time.time())  # when this server started serving the model
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._settings.api.max_body_bytes, middlewares=[_errors])
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/search", self.search)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        return app
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if "input" not in body:
+            raise ApiError(400, "'input' is required", "input")
+        texts = parse_inputs(body["input"], self._settings.api.max_inputs)
+        model = body.get("model")
+        if model is not None and model != self._model:
+            raise ApiError(404, f"model {model!r} is not served here; this server serves {self._model!r}",
+                           "model", "model_not_found")  # fmt: skip
+        native = self._pool.info.native_dim
+        dim = _int(body, "dimensions", 1, native) or native
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in _ENCODINGS:
+            raise ApiError(400, f"'encoding_format' must be one of {list(_ENCODINGS)}", "encoding_format")
+        vectors = (await self._pool.embed_queries(texts, (dim,), None))[dim]
+        tokens = sum(len(ids) for ids in self._tokenizer.encode(texts))
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode_vector(row, encoding)}
+            for i, row in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return web.json_response({"object": "list", "data": data, "model": self._model, "usage": usage})
+
+    async def search(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        queries = parse_inputs(body.get("query"), self._settings.api.max_inputs)
+        task = body.get("task")
+        if task is not None and not isinstance(task, str):
+            raise ApiError(400, "'task' must be a string", "task")
+        try:
+            results = await search(
+                self._settings,
+                self._pool,
+                self._sink,
+                queries,
+                dim=_int(body, "dim", 1, self._pool.info.native_dim),
+                top_k=_int(body, "top_k", 1, 1000) or 10,
+                instruction=task,
+                funnel_factor=_int(body, "funnel_factor", 1, 1000),
+                recall_target=_float(body, "recall_target"),
+                latency_budget_ms=_float(body, "latency_budget_ms"),
+                profile=self._profile,
+                per_document=bool(body.get("per_document", False)),
+            )
+        except (ConfigError, ValueError) as exc:
+            raise ApiError(400, str(exc)) from exc
+        data = [
+            {"query": r.query, "strategy": r.strategy, "dim": r.dim, "hits": [asdict(h) for h in r.hits]}
+            for r in results
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def models(self, request: web.Request) -> web.Response:
+        model = {"id": self._model, "object": "model", "created": self._created, "owned_by": "embedstream"}
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "model": self._model})
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure as an OpenAI-style error body; unexpected ones are logged with their traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except RetriableError as exc:
+        retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return ApiError(503, f"temporarily unavailable: {exc}", code="unavailable").response(retry)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return ApiError(413, exc.text or "request body too large").response()
+    except web.HTTPException as exc:
+        return ApiError(exc.status, exc.reason).response()
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return ApiError(500, f"internal error: {type(exc).__name__}").response()

@@ -1,0 +1,218 @@
+"""`search`: embed queries on the embedder pool and look them up in a replica, directly or by funnel.
+
+* **Direct**: the ``top_k`` nearest chunks on one dimension replica.
+* **Funnel** (Matryoshka funnel search): shortlist ``top_k × factor`` chunks on a small replica, fetch
+  their full-dimension vectors **by primary key** from the native replica (point lookups, no scan of
+  it), re-score by cosine against the full-dimension query and keep the ``top_k``.  Only the small
+  replica is scanned.  Fetching beats re-computing: the stored vectors are exactly those the native
+  replica's own search would score, and a fetch of a few hundred rows costs far less than embedding
+  them again.
+* **Routing**: with a recall target or a latency budget instead of a replica, :mod:`pipeline.search.routing`
+  picks the strategy from the measured profile (``search.profile_path``, eval-recall's JSON).
+
+Results are chunks; ``per_document=True`` keeps each document's best chunk only (the shortlist of a
+direct search is then over-fetched ×4 so that ``top_k`` documents usually remain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.documents import Hit
+from pipeline.milvus.sink import MilvusSink
+from pipeline.search.routing import Profile, Strategy, choose
+from pipeline.settings import Settings
+from workers.errors import ConfigError
+from workers.model.embedding_model import ModelInfo
+
+_PER_DOCUMENT_OVERFETCH = 4
+_HIT_FIELDS = ("text", "metadata")
+
+
+class QueryEmbedder(Protocol):
+    """What search needs of the pool (:class:`workers.pool.EmbedderPool` is one)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def embed_queries(
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+    ) -> dict[int, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The hits of one query, and how they were found."""
+
+    query: str
+    dim: int
+    hits: list[Hit]
+    strategy: str = ""
+
+
+def rescore(
+    full_queries: np.ndarray,
+    shortlists: Sequence[Sequence[str]],
+    vectors: Mapping[str, np.ndarray],
+    top_k: int,
+) -> list[list[tuple[str, float]]]:
+    """For each query row, its shortlisted pks re-scored by cosine with the full-dimension vectors
+    (both sides unit length, so a dot product), best first, at most ``top_k``; pks without a vector
+    (deleted meanwhile) are dropped."""
+    ranked: list[list[tuple[str, float]]] = []
+    for query, shortlist in zip(full_queries, shortlists, strict=True):
+        pks = [pk for pk in dict.fromkeys(shortlist) if pk in vectors]
+        if not pks:
+            ranked.append([])
+            continue
+        scores = np.stack([vectors[pk] for pk in pks]) @ query
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        ranked.append([(pks[i], float(scores[i])) for i in order])
+    return ranked
+
+
+def best_chunk_per_document(hits: Sequence[Hit], top_k: int) -> list[Hit]:
+    """The first (best) hit of each document, in order, at most ``top_k``."""
+    seen: set[str] = set()
+    kept: list[Hit] = []
+    for hit in hits:
+        if hit.doc_id not in seen and len(kept) < top_k:
+            seen.add(hit.doc_id)
+            kept.append(hit)
+    return kept
+
+
+class ReplicaSearch:
+    """Blocking searches over the replicas of one sink (call from a thread)."""
+
+    def __init__(self, sink: MilvusSink, native_dim: int) -> None:
+        self._sink = sink
+        self._native = native_dim
+
+    def run(
+        self,
+        strategy: Strategy,
+        vectors: Mapping[int, np.ndarray],
+        top_k: int,
+        output_fields: Collection[str] = _HIT_FIELDS,
+    ) -> list[list[Hit]]:
+        """``top_k`` hits per query; ``vectors`` holds the queries cut to ``strategy.dim`` (and to the
+        native dimension for a funnel)."""
+        if strategy.funnel_factor is None:
+            return self._sink.search(strategy.dim, vectors[strategy.dim], top_k, output_fields)
+        limit = top_k * strategy.funnel_factor
+        shortlists = self._sink.search(strategy.dim, vectors[strategy.dim], limit, output_fields=())
+        pks = {hit.pk for hits in shortlists for hit in hits}
+        rows = self._sink.fetch(self._native, pks, output_fields) if pks else {}
+        full = {pk: row["embedding"] for pk, row in rows.items()}
+        ranked = rescore(vectors[self._native], [[h.pk for h in hits] for hits in shortlists], full, top_k)
+        return [
+            [
+                Hit(
+                    pk=pk,
+                    doc_id=rows[pk]["doc_id"],
+                    chunk_index=int(rows[pk]["chunk_index"]),
+                    text=rows[pk].get("text"),
+                    metadata=rows[pk].get("metadata"),
+                    score=score,
+                )
+                for pk, score in hits
+            ]
+            for hits in ranked
+        ]
+
+
+def pick_strategy(
+    settings: Settings,
+    dims: Sequence[int],
+    *,
+    dim: int | None = None,
+    funnel_factor: int | None = None,
+    recall_target: float | None = None,
+    latency_budget_ms: float | None = None,
+    profile: Profile | None = None,
+) -> Strategy:
+    """An explicit replica (``dim``, funnel from it with ``funnel_factor``) wins; else routing by the
+    recall target / latency budget over ``profile``; else the native replica.  ConfigError for a
+    replica that does not exist."""
+    native = max(dims)
+    if dim is not None or funnel_factor is not None:
+        strategy = Strategy(dim or min(dims), funnel_factor)
+    elif recall_target is not None or latency_budget_ms is not None:
+        profile = profile or load_profile(settings, dims)
+        strategy = choose(profile, recall_target=recall_target, latency_budget_ms=latency_budget_ms).strategy
+    else:
+        strategy = Strategy(native)
+    if strategy.dim not in dims:
+        raise ConfigError(f"no replica of dimension {strategy.dim}; the replicas are {list(dims)}")
+    if strategy.funnel_factor is not None and strategy.funnel_factor < 1:
+        raise ConfigError(f"funnel factor must be at least 1, got {strategy.funnel_factor}")
+    return strategy
+
+
+def load_profile(settings: Settings, dims: Sequence[int]) -> Profile:
+    """The profile at ``search.profile_path`` when set, else :meth:`Profile.default`."""
+    path = settings.search.profile_path
+    return Profile.load(path, dims) if path is not None else Profile.default(dims)
+
+
+async def search(
+    settings: Settings,
+    pool: QueryEmbedder,
+    sink: MilvusSink,
+    queries: Sequence[str],
+    dim: int | None = None,
+    top_k: int = 5,
+    instruction: str | None = None,
+    *,
+    funnel_factor: int | None = None,
+    recall_target: float | None = None,
+    latency_budget_ms: float | None = None,
+    profile: Profile | None = None,
+    per_document: bool = False,
+) -> list[QueryResult]:
+    """Embed ``queries`` as queries (task ``instruction``, else the collection's default task) and return
+    the ``top_k`` hits of each in ``sink``'s replicas by the strategy :func:`pick_strategy` picks.
+    Served latencies are folded into ``profile`` when one is given."""
+    dims = sink.dims
+    strategy = pick_strategy(
+        settings,
+        dims,
+        dim=dim,
+        funnel_factor=funnel_factor,
+        recall_target=recall_target,
+        latency_budget_ms=latency_budget_ms,
+        profile=profile,
+    )
+    wanted = {strategy.dim} | ({max(dims)} if strategy.funnel_factor else set())
+    task = instruction or settings.search.task_for(settings.milvus.collection_prefix)
+    vectors = await pool.embed_queries(list(queries), tuple(sorted(wanted, reverse=True)), task)
+    limit = top_k * _PER_DOCUMENT_OVERFETCH if per_document else top_k
+    started = time.perf_counter()
+    hits = await asyncio.to_thread(ReplicaSearch(sink, max(dims)).run, strategy, vectors, limit)
+    if profile is not None:
+        profile.observe(strategy, (time.perf_counter() - started) * 1000 / max(1, len(queries)))
+    if per_document:
+        hits = [best_chunk_per_document(h, top_k) for h in hits]
+    return [QueryResult(q, strategy.dim, h, strategy.name) for q, h in zip(queries, hits, strict=True)]
+
+
+def format_results(results: Sequence[QueryResult], snippet_chars: int = 120) -> str:
+    """Human-readable hits: score, document id, chunk and a one-line snippet."""
+    lines: list[str] = []
+    for result in results:
+        lines.append(f'query: "{result.query}"  ({result.strategy or f"replica {result.dim}d"})')
+        if not result.hits:
+            lines.append("  no hits")
+        for rank, hit in enumerate(result.hits, 1):
+            snippet = " ".join((hit.text or "").split())
+            if len(snippet) > snippet_chars:
+                snippet = snippet[: snippet_chars - 1] + "…"
+            lines.append(f"  {rank}. {hit.score:.3f}  {hit.doc_id}#{hit.chunk_index}  {snippet}")
+    return "\n".join(lines)

@@ -1,0 +1,309 @@
+"""`python -m pipeline bench --end-to-end`: the whole pipeline against the bare embedder, in one run.
+
+Both phases run on the same embedder pool (the same actors, the same warmed-up model) and on the same
+chunks, so their tokens/s compare the pipeline around the embedder with the embedder alone:
+
+* ``embedder``: the chunks' texts sent straight to the pool from this process, in requests of the
+  worker's size with as many tokens in flight as the worker allows; no Kafka, no Milvus;
+* ``pipeline``: the documents, produced beforehand to a fresh topic, ingested by an
+  :class:`~pipeline.ingest.consumer.IngestConsumer`: poll, parse, chunk, embed, upsert into every replica,
+  commit.  Its time runs from the first record polled to the last unit acknowledged.
+
+The documents are random words that the model's tokenizer reads as one token each, with lognormal
+lengths (median 300, sigma 0.8, clipped to 8..2048 words: the workload of ``bench``).  Afterwards
+every replica must hold one row per chunk; the result says whether it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import shlex
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.produce import OutgoingRecord, send_records
+from pipeline.milvus.connection import MilvusConnection
+from pipeline.ops import stack
+from pipeline.runtime.assemble import Runtime, build_runtime
+from pipeline.settings import Settings, load_settings
+from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
+from workers.pool import EmbedderPool
+from workers.prompts import format_input
+from workers.settings import ModelSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline bench --end-to-end", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--end-to-end", action="store_true", required=True)
+    parser.add_argument("--docs", type=int, default=4096, help="documents in the workload")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-words", type=int, default=2048, help="longest document, in words")
+    parser.add_argument("--warmup-docs", type=int, default=256, help="sent to the pool before timing")
+    parser.add_argument("--min-seconds", type=float, default=60.0, help="the pipeline must be busy this long")
+    parser.add_argument(
+        "--external", action="store_true", help="use the configured services instead of the local stack"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the bench topic's collections")
+    parser.add_argument("--out", type=Path, default=Path("tests/perf/results/pipeline.json"))
+    return parser
+
+
+def one_token_words(tokenizer: TextTokenizer, count: int, seed: int) -> list[str]:
+    """Up to ``count`` distinct alphanumeric words that ``tokenizer`` reads as exactly one token."""
+    vocab = tokenizer.vocabulary_size
+    rng = np.random.default_rng(seed)
+    words: dict[str, None] = {}
+    for token in rng.permutation(vocab)[: max(count * 8, 1024)]:
+        word = tokenizer.decode([int(token)]).strip()
+        if word.isalnum() and tokenizer.count_tokens(word) == 1:
+            words[word] = None
+            if len(words) == count:
+                break
+    if not words:
+        raise ValueError("the tokenizer has no one-token alphanumeric words to build documents from")
+    return list(words)
+
+
+def make_documents(tokenizer: TextTokenizer, count: int, seed: int, *, max_words: int = 2048) -> list[str]:
+    """``count`` texts of random one-token words, lognormal lengths (median 300, sigma 0.8, 8..max)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.rint(rng.lognormal(np.log(300), 0.8, size=count)), 8, max_words).astype(int)
+    words = np.array(one_token_words(tokenizer, 4096, seed))
+    return [" ".join(rng.choice(words, size=int(n))) for n in lengths]
+
+
+async def produce_documents(settings: Settings, texts: Sequence[str]) -> None:
+    """Send one upsert event per text to the event topic (ids ``doc-{i}``), all acknowledged."""
+    records = (
+        OutgoingRecord(
+            f"doc-{i}".encode(), json.dumps({"op": "upsert", "id": f"doc-{i}", "text": text}).encode()
+        )
+        for i, text in enumerate(texts)
+    )
+    await send_records(settings.kafka, records)
+
+
+def embed_requests(
+    chunker: Chunker, model: ModelSettings, special_tokens: int, limit: int, texts: Sequence[str]
+) -> tuple[list[tuple[list[str], int]], int]:
+    """The chunks the worker would embed, grouped into requests of at most ``limit`` tokens each.
+
+    Returns the requests (texts as the model reads them, and their tokens with ``special_tokens``
+    per chunk) and the number of chunks.
+    """
+    requests: list[tuple[list[str], int]] = []
+    batch: list[str] = []
+    tokens = chunks = 0
+    for text in texts:
+        for chunk in chunker.split(text):
+            size = chunk.token_count + special_tokens
+            if batch and tokens + size > limit:
+                requests.append((batch, tokens))
+                batch, tokens = [], 0
+            batch.append(format_input(model, chunk.text, None))
+            tokens += size
+            chunks += 1
+    if batch:
+        requests.append((batch, tokens))
+    return requests, chunks
+
+
+def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[str], int]], int]:
+    limit = runtime.settings.consumer.max_request_tokens
+    return embed_requests(runtime.chunker, runtime.settings.model, runtime.special_tokens, limit, texts)
+
+
+async def time_embedder(
+    pool: EmbedderPool, dims: tuple[int, ...], budget: int, requests: Sequence[tuple[list[str], int]]
+) -> float:
+    """Seconds for ``pool`` to embed every request, with at most ``budget`` tokens in flight."""
+    room = asyncio.Condition()
+    inflight = 0
+
+    async def embed(texts: list[str], tokens: int) -> None:
+        nonlocal inflight
+        try:
+            await pool.embed(texts, dims)
+        finally:
+            async with room:
+                inflight -= tokens
+                room.notify_all()
+
+    def fits(tokens: int) -> bool:
+        return inflight == 0 or inflight + tokens <= budget
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for texts, tokens in requests:
+            async with room:
+                await room.wait_for(functools.partial(fits, tokens))
+                inflight += tokens
+            group.create_task(embed(texts, tokens))
+    return time.perf_counter() - started
+
+
+def gpu_name() -> str | None:
+    """The first GPU's name as nvidia-smi reports it, or None without one."""
+    try:
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return names[0].strip() or None
+
+
+def _drop_collections(runtime: Runtime) -> None:
+    milvus = MilvusConnection(runtime.settings.milvus)
+    try:
+        for dim in runtime.dims:
+            name = runtime.sink.collection_name(dim)
+            milvus.call(f"dropping {name}", "drop_collection", name)
+    finally:
+        milvus.close()
+
+
+def bench_settings(settings: Settings, run_id: str) -> Settings:
+    """``settings`` with a fresh topic, consumer group and collection prefix for run ``run_id``."""
+    kafka = settings.kafka.model_copy(update={"topic": f"bench-{run_id}", "group_id": f"bench-{run_id}"})
+    milvus = settings.milvus.model_copy(update={"collection_prefix": f"bench_{run_id}_"})
+    return settings.model_copy(update={"kafka": kafka, "milvus": milvus})
+
+
+async def run_pipeline_bench(
+    settings: Settings,
+    docs: int,
+    *,
+    seed: int = 0,
+    max_words: int = 2048,
+    warmup_docs: int = 256,
+    min_seconds: float = 60.0,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Run both phases on the services ``settings`` name; returns the JSON-ready result."""
+    settings = bench_settings(settings, uuid.uuid4().hex[:8])
+    tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
+    texts = await asyncio.to_thread(make_documents, tokenizer, docs, seed, max_words=max_words)
+    warmup = await asyncio.to_thread(make_documents, tokenizer, warmup_docs, seed + 1, max_words=max_words)
+    runtime = await build_runtime(settings)
+    try:
+        produce_started = time.perf_counter()
+        await produce_documents(settings, texts)
+        produce_seconds = time.perf_counter() - produce_started
+        warm_requests, _ = _requests(runtime, warmup)
+        budget = settings.consumer.max_inflight_tokens
+        warmup_seconds = await time_embedder(runtime.pool, runtime.dims, budget, warm_requests)
+        requests, chunks = _requests(runtime, texts)
+        tokens = sum(size for _, size in requests)
+        embedder_seconds = await time_embedder(runtime.pool, runtime.dims, budget, requests)
+        stats = await runtime.new_consumer().run(until_idle_s=3.0)
+        rows = {dim: runtime.sink.count(dim) for dim in runtime.dims}
+        if not keep:
+            _drop_collections(runtime)
+    finally:
+        runtime.close()
+    busy = stats.busy_seconds()
+    embedder_rate = tokens / embedder_seconds
+    pipeline_rate = stats.tokens_embedded / busy if busy > 0 else 0.0
+    return {
+        "device": gpu_name() or runtime.pool.info.device,
+        "model": {
+            "name": runtime.pool.info.name,
+            "dtype": runtime.pool.info.dtype,
+            "device": runtime.pool.info.device,
+            "compiled": settings.model.compile,
+            "packing": settings.model.packing,
+        },
+        "pool_actors": runtime.pool.size,
+        "replicas": list(runtime.dims),
+        "partitions": settings.kafka.partitions,
+        "max_batch_tokens": settings.batching.max_batch_tokens,
+        "max_inflight_tokens": settings.consumer.max_inflight_tokens,
+        "docs": docs,
+        "chunks": chunks,
+        "tokens": tokens,
+        "produce_seconds": produce_seconds,
+        "warmup_seconds": warmup_seconds,
+        "embedder": {
+            "seconds": embedder_seconds,
+            "tokens_per_s": embedder_rate,
+            "docs_per_s": docs / embedder_seconds,
+        },
+        "pipeline": {
+            "seconds": busy,
+            "tokens_per_s": pipeline_rate,
+            "events_per_s": stats.events_per_second(),
+            "events": stats.events,
+            "tokens_embedded": stats.tokens_embedded,
+            "chunks_written": stats.chunks_written,
+            "dead_letters": stats.dead_letters,
+        },
+        "ratio_pipeline_vs_embedder": pipeline_rate / embedder_rate,
+        "sustained": busy >= min_seconds,
+        "rows_per_replica": {str(dim): n for dim, n in rows.items()},
+        "complete": all(n == chunks for n in rows.values()) and stats.tokens_embedded == tokens,
+    }
+
+
+def write_result(
+    result: dict[str, Any], argv: Sequence[str], config: Path | None, out: Path
+) -> dict[str, Any]:
+    """``result`` headed by the command that reproduces it (``bench`` and ``argv``), written to ``out``."""
+    prefix = ["--config", str(config)] if config else []
+    result = {"command": shlex.join(["python", "-m", "pipeline", *prefix, "bench", *argv]), **result}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: Sequence[str], config: Path | None = None) -> int:
+    """CLI entry: bring up the local stack (unless --external), run, write the JSON, print a summary.
+
+    ``config`` is the TOML settings file (model, pool, batching, replicas...).  Exits 1 when a
+    replica misses rows; a short run (under --min-seconds) is reported, not failed.
+    """
+    args = _parser().parse_args(argv)
+    settings = load_settings(config)
+    if not args.external:
+        settings = stack.on_local_stack(settings)
+        for service in stack.up(settings):
+            print(service)
+    result = asyncio.run(
+        run_pipeline_bench(
+            settings,
+            args.docs,
+            seed=args.seed,
+            max_words=args.max_words,
+            warmup_docs=args.warmup_docs,
+            min_seconds=args.min_seconds,
+            keep=args.keep,
+        )
+    )
+    result = write_result(result, argv, config, args.out)
+    embedder, pipeline = result["embedder"], result["pipeline"]
+    print(
+        f"{result['model']['name']} on {result['device']}: {result['docs']} docs, {result['chunks']} chunks, "
+        f"{result['tokens']:,} tokens, replicas {result['replicas']}\n"
+        f"  embedder alone {embedder['tokens_per_s']:>10,.0f} tok/s ({embedder['seconds']:.1f} s)\n"
+        f"  whole pipeline {pipeline['tokens_per_s']:>10,.0f} tok/s ({pipeline['seconds']:.1f} s busy, "
+        f"{pipeline['events_per_s']:.1f} events/s)\n"
+        f"  ratio {result['ratio_pipeline_vs_embedder']:.1%}; every replica complete: {result['complete']}\n"
+        f"written to {args.out}"
+    )
+    return 0 if result["complete"] else 1

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from aiokafka import TopicPartition
+
+from pipeline.documents import DeleteDocument, UpsertDocument
+from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.units import build_unit
+from workers.settings import ModelSettings
+
+TP = TopicPartition("documents", 2)
+
+
+class WordSpans:
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+@dataclass(frozen=True)
+class Rec:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = 1_700_000_000_000
+
+
+def _rec(offset: int, **event: object) -> Rec:
+    return Rec(offset, str(event["id"]).encode(), json.dumps(event).encode())
+
+
+def test_only_the_last_event_per_id_is_planned_in_partition_order() -> None:
+    records = [
+        _rec(10, id="a", text="one two three four five"),
+        _rec(11, id="b", text="bee"),
+        Rec(12, b"junk", b"{not json"),
+        _rec(13, op="delete", id="a"),
+        _rec(14, id="c", text="sea " * 7, instruction="Represent this"),
+        _rec(15, id="b", text="bee again"),
+    ]
+    unit = build_unit(TP, 3, records, Chunker(WordSpans(), max_tokens=4), ModelSettings(), special_tokens=2)
+    assert unit.offsets == [10, 11, 12, 13, 14, 15] and unit.epoch == 3
+    assert [(d.offset, d.key) for d in unit.dead_letters] == [(12, b"junk")]
+    assert "JSON" in unit.dead_letters[0].reason
+    # "a" upserted then deleted: only the delete survives; "b" keeps its second text.
+    assert unit.texts == [
+        "Instruct: Represent this\nQuery:sea sea sea sea",
+        "Instruct: Represent this\nQuery:sea sea sea",
+        "bee again",
+    ]
+    assert unit.tokens == (4 + 2) + (3 + 2) + (2 + 2)
+    vectors = {8: np.arange(24, dtype=np.float32).reshape(3, 8)}
+    writes = unit.writes(vectors)
+    assert [type(w) for w in writes] == [DeleteDocument, UpsertDocument, UpsertDocument]
+    assert [w.doc_id for w in writes] == ["a", "c", "b"]  # order of each id's surviving event
+    c, b = writes[1], writes[2]
+    assert isinstance(c, UpsertDocument) and isinstance(b, UpsertDocument)
+    assert [row.text for row in c.chunks] == [
+        "sea sea sea sea",
+        "sea sea sea",
+    ]  # stored without the instruction
+    np.testing.assert_array_equal(c.vectors[8], vectors[8][:2])
+    np.testing.assert_array_equal(b.vectors[8], vectors[8][2:])
+
+
+def test_a_document_milvus_refuses_becomes_a_dead_letter_with_its_original_bytes() -> None:
+    records = [_rec(0, id="x", text="fine"), _rec(1, id="y", text="also fine")]
+    unit = build_unit(TP, 1, records, Chunker(WordSpans(), max_tokens=8), ModelSettings())
+    unit.reject("y", "rejected by Milvus: too big")
+    assert [w.doc_id for w in unit.writes({4: np.ones((2, 4), dtype=np.float32)})] == ["x"]
+    (dead,) = unit.dead_letters
+    assert (dead.offset, dead.key, dead.value, dead.reason) == (
+        1,
+        b"y",
+        records[1].value,
+        "rejected by Milvus: too big",
+    )
+    headers = dict(dead.headers())
+    assert headers == {
+        "error": b"rejected by Milvus: too big",
+        "source_topic": b"documents",
+        "source_partition": b"2",
+        "source_offset": b"1",
+    }
+
+
+class EmojiAsFourTokens:
+    """Whitespace words, except that an emoji is four tokens sharing its one character."""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        for m in re.finditer(r"\S+", text):
+            if m.group() == "😀":
+                spans.extend([m.span()] * 4)
+            else:
+                spans.append(m.span())
+        return spans
+
+
+def test_a_text_the_chunker_cannot_split_becomes_a_dead_letter() -> None:
+    records = [_rec(0, id="ok", text="fine words"), _rec(1, id="emoji", text="smile 😀")]
+    unit = build_unit(TP, 1, records, Chunker(EmojiAsFourTokens(), max_tokens=3), ModelSettings())
+    assert unit.texts == ["fine words"]
+    (dead,) = unit.dead_letters
+    assert dead.offset == 1 and dead.reason.startswith("text cannot be chunked: ")
+    assert "inseparable tokens" in dead.reason
+
+
+def test_documents_with_a_poison_text_become_dead_letters_and_the_texts_close_up() -> None:
+    records = [
+        _rec(0, id="x", text="one two three four five six"),
+        _rec(1, id="y", text="poison here"),
+        _rec(2, op="delete", id="z"),
+        _rec(3, id="w", text="last words"),
+    ]
+    unit = build_unit(TP, 1, records, Chunker(WordSpans(), max_tokens=4), ModelSettings())
+    tokens = unit.tokens
+    assert unit.texts == ["one two three four", "five six", "poison here", "last words"]
+    assert unit.reject_texts({"poison here"}, "crashed the embedder") == ["y"]
+    assert unit.texts == ["one two three four", "five six", "last words"]
+    assert unit.tokens == tokens  # what the in-flight accounting releases, unchanged
+    assert [(d.offset, d.reason) for d in unit.dead_letters] == [(1, "crashed the embedder")]
+    writes = unit.writes({4: np.arange(12, dtype=np.float32).reshape(3, 4)})
+    assert [w.doc_id for w in writes] == ["x", "z", "w"]
+    w = writes[2]
+    assert isinstance(w, UpsertDocument) and w.vectors[4].tolist() == [[8, 9, 10, 11]]

@@ -1,0 +1,81 @@
+"""`python -m pipeline bench --end-to-end` on the CPU: the workload it builds and one small run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.settings import (
+    ChunkingSettings,
+    ConsumerSettings,
+    KafkaSettings,
+    MilvusSettings,
+    ReplicaSettings,
+    Settings,
+)
+from pipeline.tools.bench_pipeline import make_documents, one_token_words, run_pipeline_bench
+from workers.bench.setup import SHAPES, save_random_model
+from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
+from workers.settings import ModelSettings, PoolSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_random_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3 shape saved the way the GPU run saves the 4B one."""
+    return save_random_model(SHAPES["tiny"], tmp_path_factory.mktemp("tiny-random"), "cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_qwen3_path: Path) -> TextTokenizer:
+    return load_text_tokenizer(ModelSettings(name_or_path=str(tiny_qwen3_path)))
+
+
+def test_words_are_one_token_each_even_for_a_bpe_tokenizer(tokenizer: TextTokenizer) -> None:
+    words = one_token_words(tokenizer, 50, seed=0)
+    assert 0 < len(words) <= 50 and len(set(words)) == len(words)
+    assert all(word.isalnum() and tokenizer.count_tokens(word) == 1 for word in words)
+
+
+def test_documents_follow_the_bench_lengths_and_the_seed(tiny_random_path: Path) -> None:
+    ids = load_text_tokenizer(ModelSettings(name_or_path=str(tiny_random_path)))
+    texts = make_documents(ids, 400, seed=3, max_words=600)
+    tokens = np.array([ids.count_tokens(text) for text in texts])
+    # The id tokenizer reads every word as one token, so the token counts are the drawn lengths.
+    assert tokens.min() >= 8 and tokens.max() <= 600
+    assert 240 <= np.median(tokens) <= 360
+    assert make_documents(ids, 400, seed=3, max_words=600) == texts
+    assert make_documents(ids, 400, seed=4, max_words=600) != texts
+
+
+def test_pipeline_and_bare_embedder_embed_the_same_tokens_and_every_row_lands(
+    kafka_bootstrap: str, milvus_lite_uri: str, ray_session: None, tiny_random_path: Path
+) -> None:
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        model=ModelSettings(name_or_path=str(tiny_random_path)),
+        pool=PoolSettings(num_actors=1),
+        replicas=ReplicaSettings(dims=(32, 8)),
+        chunking=ChunkingSettings(max_tokens=128),  # the longer documents become several chunks
+        milvus=MilvusSettings(uri=milvus_lite_uri, index_type="FLAT"),
+        consumer=ConsumerSettings(commit_interval_s=0.3),
+    )
+    result = asyncio.run(
+        run_pipeline_bench(settings, 60, seed=1, max_words=400, warmup_docs=4, min_seconds=3600)
+    )
+    json.dumps(result)
+    assert result["replicas"] == [64, 32, 8] and result["pool_actors"] == 1
+    assert result["chunks"] > result["docs"] == 60
+    assert result["pipeline"]["events"] == 60 and result["pipeline"]["dead_letters"] == 0
+    assert result["pipeline"]["tokens_embedded"] == result["tokens"]
+    assert result["pipeline"]["chunks_written"] == result["chunks"]
+    assert result["rows_per_replica"] == {dim: result["chunks"] for dim in ("64", "32", "8")}
+    assert result["complete"] is True and result["sustained"] is False
+    assert result["embedder"]["tokens_per_s"] > 0 and result["pipeline"]["tokens_per_s"] > 0
+    assert result["ratio_pipeline_vs_embedder"] == pytest.approx(
+        result["pipeline"]["tokens_per_s"] / result["embedder"]["tokens_per_s"]
+    )

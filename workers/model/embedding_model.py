@@ -1,0 +1,285 @@
+"""The embedding model behind a narrow interface: token ids in, Matryoshka embeddings out.
+
+Batching and actors only see :class:`EmbeddingModel`; transformers internals stay here.
+Importing this module imports neither torch nor transformers (they load with the model), so
+the driver can unpickle the :class:`ModelInfo` an actor sends back without them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from workers.errors import ConfigError
+from workers.model.tokenizer import ModelFiles, TextTokenizer, load_text_tokenizer, resolve_model_files
+from workers.settings import DType, ModelSettings, Pooling
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from workers.model.pooling import PoolingMode
+
+# sentence-transformers pooling modes this project reproduces, by their sentence-transformers name.
+_ST_POOLING: dict[str, PoolingMode] = {"lasttoken": "last_token", "mean": "mean", "cls": "cls"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, as reported by an actor (picklable, torch-free)."""
+
+    name: str
+    native_dim: int
+    max_length: int
+    device: str
+    dtype: str
+    pooling: str
+    model_type: str = ""
+    """The Transformers ``config.model_type`` ("qwen3", "bert", ...): says how queries are formatted."""
+
+
+def resolve_pooling(requested: Pooling, files: ModelFiles, model_type: str) -> PoolingMode:
+    """The pooling to apply; raises ConfigError when 'auto' meets a pooling this project lacks.
+
+    An explicit setting wins.  'auto' follows the model folder's sentence-transformers Pooling
+    config when there is one, else last-token for Qwen3 models and mean for the rest.
+    """
+    if requested != "auto":
+        return requested
+    if files.st_pooling_modes is not None:
+        modes = files.st_pooling_modes
+        if len(modes) != 1 or modes[0] not in _ST_POOLING:
+            raise ConfigError(
+                f"the model's sentence-transformers pooling {list(modes)} is not supported; "
+                f"set model.pooling to one of {sorted(_ST_POOLING.values())}"
+            )
+        return _ST_POOLING[modes[0]]
+    return "last_token" if model_type.startswith("qwen3") else "mean"
+
+
+def compute_dtype(requested: DType, device: str) -> Literal["bfloat16", "float32"]:
+    """The dtype to run in: 'auto' is bfloat16 on a GPU and float32 elsewhere (never float16)."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+class EmbeddingModel:
+    """A loaded Transformers encoder with its tokenizer and pooling.
+
+    :meth:`encode_ids` (tokenizer only) and :meth:`embed_ids` (model only) share no state, so one
+    thread may tokenize while another runs forward passes; neither method is safe to call from
+    two threads at once.
+
+    When :attr:`packed`, a batch runs as one unpadded row (see :mod:`workers.model.packing`) and costs
+    the sum of its lengths.  Otherwise inputs are padded on the left for last-token pooling (every
+    row's last real token then sits in the last column, the layout Qwen3-Embedding and
+    sentence-transformers use) and on the right otherwise (the layout absolute-position encoders
+    such as BERT expect), and a batch costs its longest input times its size.  Both give every
+    text the embedding it gets alone, within floating-point tolerance.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: PreTrainedModel,
+        tokenizer: TextTokenizer,
+        pooling: PoolingMode,
+        device: str,
+        dtype: str,
+        packing: Literal["auto", "on", "off"] = "off",
+        compile: bool = False,
+    ) -> None:
+        self._name = name
+        self._model = model
+        self._tokenizer = tokenizer
+        self._pooling: PoolingMode = pooling
+        self._device = device
+        self._dtype = dtype
+        self._native_dim = int(model.config.hidden_size)
+        self._model_type = str(getattr(model.config, "model_type", ""))
+        self._padding_side: Literal["left", "right"] = "left" if pooling == "last_token" else "right"
+        parameters = inspect.signature(model.forward).parameters
+        self._takes_position_ids = "position_ids" in parameters
+        # A decoder would otherwise fill a key/value cache nobody reads.
+        self._cache_off = {"use_cache": False} if "use_cache" in parameters else {}
+        self._packed = packing != "off" and _packs(model, device, packing)
+        # What runs the batches: the model itself, or its compiled form (which calls the same weights).
+        self._forward: Callable[..., Any] = model
+        if compile and device.startswith("cuda"):
+            import torch
+
+            self._forward = torch.compile(model, dynamic=True)
+
+    @classmethod
+    def load(cls, settings: ModelSettings, device: str | None = None) -> EmbeddingModel:
+        """Load tokenizer and weights of ``settings.name_or_path`` onto ``device`` in eval mode.
+
+        ``device`` defaults to "cuda" when a GPU is visible, else "cpu".  Raises ConfigError when
+        the model cannot be loaded or its pooling cannot be reproduced.
+        """
+        import torch
+        from transformers import AutoModel
+
+        files = resolve_model_files(settings.name_or_path)
+        tokenizer = load_text_tokenizer(settings, files)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = compute_dtype(settings.dtype, device)
+        try:
+            model = AutoModel.from_pretrained(
+                files.path, dtype=getattr(torch, dtype), trust_remote_code=settings.trust_remote_code
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load model {settings.name_or_path!r}: {exc}") from exc
+        model.to(device).eval()
+        pooling = resolve_pooling(settings.pooling, files, model.config.model_type)
+        return cls(
+            name=settings.name_or_path,
+            model=model,
+            tokenizer=tokenizer,
+            pooling=pooling,
+            device=device,
+            dtype=dtype,
+            packing=settings.packing,
+            compile=settings.compile,
+        )
+
+    @property
+    def name(self) -> str:
+        """The configured model name or path."""
+        return self._name
+
+    @property
+    def native_dim(self) -> int:
+        """Width of the full embedding (the model's hidden size)."""
+        return self._native_dim
+
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens, special tokens included."""
+        return self._tokenizer.max_length
+
+    @property
+    def device(self) -> str:
+        """Device the weights and the forward pass live on."""
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        """Compute dtype ("bfloat16" or "float32")."""
+        return self._dtype
+
+    @property
+    def pooling(self) -> PoolingMode:
+        """Pooling in use ("last_token", "mean" or "cls")."""
+        return self._pooling
+
+    @property
+    def padding_side(self) -> Literal["left", "right"]:
+        """Where padding goes in a batch."""
+        return self._padding_side
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches run packed (unpadded) rather than padded."""
+        return self._packed
+
+    @property
+    def module(self) -> PreTrainedModel:
+        """The underlying Transformers model (for benchmarks and reference forwards)."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        """The model's tokenizer (CPU)."""
+        return self._tokenizer
+
+    def info(self) -> ModelInfo:
+        """A picklable description of this model."""
+        return ModelInfo(
+            name=self._name,
+            native_dim=self._native_dim,
+            max_length=self.max_length,
+            device=self._device,
+            dtype=self._dtype,
+            pooling=self._pooling,
+            model_type=self._model_type,
+        )
+
+    def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Input ids of each text on CPU: special tokens added, truncated to :attr:`max_length`.
+
+        Truncation cuts the text, never the special tokens, so a Qwen3 input always ends with
+        the EOS its tokenizer appends (the token last-token pooling reads).
+        """
+        return self._tokenizer.encode(texts)
+
+    def embed(self, texts: Sequence[str], dims: Sequence[int]) -> dict[int, np.ndarray]:
+        """Embeddings of ``texts``: see :meth:`embed_ids`."""
+        return self.embed_ids(self.encode_ids(texts), dims)
+
+    def embed_ids(self, ids: Sequence[Sequence[int]], dims: Sequence[int]) -> dict[int, np.ndarray]:
+        """Map each of ``dims`` to a float32 ``(len(ids), dim)`` array of unit rows, in input order.
+
+        One forward pass over all inputs (packed or padded, see :attr:`packed`); the pooled vectors
+        are cut to each dim and normalized on the device, then copied back.  Raises ValueError for an
+        empty input row, a row longer than :attr:`max_length`, or a dim outside ``1..native_dim``.
+        """
+        import torch
+
+        from workers.model.matryoshka import cut_and_normalize
+        from workers.model.pooling import pool
+
+        for row in ids:
+            if not 0 < len(row) <= self.max_length:
+                raise ValueError(f"an input has {len(row)} tokens; 1..{self.max_length} are allowed")
+        with torch.inference_mode():
+            if ids and self._packed:
+                pooled = self._embed_packed(ids)
+            elif ids:
+                input_ids, mask = self._pad(ids)
+                inputs = {"input_ids": input_ids, "attention_mask": mask, **self._cache_off}
+                if self._padding_side == "left" and self._takes_position_ids:
+                    # Number positions from each row's first real token, as if unpadded, so a
+                    # text's embedding does not depend on the batch it travels in.
+                    inputs["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                pooled = pool(self._forward(**inputs).last_hidden_state, mask, self._pooling)
+            else:
+                pooled = torch.empty((0, self._native_dim), device=self._device)
+            vectors = cut_and_normalize(pooled, dims)
+            return {dim: vector.cpu().numpy() for dim, vector in vectors.items()}
+
+    def _embed_packed(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        from workers.model.packing import pack, packed_forward, pool_packed
+
+        batch = pack(ids, self._device)
+        hidden = packed_forward(self._forward, self._model.config.layer_types, batch)
+        return pool_packed(hidden, batch.cu_seqlens, self._pooling)
+
+    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` of ``ids`` padded to the longest, on the device."""
+        import torch
+
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), self._tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            columns = slice(width - len(row), width) if self._padding_side == "left" else slice(0, len(row))
+            input_ids[i, columns] = torch.tensor(row, dtype=torch.long)
+            mask[i, columns] = 1
+        return input_ids.to(self._device), mask.to(self._device)
+
+
+def _packs(model: PreTrainedModel, device: str, packing: Literal["auto", "on"]) -> bool:
+    """Switch ``model`` to packed attention when ``packing`` asks for it and the model can; says if it did."""
+    from workers.model.packing import can_pack, use_packed_attention, varlen_kernel_available
+
+    if not can_pack(model) or (packing == "auto" and not varlen_kernel_available(device)):
+        return False
+    use_packed_attention(model)
+    return True
