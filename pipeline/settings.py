@@ -10,9 +10,19 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,23 +30,24 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from workers.errors import ConfigError
 from workers.model.matryoshka import validate_dims
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+class _Section(BaseModel):
+    """A frozen settings section that refuses unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class KafkaSettings(BaseModel):
-    """How the worker reaches Kafka and which topics it uses."""
-
-    model_config = _FROZEN
+class KafkaSettings(_Section):
+    """How the consumers and producers reach Kafka, and which topics they use."""
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of brokers.")
     topic: str = Field("documents", description="Topic the document events are read from.")
-    group_id: str = Field("embedstream", description="Consumer group of the ingestion workers.")
-    dlq_topic: str = Field(
-        "documents.dlq", description="Dead-letter topic for events that cannot be ingested."
-    )
+    group_id: str = Field("embedstream", description="Consumer group of the ingestion consumers.")
+    dlq_topic: str = Field("documents.dlq", description="Topic of the events that cannot be ingested.")
     dlq_max_record_bytes: int = Field(
         1_000_000,
         ge=1024,
@@ -44,9 +55,7 @@ class KafkaSettings(BaseModel):
         "message.max.bytes); a larger rejected event is dead-lettered cut to fit, with a "
         "'truncated_from' header.",
     )
-    partitions: int = Field(
-        4, ge=1, description="Partitions to create the topic with when it does not exist yet."
-    )
+    partitions: int = Field(4, ge=1, description="Partitions of the topic when it is created.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group with no committed offset starts."
     )
@@ -84,10 +93,8 @@ class KafkaSettings(BaseModel):
         return self
 
 
-class MilvusSettings(BaseModel):
+class MilvusSettings(_Section):
     """Where the dimension replicas live and how they are indexed."""
-
-    model_config = _FROZEN
 
     uri: str = Field(
         "http://127.0.0.1:19530", description="Milvus URI (http://host:port, or a local .db path)."
@@ -99,9 +106,7 @@ class MilvusSettings(BaseModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Replica collections are '{prefix}_{dim}'.",
     )
-    index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = Field(
-        "HNSW", description="Vector index of every replica."
-    )
+    index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = Field("HNSW", description="Vector index.")
     hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW graph degree.")
     hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build-time candidate list size.")
     search_ef: int = Field(128, ge=1, description="HNSW search-time candidate list size.")
@@ -109,9 +114,7 @@ class MilvusSettings(BaseModel):
     ivf_nprobe: int = Field(
         32, ge=1, le=65536, description="IVF_FLAT clusters searched per query (Milvus wants <= ivf_nlist)."
     )
-    max_call_rows: int = Field(
-        5000, ge=1, description="Most rows in one upsert call; larger writes are split."
-    )
+    max_call_rows: int = Field(5000, ge=1, description="Most rows in one upsert call (more: split).")
     max_call_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1,
@@ -121,23 +124,19 @@ class MilvusSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call.")
 
 
-class ReplicaSettings(BaseModel):
-    """Which Matryoshka dimensions are kept: one Milvus collection ("replica") each."""
+def _widest_first(dims: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(set(dims), reverse=True))
 
-    model_config = _FROZEN
 
-    dims: tuple[int, ...] = Field(
+class ReplicaSettings(_Section):
+    """Which Matryoshka dimensions are kept: one Milvus collection ("replica") each (section
+    [replicas], formerly [embedding])."""
+
+    dims: Annotated[tuple[PositiveInt, ...], AfterValidator(_widest_first)] = Field(
         (),
         description="Replica dimensions (JSON list in env). The model's native dimension is always "
         "added; every entry must be <= it.",
     )
-
-    @field_validator("dims")
-    @classmethod
-    def _positive_unique(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
-        if any(d < 1 for d in dims):
-            raise ValueError(f"replica dims must be positive, got {list(dims)}")
-        return tuple(sorted(set(dims), reverse=True))
 
     def replica_dims(self, native_dim: int) -> tuple[int, ...]:
         """The dimensions to write, widest first, the native one included; ConfigError if one
@@ -146,10 +145,8 @@ class ReplicaSettings(BaseModel):
         return tuple(sorted({*self.dims, native_dim}, reverse=True))
 
 
-class ChunkingSettings(BaseModel):
+class ChunkingSettings(_Section):
     """How long documents are split into rows."""
-
-    model_config = _FROZEN
 
     max_tokens: int | None = Field(
         None,
@@ -160,10 +157,8 @@ class ChunkingSettings(BaseModel):
     overlap_tokens: int = Field(0, ge=0, description="Tokens repeated from the end of the previous chunk.")
 
 
-class RaySettings(BaseModel):
-    """How the worker joins a Ray cluster."""
-
-    model_config = _FROZEN
+class RaySettings(_Section):
+    """How a process (`run`, `serve`, `search`, the tools) joins a Ray cluster."""
 
     address: str | None = Field(
         None, description="Ray cluster address (host:port or 'auto'); empty starts a private local Ray."
@@ -177,10 +172,8 @@ class RaySettings(BaseModel):
     namespace: str = Field("embedstream", description="Ray namespace of the named actors.")
 
 
-class ConsumerSettings(BaseModel):
-    """The consumer loop's bounds."""
-
-    model_config = _FROZEN
+class ConsumerSettings(_Section):
+    """The Kafka consumer loop's bounds (section [consumer], formerly [worker])."""
 
     max_inflight_tokens: int = Field(
         131072, ge=64, description="Tokens sent to the pool and not yet written; partitions pause above it."
@@ -198,16 +191,14 @@ class ConsumerSettings(BaseModel):
     )
 
 
-class ScalingSettings(BaseModel):
+class ScalingSettings(_Section):
     """Scale-out on a Ray cluster: consumers as Ray actors, placed by resources."""
-
-    model_config = _FROZEN
 
     consumer_actors: int = Field(
         0,
         ge=0,
         description="Consumer-group members to run as Ray actors (consumer-0, ...); 0 consumes in the "
-        "worker process itself. `run --consumer-actors N` overrides it.",
+        "`run` process itself. `run --consumer-actors N` overrides it.",
     )
     consumer_cpus: float = Field(1.0, gt=0, description="CPUs each consumer actor asks Ray for.")
     consumer_resources: dict[str, float] = Field(
@@ -232,10 +223,8 @@ class ScalingSettings(BaseModel):
     check_interval_s: float = Field(10.0, gt=0, description="How often the autoscaler observes the backlog.")
 
 
-class StackSettings(BaseModel):
+class StackSettings(_Section):
     """The embedded local stack of `up` / `down`."""
-
-    model_config = _FROZEN
 
     data_dir: Path = Field(Path(".stack"), description="Folder holding every local service's state and logs.")
     kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the local Tansu broker.")
@@ -248,10 +237,8 @@ class StackSettings(BaseModel):
     )
 
 
-class SearchSettings(BaseModel):
+class SearchSettings(_Section):
     """The read side: query tasks, funnel search and routing."""
-
-    model_config = _FROZEN
 
     default_task: str | None = Field(
         "Given a web search query, retrieve relevant passages that answer the query",
@@ -279,10 +266,8 @@ class SearchSettings(BaseModel):
         return self.collection_tasks.get(collection_prefix, self.default_task)
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(_Section):
     """The HTTP API of `python -m pipeline serve` (OpenAI-compatible embeddings, search)."""
-
-    model_config = _FROZEN
 
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port the API listens on (0: any free port).")
@@ -295,12 +280,17 @@ class ApiSettings(BaseModel):
     )
 
 
+def _renamed(name: str, old_name: str) -> AliasChoices:
+    """A section read under its name or the name it had before (TOML, keyword or ``PIPELINE_*``)."""
+    return AliasChoices(name, f"PIPELINE_{name.upper()}", old_name, f"PIPELINE_{old_name.upper()}")
+
+
 # The TOML file of the load_settings() call in progress (then PIPELINE_CONFIG): no global state left behind.
 _config_file: ContextVar[str | None] = ContextVar("pipeline_config_file", default=None)
 
 
 class Settings(BaseSettings):
-    """All settings of one worker process."""
+    """All settings of one process; sections [replicas] and [consumer] were [embedding] and [worker]."""
 
     model_config = SettingsConfigDict(
         env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True, extra="forbid", populate_by_name=True
@@ -312,17 +302,16 @@ class Settings(BaseSettings):
     pool: PoolSettings = Field(default_factory=PoolSettings, description="Embedder actor pool.")
     replicas: ReplicaSettings = Field(
         default_factory=ReplicaSettings,
-        validation_alias=AliasChoices("replicas", "PIPELINE_REPLICAS", "embedding", "PIPELINE_EMBEDDING"),
-        description="Matryoshka dimension replicas (the section was called [embedding]; that name "
-        "still works).",
+        validation_alias=_renamed("replicas", "embedding"),
+        description="Matryoshka dimension replicas.",
     )
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Document chunking.")
     milvus: MilvusSettings = Field(default_factory=MilvusSettings, description="Milvus replicas.")
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster.")
     consumer: ConsumerSettings = Field(
         default_factory=ConsumerSettings,
-        validation_alias=AliasChoices("consumer", "PIPELINE_CONSUMER", "worker", "PIPELINE_WORKER"),
-        description="Kafka consumer loop bounds (the section was called [worker]; that name still works).",
+        validation_alias=_renamed("consumer", "worker"),
+        description="Kafka consumer loop bounds.",
     )
     stack: StackSettings = Field(default_factory=StackSettings, description="Local embedded stack.")
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Scale-out on Ray.")
@@ -347,10 +336,6 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and ``config_file`` (TOML); raises ConfigError when invalid."""
-    from pydantic import ValidationError
-
-    from workers.errors import ConfigError
-
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
     token = _config_file.set(str(config_file) if config_file is not None else None)

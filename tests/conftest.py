@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from services import RayCluster, start_milvus_standalone
 
-from pipeline.ops import stack
+from pipeline.ops import processes, services, stack
 from pipeline.runtime.ray_cluster import export_ray_auth
 from pipeline.settings import Settings, StackSettings
 
@@ -56,7 +56,7 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a Tansu broker (memory storage)."""
-    broker = stack.start_kafka(tmp_path_factory.mktemp("kafka"), stack.free_port())
+    broker = services.start_kafka(tmp_path_factory.mktemp("kafka"), processes.free_port())
     try:
         yield broker.address
     finally:
@@ -66,7 +66,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``http://host:port`` of a Milvus Lite server."""
-    server = stack.start_milvus_lite(tmp_path_factory.mktemp("milvus-lite"), stack.free_port())
+    server = services.start_milvus_lite(tmp_path_factory.mktemp("milvus-lite"), processes.free_port())
     try:
         yield f"http://{server.address}"
     finally:
@@ -76,7 +76,7 @@ def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``http://host:port`` of a real Milvus 2.3.5 standalone (~15 s to start, ~250 MB RSS idle)."""
-    server = start_milvus_standalone(tmp_path_factory.mktemp("milvus-standalone"), stack.free_port())
+    server = start_milvus_standalone(tmp_path_factory.mktemp("milvus-standalone"), processes.free_port())
     try:
         yield f"http://{server.address}"
     finally:
@@ -89,17 +89,17 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     settings = Settings(
         stack=StackSettings(
             data_dir=tmp_path_factory.mktemp("ray"),
-            ray_port=stack.free_port(),
-            dashboard_port=stack.free_port(),
+            ray_port=processes.free_port(),
+            dashboard_port=processes.free_port(),
             ray_num_cpus=4,  # logical CPUs: several one-CPU embedder actors share the 2 cores of CI
         )
     )
-    stack.start_ray_head(settings.stack)
+    services.start_ray_head(settings.stack)
     try:
         yield RayCluster(
             address=stack.ray_address(settings),
             env=stack.ray_client_env(settings),
-            dashboard_url=f"http://{stack.HOST}:{settings.stack.dashboard_port}",
+            dashboard_url=f"http://{processes.HOST}:{settings.stack.dashboard_port}",
         )
     finally:
         stack.down(settings)  # only the head runs in this data folder; also drops its temp-dir link

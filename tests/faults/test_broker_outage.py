@@ -21,7 +21,7 @@ from tcp_proxy import TcpProxy
 
 from pipeline.ingest.kafka import ensure_topics, partition_lag
 from pipeline.milvus.sink import MilvusSink
-from pipeline.ops import stack
+from pipeline.ops import processes, services
 from pipeline.ops.processes import ManagedProcess
 from pipeline.runtime.assemble import build_runtime
 from pipeline.settings import Settings
@@ -38,12 +38,12 @@ async def test_broker_cut_for_15s_then_the_worker_finishes(
     ray_session: None,
     tmp_path: Path,
 ) -> None:
-    broker_port, proxy_port = stack.free_port(), stack.free_port()
-    proxy = TcpProxy((stack.HOST, proxy_port), (stack.HOST, broker_port))
+    broker_port, proxy_port = processes.free_port(), processes.free_port()
+    proxy = TcpProxy((processes.HOST, proxy_port), (processes.HOST, broker_port))
     await proxy.start()
     broker: ManagedProcess | None = None
     try:
-        broker = await asyncio.to_thread(stack.start_kafka, tmp_path / "kafka", broker_port, proxy_port)
+        broker = await asyncio.to_thread(services.start_kafka, tmp_path / "kafka", broker_port, proxy_port)
         assert broker.address == proxy.address
         settings = make_settings(milvus_lite_uri)
         settings = settings.model_copy(

@@ -30,7 +30,7 @@ from pipeline.ingest import events
 from pipeline.ingest.kafka import ensure_topics, partition_lag
 from pipeline.milvus import rows as milvus_rows
 from pipeline.milvus.sink import MilvusSink
-from pipeline.ops import stack
+from pipeline.ops import processes, services
 from pipeline.runtime.assemble import build_runtime
 from pipeline.settings import MilvusSettings, Settings
 
@@ -51,9 +51,9 @@ async def test_milvus_outage_pauses_commits_nothing_and_resumes(
     ray_session: None,
     tmp_path: Path,
 ) -> None:
-    port = stack.free_port()
-    uri = f"http://{stack.HOST}:{port}"
-    server = stack.start_milvus_lite(tmp_path / "milvus", port)
+    port = processes.free_port()
+    uri = f"http://{processes.HOST}:{port}"
+    server = services.start_milvus_lite(tmp_path / "milvus", port)
     settings = make_settings(uri, milvus=_milvus(uri))
     kafka, topic = settings.kafka, settings.kafka.topic
     oracle = mixed_stream(seed=3001, events=1500)
@@ -92,7 +92,7 @@ async def test_milvus_outage_pauses_commits_nothing_and_resumes(
                 samples += 1
                 await asyncio.sleep(1.0)
             outage = time.monotonic() - down_at
-            server = stack.start_milvus_lite(tmp_path / "milvus", port)
+            server = services.start_milvus_lite(tmp_path / "milvus", port)
             restarted_at = time.monotonic()
             resumed = await watcher.wait_beyond(frozen, alive, 120)
             resume_s = time.monotonic() - restarted_at

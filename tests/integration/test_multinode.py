@@ -26,7 +26,7 @@ from kafka_reads import committed_and_end
 
 from pipeline.ingest.kafka import make_producer
 from pipeline.milvus.sink import MilvusSink
-from pipeline.ops import stack
+from pipeline.ops import services, stack
 from pipeline.ops.processes import HOST, ManagedProcess, console_script, free_port
 from pipeline.settings import KafkaSettings, MilvusSettings, Settings, StackSettings
 
@@ -141,7 +141,7 @@ def test_pipeline_spreads_over_two_nodes_and_loses_nothing(
         ray_resources=slots,
     )
     settings = Settings(stack=stack_settings)
-    head = stack.start_ray_head(stack_settings)
+    head = services.start_ray_head(stack_settings)
     token = stack_settings.data_dir.resolve() / "ray" / "auth_token"
     dashboard = f"{HOST}:{stack_settings.dashboard_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PIPELINE_"))}

@@ -10,7 +10,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv
 python3 -c 'import ray, aiokafka, pymilvus, milvus_lite, torch, transformers; print("ray", ray.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
 [[ -d /tmp/qwen3-4b-random ]] || python3 -m pipeline bench --random qwen3-4b --save-model /tmp/qwen3-4b-random
 config=tests/perf/pipeline-qwen3-4b.toml
-trap 'python3 -m pipeline --config $config down >/dev/null 2>&1 || true' EXIT
+# Cleanup only: a failed `down` is reported, and never changes the script's own exit status.
+stop_stack() { python3 -m pipeline --config "$config" down >/dev/null 2>&1 || echo "warning: stack down failed" >&2; }
+trap stop_stack EXIT
 if [[ -n ${SMOKE_DOCS:-} ]]; then  # a quick uncompiled pass first, so a broken set-up fails fast
     PIPELINE_MODEL__COMPILE=false python3 -m pipeline --config $config bench --end-to-end \
         --docs "$SMOKE_DOCS" --warmup-docs 16 --min-seconds 0 --out "$results/smoke.json"

@@ -18,7 +18,14 @@ if [[ $step == all || $step == scaling ]]; then
 fi
 if [[ $step == all || $step == accuracy ]]; then
     accuracy=(--random qwen3-8b --workloads mixed --strategies ours,sentence_transformers --fp32-reference)
-    python3 -m pipeline bench "${accuracy[@]}" --out "$results/qwen3-8b-h200-accuracy.json" || true
+    # Each run writes its JSON (the figure) before it exits 1 for a missed accuracy bar: run both,
+    # then fail the script if either missed it.
+    failed=0
+    python3 -m pipeline bench "${accuracy[@]}" --out "$results/qwen3-8b-h200-accuracy.json" || failed=1
     python3 -m pipeline bench "${accuracy[@]}" --full-precision-reductions \
-        --out "$results/qwen3-8b-h200-accuracy-full-reductions.json" || true
+        --out "$results/qwen3-8b-h200-accuracy-full-reductions.json" || failed=1
+    if ((failed)); then
+        echo "accuracy bar missed (figures written to $results)" >&2
+        exit 1
+    fi
 fi

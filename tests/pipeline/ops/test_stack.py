@@ -13,7 +13,7 @@ import pytest
 from pymilvus import DataType, MilvusClient
 
 from pipeline.milvus.connection import open_client
-from pipeline.ops import processes, stack
+from pipeline.ops import processes, services, stack
 from pipeline.settings import Settings, StackSettings
 
 
@@ -144,7 +144,7 @@ def test_a_stale_pid_file_never_signals_an_unrelated_process(tmp_path: Path) -> 
 
 def test_milvus_lite_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
     port = processes.free_port()
-    server = stack.start_milvus_lite(tmp_path, port)
+    server = services.start_milvus_lite(tmp_path, port)
     try:
         client = open_client(f"http://{server.address}", timeout=30)
         schema = MilvusClient.create_schema(auto_id=False)
@@ -157,7 +157,7 @@ def test_milvus_lite_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
         client.close()
     finally:
         assert server.stop()
-    server = stack.start_milvus_lite(tmp_path, port)
+    server = services.start_milvus_lite(tmp_path, port)
     try:
         client = open_client(f"http://{server.address}", timeout=30)
         client.load_collection("kept")

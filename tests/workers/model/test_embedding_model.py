@@ -174,9 +174,9 @@ def test_empty_input_gives_empty_arrays(qwen: EmbeddingModel) -> None:
 
 
 def test_invalid_inputs_are_rejected(qwen: EmbeddingModel) -> None:
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ConfigError, match=r"\[65\] are not integers in 1\.\.64"):
         qwen.embed(["text"], [65])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ConfigError, match=r"\[0\] are not integers in 1\.\.64"):
         qwen.embed([], [0])
     with pytest.raises(ValueError, match="0 tokens"):
         qwen.embed_ids([[1, 2], []], [64])
