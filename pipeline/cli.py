@@ -142,7 +142,7 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.runtime.serving import open_query_side
 
     async with open_query_side(settings, "eval") as side:
-        report = await run_eval(settings, side.pool, options)
+        report = await run_eval(settings, side.pool, side.sink.dims, options)
     print(render_table(report))
     print(f"written: {args.out}/recall.json, recall.md, recall.png")
     return 0

@@ -42,7 +42,7 @@ from pipeline.milvus.rows import (
 )
 from pipeline.milvus.schema import CONSISTENCY, ensure_replicas, search_params
 from pipeline.settings import MilvusSettings
-from workers.errors import ConfigError, PipelineError, PoisonInput
+from workers.errors import PipelineError, PoisonInput
 
 _QUERY_PAGE = 1000
 _HIT_FIELDS = frozenset({"text", "metadata"})
@@ -59,9 +59,9 @@ class MilvusSink:
         max_call_rows: int | None = None,
         max_call_bytes: int | None = None,
     ) -> None:
-        """``max_call_rows`` / ``max_call_bytes`` override the settings of the same names."""
-        if not dims or len(set(dims)) != len(dims) or min(dims) < 1:
-            raise ConfigError(f"replica dims must be distinct positive integers, got {list(dims)}")
+        """``dims``: the replicas, widest (native) first, as :meth:`pipeline.settings.ReplicaSettings.replica_dims`
+        resolved and validated them.  ``max_call_rows`` / ``max_call_bytes`` override the settings
+        of the same names."""
         self._settings = settings
         self._dims = tuple(dims)
         self._max_rows = settings.max_call_rows if max_call_rows is None else max_call_rows

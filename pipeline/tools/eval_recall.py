@@ -210,8 +210,11 @@ def _measure(
     }
 
 
-async def run_eval(settings: Settings, pool: EmbedderPool, options: EvalOptions) -> EvalReport:
-    """Index the corpus, measure every strategy, write the JSON, table and plot; returns the report.
+async def run_eval(
+    settings: Settings, pool: EmbedderPool, dims: tuple[int, ...], options: EvalOptions
+) -> EvalReport:
+    """Index the corpus into replicas ``dims`` (resolved by the caller against ``pool``'s model),
+    measure every strategy, write the JSON, table and plot; returns the report.
 
     ``settings.milvus.collection_prefix`` is replaced by ``options.collection_prefix``, whose
     collections are dropped and rebuilt.
@@ -219,7 +222,6 @@ async def run_eval(settings: Settings, pool: EmbedderPool, options: EvalOptions)
     settings = settings.model_copy(
         update={"milvus": settings.milvus.model_copy(update={"collection_prefix": options.collection_prefix})}
     )
-    dims = settings.replicas.replica_dims(pool.info.native_dim)
     corpus, documents = await asyncio.to_thread(load_corpus, options)
     queries = load_queries(options, documents)
     if options.reuse_index:

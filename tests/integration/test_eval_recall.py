@@ -37,6 +37,7 @@ async def test_eval_recall_measures_every_strategy(
     pool = await EmbedderPool.start(
         settings.model, settings.batching, settings.pool, namespace=f"eval-{uuid.uuid4().hex[:8]}"
     )
+    dims = settings.replicas.replica_dims(pool.info.native_dim)
     options = EvalOptions(
         out_dir=tmp_path,
         text_dir=CORPUS,
@@ -47,10 +48,13 @@ async def test_eval_recall_measures_every_strategy(
         collection_prefix=f"eval_{uuid.uuid4().hex[:8]}",
     )
     try:
-        report = await run_eval(settings, pool, options)
+        report = await run_eval(settings, pool, dims, options)
         # Measuring again on the stored index (no re-embedding) reads the same chunks and vectors.
         again = await run_eval(
-            settings, pool, replace(options, out_dir=tmp_path / "again", factors=(50,), reuse_index=True)
+            settings,
+            pool,
+            dims,
+            replace(options, out_dir=tmp_path / "again", factors=(50,), reuse_index=True),
         )
     finally:
         pool.shutdown()
