@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from pipeline.documents import Sink, UpsertDocument
 from pipeline.ingest import metrics
 from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.ingest.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
 from pipeline.ingest.flow import FlowControl
 from pipeline.ingest.kafka import client_options, make_producer
@@ -39,31 +40,6 @@ from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ConsumerStats:
-    """Counters of one worker run."""
-
-    events: int = 0
-    dead_letters: int = 0
-    documents_written: int = 0
-    documents_deleted: int = 0
-    chunks_written: int = 0
-    tokens_embedded: int = 0
-    commits: int = 0
-    first_record_at: float | None = None
-    last_ack_at: float | None = None
-
-    def busy_seconds(self) -> float:
-        """Time from the first record polled to the last unit acknowledged."""
-        if self.first_record_at is None or self.last_ack_at is None:
-            return 0.0
-        return self.last_ack_at - self.first_record_at
-
-    def events_per_second(self) -> float:
-        """Events fully handled per second while there was work."""
-        return self.events / self.busy_seconds() if self.busy_seconds() > 0 else 0.0
 
 
 @dataclass
