@@ -2,9 +2,11 @@
 
 Never imports aiokafka or :mod:`pipeline`.  Modules: ``errors`` (typed failures of both sides),
 ``settings`` (model, batching, pool), ``prompts`` (instruction formatting), ``actor`` (one model
-behind a micro-batcher), ``batcher`` and ``query_lane`` (token-budget batching, queries first),
-``metrics``, ``pool`` (routing, retries, poison isolation), ``spawn`` (create, find, kill
-actors), ``scaling`` (grow, shrink); subpackages :mod:`workers.model` (tokenize, forward, pool,
-cut, normalize) and :mod:`workers.bench` (the embedder benchmark).  Only :mod:`workers.model`
-and :mod:`workers.bench` import torch, and only when a model is loaded or benchmarked.
+behind a micro-batcher), ``batcher`` (requests in, rows out, one forward thread) with
+``batch_queue`` (bounds, sorted windows, token budget), ``query_lane`` (queries first) and
+``batcher_stats``, ``metrics``, ``pool`` (routing, retries, poison isolation), ``spawn`` (create,
+find, kill actors), ``scaling`` (grow, shrink); subpackages :mod:`workers.model` (tokenize,
+forward, pool, cut, normalize) and :mod:`workers.bench` (the embedder benchmark).  Only
+:mod:`workers.model` and :mod:`workers.bench` import torch, and only when a model is loaded or
+benchmarked.
 """

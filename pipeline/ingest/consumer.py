@@ -1,10 +1,15 @@
-"""The ingestion worker: poll Kafka, embed on the Ray pool, write every replica, then commit.
+"""One member of the ingestion consumer group: poll Kafka, hand records to lanes, commit.
 
-Flow per partition ("lane"): units are built in poll order and their embeddings start at
-once (concurrently, on any actor); the lane then writes units strictly in offset order, so
-for one document id the last event in partition order wins in Milvus.  A unit's offsets
-are acknowledged only after every replica write and every dead-letter send of the unit
-succeeded, and the :class:`~pipeline.ingest.offsets.OffsetTracker` commits the contiguous prefix.
+Each assigned partition has a lane (:mod:`pipeline.ingest.lane`) that embeds its units
+concurrently and writes them strictly in offset order, so for one document id the last event in
+partition order wins in Milvus.  Offsets are committed only after every replica write and every
+dead-letter send of a unit: a lane acknowledges a unit only then, and only the contiguous
+acknowledged prefix of a partition is committed (:class:`~pipeline.ingest.offsets.OffsetTracker`).
+
+On a rebalance a revoked partition is given up only after its lane is closed (a write already sent
+to Milvus is awaited, so it cannot land after the new owner's) and what it acknowledged is
+committed; acknowledgements under an old assignment never commit.  On shutdown the lanes get
+``worker.shutdown_drain_s`` to finish, then whatever was acknowledged is committed.
 
 The poll loop never waits on the GPU or on Milvus: when the tokens in flight pass
 ``worker.max_inflight_tokens``, or while a Milvus write is being retried, the assigned
@@ -18,64 +23,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from pipeline.documents import Sink, UpsertDocument
+from pipeline.documents import Sink
 from pipeline.ingest import metrics
 from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.ingest.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
 from pipeline.ingest.flow import FlowControl
 from pipeline.ingest.kafka import client_options, make_producer
+from pipeline.ingest.lane import Lane, LaneRunner
 from pipeline.ingest.offsets import OffsetTracker
-from pipeline.ingest.retry import retry_transient
 from pipeline.ingest.unit_embedder import Embedder, UnitEmbedder
-from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit
+from pipeline.ingest.units import KafkaRecord
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ConsumerStats:
-    """Counters of one worker run."""
-
-    events: int = 0
-    dead_letters: int = 0
-    documents_written: int = 0
-    documents_deleted: int = 0
-    chunks_written: int = 0
-    tokens_embedded: int = 0
-    commits: int = 0
-    first_record_at: float | None = None
-    last_ack_at: float | None = None
-
-    def busy_seconds(self) -> float:
-        """Time from the first record polled to the last unit acknowledged."""
-        if self.first_record_at is None or self.last_ack_at is None:
-            return 0.0
-        return self.last_ack_at - self.first_record_at
-
-    def events_per_second(self) -> float:
-        """Events fully handled per second while there was work."""
-        return self.events / self.busy_seconds() if self.busy_seconds() > 0 else 0.0
-
-
-@dataclass
-class _Lane:
-    """One assigned partition: its units in offset order, from dispatch until fully written."""
-
-    tp: TopicPartition
-    epoch: int
-    units: deque[tuple[WorkUnit, asyncio.Task[dict[int, np.ndarray]] | None]] = field(default_factory=deque)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    writing: asyncio.Task[None] | None = None
 
 
 class IngestConsumer:
@@ -91,13 +57,6 @@ class IngestConsumer:
         special_tokens: int = 0,
     ) -> None:
         self._settings = settings
-        self._embedder = UnitEmbedder(
-            embedder, dims, settings.consumer.max_request_tokens, settings.consumer.retry_backoff_max_s
-        )
-        self._sink = sink
-        self._chunker = chunker
-        self._dims = dims
-        self._special_tokens = special_tokens
         kafka = settings.kafka
         self._consumer = AIOKafkaConsumer(
             **client_options(kafka),
@@ -114,12 +73,28 @@ class IngestConsumer:
         )
         self._tracker = OffsetTracker()
         self._latency = metrics.CommitLatency(kafka.topic)
-        self._lanes: dict[TopicPartition, _Lane] = {}
+        self._lanes: dict[TopicPartition, Lane] = {}
         self._flow = FlowControl(settings.consumer.max_inflight_tokens)
         self._fatal: asyncio.Future[None] | None = None
         self._assigned_once = asyncio.Event()
         self._assigned_at = 0.0
         self.stats = ConsumerStats()
+        unit_embedder = UnitEmbedder(
+            embedder, dims, settings.consumer.max_request_tokens, settings.consumer.retry_backoff_max_s
+        )
+        self._runner = LaneRunner(
+            settings,
+            unit_embedder,
+            sink,
+            chunker,
+            dims,
+            special_tokens,
+            self._dead_letters,
+            self._tracker,
+            self._latency,
+            self._flow,
+            self.stats,
+        )
 
     @property
     def assigned(self) -> frozenset[TopicPartition]:
@@ -185,91 +160,7 @@ class IngestConsumer:
         lane = self._lanes.get(tp)
         if lane is None:  # revoked between fetch and now: the new owner re-reads these
             return
-        size = self._settings.consumer.max_batch_events
-        for start in range(0, len(records), size):
-            part = records[start : start + size]
-            unit = await asyncio.to_thread(
-                build_unit,
-                tp,
-                lane.epoch,
-                part,
-                self._chunker,
-                self._settings.model,
-                self._special_tokens,
-            )
-            self.stats.events += len(unit.offsets)
-            self._tracker.track(tp, lane.epoch, unit.offsets)
-            self._latency.dispatched(tp, unit.offsets[-1] + 1, [r.timestamp for r in part])
-            embedding = asyncio.create_task(self._embedder.embed(unit)) if unit.texts else None
-            self._flow.dispatched(unit.tokens)
-            lane.units.append((unit, embedding))
-            lane.arrived.set()
-
-    async def _drain(self, lane: _Lane) -> None:
-        """Write the lane's units in offset order; a unit is acknowledged once fully written."""
-        while True:
-            while not lane.units:
-                lane.arrived.clear()
-                await lane.arrived.wait()
-            unit, embedding = lane.units[0]
-            vectors = await embedding if embedding is not None else {d: np.zeros((0, d)) for d in self._dims}
-            # Shielded: once a write is sent to Milvus it must finish (and acknowledge) even
-            # when the lane is cancelled by a rebalance; see _close_lane.
-            lane.writing = asyncio.create_task(self._complete_unit(unit, vectors))
-            await asyncio.shield(lane.writing)
-            lane.writing = None
-            lane.units.popleft()
-            self._release(unit)
-
-    async def _complete_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
-        chunks = await self._write_unit(unit, vectors)
-        await self._dead_letters.send(unit.dead_letters)
-        self.stats.dead_letters += len(unit.dead_letters)
-        self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
-        metrics.unit_done(
-            unit.tp.topic,
-            len(unit.offsets),
-            [d.reason for d in unit.dead_letters],
-            chunks,
-        )
-        self.stats.tokens_embedded += unit.tokens
-        self.stats.last_ack_at = time.monotonic()
-
-    def _release(self, unit: WorkUnit) -> None:
-        self._flow.released(unit.tokens)
-
-    async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
-        """Write the unit to every replica; documents Milvus refuses for good become dead letters.
-
-        Returns the number of chunks written.
-        """
-        writes = unit.writes(vectors)
-        if not writes:
-            return 0
-        # Nothing of this unit (nor after it in its partition) is acknowledged meanwhile, so
-        # nothing is committed past it; the partitions are paused while it fails.
-        result = await retry_transient(
-            "Milvus write",
-            lambda: asyncio.to_thread(self._sink.write, writes),
-            self._settings.consumer.retry_backoff_max_s,
-            on_failing=self._flow.write_failing,
-            on_recovered=self._flow.write_recovered,
-        )
-        rejected = result.rejected
-        for index, reason in rejected.items():
-            log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
-            unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}")
-        chunks = 0
-        for index, write in enumerate(writes):
-            if index in rejected:
-                continue
-            if isinstance(write, UpsertDocument):
-                self.stats.documents_written += 1
-                chunks += len(write.chunks)
-            else:
-                self.stats.documents_deleted += 1
-        self.stats.chunks_written += chunks
-        return chunks
+        await self._runner.dispatch(lane, records)
 
     async def _commit_periodically(self) -> None:
         while True:
@@ -295,8 +186,8 @@ class IngestConsumer:
     def _open_lane(self, tp: TopicPartition, committed: int | None) -> None:
         epoch = self._tracker.assign(tp, committed)
         self._latency.assigned(tp, committed)
-        lane = _Lane(tp=tp, epoch=epoch)
-        lane.task = asyncio.create_task(self._drain(lane), name=f"lane-{tp.topic}-{tp.partition}")
+        lane = Lane(tp=tp, epoch=epoch)
+        lane.task = asyncio.create_task(self._runner.drain(lane), name=f"lane-{tp.topic}-{tp.partition}")
         lane.task.add_done_callback(self._on_lane_done)
         self._lanes[tp] = lane
 
@@ -309,30 +200,12 @@ class IngestConsumer:
             self._fatal.set_exception(exc)
 
     async def _close_lane(self, tp: TopicPartition, drain_s: float = 0.0) -> None:
-        """Stop a lane, after up to ``drain_s`` seconds for its units to finish.
-
-        A write already sent to Milvus is awaited, so it cannot land after the new owner's;
-        units not written by then are dropped unacknowledged (the next owner re-reads them).
-        """
+        """Give up ``tp``'s lane and close it (:meth:`~pipeline.ingest.lane.LaneRunner.close`: after up
+        to ``drain_s`` seconds, a write already sent awaited, the units not written dropped)."""
         lane = self._lanes.pop(tp, None)
         if lane is None or lane.task is None:
             return
-        deadline = time.monotonic() + drain_s
-        while lane.units and not lane.task.done() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        lane.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await lane.task
-        if lane.writing is not None:
-            with contextlib.suppress(Exception):
-                await lane.writing
-        for unit, embedding in lane.units:
-            self._release(unit)
-            if embedding is not None:
-                embedding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await embedding
-        lane.units.clear()
+        await self._runner.close(lane, drain_s)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:

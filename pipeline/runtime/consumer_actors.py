@@ -19,7 +19,8 @@ from typing import Any, cast
 import ray
 from ray.actor import ActorHandle
 
-from pipeline.ingest.consumer import ConsumerStats, IngestConsumer
+from pipeline.ingest.consumer import IngestConsumer
+from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import Runtime, make_chunker
 from pipeline.settings import Settings

@@ -1,0 +1,34 @@
+"""Counters of one consumer-group member's run (:class:`~pipeline.ingest.consumer.IngestConsumer`).
+
+Filled in by the member (records polled, commits) and by its lanes (:mod:`pipeline.ingest.lane`:
+events dispatched, units written and acknowledged); summed over members by the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ConsumerStats:
+    """Counters of one worker run."""
+
+    events: int = 0
+    dead_letters: int = 0
+    documents_written: int = 0
+    documents_deleted: int = 0
+    chunks_written: int = 0
+    tokens_embedded: int = 0
+    commits: int = 0
+    first_record_at: float | None = None
+    last_ack_at: float | None = None
+
+    def busy_seconds(self) -> float:
+        """Time from the first record polled to the last unit acknowledged."""
+        if self.first_record_at is None or self.last_ack_at is None:
+            return 0.0
+        return self.last_ack_at - self.first_record_at
+
+    def events_per_second(self) -> float:
+        """Events fully handled per second while there was work."""
+        return self.events / self.busy_seconds() if self.busy_seconds() > 0 else 0.0

@@ -1,0 +1,201 @@
+"""A lane: one assigned partition's units of work, from dispatch until written and acknowledged.
+
+:class:`LaneRunner` moves the units of every lane of one consumer-group member
+(:class:`~pipeline.ingest.consumer.IngestConsumer`, which opens and closes lanes on rebalances):
+
+* Dispatch: records are cut into units in poll order and each unit's embedding starts at once
+  (concurrently, on any actor); its tokens count against the in-flight budget until it is written
+  or dropped.
+* Drain: the lane writes its units strictly in offset order, so for one document id the last event
+  in partition order wins in Milvus.
+* Write: a unit's offsets are acknowledged to the
+  :class:`~pipeline.ingest.offsets.OffsetTracker` only after every replica write and every dead-letter
+  send of the unit succeeded (documents Milvus refuses for good become dead letters).  While a write
+  is being retried nothing of the unit, nor after it in its partition, is acknowledged, and the
+  partitions are paused (:mod:`pipeline.ingest.flow`).
+* Close: a write already sent to Milvus is awaited, so it cannot land after the next owner's; units
+  not written by then are dropped unacknowledged (the next owner re-reads them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiokafka import TopicPartition
+
+from pipeline.documents import Sink, UpsertDocument
+from pipeline.ingest import metrics
+from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.consumer_stats import ConsumerStats
+from pipeline.ingest.dlq import DeadLetterQueue
+from pipeline.ingest.flow import FlowControl
+from pipeline.ingest.offsets import OffsetTracker
+from pipeline.ingest.retry import retry_transient
+from pipeline.ingest.unit_embedder import UnitEmbedder
+from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lane:
+    """One assigned partition: its units in offset order, from dispatch until fully written."""
+
+    tp: TopicPartition
+    epoch: int
+    units: deque[tuple[WorkUnit, asyncio.Task[dict[int, np.ndarray]] | None]] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    writing: asyncio.Task[None] | None = None
+
+
+class LaneRunner:
+    """Dispatches, drains and closes the lanes of one consumer; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: UnitEmbedder,
+        sink: Sink,
+        chunker: Chunker,
+        dims: tuple[int, ...],
+        special_tokens: int,
+        dead_letters: DeadLetterQueue,
+        tracker: OffsetTracker,
+        latency: metrics.CommitLatency,
+        flow: FlowControl,
+        stats: ConsumerStats,
+    ) -> None:
+        self._settings = settings
+        self._embedder = embedder
+        self._sink = sink
+        self._chunker = chunker
+        self._dims = dims
+        self._special_tokens = special_tokens
+        self._dead_letters = dead_letters
+        self._tracker = tracker
+        self._latency = latency
+        self._flow = flow
+        self.stats = stats
+
+    async def dispatch(self, lane: Lane, records: Sequence[KafkaRecord]) -> None:
+        """Cut ``records`` into units, track their offsets, start their embeddings, queue them."""
+        tp = lane.tp
+        size = self._settings.consumer.max_batch_events
+        for start in range(0, len(records), size):
+            part = records[start : start + size]
+            unit = await asyncio.to_thread(
+                build_unit,
+                tp,
+                lane.epoch,
+                part,
+                self._chunker,
+                self._settings.model,
+                self._special_tokens,
+            )
+            self.stats.events += len(unit.offsets)
+            self._tracker.track(tp, lane.epoch, unit.offsets)
+            self._latency.dispatched(tp, unit.offsets[-1] + 1, [r.timestamp for r in part])
+            embedding = asyncio.create_task(self._embedder.embed(unit)) if unit.texts else None
+            self._flow.dispatched(unit.tokens)
+            lane.units.append((unit, embedding))
+            lane.arrived.set()
+
+    async def drain(self, lane: Lane) -> None:
+        """Write the lane's units in offset order; a unit is acknowledged once fully written."""
+        while True:
+            while not lane.units:
+                lane.arrived.clear()
+                await lane.arrived.wait()
+            unit, embedding = lane.units[0]
+            vectors = await embedding if embedding is not None else {d: np.zeros((0, d)) for d in self._dims}
+            # Shielded: once a write is sent to Milvus it must finish (and acknowledge) even
+            # when the lane is cancelled by a rebalance; see close.
+            lane.writing = asyncio.create_task(self._complete_unit(unit, vectors))
+            await asyncio.shield(lane.writing)
+            lane.writing = None
+            lane.units.popleft()
+            self._release(unit)
+
+    async def _complete_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
+        chunks = await self._write_unit(unit, vectors)
+        await self._dead_letters.send(unit.dead_letters)
+        self.stats.dead_letters += len(unit.dead_letters)
+        self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
+        metrics.unit_done(
+            unit.tp.topic,
+            len(unit.offsets),
+            [d.reason for d in unit.dead_letters],
+            chunks,
+        )
+        self.stats.tokens_embedded += unit.tokens
+        self.stats.last_ack_at = time.monotonic()
+
+    def _release(self, unit: WorkUnit) -> None:
+        self._flow.released(unit.tokens)
+
+    async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
+        """Write the unit to every replica; documents Milvus refuses for good become dead letters.
+
+        Returns the number of chunks written.
+        """
+        writes = unit.writes(vectors)
+        if not writes:
+            return 0
+        # Nothing of this unit (nor after it in its partition) is acknowledged meanwhile, so
+        # nothing is committed past it; the partitions are paused while it fails.
+        result = await retry_transient(
+            "Milvus write",
+            lambda: asyncio.to_thread(self._sink.write, writes),
+            self._settings.consumer.retry_backoff_max_s,
+            on_failing=self._flow.write_failing,
+            on_recovered=self._flow.write_recovered,
+        )
+        rejected = result.rejected
+        for index, reason in rejected.items():
+            log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
+            unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}")
+        chunks = 0
+        for index, write in enumerate(writes):
+            if index in rejected:
+                continue
+            if isinstance(write, UpsertDocument):
+                self.stats.documents_written += 1
+                chunks += len(write.chunks)
+            else:
+                self.stats.documents_deleted += 1
+        self.stats.chunks_written += chunks
+        return chunks
+
+    async def close(self, lane: Lane, drain_s: float = 0.0) -> None:
+        """Stop a lane, after up to ``drain_s`` seconds for its units to finish.
+
+        A write already sent to Milvus is awaited, so it cannot land after the new owner's;
+        units not written by then are dropped unacknowledged (the next owner re-reads them).
+        """
+        if lane.task is None:
+            return
+        deadline = time.monotonic() + drain_s
+        while lane.units and not lane.task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        lane.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await lane.task
+        if lane.writing is not None:
+            with contextlib.suppress(Exception):
+                await lane.writing
+        for unit, embedding in lane.units:
+            self._release(unit)
+            if embedding is not None:
+                embedding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await embedding
+        lane.units.clear()

@@ -1,0 +1,177 @@
+"""What waits in a micro-batcher, whether it may wait, and which texts form the next batch.
+
+The :class:`BatchQueue` holds the tokenized texts that :class:`~workers.batcher.MicroBatcher` accepted
+and not yet handed to a forward pass.  It guarantees:
+
+* Bounded admission: a request is refused with :class:`~workers.errors.Backpressure` at once when
+  accepting it would put more than ``max_queued_tokens`` in the ingestion queue (``max_priority_tokens``
+  in the query lane); a request is always accepted into an empty queue, so one larger than the bound
+  still runs.  The refusal carries a retry hint: the time to drain the excess at the measured rate.
+* Waiting texts are taken in arrival order, ``sort_window`` at a time; each such window is sorted by
+  length (stable) and appended to a "ready" run.  Batches are cut from the front of that run, so every
+  text of window *k* runs before any text of window *k + 1*: sorting cuts padding, and the bounded window
+  means no text waits behind an unbounded stream of shorter ones.
+* A batch grows while its cost stays within ``max_batch_tokens``: ``longest × count`` for a padded
+  forward pass, the sum of the lengths for a packed one (``packed=True``, what the model says it runs).
+  A single text longer than the budget runs alone.
+* The first batch is due when the waiting texts hold a full budget of tokens or when the oldest of them
+  has waited ``max_wait_ms``, whichever comes first.
+* Queries (``priority=True``) wait in a separate bounded lane and go first into every batch, up to
+  ``priority_share`` of its budget; a waiting query makes the next batch due at once.  See
+  :mod:`workers.query_lane` for what that guarantees queries and ingestion.
+* Texts whose caller gave up are skipped when batches form (their tokens leave the counts then).
+
+Not thread-safe: used from the batcher's event loop only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic
+
+from workers.errors import Backpressure
+from workers.query_lane import ItemT, QueryLane
+from workers.settings import BatchSettings
+
+# Bounds of the retry hint handed out with Backpressure: a slow first estimate must not park callers.
+_MIN_RETRY_S = 0.01
+_MAX_RETRY_S = 5.0
+_UNMEASURED_RETRY_S = 0.1
+
+
+class BatchQueue(Generic[ItemT]):
+    """The ingestion queue (arrival order, then sorted windows) and the query lane; see the module."""
+
+    def __init__(self, settings: BatchSettings, *, packed: bool = False) -> None:
+        self._settings = settings
+        self._packed = packed
+        self._max_wait = settings.max_wait_ms / 1000
+        self._pending: deque[ItemT] = deque()  # arrival order, not yet in a sorted window
+        self._ready: deque[ItemT] = deque()  # sorted windows, front is next
+        self._queries: QueryLane[ItemT] = QueryLane(settings.max_priority_tokens)
+        self._ready_since = math.inf  # arrival time of the oldest text in `_ready` (or older)
+        self._waiting_tokens = 0
+        self.rejected = 0
+        """Requests refused with Backpressure since creation."""
+
+    @property
+    def texts(self) -> int:
+        """Texts waiting (abandoned ones included until dropped)."""
+        return len(self._pending) + len(self._ready) + len(self._queries)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the texts waiting (abandoned ones included until dropped)."""
+        return self._waiting_tokens + self._queries.tokens
+
+    def empty(self) -> bool:
+        return not self._pending and not self._ready and not self._queries
+
+    def admit(self, tokens: int, priority: bool, rate: float) -> None:
+        """Raise :class:`Backpressure` if a request of ``tokens`` breaks its bound (module docstring).
+
+        ``rate`` is the measured throughput (tokens per second, 0 if unmeasured), for the retry hint.
+        """
+        if priority and self._queries.overflows(tokens):
+            self.rejected += 1
+            limit = self._settings.max_priority_tokens
+            raise Backpressure(
+                f"query lane holds {self._queries.tokens} tokens; {tokens} more exceed {limit}",
+                retry_after=_retry_after(self._queries.tokens + tokens - limit, rate),
+            )
+        limit = self._settings.max_queued_tokens
+        if not priority and self._waiting_tokens and self._waiting_tokens + tokens > limit:
+            self.rejected += 1
+            raise Backpressure(
+                f"embedder queue holds {self._waiting_tokens} tokens; {tokens} more exceed {limit}",
+                retry_after=_retry_after(self._waiting_tokens + tokens - limit, rate),
+            )
+
+    def add(self, items: Iterable[ItemT], tokens: int, priority: bool) -> None:
+        """Queue the texts of one admitted request (``tokens`` in all)."""
+        if priority:
+            self._queries.extend(items)
+        else:
+            self._pending.extend(items)
+            self._waiting_tokens += tokens
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the next batch is due (0 or less: now), or None when nothing live is left.
+
+        Drops abandoned queries from the front of the lane.  Call only when not :meth:`empty`.
+        """
+        # A waiting query does not wait for the batch to fill: someone is waiting on it.
+        if self._queries.next_live() is not None or self._waiting_tokens >= self._settings.max_batch_tokens:
+            return 0.0
+        if not self._pending and not self._ready:
+            return None  # only abandoned queries were left, and next_live() dropped them
+        oldest = self._ready_since if self._ready else self._pending[0].enqueued
+        return oldest + self._max_wait - now
+
+    def take_batch(self) -> list[ItemT]:
+        """Queries first (up to their share of the budget), then the front of the sorted ingestion
+        run, sealing new windows as needed; queries again if ingestion left room."""
+        budget = self._settings.max_batch_tokens
+        batch: list[ItemT] = []
+        longest = total = 0
+
+        def fits(item: ItemT) -> bool:
+            size = len(item.ids)
+            cost = total + size if self._packed else max(longest, size) * (len(batch) + 1)
+            return not batch or cost <= budget
+
+        def add(item: ItemT) -> None:
+            nonlocal longest, total
+            batch.append(item)
+            longest, total = max(longest, len(item.ids)), total + len(item.ids)
+
+        query_budget = self._settings.priority_share * budget
+        while (query := self._queries.next_live()) is not None and fits(query):
+            if batch and total + len(query.ids) > query_budget:
+                break
+            add(self._queries.pop())
+        while True:
+            if not self._ready:
+                if not self._pending:
+                    break
+                self._seal_window()
+                continue
+            item = self._ready[0]
+            size = len(item.ids)
+            if item.abandoned():
+                self._ready.popleft()
+                self._waiting_tokens -= size
+                continue
+            if not fits(item):
+                break
+            self._ready.popleft()
+            self._waiting_tokens -= size
+            add(item)
+        if not self._ready:
+            self._ready_since = math.inf
+            # Ingestion left room: more queries may take it.
+            while (query := self._queries.next_live()) is not None and fits(query):
+                add(self._queries.pop())
+        return batch
+
+    def _seal_window(self) -> None:
+        count = min(self._settings.sort_window, len(self._pending))
+        window = [self._pending.popleft() for _ in range(count)]
+        self._ready_since = min(self._ready_since, window[0].enqueued)
+        self._ready.extend(sorted(window, key=lambda item: len(item.ids)))
+
+    def drain(self) -> list[ItemT]:
+        """Remove and return every waiting text."""
+        items = [*self._ready, *self._pending, *self._queries.drain()]
+        self._ready, self._pending = deque(), deque()
+        self._waiting_tokens = 0
+        return items
+
+
+def _retry_after(excess_tokens: int, rate: float) -> float:
+    """Seconds until the queue has drained ``excess_tokens`` at ``rate`` tokens per second."""
+    if not rate:
+        return _UNMEASURED_RETRY_S
+    return min(_MAX_RETRY_S, max(_MIN_RETRY_S, excess_tokens / rate))
