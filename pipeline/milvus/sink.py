@@ -59,9 +59,9 @@ class MilvusSink:
         max_call_rows: int | None = None,
         max_call_bytes: int | None = None,
     ) -> None:
-        """``dims``: the replicas, widest (native) first, as :meth:`pipeline.settings.ReplicaSettings.replica_dims`
-        resolved and validated them.  ``max_call_rows`` / ``max_call_bytes`` override the settings
-        of the same names."""
+        """``dims``: the replicas, widest (native) first, as
+        :meth:`pipeline.settings.ReplicaSettings.replica_dims` resolved and validated them.
+        ``max_call_rows`` / ``max_call_bytes`` override the settings of the same names."""
         self._settings = settings
         self._dims = tuple(dims)
         self._max_rows = settings.max_call_rows if max_call_rows is None else max_call_rows
