@@ -33,6 +33,7 @@ from pipeline.ingest.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
 from pipeline.ingest.flow import FlowControl
 from pipeline.ingest.kafka import client_options, make_producer
 from pipeline.ingest.offsets import OffsetTracker
+from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.retry import retry_transient
 from pipeline.ingest.unit_embedder import Embedder, UnitEmbedder
 from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit
@@ -229,7 +230,7 @@ class IngestConsumer:
         metrics.unit_done(
             unit.tp.topic,
             len(unit.offsets),
-            [d.reason for d in unit.dead_letters],
+            [d.code for d in unit.dead_letters],
             chunks,
         )
         self.stats.tokens_embedded += unit.tokens
@@ -258,7 +259,7 @@ class IngestConsumer:
         rejected = result.rejected
         for index, reason in rejected.items():
             log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
-            unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}")
+            unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}", ReasonCode.MILVUS_REJECTED)
         chunks = 0
         for index, write in enumerate(writes):
             if index in rejected:
