@@ -12,8 +12,8 @@ Records come from the ``documents`` topic (``KafkaSettings.topic``):
 
 :func:`parse_event` accepts exactly that and raises :class:`InvalidEvent` for anything else,
 whatever the bytes: no other exception escapes it.  Each raise site names the rule broken with a
-:class:`~pipeline.ingest.reasons.ReasonCode`, next to the prose reason.  The limits below keep one event from
-exhausting memory, the parser's stack or Milvus' field limits.
+:class:`~pipeline.ingest.reasons.ReasonCode`, next to the prose reason.  The limits below keep one
+event from exhausting memory, the parser's stack or Milvus' field limits.
 """
 
 from __future__ import annotations

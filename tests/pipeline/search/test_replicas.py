@@ -10,7 +10,14 @@ import pytest
 
 from pipeline.documents import Hit
 from pipeline.milvus.sink import MilvusSink
-from pipeline.search.replicas import ReplicaSearch, best_chunk_per_document, pick_strategy, rescore
+from pipeline.search.replicas import (
+    QueryResult,
+    ReplicaSearch,
+    best_chunk_per_document,
+    format_results,
+    pick_strategy,
+    rescore,
+)
 from pipeline.search.routing import NO_PROFILE_REASON, Profile, Strategy
 from pipeline.settings import Settings
 from workers.errors import ConfigError
@@ -124,6 +131,18 @@ def test_without_search_profile_path_a_target_gets_the_native_replica_and_the_re
         choice = pick_strategy(settings, (384, 128, 64), **target)  # type: ignore[arg-type]
         assert choice.strategy == Strategy(384) and choice.expected is None
         assert choice.reason == NO_PROFILE_REASON
+
+
+def test_the_printed_results_say_why_routing_picked_the_strategy() -> None:
+    routed = QueryResult("q", 384, [hit("a#0", 0.5)], "replica 384d", NO_PROFILE_REASON)
+    lines = format_results([routed, QueryResult("q", 128, [], "replica 128d")]).splitlines()
+    assert lines == [
+        'query: "q"  (replica 384d)',
+        f"  routing: {NO_PROFILE_REASON}",
+        "  1. 0.500  a#0  ",
+        'query: "q"  (replica 128d)',
+        "  no hits",
+    ]
 
 
 def test_the_query_task_is_configurable_per_collection() -> None:
