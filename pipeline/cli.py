@@ -59,10 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         "the smallest replica), re-score with the full-dimension vectors",
     )
     search.add_argument(
-        "--recall-target", type=float, help="let routing pick the fastest strategy reaching it"
+        "--recall-target",
+        type=float,
+        help="let routing pick the fastest strategy reaching it, by the measured profile "
+        "(search.profile_path; without one: the native replica)",
     )
     search.add_argument(
-        "--latency-budget-ms", type=float, help="let routing pick the best strategy within it"
+        "--latency-budget-ms",
+        type=float,
+        help="let routing pick the best strategy within it, by the measured profile "
+        "(search.profile_path; without one: the native replica)",
     )
     search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
     status = verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")

@@ -257,8 +257,9 @@ class SearchSettings(_Section):
     )
     profile_path: Path | None = Field(
         None,
-        description="eval-recall's JSON (measured recall/latency per strategy) that routing reads; "
-        "unset: a default profile (native replica, or funnel from the smallest).",
+        description="eval-recall's JSON (measured recall/latency per strategy, `python -m pipeline "
+        "eval-recall --out DIR` writes DIR/recall.json) that routing reads; unset: nothing was measured, "
+        "so a recall target or latency budget is answered by the native replica (exact), saying why.",
     )
 
     def task_for(self, collection_prefix: str) -> str | None:

@@ -2,10 +2,10 @@
 
 Owns the event contract (``events``), units of work (``units``: parse, collapse per id, chunk),
 the chunker, embedding a unit on the pool (``unit_embedder``), flow control and retries, offset
-tracking, the dead-letter topic, the consumer-group member (``consumer``) with its per-partition
-lanes (``lane``: dispatch, write in offset order, acknowledge, close) and counters
-(``consumer_stats``), Kafka client options and topics (``kafka``), the producer of ``produce`` and
-the consumer-side metrics.
+tracking, the dead-letter topic and its reason codes (``reasons``), the consumer-group member
+(``consumer``) with its per-partition lanes (``lane``: dispatch, write in offset order,
+acknowledge, close) and counters (``consumer_stats``), Kafka client options and topics
+(``kafka``), the producer of ``produce`` and the consumer-side metrics.
 
 May import :mod:`pipeline.settings`, :mod:`pipeline.documents`, and from :mod:`workers` only
 errors, prompts, settings and metric specs; never Milvus, Ray, torch or transformers (the pool

@@ -1,7 +1,7 @@
 """Counters of one consumer-group member's run (:class:`~pipeline.ingest.consumer.IngestConsumer`).
 
 Filled in by the member (records polled, commits) and by its lanes (:mod:`pipeline.ingest.lane`:
-events dispatched, units written and acknowledged); summed over members by the runtime.
+units written and acknowledged); summed over members by the runtime.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 @dataclass
 class ConsumerStats:
-    """Counters of one worker run."""
+    """Counters of one member's run; every count is of acknowledged work (a unit dropped on a
+    revocation or a stop counts nowhere: its next owner counts it)."""
 
-    events: int = 0
+    events: int = 0  # events acknowledged: written or dead-lettered
     dead_letters: int = 0
     documents_written: int = 0
     documents_deleted: int = 0

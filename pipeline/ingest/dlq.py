@@ -34,7 +34,8 @@ def bounded_payload(dead_letter: DeadLetter, max_bytes: int) -> tuple[bytes | No
 
 
 class DeadLetterQueue:
-    """Sends dead letters with their original key and value and the ``error``/``source_*`` headers.
+    """Sends dead letters with their original key and value and the ``error`` (prose),
+    ``reason_code`` (:mod:`pipeline.ingest.reasons`) and ``source_*`` headers.
 
     :meth:`send` returns only once the broker acknowledged every record (transient broker
     failures are retried with capped backoff), so the caller may then commit their offsets.

@@ -11,8 +11,9 @@ Records come from the ``documents`` topic (``KafkaSettings.topic``):
 * a null value (tombstone) with a key deletes that key.
 
 :func:`parse_event` accepts exactly that and raises :class:`InvalidEvent` for anything else,
-whatever the bytes: no other exception escapes it.  The limits below keep one event from
-exhausting memory, the parser's stack or Milvus' field limits.
+whatever the bytes: no other exception escapes it.  Each raise site names the rule broken with a
+:class:`~pipeline.ingest.reasons.ReasonCode`, next to the prose reason.  The limits below keep one
+event from exhausting memory, the parser's stack or Milvus' field limits.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import re
 from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 
+from pipeline.ingest.reasons import ReasonCode
 from workers.errors import PipelineError
 
 DEFAULT_MAX_VALUE_BYTES = 10 * 1024 * 1024
@@ -49,15 +51,23 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 class InvalidEvent(PipelineError):
     """A record that breaks the event contract; it will never become valid, so it is not retried.
 
-    ``reason`` is one human-readable line of at most 300 characters that never embeds the payload.
+    ``reason`` is one human-readable line of at most 300 characters that never embeds the payload;
+    ``code`` says which rule was broken, from the fixed set of :mod:`pipeline.ingest.reasons`.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: ReasonCode) -> None:
         reason = " ".join(reason.splitlines())
         if len(reason) > _MAX_REASON_CHARS:
             reason = reason[: _MAX_REASON_CHARS - 1] + "…"
         super().__init__(reason)
         self.reason = reason
+        self.code = code
+
+
+def _violation(code: ReasonCode, reason: str) -> PydanticCustomError:
+    """A validation error whose pydantic error type is ``code`` (read back by :func:`_reason`)."""
+    # The reason goes in as context, never as the template: it may hold braces.
+    return PydanticCustomError(code.value, "{reason}", {"reason": reason})
 
 
 def _quote(text: str, limit: int = 40) -> str:
@@ -85,9 +95,10 @@ def _reject_surrogates(field: str, value: str) -> None:
     # Strict UTF-8 decoding never yields surrogates, but a JSON "\ud800" escape does, and such
     # a string can never be encoded for Milvus.  ASCII strings are skipped in O(1).
     if not value.isascii() and (found := _SURROGATE.search(value)):
-        raise ValueError(
+        raise _violation(
+            ReasonCode.LONE_SURROGATE,
             f"{field} contains a lone UTF-16 surrogate U+{ord(found.group()):04X} at character "
-            f"{found.start()}; it cannot be stored as UTF-8"
+            f"{found.start()}; it cannot be stored as UTF-8",
         )
 
 
@@ -101,18 +112,28 @@ def _check_metadata_tree(metadata: dict[str, Any]) -> None:
     while stack:
         node, path, depth = stack.pop()
         if isinstance(node, dict | list | tuple) and depth > MAX_METADATA_DEPTH:
-            raise ValueError(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels (at {_short(path)})")
+            raise _violation(
+                ReasonCode.BAD_METADATA,
+                f"metadata nests deeper than {MAX_METADATA_DEPTH} levels (at {_short(path)})",
+            )
         if isinstance(node, dict):
             for key, child in node.items():
                 if not isinstance(key, str):
-                    raise ValueError(f"metadata key {key!r:.40} at {_short(path)} is not a string")
+                    raise _violation(
+                        ReasonCode.BAD_METADATA, f"metadata key {key!r:.40} at {_short(path)} is not a string"
+                    )
                 stack.append((child, f"{path}.{key}", depth + 1))
         elif isinstance(node, list | tuple):
             stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(node))
         elif isinstance(node, float) and not math.isfinite(node):
-            raise ValueError(f"metadata holds the non-finite number {node} at {_short(path)}")
+            raise _violation(
+                ReasonCode.BAD_METADATA, f"metadata holds the non-finite number {node} at {_short(path)}"
+            )
         elif isinstance(node, int) and not isinstance(node, bool) and not _INT64[0] <= node <= _INT64[1]:
-            raise ValueError(f"metadata holds an integer outside the signed 64-bit range at {_short(path)}")
+            raise _violation(
+                ReasonCode.BAD_METADATA,
+                f"metadata holds an integer outside the signed 64-bit range at {_short(path)}",
+            )
 
 
 class DocumentEvent(BaseModel):
@@ -130,7 +151,9 @@ class DocumentEvent(BaseModel):
     @classmethod
     def _valid_id(cls, value: str) -> str:
         if "\x00" in value:
-            raise ValueError(f"id contains a NUL character at position {value.index(chr(0))}")
+            raise _violation(
+                ReasonCode.BAD_ID, f"id contains a NUL character at position {value.index(chr(0))}"
+            )
         return value  # pydantic itself rejects lone surrogates in a length-checked string
 
     @field_validator("text")
@@ -138,8 +161,9 @@ class DocumentEvent(BaseModel):
     def _valid_text(cls, value: str | None) -> str | None:
         if value is not None:
             if _VISIBLE.search(value) is None:
-                raise ValueError(
-                    f"text is blank: its {len(value)} characters are all whitespace or control characters"
+                raise _violation(
+                    ReasonCode.BLANK_TEXT,
+                    f"text is blank: its {len(value)} characters are all whitespace or control characters",
                 )
             _reject_surrogates("text", value)
         return value
@@ -150,8 +174,9 @@ class DocumentEvent(BaseModel):
         if value is None or not value.strip():
             return None
         if len(value) > MAX_INSTRUCTION_CHARS:
-            raise ValueError(
-                f"instruction is {len(value)} characters long; at most {MAX_INSTRUCTION_CHARS} allowed"
+            raise _violation(
+                ReasonCode.TOO_LONG,
+                f"instruction is {len(value)} characters long; at most {MAX_INSTRUCTION_CHARS} allowed",
             )
         _reject_surrogates("instruction", value)
         return value
@@ -162,16 +187,20 @@ class DocumentEvent(BaseModel):
         try:
             size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
         except RecursionError as exc:
-            raise ValueError(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels") from exc
+            raise _violation(
+                ReasonCode.BAD_METADATA, f"metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+            ) from exc
         except UnicodeEncodeError as exc:
-            raise ValueError(
-                "metadata contains a lone UTF-16 surrogate; it cannot be stored as UTF-8"
+            raise _violation(
+                ReasonCode.LONE_SURROGATE,
+                "metadata contains a lone UTF-16 surrogate; it cannot be stored as UTF-8",
             ) from exc
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"metadata is not JSON: {exc}") from exc
+            raise _violation(ReasonCode.BAD_METADATA, f"metadata is not JSON: {exc}") from exc
         if size > MAX_METADATA_BYTES:
-            raise ValueError(
-                f"metadata is {size} bytes as compact JSON; at most {MAX_METADATA_BYTES} allowed"
+            raise _violation(
+                ReasonCode.BAD_METADATA,
+                f"metadata is {size} bytes as compact JSON; at most {MAX_METADATA_BYTES} allowed",
             )
         _check_metadata_tree(value)
         return value
@@ -179,35 +208,46 @@ class DocumentEvent(BaseModel):
     @model_validator(mode="after")
     def _text_matches_op(self) -> DocumentEvent:
         if self.op == "upsert" and self.text is None:
-            raise ValueError("an upsert needs a 'text' string")
+            raise _violation(ReasonCode.MISSING_TEXT, "an upsert needs a 'text' string")
         if self.op == "delete" and self.text is not None:
-            raise ValueError("a delete carries no text (did you mean op 'upsert'?)")
+            raise _violation(
+                ReasonCode.TEXT_ON_DELETE, "a delete carries no text (did you mean op 'upsert'?)"
+            )
         return self
 
 
-def _reason(error: ErrorDetails) -> str:
-    """One pydantic error as a sentence about the event's fields."""
+_CODES = frozenset(ReasonCode)
+
+
+def _reason(error: ErrorDetails) -> tuple[ReasonCode, str]:
+    """One pydantic error as its reason code and a sentence about the event's fields."""
     field = str(error["loc"][0]) if error["loc"] else ""
     kind, value = error["type"], error["input"]
+    if kind in _CODES:  # raised by this module's validators through _violation
+        return ReasonCode(kind), error["msg"]
     if kind == "extra_forbidden":
-        return f"unknown field {_quote(field)} (known fields: {_FIELDS})"
-    if kind == "literal_error":
+        return ReasonCode.UNKNOWN_FIELD, f"unknown field {_quote(field)} (known fields: {_FIELDS})"
+    if kind == "literal_error":  # only op is a Literal
         if isinstance(value, str):
-            return f"unknown op {_quote(value)} (expected 'upsert' or 'delete')"
-        return f"op must be a string, got {_json_type(value)}"
-    if kind == "string_too_short":
-        return f"{field} is empty"
+            return ReasonCode.BAD_OP, f"unknown op {_quote(value)} (expected 'upsert' or 'delete')"
+        return ReasonCode.BAD_OP, f"op must be a string, got {_json_type(value)}"
+    if kind == "string_too_short":  # only id has a minimum length
+        return ReasonCode.BAD_ID, f"{field} is empty"
     if kind == "string_too_long":
-        return f"{field} is {len(value)} characters long; at most {error['ctx']['max_length']} allowed"
+        return (
+            ReasonCode.TOO_LONG,
+            f"{field} is {len(value)} characters long; at most {error['ctx']['max_length']} allowed",
+        )
     if kind == "string_unicode":
-        return f"{field} contains a lone UTF-16 surrogate; it cannot be stored as UTF-8"
+        return (
+            ReasonCode.LONE_SURROGATE,
+            f"{field} contains a lone UTF-16 surrogate; it cannot be stored as UTF-8",
+        )
     if kind == "string_type":
-        return f"{field} must be a string, got {_json_type(value)}"
-    if kind == "dict_type":
-        return f"{field} must be a JSON object, got {_json_type(value)}"
-    if kind == "value_error":
-        return str(error["ctx"]["error"])
-    return f"{field or 'event'}: {error['msg']}"
+        return ReasonCode.WRONG_TYPE, f"{field} must be a string, got {_json_type(value)}"
+    if kind == "dict_type":  # only metadata is an object
+        return ReasonCode.BAD_METADATA, f"{field} must be a JSON object, got {_json_type(value)}"
+    return ReasonCode.INVALID_EVENT, f"{field or 'event'}: {error['msg']}"
 
 
 def _validate(fields: dict[str, Any], id_from_key: bool) -> DocumentEvent:
@@ -217,12 +257,12 @@ def _validate(fields: dict[str, Any], id_from_key: bool) -> DocumentEvent:
         errors = exc.errors(include_url=False)
         # An unknown field explains the rest (a typo like "txt" also leaves "text" missing).
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        reason = _reason(first)
+        code, reason = _reason(first)
         if id_from_key and first["loc"][:1] == ("id",):
             reason += " (the id is the message key)"
         if len(errors) > 1:
             reason += f"; {len(errors) - 1} more problem(s)"
-        raise InvalidEvent(reason) from exc
+        raise InvalidEvent(reason, code) from exc
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -231,19 +271,24 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise InvalidEvent(f"value has the key {_quote(key)} twice in one JSON object")
+                raise InvalidEvent(
+                    f"value has the key {_quote(key)} twice in one JSON object", ReasonCode.DUPLICATE_KEY
+                )
             seen.add(key)
     return obj
 
 
 def _reject_constant(name: str) -> NoReturn:
-    raise InvalidEvent(f"value is not JSON: {name} is not a JSON number")
+    raise InvalidEvent(f"value is not JSON: {name} is not a JSON number", ReasonCode.NOT_JSON)
 
 
 def _reject_huge_int(digits: str) -> int:
     # int() of thousands of digits is slow and raises past 4300; no such number fits int64.
     if len(digits) > 20:
-        raise InvalidEvent(f"value holds a {len(digits)}-digit integer, outside the signed 64-bit range")
+        raise InvalidEvent(
+            f"value holds a {len(digits)}-digit integer, outside the signed 64-bit range",
+            ReasonCode.NUMBER_OUT_OF_RANGE,
+        )
     return int(digits)
 
 
@@ -257,7 +302,8 @@ def _load_object(value: bytes) -> dict[str, Any]:
         document = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent(
-            f"value is not UTF-8: {exc.reason} (0x{value[exc.start]:02x}) at byte {exc.start}"
+            f"value is not UTF-8: {exc.reason} (0x{value[exc.start]:02x}) at byte {exc.start}",
+            ReasonCode.NOT_UTF8,
         ) from exc
     if document.startswith("\ufeff"):
         # RFC 8259 lets parsers ignore a byte-order mark; some Windows producers add one.
@@ -266,24 +312,28 @@ def _load_object(value: bytes) -> dict[str, Any]:
         obj = _DECODER.decode(document)
     except json.JSONDecodeError as exc:
         raise InvalidEvent(
-            f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
+            f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
+            ReasonCode.NOT_JSON,
         ) from exc
     except RecursionError as exc:
-        raise InvalidEvent("value is not usable JSON: it nests too deeply to parse") from exc
+        raise InvalidEvent(
+            "value is not usable JSON: it nests too deeply to parse", ReasonCode.NOT_JSON
+        ) from exc
     if not isinstance(obj, dict):
-        raise InvalidEvent(f"value is a JSON {_json_type(obj)}, not an object")
+        raise InvalidEvent(f"value is a JSON {_json_type(obj)}, not an object", ReasonCode.NOT_OBJECT)
     return obj
 
 
 def _key_as_id(key: bytes | None, without_key: str) -> str:
     # Kafka clients send either null or b"" for "no key"; both mean none here.
     if not key:
-        raise InvalidEvent(without_key)
+        raise InvalidEvent(without_key, ReasonCode.MISSING_ID)
     try:
         return key.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent(
-            f"message key is not UTF-8 ({exc.reason} at byte {exc.start}) and is needed as the id"
+            f"message key is not UTF-8 ({exc.reason} at byte {exc.start}) and is needed as the id",
+            ReasonCode.BAD_KEY,
         ) from exc
 
 
@@ -301,9 +351,13 @@ def parse_event(
             {"op": "delete", "id": _key_as_id(key, "tombstone (null value) without a message key")}, True
         )
     if not value:
-        raise InvalidEvent("value is empty (a delete is a null value or an op 'delete' event)")
+        raise InvalidEvent(
+            "value is empty (a delete is a null value or an op 'delete' event)", ReasonCode.EMPTY_VALUE
+        )
     if len(value) > max_value_bytes:
-        raise InvalidEvent(f"value is {len(value)} bytes; at most {max_value_bytes} allowed")
+        raise InvalidEvent(
+            f"value is {len(value)} bytes; at most {max_value_bytes} allowed", ReasonCode.TOO_LARGE
+        )
     fields = _load_object(value)
     if "id" in fields:
         event = _validate(fields, False)
@@ -311,7 +365,8 @@ def parse_event(
             shown = key.decode("utf-8", "backslashreplace")
             raise InvalidEvent(
                 f"id {_quote(event.id)} differs from the message key {_quote(shown)}; "
-                "events must be keyed by their document id to stay in order"
+                "events must be keyed by their document id to stay in order",
+                ReasonCode.KEY_MISMATCH,
             )
         return event
     fields["id"] = _key_as_id(key, "event has no id and the message has no key")

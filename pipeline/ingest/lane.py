@@ -37,6 +37,7 @@ from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.ingest.dlq import DeadLetterQueue
 from pipeline.ingest.flow import FlowControl
 from pipeline.ingest.offsets import OffsetTracker
+from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.retry import retry_transient
 from pipeline.ingest.unit_embedder import UnitEmbedder
 from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit
@@ -101,7 +102,6 @@ class LaneRunner:
                 self._settings.model,
                 self._special_tokens,
             )
-            self.stats.events += len(unit.offsets)
             self._tracker.track(tp, lane.epoch, unit.offsets)
             self._latency.dispatched(tp, unit.offsets[-1] + 1, [r.timestamp for r in part])
             embedding = asyncio.create_task(self._embedder.embed(unit)) if unit.texts else None
@@ -130,10 +130,11 @@ class LaneRunner:
         await self._dead_letters.send(unit.dead_letters)
         self.stats.dead_letters += len(unit.dead_letters)
         self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
+        self.stats.events += len(unit.offsets)
         metrics.unit_done(
             unit.tp.topic,
             len(unit.offsets),
-            [d.reason for d in unit.dead_letters],
+            [d.code for d in unit.dead_letters],
             chunks,
         )
         self.stats.tokens_embedded += unit.tokens
@@ -162,7 +163,7 @@ class LaneRunner:
         rejected = result.rejected
         for index, reason in rejected.items():
             log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
-            unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}")
+            unit.reject(writes[index].doc_id, f"rejected by Milvus: {reason}", ReasonCode.MILVUS_REJECTED)
         chunks = 0
         for index, write in enumerate(writes):
             if index in rejected:

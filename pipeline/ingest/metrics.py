@@ -2,24 +2,26 @@
 
 A worker process joins Ray before it consumes, so its metrics go to its node's metrics agent
 like the actors' (:mod:`workers.metrics`).  Before ``ray.init`` (unit tests with fakes)
-recording does nothing.  Tags stay low-cardinality: topic, partition, outcome, a dead-letter
-*kind* (never the free-text reason) (the replica collection is :mod:`pipeline.milvus.metrics`' tag).
+recording does nothing.  Tags stay low-cardinality: topic, partition, outcome, and a dead letter's
+:class:`~pipeline.ingest.reasons.ReasonCode` (a fixed set, :data:`REASON_LABELS`; never the prose
+reason) (the replica collection is :mod:`pipeline.milvus.metrics`' tag).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from aiokafka import TopicPartition
 
+from pipeline.ingest.reasons import ReasonCode
 from workers.metrics import MetricSpec
 
 EVENTS = MetricSpec(
     "ingest_events_total",
     "counter",
-    "Events fully handled (offset acknowledged), by outcome (ok, dlq) and dead-letter reason kind.",
+    "Events fully handled (offset acknowledged), by outcome (ok, dlq) and dead-letter reason code.",
     ("topic", "outcome", "reason"),
 )
 CHUNKS = MetricSpec("ingest_chunks_embedded_total", "counter", "Chunks embedded and written.", ("topic",))
@@ -42,34 +44,10 @@ SPECS: tuple[MetricSpec, ...] = (EVENTS, CHUNKS, LAG, END_TO_END)
 
 OK = "ok"
 DLQ = "dlq"
-
-# First match wins; the phrases are those of pipeline.ingest.events, pipeline.ingest.units and the consumer.
-_REASON_KINDS: tuple[tuple[str, str], ...] = (
-    ("rejected by Milvus", "milvus_rejected"),
-    ("text has no tokens", "no_tokens"),
-    ("not UTF-8", "not_utf8"),
-    ("surrogate", "lone_surrogate"),
-    ("not JSON", "not_json"),
-    ("not usable JSON", "not_json"),
-    ("-digit integer", "not_json"),
-    ("twice in one JSON object", "duplicate_key"),
-    ("not an object", "not_object"),
-    ("value is empty", "empty_value"),
-    ("bytes; at most", "too_large"),
-    ("unknown field", "unknown_field"),
-    ("unknown op", "bad_op"),
-    ("op must be", "bad_op"),
-    ("differs from the message key", "key_mismatch"),
-    ("no id", "missing_id"),
-    ("without a message key", "missing_id"),
-    ("metadata", "bad_metadata"),
-)
-
-
-def reason_kind(reason: str) -> str:
-    """A dead-letter reason as one of a fixed set of labels (``invalid_field`` when none fits)."""
-    return next((kind for phrase, kind in _REASON_KINDS if phrase in reason), "invalid_field")
-
+NO_REASON = "none"
+"""The ``reason`` tag of events that were not dead-lettered."""
+REASON_LABELS: tuple[str, ...] = (NO_REASON, *(code.value for code in ReasonCode))
+"""Every value the ``reason`` tag takes: ``none`` or a :class:`~pipeline.ingest.reasons.ReasonCode`."""
 
 _events = EVENTS.counter()
 _chunks = CHUNKS.counter()
@@ -77,16 +55,15 @@ _lag = LAG.gauge()
 _end_to_end = END_TO_END.histogram()
 
 
-def unit_done(topic: str, events: int, dead_letter_reasons: Iterable[str], chunks: int) -> None:
-    """A unit of ``events`` was acknowledged: the dead-lettered ones by reason, the rest ok."""
-    reasons = list(dead_letter_reasons)
-    if events > len(reasons):
-        _events.inc(events - len(reasons), tags={"topic": topic, "outcome": OK, "reason": "none"})
-    kinds: dict[str, int] = {}
-    for reason in reasons:
-        kinds[reason_kind(reason)] = kinds.get(reason_kind(reason), 0) + 1
-    for kind, count in kinds.items():
-        _events.inc(count, tags={"topic": topic, "outcome": DLQ, "reason": kind})
+def unit_done(topic: str, events: int, dead_letter_codes: Iterable[ReasonCode], chunks: int) -> None:
+    """A unit of ``events`` was acknowledged: the dead-lettered ones counted by the code each was
+    rejected with (set where it was rejected, never read from the prose), the rest as ``ok``."""
+    codes = Counter(dead_letter_codes)
+    dead = sum(codes.values())
+    if events > dead:
+        _events.inc(events - dead, tags={"topic": topic, "outcome": OK, "reason": NO_REASON})
+    for code, count in codes.items():
+        _events.inc(count, tags={"topic": topic, "outcome": DLQ, "reason": ReasonCode(code).value})
     if chunks:
         _chunks.inc(chunks, tags={"topic": topic})
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.retry import retry_transient
 from pipeline.ingest.units import WorkUnit
 from workers.errors import PoisonTexts
@@ -47,7 +48,7 @@ class UnitEmbedder:
                 return await self._embed_texts(unit.texts, unit.tokens)
             except PoisonTexts as exc:
                 reason = f"embedding it crashed the embedder actor {exc.crashes} time(s), run alone"
-                for doc_id in unit.reject_texts(set(exc.texts), reason):
+                for doc_id in unit.reject_texts(set(exc.texts), reason, ReasonCode.EMBEDDER_CRASH):
                     log.warning("document %r dead-lettered: %s", doc_id, reason)
 
     async def _embed_texts(self, texts: list[str], tokens: int) -> dict[int, np.ndarray]:

@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, UpsertDocument
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.events import DocumentEvent, InvalidEvent, parse_event
+from pipeline.ingest.reasons import ReasonCode
 from workers.errors import PoisonInput
 from workers.prompts import format_input
 from workers.settings import ModelSettings
@@ -37,7 +38,11 @@ class KafkaRecord(Protocol):
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """An event that cannot be ingested, with everything needed to replay or inspect it."""
+    """An event that cannot be ingested, with everything needed to replay or inspect it.
+
+    ``reason`` is the one-line prose for people; ``code`` is the rule it broke, set where the event
+    was rejected (:mod:`pipeline.ingest.reasons`), for metrics and for programs reading the topic.
+    """
 
     topic: str
     partition: int
@@ -45,11 +50,14 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     reason: str
+    code: ReasonCode
 
     def headers(self) -> list[tuple[str, bytes]]:
-        """Kafka headers of the dead-letter record."""
+        """Kafka headers of the dead-letter record: ``error`` (the prose reason), ``reason_code``
+        (the :class:`~pipeline.ingest.reasons.ReasonCode`) and where the event came from."""
         return [
             ("error", self.reason.encode("utf-8", "replace")),
+            ("reason_code", self.code.value.encode()),
             ("source_topic", self.topic.encode()),
             ("source_partition", str(self.partition).encode()),
             ("source_offset", str(self.offset).encode()),
@@ -108,16 +116,16 @@ class WorkUnit:
             )
         return writes
 
-    def reject(self, doc_id: str, reason: str) -> None:
+    def reject(self, doc_id: str, reason: str, code: ReasonCode) -> None:
         """Move the surviving event of ``doc_id`` from the plan to the dead letters."""
         for item in self.plan:
             if (item.doc_id if isinstance(item, _PlannedDelete) else item.event.id) == doc_id:
                 self.plan.remove(item)
-                self.dead_letters.append(_dead_letter(self.tp, item.record, reason))
+                self.dead_letters.append(_dead_letter(self.tp, item.record, reason, code))
                 return
         raise KeyError(doc_id)
 
-    def reject_texts(self, poison: Collection[str], reason: str) -> list[str]:
+    def reject_texts(self, poison: Collection[str], reason: str, code: ReasonCode) -> list[str]:
         """Move every document with a chunk input in ``poison`` to the dead letters; returns their ids.
 
         ``texts`` is rebuilt without them.  ``tokens`` is left as dispatched: it is what the
@@ -130,7 +138,7 @@ class WorkUnit:
             if isinstance(item, _PlannedUpsert):
                 inputs = self.texts[item.first_text : item.first_text + len(item.chunks)]
                 if any(text in poison for text in inputs):
-                    self.dead_letters.append(_dead_letter(self.tp, item.record, reason))
+                    self.dead_letters.append(_dead_letter(self.tp, item.record, reason, code))
                     rejected.append(item.event.id)
                     continue
                 item.first_text = len(texts)
@@ -140,8 +148,8 @@ class WorkUnit:
         return rejected
 
 
-def _dead_letter(tp: TopicPartition, record: KafkaRecord, reason: str) -> DeadLetter:
-    return DeadLetter(tp.topic, tp.partition, record.offset, record.key, record.value, reason)
+def _dead_letter(tp: TopicPartition, record: KafkaRecord, reason: str, code: ReasonCode) -> DeadLetter:
+    return DeadLetter(tp.topic, tp.partition, record.offset, record.key, record.value, reason, code)
 
 
 def build_unit(
@@ -161,7 +169,7 @@ def build_unit(
         try:
             event = parse_event(record.key, record.value)
         except InvalidEvent as exc:
-            unit.dead_letters.append(_dead_letter(tp, record, exc.reason))
+            unit.dead_letters.append(_dead_letter(tp, record, exc.reason, exc.code))
             continue
         last.pop(event.id, None)  # re-insert so dict order follows the surviving event's offset
         last[event.id] = (event, record)
@@ -172,10 +180,11 @@ def build_unit(
         try:
             chunks = chunker.split(event.text or "")
         except PoisonInput as exc:  # characters the tokenizer cannot fit in one chunk
-            unit.dead_letters.append(_dead_letter(tp, record, f"text cannot be chunked: {exc}"))
+            reason = f"text cannot be chunked: {exc}"
+            unit.dead_letters.append(_dead_letter(tp, record, reason, ReasonCode.UNCHUNKABLE))
             continue
         if not chunks:
-            unit.dead_letters.append(_dead_letter(tp, record, "text has no tokens"))
+            unit.dead_letters.append(_dead_letter(tp, record, "text has no tokens", ReasonCode.NO_TOKENS))
             continue
         unit.plan.append(_PlannedUpsert(event, record, [c.text for c in chunks], len(unit.texts)))
         for chunk in chunks:

@@ -11,7 +11,6 @@ nothing acknowledged is lost and nothing unacknowledged was committed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
@@ -23,6 +22,7 @@ from pipeline.ingest.consumer import IngestConsumer
 from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import Runtime, make_chunker
+from pipeline.runtime.run_summary import BUSY, GroupStats
 from pipeline.settings import Settings
 from workers.model.embedding_model import ModelInfo
 from workers.model.tokenizer import load_text_tokenizer
@@ -60,8 +60,9 @@ class ConsumerActor:
             self._pool.size,
         )
 
-    async def run(self, until_idle_s: float | None = None) -> dict[str, Any]:
-        """Consume until :meth:`stop` (or idle for ``until_idle_s``); returns this run's counters."""
+    async def run(self, until_idle_s: float | None = None) -> ConsumerStats:
+        """Consume until :meth:`stop` (or idle for ``until_idle_s``); returns this run's counters and
+        busy time, measured on this process's clock."""
         sink = MilvusSink(self._settings.milvus, self._dims)
         self._stop = asyncio.Event()
         worker = IngestConsumer(
@@ -73,14 +74,16 @@ class ConsumerActor:
         finally:
             sink.close()
         log.info(
-            "%s done: %d events, %d chunks, %d dead letters, %.1f events/s",
+            "%s done: %d events, %d chunks, %d dead letters, %.1f s busy (%s), %.1f events/s",
             self._name,
             stats.events,
             stats.chunks_written,
             stats.dead_letters,
+            stats.busy_seconds(),
+            BUSY,
             stats.events_per_second(),
         )
-        return dataclasses.asdict(stats)
+        return stats
 
     async def add_embedder(self, index: int, handle: ActorHandle) -> None:
         """Route embed calls to a new actor of the pool too (the autoscaler added it)."""
@@ -152,14 +155,15 @@ async def run_consumer_actors(
     stop: asyncio.Event,
     until_idle_s: float | None = None,
     actors: list[ActorHandle] | None = None,
-) -> ConsumerStats:
-    """Run ``count`` consumer actors (or the given ``actors``) until ``stop`` or idle; summed counters.
+) -> GroupStats:
+    """Run ``count`` consumer actors (or the given ``actors``) until ``stop`` or idle; every member's
+    counters and busy time as it measured them, and their sums (:class:`GroupStats`).
 
     A consumer that dies is restarted by Ray and its ``run`` retried (the group rebalances
     meanwhile).  Raises the first error of a ``run``.  The actors are killed on return.
     """
     actors = actors if actors is not None else start_consumer_actors(runtime, count)
-    runs: list[asyncio.Future[dict[str, Any]]] = [
+    runs: list[asyncio.Future[ConsumerStats]] = [
         asyncio.ensure_future(actor.run.remote(until_idle_s)) for actor in actors
     ]
     stopping = asyncio.ensure_future(stop.wait())
@@ -173,7 +177,7 @@ async def run_consumer_actors(
             if stopping in done:
                 await asyncio.gather(*(actor.stop.remote() for actor in actors))
                 stopping = asyncio.ensure_future(asyncio.Event().wait())  # stop was asked once
-        results: list[dict[str, Any]] = [run.result() for run in runs]
+        results = [run.result() for run in runs]
     finally:
         stopping.cancel()
         for run in runs:
@@ -181,14 +185,5 @@ async def run_consumer_actors(
         await asyncio.gather(*runs, stopping, return_exceptions=True)  # every ref's outcome is read
         for actor in actors:
             ray.kill(actor, no_restart=True)
-    total = ConsumerStats()
-    for result in results:
-        for name in ("events", "dead_letters", "documents_written", "documents_deleted"):
-            setattr(total, name, getattr(total, name) + result[name])
-        total.chunks_written += result["chunks_written"]
-        total.tokens_embedded += result["tokens_embedded"]
-        total.commits += result["commits"]
-    # Members' clocks are not comparable (other nodes): the run took as long as its busiest member.
-    busiest = max((r["last_ack_at"] - r["first_record_at"] for r in results if r["last_ack_at"]), default=0.0)
-    total.first_record_at, total.last_ack_at = 0.0, busiest
-    return total
+    # Members' clocks are not comparable (other nodes): only each member's own busy time was measured.
+    return GroupStats(tuple(results))

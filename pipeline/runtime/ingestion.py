@@ -6,11 +6,14 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
+from pipeline.ingest.consumer import ConsumerStats
 from pipeline.runtime.assemble import build_runtime
 from pipeline.runtime.autoscale import start_autoscaler
 from pipeline.runtime.consumer_actors import run_consumer_actors, start_consumer_actors
+from pipeline.runtime.run_summary import GroupStats, describe_run
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -28,12 +31,13 @@ async def run_ingestion(
     stop = asyncio.Event()
     members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
     consumers: list[Any] = []
+    consuming: Coroutine[Any, Any, ConsumerStats | GroupStats]
     if members:
         consumers = start_consumer_actors(runtime, members)
         consuming = run_consumer_actors(runtime, members, stop, until_idle, consumers)
     else:
         consuming = runtime.new_consumer().run(stop=stop, until_idle_s=until_idle)
-    running = asyncio.create_task(consuming)
+    running: asyncio.Task[ConsumerStats | GroupStats] = asyncio.create_task(consuming)
     scaling = None
     if settings.scaling.autoscale:
         scaling = start_autoscaler(runtime, consumers, running)
@@ -59,10 +63,5 @@ async def run_ingestion(
             scaling.cancel()
             await asyncio.gather(scaling, return_exceptions=True)  # its failure was reported already
         runtime.close()
-    print(
-        f"{stats.events} events: {stats.documents_written} documents written "
-        f"({stats.chunks_written} chunks), "
-        f"{stats.documents_deleted} deleted, {stats.dead_letters} dead-lettered; "
-        f"{stats.events_per_second():.1f} events/s"
-    )
+    print(describe_run(stats))
     return 0

@@ -8,7 +8,8 @@
   are refused with a 400 (this server embeds text).
 * ``POST /v1/search`` — ``{"query": str | [str], "top_k", "dim", "funnel_factor", "recall_target",
   "latency_budget_ms", "task", "per_document"}``: :func:`pipeline.search.replicas.search`, routed as
-  it routes.
+  it routes.  Each result names its ``strategy`` and, when a recall target or latency budget picked it,
+  ``routing``: why (e.g. that no profile was measured, so the native replica answered); else null.
 * ``GET /v1/models``, ``GET /health``.
 
 Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad input, 404
@@ -123,7 +124,7 @@ class Api:
         self._tokenizer = tokenizer
         self._sink = sink
         self._model = settings.api.model_name or pool.info.name
-        self._profile = profile or load_profile(settings, sink.dims)
+        self._profile = profile if profile is not None else load_profile(settings, sink.dims)
         self._created = int(time.time())  # when this server started serving the model
 
     def app(self) -> web.Application:
@@ -181,7 +182,13 @@ class Api:
         except (ConfigError, ValueError) as exc:
             raise ApiError(400, str(exc)) from exc
         data = [
-            {"query": r.query, "strategy": r.strategy, "dim": r.dim, "hits": [asdict(h) for h in r.hits]}
+            {
+                "query": r.query,
+                "strategy": r.strategy,
+                "routing": r.routing,
+                "dim": r.dim,
+                "hits": [asdict(h) for h in r.hits],
+            }
             for r in results
         ]
         return web.json_response({"object": "list", "data": data})

@@ -8,7 +8,8 @@
   replica's own search would score, and a fetch of a few hundred rows costs far less than embedding
   them again.
 * **Routing**: with a recall target or a latency budget instead of a replica, :mod:`pipeline.search.routing`
-  picks the strategy from the measured profile (``search.profile_path``, eval-recall's JSON).
+  picks the strategy from the measured profile (``search.profile_path``, eval-recall's JSON); without
+  one it answers with the native replica and says that no profile was measured.
 
 Results are chunks; ``per_document=True`` keeps each document's best chunk only (the shortlist of a
 direct search is then over-fetched ×4 so that ``top_k`` documents usually remain).
@@ -26,7 +27,7 @@ import numpy as np
 
 from pipeline.documents import Hit
 from pipeline.milvus.sink import MilvusSink
-from pipeline.search.routing import Profile, Strategy, choose
+from pipeline.search.routing import Choice, Profile, Strategy, route
 from pipeline.settings import Settings
 from workers.errors import ConfigError
 from workers.model.embedding_model import ModelInfo
@@ -48,12 +49,14 @@ class QueryEmbedder(Protocol):
 
 @dataclass(frozen=True)
 class QueryResult:
-    """The hits of one query, and how they were found."""
+    """The hits of one query, and how they were found: ``strategy`` names the search; ``routing`` is
+    routing's reason for it when a recall target or latency budget picked it (else None)."""
 
     query: str
     dim: int
     hits: list[Hit]
     strategy: str = ""
+    routing: str | None = None
 
 
 def rescore(
@@ -137,29 +140,39 @@ def pick_strategy(
     recall_target: float | None = None,
     latency_budget_ms: float | None = None,
     profile: Profile | None = None,
-) -> Strategy:
+) -> Choice:
     """An explicit replica (``dim``, funnel from it with ``funnel_factor``) wins; else routing by the
-    recall target / latency budget over ``profile``; else the native replica.  ConfigError for a
-    replica that does not exist."""
+    recall target / latency budget over ``profile`` (default: :func:`load_profile`; without a measured
+    profile, the native replica and a reason saying so); else the native replica.  The Choice's
+    reason says which.  ConfigError for a replica that does not exist."""
     native = max(dims)
     if dim is not None or funnel_factor is not None:
-        strategy = Strategy(dim or min(dims), funnel_factor)
-    elif recall_target is not None or latency_budget_ms is not None:
-        profile = profile or load_profile(settings, dims)
-        strategy = choose(profile, recall_target=recall_target, latency_budget_ms=latency_budget_ms).strategy
+        choice = Choice(Strategy(dim or min(dims), funnel_factor), None, "the replica asked for")
+    elif _routed(dim, funnel_factor, recall_target, latency_budget_ms):
+        if profile is None:
+            profile = load_profile(settings, dims)
+        choice = route(profile, native, recall_target=recall_target, latency_budget_ms=latency_budget_ms)
     else:
-        strategy = Strategy(native)
+        choice = Choice(Strategy(native), None, "no replica or target given: the native replica (exact)")
+    strategy = choice.strategy
     if strategy.dim not in dims:
         raise ConfigError(f"no replica of dimension {strategy.dim}; the replicas are {list(dims)}")
     if strategy.funnel_factor is not None and strategy.funnel_factor < 1:
         raise ConfigError(f"funnel factor must be at least 1, got {strategy.funnel_factor}")
-    return strategy
+    return choice
 
 
-def load_profile(settings: Settings, dims: Sequence[int]) -> Profile:
-    """The profile at ``search.profile_path`` when set, else :meth:`Profile.default`."""
+def _routed(
+    dim: int | None, funnel_factor: int | None, recall_target: float | None, latency_budget_ms: float | None
+) -> bool:
+    """Whether routing picks the strategy: a target or budget given, and no replica named."""
+    return dim is None and funnel_factor is None and (recall_target, latency_budget_ms) != (None, None)
+
+
+def load_profile(settings: Settings, dims: Sequence[int]) -> Profile | None:
+    """The measured profile at ``search.profile_path``; None when it is unset (there is no default)."""
     path = settings.search.profile_path
-    return Profile.load(path, dims) if path is not None else Profile.default(dims)
+    return Profile.load(path, dims) if path is not None else None
 
 
 async def search(
@@ -181,7 +194,7 @@ async def search(
     the ``top_k`` hits of each in ``sink``'s replicas by the strategy :func:`pick_strategy` picks.
     Served latencies are folded into ``profile`` when one is given."""
     dims = sink.dims
-    strategy = pick_strategy(
+    choice = pick_strategy(
         settings,
         dims,
         dim=dim,
@@ -190,6 +203,7 @@ async def search(
         latency_budget_ms=latency_budget_ms,
         profile=profile,
     )
+    strategy = choice.strategy
     wanted = {strategy.dim} | ({max(dims)} if strategy.funnel_factor else set())
     task = instruction or settings.search.task_for(settings.milvus.collection_prefix)
     vectors = await pool.embed_queries(list(queries), tuple(sorted(wanted, reverse=True)), task)
@@ -200,7 +214,10 @@ async def search(
         profile.observe(strategy, (time.perf_counter() - started) * 1000 / max(1, len(queries)))
     if per_document:
         hits = [best_chunk_per_document(h, top_k) for h in hits]
-    return [QueryResult(q, strategy.dim, h, strategy.name) for q, h in zip(queries, hits, strict=True)]
+    routing = choice.reason if _routed(dim, funnel_factor, recall_target, latency_budget_ms) else None
+    return [
+        QueryResult(q, strategy.dim, h, strategy.name, routing) for q, h in zip(queries, hits, strict=True)
+    ]
 
 
 def format_results(results: Sequence[QueryResult], snippet_chars: int = 120) -> str:
@@ -208,6 +225,8 @@ def format_results(results: Sequence[QueryResult], snippet_chars: int = 120) -> 
     lines: list[str] = []
     for result in results:
         lines.append(f'query: "{result.query}"  ({result.strategy or f"replica {result.dim}d"})')
+        if result.routing:
+            lines.append(f"  routing: {result.routing}")
         if not result.hits:
             lines.append("  no hits")
         for rank, hit in enumerate(result.hits, 1):

@@ -12,6 +12,11 @@ measures one and writes it as JSON.  :func:`choose` picks a strategy for a reque
   most accurate strategy within it; if none is within it, the fastest;
 * neither: exact-as-possible, the full-dimension replica.
 
+There is no default profile: recall depends on the model and the corpus and latency on the machine, so
+nothing here is assumed.  Without a measured profile (``search.profile_path`` unset) :func:`route`
+answers every recall target or latency budget with the native replica (exact) and says why
+(:data:`NO_PROFILE_REASON`).
+
 Latencies are updated while serving (:meth:`Profile.observe`, an exponential moving average), so a
 profile measured on another box converges to this one's.  Pure: no I/O besides :meth:`Profile.load`.
 """
@@ -24,11 +29,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 _SMOOTHING = 0.2
-# The default profile's funnel factor and its assumed recall: what eval-recall measured for the smallest
-# replica (64 of MiniLM's 384 dims) on Debian's manual pages (tests/perf/results/recall/: 0.962); a
-# measured profile replaces both.
-DEFAULT_FUNNEL_FACTOR = 50
-_DEFAULT_FUNNEL_RECALL = 0.96
+
+NO_PROFILE_REASON = (
+    "no recall/latency profile was measured (search.profile_path is unset), so nothing says which "
+    "strategy meets the request: the native replica (exact). To route, measure one with "
+    "`python -m pipeline eval-recall ... --out DIR` and set search.profile_path to DIR/recall.json"
+)
+"""Why :func:`route` answers with the native replica when there is no measured profile."""
 
 
 @dataclass(frozen=True, order=True)
@@ -55,23 +62,11 @@ class Measured:
 
 @dataclass
 class Profile:
-    """The measured (or default) cost of each strategy; latencies adapt through :meth:`observe`."""
+    """The measured cost of each strategy (eval-recall's rows, from ``source``); latencies adapt
+    through :meth:`observe`.  Every figure comes from a measurement: there is no default profile."""
 
     entries: dict[Strategy, Measured] = field(default_factory=dict)
-    source: str = "default"
-
-    @classmethod
-    def default(cls, dims: Sequence[int]) -> Profile:
-        """An estimate for replicas ``dims`` when nothing was measured: the full-dimension replica is
-        exact (recall 1.0); funnel ×50 from the smallest replica is assumed to reach 0.96 (what eval-recall
-        measured on MiniLM); direct search on a smaller replica is not offered (its recall varies too
-        much by model to guess).  Latency is taken as proportional to the dimension scanned."""
-        native, smallest = max(dims), min(dims)
-        entries = [Measured(Strategy(native), 1.0, float(native))]
-        if smallest < native:
-            funnel = Strategy(smallest, DEFAULT_FUNNEL_FACTOR)
-            entries.append(Measured(funnel, _DEFAULT_FUNNEL_RECALL, float(smallest) * 1.5))
-        return cls({m.strategy: m for m in entries})
+    source: str = ""
 
     @classmethod
     def from_rows(cls, rows: Iterable[dict[str, object]], source: str) -> Profile:
@@ -102,25 +97,48 @@ class Profile:
 
 @dataclass(frozen=True)
 class Choice:
-    """The strategy picked for a request, what it is expected to cost, and why."""
+    """The strategy picked for a request, what it was measured to cost (None: nothing was measured
+    for it), and why."""
 
     strategy: Strategy
-    expected: Measured
+    expected: Measured | None
     reason: str
+
+
+def _check_request(recall_target: float | None, latency_budget_ms: float | None) -> None:
+    if recall_target is not None and not 0 < recall_target <= 1:
+        raise ValueError(f"recall target must be in (0, 1], got {recall_target}")
+    if latency_budget_ms is not None and latency_budget_ms <= 0:
+        raise ValueError(f"latency budget must be positive, got {latency_budget_ms}")
+
+
+def route(
+    profile: Profile | None,
+    native_dim: int,
+    *,
+    recall_target: float | None = None,
+    latency_budget_ms: float | None = None,
+) -> Choice:
+    """:func:`choose` over ``profile``; without one (None), the native replica ``native_dim`` with
+    :data:`NO_PROFILE_REASON` when a target or budget was asked for: no figure is assumed.  Raises
+    ValueError for a recall target outside (0, 1] or a budget not above 0, profile or not."""
+    _check_request(recall_target, latency_budget_ms)
+    if profile is not None:
+        return choose(profile, recall_target=recall_target, latency_budget_ms=latency_budget_ms)
+    if recall_target is None and latency_budget_ms is None:
+        return Choice(Strategy(native_dim), None, "no target given: the native replica (exact)")
+    return Choice(Strategy(native_dim), None, NO_PROFILE_REASON)
 
 
 def choose(
     profile: Profile, *, recall_target: float | None = None, latency_budget_ms: float | None = None
 ) -> Choice:
-    """The strategy for a request (module docstring); raises ValueError for an empty profile or a
-    recall target outside (0, 1] or a budget not above 0."""
+    """The strategy for a request over a measured profile (module docstring); raises ValueError for an
+    empty profile or a recall target outside (0, 1] or a budget not above 0."""
     options = list(profile.entries.values())
     if not options:
         raise ValueError("the recall profile is empty")
-    if recall_target is not None and not 0 < recall_target <= 1:
-        raise ValueError(f"recall target must be in (0, 1], got {recall_target}")
-    if latency_budget_ms is not None and latency_budget_ms <= 0:
-        raise ValueError(f"latency budget must be positive, got {latency_budget_ms}")
+    _check_request(recall_target, latency_budget_ms)
 
     def fastest(pool: list[Measured]) -> Measured:
         return min(pool, key=lambda m: (m.latency_ms, -m.recall, m.strategy))
@@ -144,4 +162,4 @@ def choose(
         pick, reason = most_accurate(within), "recall target out of reach: the most accurate strategy"
     else:  # only a budget empties `within`
         pick, reason = fastest(options), "no strategy fits the latency budget: the fastest"
-    return Choice(pick.strategy, pick, f"{reason} (profile: {profile.source})")
+    return Choice(pick.strategy, pick, f"{reason} (measured profile: {profile.source})")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from pipeline.ingest.consumer import ConsumerStats
 from pipeline.ingest.produce import produce
 from pipeline.ops import stack
 from pipeline.runtime.assemble import build_runtime
+from pipeline.runtime.run_summary import BUSY
 from pipeline.search.replicas import format_results, search
 from pipeline.settings import Settings
 
@@ -30,6 +32,17 @@ def demo_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"replicas": settings.replicas.model_copy(update={"dims": DEMO_DIMS})})
 
 
+def _rates(stats: ConsumerStats) -> str:
+    """The consumer's rates over the time it measured, saying what that time spans (none if none)."""
+    busy = stats.busy_seconds()
+    if busy <= 0:
+        return "no busy time measured (nothing was consumed)"
+    return (
+        f"{stats.events_per_second():.1f} events/s, {stats.tokens_embedded / busy:,.0f} tokens/s "
+        f"over {busy:.1f} s busy ({BUSY})"
+    )
+
+
 async def run_demo(settings: Settings, idle_s: float = 3.0) -> int:
     """Bring the stack up, ingest the sample corpus, search it; returns a process exit code."""
     settings = demo_settings(settings)
@@ -44,10 +57,9 @@ async def run_demo(settings: Settings, idle_s: float = 3.0) -> int:
         stats = await runtime.new_consumer().run(until_idle_s=idle_s)
         print(
             f"   {stats.events} events -> {stats.documents_written} documents, {stats.chunks_written} chunks "
-            f"in {len(runtime.dims)} replicas {list(runtime.dims)}; {stats.dead_letters} dead-lettered; "
-            f"{stats.events_per_second():.1f} events/s, "
-            f"{stats.tokens_embedded / max(stats.busy_seconds(), 1e-9):,.0f} tokens/s"
+            f"in {len(runtime.dims)} replicas {list(runtime.dims)}; {stats.dead_letters} dead-lettered"
         )
+        print(f"   {_rates(stats)}")
         for dim in runtime.dims:
             results = await search(settings, runtime.pool, runtime.sink, DEMO_QUERIES, dim=dim, top_k=3)
             print(f"== search on the {dim}-dimension replica")

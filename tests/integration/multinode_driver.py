@@ -1,7 +1,9 @@
 """Driver process of test_multinode: the worker with consumer actors on the cluster of RAY_ADDRESS.
 
-Settings come from the environment (PIPELINE_*).  Prints one JSON line: the run's counters, its
-events/s, and the node of every embedder and consumer actor it ran.
+Settings come from the environment (PIPELINE_*).  Prints one JSON line: the run's counters, each
+consumer's events and busy time (first record polled to last unit acknowledged, on its own clock),
+the busiest consumer's busy time, and the node of every embedder and consumer actor it ran.  There is
+no group-wide events/s: no one measured when the group as a whole started and finished.
 """
 
 from __future__ import annotations
@@ -37,8 +39,15 @@ async def main(consumers: int) -> None:
     result = {
         "events": stats.events,
         "chunks": stats.chunks_written,
-        "busy_seconds": stats.busy_seconds(),
-        "events_per_second": stats.events_per_second(),
+        "members": [
+            {
+                "events": m.events,
+                "busy_seconds": m.busy_seconds(),
+                "events_per_busy_second": m.events_per_second(),
+            }
+            for m in stats.members
+        ],
+        "busiest_member_busy_seconds": stats.busiest_member_seconds(),
         "nodes": len([n for n in ray.nodes() if n["Alive"]]),
         "placement": placement,
     }

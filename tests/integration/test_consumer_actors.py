@@ -87,6 +87,9 @@ async def test_a_killed_consumer_actor_is_restarted_and_nothing_is_lost(
         # The killed process's counters died with it; the survivors and the restarted member counted
         # the rest, including what it re-read (uncommitted when it died).
         assert stats.events > 0
+        # Each member's figures as it measured them (the restarted one: its last run only).
+        assert len(stats.members) == 2 and stats.events == sum(m.events for m in stats.members)
+        assert stats.busiest_member_seconds() == max(m.busy_seconds() for m in stats.members) > 0
 
         lag = await partition_lag(settings.kafka, settings.kafka.topic)
         assert all(committed == end for committed, end in lag.values()), lag

@@ -87,6 +87,9 @@ def _check_the_api(env: dict[str, str]) -> None:
         request = urllib.request.Request(f"{url}/v1/search", body, {"Content-Type": "application/json"})
         [result] = json.loads(urllib.request.urlopen(request, timeout=60).read())["data"]
         assert result["hits"][0]["doc_id"] == "beekeeping-basics.md", result
+        # No profile was measured on this stack: routing says so and answers with the native replica.
+        assert result["strategy"] == "replica 384d", result
+        assert result["routing"].startswith("no recall/latency profile was measured"), result
     finally:
         server.send_signal(signal.SIGINT)
         out = server.communicate(timeout=120)[0]

@@ -1,6 +1,6 @@
 """The metrics a run exports through Ray's Prometheus endpoint match what the run did.
 
-A small stream (valid upserts, a delete, two malformed events) is ingested on the real broker,
+A small stream (valid upserts, a delete, three malformed events) is ingested on the real broker,
 Milvus Lite and a Ray head; then every node's metrics port is scraped (as Prometheus would)
 until Ray has flushed, and each ``ray_ingest_*`` metric is checked against the worker's own
 counters, the pool's counters and the stream.  Finally an embedder actor is killed and its
@@ -41,7 +41,12 @@ from workers.settings import ModelSettings, PoolSettings
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 VALID = 24
-MALFORMED = [(b"bad-json", b"{not json"), (b"bad-op", b'{"op": "frobnicate", "id": "bad-op", "text": "x"}')]
+# Each dead letter is counted under the code it was rejected with (a blank text used to be "invalid_field").
+MALFORMED = [
+    (b"bad-json", b"{not json", "not_json"),
+    (b"bad-op", b'{"op": "frobnicate", "id": "bad-op", "text": "x"}', "bad_op"),
+    (b"blank", b'{"id": "blank", "text": " \\t "}', "blank_text"),
+]
 
 
 def _settings(bootstrap: str, milvus_uri: str, model_path: Path, run: str) -> Settings:
@@ -74,7 +79,7 @@ async def _produce(settings: Settings) -> None:
             value = json.dumps({"id": f"doc-{i}", "text": text}).encode()
             sends.append(await producer.send(topic, key=f"doc-{i}".encode(), value=value))
         sends.append(await producer.send(topic, key=b"doc-0", value=None))  # a tombstone: one ok delete
-        for key, value in MALFORMED:
+        for key, value, _ in MALFORMED:
             sends.append(await producer.send(topic, key=key, value=value))
         await asyncio.gather(*sends)
     finally:
@@ -122,7 +127,7 @@ async def test_every_metric_is_exported_with_the_values_of_the_run(
                     x.labels["reason"]: x.value
                     for x in series(s, "ray_ingest_events_total", outcome="dlq", **topic)
                 },
-                {"not_json": 1.0, "bad_op": 1.0},
+                {code: 1.0 for *_, code in MALFORMED},
             ),
             "chunks": (lambda s: total(s, "ray_ingest_chunks_embedded_total", **topic), stats.chunks_written),
             "tokens": (lambda s: total(s, "ray_ingest_tokens_embedded_total", **ns), tokens),
@@ -163,7 +168,7 @@ async def test_every_metric_is_exported_with_the_values_of_the_run(
         first, second = view.getvalue().strip().split("\n\n")
         assert "throughput  (measuring)" in first and "throughput  0.0 events/s" in second
         assert "lag         0 total" in second and "partition   1: lag        0" in second
-        assert "dead letters 2" in second and "pool        1 embedder actor(s)" in second
+        assert f"dead letters {len(MALFORMED)}" in second and "pool        1 embedder actor(s)" in second
         assert "embedder-0 [cpu]: 0 tokens/s, utilization 0%, queued 0 tokens" in second, second
         for dim in runtime.dims:
             rows = await asyncio.to_thread(runtime.sink.count, dim)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from kafka_reads import read_topic
 
 from pipeline.documents import DeleteDocument, DocumentWrite, UpsertDocument, WriteResult
 from pipeline.ingest.chunking import Chunker
@@ -23,6 +24,7 @@ from pipeline.ingest.consumer import IngestConsumer
 from pipeline.ingest.kafka import ensure_topics, make_producer, partition_lag
 from pipeline.milvus.errors import SinkUnavailable
 from pipeline.settings import ChunkingSettings, ConsumerSettings, KafkaSettings, Settings
+from workers.errors import PoisonInput, PoisonTexts
 
 DIMS = (8, 4)
 
@@ -227,4 +229,74 @@ async def test_a_second_member_joining_mid_stream_loses_nothing(kafka_bootstrap:
     assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
         d: t.split() for d, t in expected.items()
     }
+    assert await _committed_equals_end(settings)
+
+
+class HugeEmojiWords(WordSpans):
+    """Whitespace words, except that an emoji is 20 tokens on one character: more than a chunk holds."""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return [
+            span
+            for word in super().token_spans(text)
+            for span in [word] * (20 if text[word[0]] == "😀" else 1)
+        ]
+
+
+class PoisonEmbedder(ShuffledEmbedder):
+    """As ShuffledEmbedder, but a text holding "POISON" crashes the actors, as the pool reports it."""
+
+    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+        if poison := tuple(t for t in texts if "POISON" in t):
+            raise PoisonTexts(poison, crashes=2)
+        return await super().embed(texts, dims)
+
+
+class RefusingSink(RecordingSink):
+    """As RecordingSink, but Milvus refuses the document "refused" for good."""
+
+    def write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
+        refused = {i: PoisonInput("row too large") for i, w in enumerate(writes) if w.doc_id == "refused"}
+        result = super().write([w for w in writes if w.doc_id != "refused"])
+        return WriteResult(rejected=refused, documents=result.documents, rows=result.rows)
+
+
+async def test_each_kind_of_dead_letter_reaches_the_topic_with_its_own_reason_code(
+    kafka_bootstrap: str,
+) -> None:
+    settings = _settings(kafka_bootstrap)
+    await ensure_topics(settings.kafka)
+    stream = {
+        "blank": " \t\u200b ",
+        "unchunkable": "smile 😀 please",
+        "crash": "a POISON pill",
+        "refused": "Milvus says no",
+        "fine": "all good here",
+    }
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        for doc_id, text in stream.items():
+            value = json.dumps({"id": doc_id, "text": text}).encode()
+            await producer.send_and_wait(settings.kafka.topic, key=doc_id.encode(), value=value)
+    finally:
+        await producer.stop()
+    sink = RefusingSink()
+    chunker = Chunker(HugeEmojiWords(), max_tokens=16)
+    worker = IngestConsumer(settings, PoisonEmbedder(), sink, chunker, DIMS)
+    stats = await worker.run(until_idle_s=1.5)
+    assert stats.events == 5 and stats.dead_letters == 4 and set(sink.documents) == {"fine"}
+    dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
+    headers = {d.key.decode(): {k: v.decode() for k, v in d.headers} for d in dead}
+    assert {doc: h["reason_code"] for doc, h in headers.items()} == {
+        "blank": "blank_text",
+        "unchunkable": "unchunkable",
+        "crash": "embedder_crash",
+        "refused": "milvus_rejected",
+    }
+    # The error header stays the prose, for people.
+    assert headers["blank"]["error"].startswith("text is blank")
+    assert headers["unchunkable"]["error"].startswith("text cannot be chunked")
+    assert headers["crash"]["error"].startswith("embedding it crashed the embedder actor")
+    assert headers["refused"]["error"] == "rejected by Milvus: row too large"
     assert await _committed_equals_end(settings)

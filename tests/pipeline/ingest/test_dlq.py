@@ -6,11 +6,14 @@ import asyncio
 from typing import Any
 
 from pipeline.ingest.dlq import DeadLetterQueue, bounded_payload
+from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.units import DeadLetter
 
 
 def _dead(key: bytes | None, value: bytes | None) -> DeadLetter:
-    return DeadLetter("docs", 1, 42, key, value, "value is 11000000 bytes; at most 10485760 allowed")
+    return DeadLetter(
+        "docs", 1, 42, key, value, "value is 11000000 bytes; at most 10485760 allowed", ReasonCode.TOO_LARGE
+    )
 
 
 def test_small_records_are_sent_verbatim() -> None:
@@ -43,4 +46,6 @@ async def test_oversized_dead_letter_carries_its_original_sizes() -> None:
     assert big["value"] == b"x" * 1021 and big["key"] == b"big"
     assert dict(big["headers"])["truncated_from"] == b"3,5000"
     assert dict(big["headers"])["source_offset"] == b"42"
+    assert dict(big["headers"])["reason_code"] == b"too_large"
+    assert dict(big["headers"])["error"] == b"value is 11000000 bytes; at most 10485760 allowed"
     assert small["value"] == b"{}" and "truncated_from" not in dict(small["headers"])

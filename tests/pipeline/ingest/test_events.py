@@ -19,6 +19,7 @@ from pipeline.ingest.events import (
     InvalidEvent,
     parse_event,
 )
+from pipeline.ingest.reasons import ReasonCode
 from workers.errors import PipelineError
 
 
@@ -109,124 +110,265 @@ def test_max_value_bytes_is_configurable() -> None:
 
 _DEEP = b'{"text": "x", "metadata": {"a": ' + b"[" * 64 + b"]" * 64 + b"}}"
 
-REJECTED: list[tuple[bytes | None, bytes | None, str]] = [
-    (None, None, "tombstone (null value) without a message key"),
-    (b"", None, "tombstone (null value) without a message key"),
-    (b"\xff\xfe", None, "message key is not UTF-8 (invalid start byte at byte 0) and is needed as the id"),
-    (b"k", b"", "value is empty"),
-    (b"k", b"\x00\x00\x00{", "value is not JSON: Expecting value at line 1 column 1 (char 0)"),
-    (b"k", b'{"text": "caf\xe9"}', "value is not UTF-8: invalid continuation byte (0xe9) at byte 13"),
+REJECTED: list[tuple[bytes | None, bytes | None, str, ReasonCode]] = [
+    (None, None, "tombstone (null value) without a message key", ReasonCode.MISSING_ID),
+    (b"", None, "tombstone (null value) without a message key", ReasonCode.MISSING_ID),
+    (
+        b"\xff\xfe",
+        None,
+        "message key is not UTF-8 (invalid start byte at byte 0) and is needed as the id",
+        ReasonCode.BAD_KEY,
+    ),
+    (b"k", b"", "value is empty", ReasonCode.EMPTY_VALUE),
+    (
+        b"k",
+        b"\x00\x00\x00{",
+        "value is not JSON: Expecting value at line 1 column 1 (char 0)",
+        ReasonCode.NOT_JSON,
+    ),
+    (
+        b"k",
+        b'{"text": "caf\xe9"}',
+        "value is not UTF-8: invalid continuation byte (0xe9) at byte 13",
+        ReasonCode.NOT_UTF8,
+    ),
     (
         b"k",
         b'{"text": "x",}',
         "value is not JSON: Expecting property name enclosed in double quotes at line 1",
+        ReasonCode.NOT_JSON,
     ),
-    (b"k", b'{"text": "x"} {}', "value is not JSON: Extra data at line 1 column 15 (char 14)"),
-    (b"k", b"[1, 2]", "value is a JSON array, not an object"),
-    (b"k", b"null", "value is a JSON null, not an object"),
-    (b"k", b'"text"', "value is a JSON string, not an object"),
-    (b"k", b'{"text": "x", "op": "UPSERT"}', "unknown op 'UPSERT' (expected 'upsert' or 'delete')"),
+    (
+        b"k",
+        b'{"text": "x"} {}',
+        "value is not JSON: Extra data at line 1 column 15 (char 14)",
+        ReasonCode.NOT_JSON,
+    ),
+    (b"k", b"[1, 2]", "value is a JSON array, not an object", ReasonCode.NOT_OBJECT),
+    (b"k", b"null", "value is a JSON null, not an object", ReasonCode.NOT_OBJECT),
+    (b"k", b'"text"', "value is a JSON string, not an object", ReasonCode.NOT_OBJECT),
+    (
+        b"k",
+        b'{"text": "x", "op": "UPSERT"}',
+        "unknown op 'UPSERT' (expected 'upsert' or 'delete')",
+        ReasonCode.BAD_OP,
+    ),
     (
         b"k",
         b'{"text": "x", "op": "' + b"o" * 500 + b'"}',
         "unknown op 'oooooooooooooooooooooooooooooooooooooooo'…",
+        ReasonCode.BAD_OP,
     ),
-    (b"k", b'{"text": "x", "op": 1}', "op must be a string, got number"),
-    (None, b'{"text": "x"}', "event has no id and the message has no key"),
-    (b"", b'{"text": "x"}', "event has no id and the message has no key"),
-    (b"\xc3", b'{"text": "x"}', "message key is not UTF-8 (unexpected end of data at byte 0)"),
-    (None, b'{"id": "", "text": "x"}', "id is empty"),
-    (None, _value(id="i" * 513, text="x"), "id is 513 characters long; at most 512 allowed"),
+    (b"k", b'{"text": "x", "op": 1}', "op must be a string, got number", ReasonCode.BAD_OP),
+    (None, b'{"text": "x"}', "event has no id and the message has no key", ReasonCode.MISSING_ID),
+    (b"", b'{"text": "x"}', "event has no id and the message has no key", ReasonCode.MISSING_ID),
+    (
+        b"\xc3",
+        b'{"text": "x"}',
+        "message key is not UTF-8 (unexpected end of data at byte 0)",
+        ReasonCode.BAD_KEY,
+    ),
+    (None, b'{"id": "", "text": "x"}', "id is empty", ReasonCode.BAD_ID),
+    (
+        None,
+        _value(id="i" * 513, text="x"),
+        "id is 513 characters long; at most 512 allowed",
+        ReasonCode.TOO_LONG,
+    ),
     (
         b"i" * 600,
         b'{"text": "x"}',
         "id is 600 characters long; at most 512 allowed (the id is the message key)",
+        ReasonCode.TOO_LONG,
     ),
-    (None, b'{"id": 7, "text": "x"}', "id must be a string, got number"),
-    (None, b'{"id": "a\\u0000b", "text": "x"}', "id contains a NUL character at position 1"),
-    (b"a\x00", None, "id contains a NUL character at position 1 (the id is the message key)"),
+    (None, b'{"id": 7, "text": "x"}', "id must be a string, got number", ReasonCode.WRONG_TYPE),
+    (
+        None,
+        b'{"id": "a\\u0000b", "text": "x"}',
+        "id contains a NUL character at position 1",
+        ReasonCode.BAD_ID,
+    ),
+    (
+        b"a\x00",
+        None,
+        "id contains a NUL character at position 1 (the id is the message key)",
+        ReasonCode.BAD_ID,
+    ),
     (
         None,
         b'{"id": "\\udfff", "text": "x"}',
         "id contains a lone UTF-16 surrogate; it cannot be stored as UTF-8",
+        ReasonCode.LONE_SURROGATE,
     ),
-    (b"key", _value(id="other", text="x"), "id 'other' differs from the message key 'key'"),
-    (b"\xff", _value(id="other", text="x"), "id 'other' differs from the message key '\\\\xff'"),
-    (b"k", b"{}", "an upsert needs a 'text' string"),
-    (b"k", b'{"text": null}', "an upsert needs a 'text' string"),
-    (b"k", b'{"text": ["x"]}', "text must be a string, got array"),
-    (b"k", b'{"text": true}', "text must be a string, got boolean"),
-    (b"k", b'{"text": ""}', "text is blank: its 0 characters are all whitespace or control characters"),
-    (b"k", b'{"text": " \\n\\t\\u0000\\u200b\\u00a0"}', "text is blank: its 6 characters are all whitespace"),
-    (b"k", b'{"text": "ok \\ud83d"}', "text contains a lone UTF-16 surrogate U+D83D at character 3"),
-    (b"k", b'{"op": "delete", "text": "x"}', "a delete carries no text (did you mean op 'upsert'?)"),
-    (b"k", b'{"txt": "x"}', "unknown field 'txt' (known fields: op, id, text, metadata, instruction)"),
+    (
+        b"key",
+        _value(id="other", text="x"),
+        "id 'other' differs from the message key 'key'",
+        ReasonCode.KEY_MISMATCH,
+    ),
+    (
+        b"\xff",
+        _value(id="other", text="x"),
+        "id 'other' differs from the message key '\\\\xff'",
+        ReasonCode.KEY_MISMATCH,
+    ),
+    (b"k", b"{}", "an upsert needs a 'text' string", ReasonCode.MISSING_TEXT),
+    (b"k", b'{"text": null}', "an upsert needs a 'text' string", ReasonCode.MISSING_TEXT),
+    (b"k", b'{"text": ["x"]}', "text must be a string, got array", ReasonCode.WRONG_TYPE),
+    (b"k", b'{"text": true}', "text must be a string, got boolean", ReasonCode.WRONG_TYPE),
+    (
+        b"k",
+        b'{"text": ""}',
+        "text is blank: its 0 characters are all whitespace or control characters",
+        ReasonCode.BLANK_TEXT,
+    ),
+    (
+        b"k",
+        b'{"text": " \\n\\t\\u0000\\u200b\\u00a0"}',
+        "text is blank: its 6 characters are all whitespace",
+        ReasonCode.BLANK_TEXT,
+    ),
+    (
+        b"k",
+        b'{"text": "ok \\ud83d"}',
+        "text contains a lone UTF-16 surrogate U+D83D at character 3",
+        ReasonCode.LONE_SURROGATE,
+    ),
+    (
+        b"k",
+        b'{"op": "delete", "text": "x"}',
+        "a delete carries no text (did you mean op 'upsert'?)",
+        ReasonCode.TEXT_ON_DELETE,
+    ),
+    (
+        b"k",
+        b'{"txt": "x"}',
+        "unknown field 'txt' (known fields: op, id, text, metadata, instruction)",
+        ReasonCode.UNKNOWN_FIELD,
+    ),
     (
         b"k",
         b'{"text": "x", "Text": "y", "op": 3}',
         "unknown field 'Text' (known fields: op, id, text, metadata, instruction); 1 more problem(s)",
+        ReasonCode.UNKNOWN_FIELD,
     ),
-    (b"k", b'{"text": "x", "metadata": [1]}', "metadata must be a JSON object, got array"),
-    (b"k", b'{"text": "x", "metadata": "a=b"}', "metadata must be a JSON object, got string"),
+    (
+        b"k",
+        b'{"text": "x", "metadata": [1]}',
+        "metadata must be a JSON object, got array",
+        ReasonCode.BAD_METADATA,
+    ),
+    (
+        b"k",
+        b'{"text": "x", "metadata": "a=b"}',
+        "metadata must be a JSON object, got string",
+        ReasonCode.BAD_METADATA,
+    ),
     (
         b"k",
         _value(text="x", metadata={"a": "m" * MAX_METADATA_BYTES}),
         "metadata is 65544 bytes as compact JSON; at most 65536 allowed",
+        ReasonCode.BAD_METADATA,
     ),
-    (b"k", _DEEP, "metadata nests deeper than 64 levels (at metadata.a[0][0]"),
+    (b"k", _DEEP, "metadata nests deeper than 64 levels (at metadata.a[0][0]", ReasonCode.BAD_METADATA),
     (
         b"k",
         b'{"text": "x", "metadata": {"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}}",
         "value is not usable JSON: it nests too deeply to parse",
+        ReasonCode.NOT_JSON,
     ),
-    (b"k", b'{"text": "x", "metadata": {"k\\udc00": 1}}', "metadata contains a lone UTF-16 surrogate"),
-    (b"k", b'{"text": "x", "metadata": {"a": NaN}}', "value is not JSON: NaN is not a JSON number"),
+    (
+        b"k",
+        b'{"text": "x", "metadata": {"k\\udc00": 1}}',
+        "metadata contains a lone UTF-16 surrogate",
+        ReasonCode.LONE_SURROGATE,
+    ),
+    (
+        b"k",
+        b'{"text": "x", "metadata": {"a": NaN}}',
+        "value is not JSON: NaN is not a JSON number",
+        ReasonCode.NOT_JSON,
+    ),
     (
         b"k",
         b'{"text": "x", "metadata": {"a": -Infinity}}',
         "value is not JSON: -Infinity is not a JSON number",
+        ReasonCode.NOT_JSON,
     ),
     (
         b"k",
         b'{"text": "x", "metadata": {"a": {"b": 1e999}}}',
         "metadata holds the non-finite number inf at metadata.a.b",
+        ReasonCode.BAD_METADATA,
     ),
     (
         b"k",
         b'{"text": "x", "metadata": {"a": [9223372036854775808]}}',
         "metadata holds an integer outside the signed 64-bit range at metadata.a[0]",
+        ReasonCode.BAD_METADATA,
     ),
     (
         b"k",
         b'{"text": "x", "metadata": {"a": ' + b"9" * 5000 + b"}}",
         "value holds a 5000-digit integer, outside the signed 64-bit range",
+        ReasonCode.NUMBER_OUT_OF_RANGE,
     ),
     (
         b"k",
         b'{"text": "x", "metadata": {"a": 1, "b": {"c": 1, "c": 2}}}',
         "value has the key 'c' twice in one JSON object",
+        ReasonCode.DUPLICATE_KEY,
     ),
-    (b"k", b'{"text": "x", "text": "y"}', "value has the key 'text' twice in one JSON object"),
-    (b"k", b'{"text": "x", "instruction": 5}', "instruction must be a string, got number"),
+    (
+        b"k",
+        b'{"text": "x", "text": "y"}',
+        "value has the key 'text' twice in one JSON object",
+        ReasonCode.DUPLICATE_KEY,
+    ),
+    (
+        b"k",
+        b'{"text": "x", "instruction": 5}',
+        "instruction must be a string, got number",
+        ReasonCode.WRONG_TYPE,
+    ),
     (
         b"k",
         _value(text="x", instruction="i" * 1025),
         "instruction is 1025 characters long; at most 1024 allowed",
+        ReasonCode.TOO_LONG,
     ),
-    (b"k", b'{"text": "x", "instruction": "\\ud800"}', "instruction contains a lone UTF-16 surrogate U+D800"),
+    (
+        b"k",
+        b'{"text": "x", "instruction": "\\ud800"}',
+        "instruction contains a lone UTF-16 surrogate U+D800",
+        ReasonCode.LONE_SURROGATE,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "expected"), REJECTED)
-def test_rejection_reasons(key: bytes | None, value: bytes | None, expected: str) -> None:
-    reason = _reason(key, value)
+@pytest.mark.parametrize(("key", "value", "expected", "code"), REJECTED)
+def test_rejection_reasons(key: bytes | None, value: bytes | None, expected: str, code: ReasonCode) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(key, value)
+    reason = caught.value.reason
     assert reason.startswith(expected)
     assert "\n" not in reason and len(reason) <= 300
+    assert caught.value.code is code, reason
+
+
+def test_every_code_of_the_event_contract_is_exercised() -> None:
+    after_parsing = {ReasonCode.UNCHUNKABLE, ReasonCode.NO_TOKENS, ReasonCode.EMBEDDER_CRASH}
+    after_parsing |= {ReasonCode.MILVUS_REJECTED, ReasonCode.INVALID_EVENT}  # the last: none is known
+    tested_below = {ReasonCode.TOO_LARGE}  # test_oversized_value_is_rejected_before_parsing
+    assert {code for *_, code in REJECTED} | tested_below == set(ReasonCode) - after_parsing
 
 
 def test_oversized_value_is_rejected_before_parsing() -> None:
     value = b"[" * (DEFAULT_MAX_VALUE_BYTES + 1)
-    assert _reason(b"k", value) == f"value is {len(value)} bytes; at most {DEFAULT_MAX_VALUE_BYTES} allowed"
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(b"k", value)
+    assert caught.value.reason == f"value is {len(value)} bytes; at most {DEFAULT_MAX_VALUE_BYTES} allowed"
+    assert caught.value.code is ReasonCode.TOO_LARGE
 
 
 def test_reason_never_embeds_a_huge_payload() -> None:
@@ -235,8 +377,8 @@ def test_reason_never_embeds_a_huge_payload() -> None:
 
 
 def test_invalid_event_is_a_permanent_pipeline_error() -> None:
-    error = InvalidEvent("line one\nline two " + "x" * 1000)
-    assert isinstance(error, PipelineError) and not error.retriable
+    error = InvalidEvent("line one\nline two " + "x" * 1000, ReasonCode.NOT_JSON)
+    assert isinstance(error, PipelineError) and not error.retriable and error.code is ReasonCode.NOT_JSON
     assert "\n" not in error.reason and len(error.reason) == 300 and str(error) == error.reason
 
 
@@ -301,6 +443,7 @@ def _assert_parses_or_rejects(key: bytes | None, value: bytes | None) -> None:
     except InvalidEvent as error:
         assert error.reason and "\n" not in error.reason and len(error.reason) <= 300
         assert error.reason.splitlines() == [error.reason]
+        assert error.code is not ReasonCode.INVALID_EVENT, error.reason  # every rejection is named
     else:
         assert isinstance(event, DocumentEvent)
 
@@ -342,6 +485,7 @@ def test_any_text_is_kept_verbatim_or_rejected_as_blank_or_surrogate(text: str, 
         event = parse_event(b"d", value)
     except InvalidEvent as error:
         assert "text is blank" in error.reason or "surrogate" in error.reason or "not UTF-8" in error.reason
+        assert error.code in (ReasonCode.BLANK_TEXT, ReasonCode.LONE_SURROGATE, ReasonCode.NOT_UTF8)
     else:  # JSON joins an escaped surrogate pair into its character, as UTF-16 does
         assert event.text == text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
 

@@ -9,6 +9,7 @@ from aiokafka import TopicPartition
 
 from pipeline.documents import DeleteDocument, UpsertDocument
 from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.units import build_unit
 from workers.settings import ModelSettings
 
@@ -44,7 +45,7 @@ def test_only_the_last_event_per_id_is_planned_in_partition_order() -> None:
     unit = build_unit(TP, 3, records, Chunker(WordSpans(), max_tokens=4), ModelSettings(), special_tokens=2)
     assert unit.offsets == [10, 11, 12, 13, 14, 15] and unit.epoch == 3
     assert [(d.offset, d.key) for d in unit.dead_letters] == [(12, b"junk")]
-    assert "JSON" in unit.dead_letters[0].reason
+    assert "JSON" in unit.dead_letters[0].reason and unit.dead_letters[0].code is ReasonCode.NOT_JSON
     # "a" upserted then deleted: only the delete survives; "b" keeps its second text.
     assert unit.texts == [
         "Instruct: Represent this\nQuery:sea sea sea sea",
@@ -69,18 +70,20 @@ def test_only_the_last_event_per_id_is_planned_in_partition_order() -> None:
 def test_a_document_milvus_refuses_becomes_a_dead_letter_with_its_original_bytes() -> None:
     records = [_rec(0, id="x", text="fine"), _rec(1, id="y", text="also fine")]
     unit = build_unit(TP, 1, records, Chunker(WordSpans(), max_tokens=8), ModelSettings())
-    unit.reject("y", "rejected by Milvus: too big")
+    unit.reject("y", "rejected by Milvus: too big", ReasonCode.MILVUS_REJECTED)
     assert [w.doc_id for w in unit.writes({4: np.ones((2, 4), dtype=np.float32)})] == ["x"]
     (dead,) = unit.dead_letters
-    assert (dead.offset, dead.key, dead.value, dead.reason) == (
+    assert (dead.offset, dead.key, dead.value, dead.reason, dead.code) == (
         1,
         b"y",
         records[1].value,
         "rejected by Milvus: too big",
+        ReasonCode.MILVUS_REJECTED,
     )
     headers = dict(dead.headers())
     assert headers == {
         "error": b"rejected by Milvus: too big",
+        "reason_code": b"milvus_rejected",
         "source_topic": b"documents",
         "source_partition": b"2",
         "source_offset": b"1",
@@ -106,7 +109,36 @@ def test_a_text_the_chunker_cannot_split_becomes_a_dead_letter() -> None:
     assert unit.texts == ["fine words"]
     (dead,) = unit.dead_letters
     assert dead.offset == 1 and dead.reason.startswith("text cannot be chunked: ")
-    assert "inseparable tokens" in dead.reason
+    assert "inseparable tokens" in dead.reason and dead.code is ReasonCode.UNCHUNKABLE
+
+
+class SilentAndEmoji(EmojiAsFourTokens):
+    """As EmojiAsFourTokens, except that the word "∅" has no tokens at all."""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return [(a, b) for a, b in super().token_spans(text) if text[a:b] != "∅"]
+
+
+def test_each_rejection_while_building_a_unit_has_its_own_code() -> None:
+    records = [
+        _rec(0, id="blank", text=" \t\u200b "),
+        _rec(1, id="empty", text="∅ ∅"),
+        _rec(2, id="emoji", text="smile 😀"),
+        _rec(3, id="ok", text="fine words"),
+    ]
+    unit = build_unit(TP, 1, records, Chunker(SilentAndEmoji(), max_tokens=3), ModelSettings())
+    assert unit.texts == ["fine words"]
+    codes = {d.key: d.code for d in unit.dead_letters}
+    assert codes == {
+        b"blank": ReasonCode.BLANK_TEXT,
+        b"empty": ReasonCode.NO_TOKENS,
+        b"emoji": ReasonCode.UNCHUNKABLE,
+    }
+    assert {dict(d.headers())["reason_code"] for d in unit.dead_letters} == {
+        b"blank_text",
+        b"no_tokens",
+        b"unchunkable",
+    }
 
 
 def test_documents_with_a_poison_text_become_dead_letters_and_the_texts_close_up() -> None:
@@ -119,10 +151,12 @@ def test_documents_with_a_poison_text_become_dead_letters_and_the_texts_close_up
     unit = build_unit(TP, 1, records, Chunker(WordSpans(), max_tokens=4), ModelSettings())
     tokens = unit.tokens
     assert unit.texts == ["one two three four", "five six", "poison here", "last words"]
-    assert unit.reject_texts({"poison here"}, "crashed the embedder") == ["y"]
+    assert unit.reject_texts({"poison here"}, "crashed the embedder", ReasonCode.EMBEDDER_CRASH) == ["y"]
     assert unit.texts == ["one two three four", "five six", "last words"]
     assert unit.tokens == tokens  # what the in-flight accounting releases, unchanged
-    assert [(d.offset, d.reason) for d in unit.dead_letters] == [(1, "crashed the embedder")]
+    assert [(d.offset, d.reason, d.code) for d in unit.dead_letters] == [
+        (1, "crashed the embedder", ReasonCode.EMBEDDER_CRASH)
+    ]
     writes = unit.writes({4: np.arange(12, dtype=np.float32).reshape(3, 4)})
     assert [w.doc_id for w in writes] == ["x", "z", "w"]
     w = writes[2]

@@ -17,6 +17,7 @@ from aiohttp import web
 from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.milvus.sink import MilvusSink
 from pipeline.search.api import Api
+from pipeline.search.routing import NO_PROFILE_REASON
 from pipeline.settings import MilvusSettings, Settings
 from workers.batcher import MicroBatcher
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
@@ -170,8 +171,17 @@ async def test_search_endpoint_direct_funnel_and_errors(minilm: EmbeddingModel, 
                     assert response.status == 200, await response.text()
                     data = (await response.json())["data"]
                 assert [r["strategy"] for r in data] == [strategy] * 2
+                assert [r["routing"] for r in data] == [None] * 2  # the request named the replica
                 assert [r["hits"][0]["doc_id"] for r in data] == ["tar", "ssh"]
                 assert data[0]["hits"][0]["text"] == DOCS["tar"] and len(data[0]["hits"]) == 2
+            # No profile was measured (search.profile_path unset): a recall target gets the native
+            # replica, and the answer says so instead of pretending to know the recall of the others.
+            body = {"query": "pack files into an archive", "top_k": 1, "recall_target": 0.9}
+            async with http.post(f"{url}/v1/search", json=body) as response:
+                assert response.status == 200, await response.text()
+                (routed,) = (await response.json())["data"]
+            assert routed["strategy"] == "replica 384d" and routed["hits"][0]["doc_id"] == "tar"
+            assert routed["routing"] == NO_PROFILE_REASON
             async with http.post(f"{url}/v1/search", json={"query": "x", "dim": 100}) as response:
                 assert response.status == 400
                 assert "no replica of dimension 100" in (await response.json())["error"]["message"]

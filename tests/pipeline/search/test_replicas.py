@@ -10,8 +10,15 @@ import pytest
 
 from pipeline.documents import Hit
 from pipeline.milvus.sink import MilvusSink
-from pipeline.search.replicas import ReplicaSearch, best_chunk_per_document, pick_strategy, rescore
-from pipeline.search.routing import Profile, Strategy
+from pipeline.search.replicas import (
+    QueryResult,
+    ReplicaSearch,
+    best_chunk_per_document,
+    format_results,
+    pick_strategy,
+    rescore,
+)
+from pipeline.search.routing import NO_PROFILE_REASON, Profile, Strategy
 from pipeline.settings import Settings
 from workers.errors import ConfigError
 
@@ -105,16 +112,37 @@ def test_best_chunk_per_document_keeps_order() -> None:
 def test_pick_strategy() -> None:
     settings = Settings()
     dims = (384, 128, 64)
-    assert pick_strategy(settings, dims) == Strategy(384)
-    assert pick_strategy(settings, dims, dim=128) == Strategy(128)
-    assert pick_strategy(settings, dims, funnel_factor=10) == Strategy(64, 10)  # from the smallest
-    assert pick_strategy(settings, dims, recall_target=0.9) == Strategy(64, 50)  # the default profile
+    assert pick_strategy(settings, dims).strategy == Strategy(384)
+    assert pick_strategy(settings, dims, dim=128).strategy == Strategy(128)
+    assert pick_strategy(settings, dims, funnel_factor=10).strategy == Strategy(64, 10)  # from the smallest
     measured = Profile.from_rows([{"dim": 128, "funnel_factor": None, "recall": 0.91, "p50_ms": 1}], "t")
-    assert pick_strategy(settings, dims, recall_target=0.9, profile=measured) == Strategy(128)
+    routed = pick_strategy(settings, dims, recall_target=0.9, profile=measured)
+    assert routed.strategy == Strategy(128) and routed.expected is not None and routed.expected.recall == 0.91
     with pytest.raises(ConfigError, match="no replica of dimension 100"):
         pick_strategy(settings, dims, dim=100)
     with pytest.raises(ConfigError, match="funnel factor"):
         pick_strategy(settings, dims, dim=64, funnel_factor=0)
+
+
+def test_without_search_profile_path_a_target_gets_the_native_replica_and_the_reason() -> None:
+    settings = Settings()
+    assert settings.search.profile_path is None
+    for target in ({"recall_target": 0.9}, {"latency_budget_ms": 5.0}):
+        choice = pick_strategy(settings, (384, 128, 64), **target)  # type: ignore[arg-type]
+        assert choice.strategy == Strategy(384) and choice.expected is None
+        assert choice.reason == NO_PROFILE_REASON
+
+
+def test_the_printed_results_say_why_routing_picked_the_strategy() -> None:
+    routed = QueryResult("q", 384, [hit("a#0", 0.5)], "replica 384d", NO_PROFILE_REASON)
+    lines = format_results([routed, QueryResult("q", 128, [], "replica 128d")]).splitlines()
+    assert lines == [
+        'query: "q"  (replica 384d)',
+        f"  routing: {NO_PROFILE_REASON}",
+        "  1. 0.500  a#0  ",
+        'query: "q"  (replica 128d)',
+        "  no hits",
+    ]
 
 
 def test_the_query_task_is_configurable_per_collection() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.search.routing import DEFAULT_FUNNEL_FACTOR, Profile, Strategy, choose
+from pipeline.search.routing import NO_PROFILE_REASON, Profile, Strategy, choose, route
 
 FULL, SMALL, FUNNEL, MID = Strategy(384), Strategy(64), Strategy(64, 20), Strategy(128)
 
@@ -64,11 +64,32 @@ def test_observed_latencies_move_the_choice() -> None:
     assert Strategy(999) not in measured.entries
 
 
-def test_the_default_profile_offers_the_native_replica_and_the_funnel_from_the_smallest() -> None:
-    default = Profile.default([384, 128, 64])
-    assert set(default.entries) == {FULL, Strategy(64, DEFAULT_FUNNEL_FACTOR)}
-    assert choose(default, recall_target=0.9).strategy == Strategy(64, DEFAULT_FUNNEL_FACTOR)
-    assert set(Profile.default([384]).entries) == {FULL}
+@pytest.mark.parametrize(
+    "request_",
+    [{"recall_target": 0.5}, {"recall_target": 0.9}, {"latency_budget_ms": 0.1}, {"latency_budget_ms": 1e6}],
+)
+def test_without_a_measured_profile_routing_answers_with_the_native_replica_and_says_why(
+    request_: dict[str, float],
+) -> None:
+    # Nothing is assumed: no recall borrowed from another model, no latency made up from dimensions.
+    choice = route(None, 384, **request_)  # type: ignore[arg-type]
+    assert choice.strategy == FULL and choice.expected is None
+    assert choice.reason == NO_PROFILE_REASON
+    assert "no recall/latency profile was measured" in choice.reason
+    assert (
+        "eval-recall" in choice.reason
+        and "--out DIR" in choice.reason
+        and "search.profile_path" in choice.reason
+    )
+
+
+def test_route_uses_a_measured_profile_and_refuses_bad_requests_without_one() -> None:
+    assert route(profile(), 384, recall_target=0.95) == choose(profile(), recall_target=0.95)
+    assert "measured profile: test" in route(profile(), 384, recall_target=0.95).reason
+    assert route(None, 384).strategy == FULL and route(None, 384).reason != NO_PROFILE_REASON
+    for bad in ({"recall_target": 0.0}, {"recall_target": 1.2}, {"latency_budget_ms": -1.0}):
+        with pytest.raises(ValueError):
+            route(None, 384, **bad)  # type: ignore[arg-type]
 
 
 def test_load_keeps_strategies_on_existing_replicas(tmp_path: Path) -> None:
