@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import RayCluster, start_milvus_standalone
+from helpers.services import RayCluster, start_milvus_standalone
 
 from pipeline.ops import stack
 from pipeline.runtime.ray_cluster import export_ray_auth
@@ -20,14 +20,14 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 # ---------------------------------------------------------------------------------------------
-# Models (tests/models.py builds them; session-scoped, built or located once)
+# Models (tests/helpers/models.py builds them; session-scoped, built or located once)
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a tiny random Qwen3 model with a Qwen3-like tokenizer (EOS appended, left padding)."""
-    from models import build_tiny_qwen3
+    from helpers.models import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from services import RayCluster
+from helpers.services import RayCluster
 
 from pipeline.documents import DocumentWrite, UpsertDocument, WriteResult
 from pipeline.ingest.chunking import Chunker

@@ -24,7 +24,7 @@ import psutil
 import pytest
 import ray
 from harness import WorkerProcess, fault_settings, write_toml
-from services import RayCluster
+from helpers.services import RayCluster
 
 from pipeline.ingest.kafka import ensure_topics, partition_lag
 from pipeline.ingest.produce import OutgoingRecord, send_records

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 from harness import WorkerProcess, write_toml
+from helpers.services import RayCluster
 from kafka_reads import read_topic
 from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas
-from services import RayCluster
 
 from pipeline.ingest.kafka import ensure_topics, partition_lag
 from pipeline.milvus.sink import MilvusSink
