@@ -10,6 +10,7 @@ import pytest
 from helpers.services import RayCluster, start_milvus_standalone
 
 from pipeline.ops import stack
+from pipeline.ops.processes import ManagedProcess
 from pipeline.runtime.ray_cluster import export_ray_auth
 from pipeline.settings import Settings, StackSettings
 
@@ -63,24 +64,31 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
-@pytest.fixture(scope="session")
-def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``http://host:port`` of a Milvus Lite server."""
-    server = stack.start_milvus_lite(tmp_path_factory.mktemp("milvus-lite"), stack.free_port())
+def _serving(server: ManagedProcess) -> Iterator[str]:
+    """``http://host:port`` of ``server`` until the session ends, then it is stopped."""
     try:
         yield f"http://{server.address}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://host:port`` of a Milvus Lite server."""
+    yield from _serving(stack.start_milvus_lite(tmp_path_factory.mktemp("milvus-lite"), stack.free_port()))
 
 
 @pytest.fixture(scope="session")
 def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``http://host:port`` of a real Milvus 2.3.5 standalone (~15 s to start, ~250 MB RSS idle)."""
-    server = start_milvus_standalone(tmp_path_factory.mktemp("milvus-standalone"), stack.free_port())
-    try:
-        yield f"http://{server.address}"
-    finally:
-        server.stop()
+    data_dir = tmp_path_factory.mktemp("milvus-standalone")
+    yield from _serving(start_milvus_standalone(data_dir, stack.free_port()))
+
+
+@pytest.fixture(scope="session", params=["lite", "standalone"])
+def milvus_uri(request: pytest.FixtureRequest) -> str:
+    """URI of each real Milvus server in turn (tests are grouped per server)."""
+    return str(request.getfixturevalue(f"milvus_{request.param}_uri"))
 
 
 @pytest.fixture(scope="session")
