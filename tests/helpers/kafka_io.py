@@ -128,7 +128,7 @@ class CommitWatcher:
 
     async def total(self) -> int:
         tps = await _partitions(self._consumer, self._topic)
-        return sum((await self._consumer.committed(tp)) or 0 for tp in tps)
+        return sum([(await self._consumer.committed(tp)) or 0 for tp in tps])
 
     async def wait_beyond(self, committed: int, alive: Callable[[], str | None], timeout_s: float) -> int:
         """Wait until the group committed past ``committed``; returns the total.
