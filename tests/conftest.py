@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import RayCluster, start_milvus_standalone
+from helpers.services import RayCluster, start_milvus_standalone
 
 from pipeline.ops import processes, services, stack
+from pipeline.ops.processes import ManagedProcess
 from pipeline.runtime.ray_cluster import export_ray_auth
 from pipeline.settings import Settings, StackSettings
 
@@ -20,14 +21,14 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 # ---------------------------------------------------------------------------------------------
-# Models (tests/models.py builds them; session-scoped, built or located once)
+# Models (tests/helpers/models.py builds them; session-scoped, built or located once)
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a tiny random Qwen3 model with a Qwen3-like tokenizer (EOS appended, left padding)."""
-    from models import build_tiny_qwen3
+    from helpers.models import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 
@@ -63,24 +64,33 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
-@pytest.fixture(scope="session")
-def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``http://host:port`` of a Milvus Lite server."""
-    server = services.start_milvus_lite(tmp_path_factory.mktemp("milvus-lite"), processes.free_port())
+def _serving(server: ManagedProcess) -> Iterator[str]:
+    """``http://host:port`` of ``server`` until the session ends, then it is stopped."""
     try:
         yield f"http://{server.address}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://host:port`` of a Milvus Lite server."""
+    yield from _serving(
+        services.start_milvus_lite(tmp_path_factory.mktemp("milvus-lite"), processes.free_port())
+    )
 
 
 @pytest.fixture(scope="session")
 def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``http://host:port`` of a real Milvus 2.3.5 standalone (~15 s to start, ~250 MB RSS idle)."""
-    server = start_milvus_standalone(tmp_path_factory.mktemp("milvus-standalone"), processes.free_port())
-    try:
-        yield f"http://{server.address}"
-    finally:
-        server.stop()
+    data_dir = tmp_path_factory.mktemp("milvus-standalone")
+    yield from _serving(start_milvus_standalone(data_dir, processes.free_port()))
+
+
+@pytest.fixture(scope="session", params=["lite", "standalone"])
+def milvus_uri(request: pytest.FixtureRequest) -> str:
+    """URI of each real Milvus server in turn (tests are grouped per server)."""
+    return str(request.getfixturevalue(f"milvus_{request.param}_uri"))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
-"""Settings of the fault tests, and the worker as a separate process that a test can SIGKILL."""
+"""The worker of a fault test: as a separate process that a test can SIGKILL, or as a task in this one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,48 +10,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import (
-    ChunkingSettings,
-    ConsumerSettings,
-    KafkaSettings,
-    MilvusSettings,
-    ReplicaSettings,
-    Settings,
-)
-from workers.settings import ModelSettings, PoolSettings
-
-DIMS = (128,)  # besides MiniLM's native 384
-
-
-def fault_settings(bootstrap: str, milvus_uri: str, model_path: Path, **sections: Any) -> Settings:
-    """Settings of one fault test: its own topics, group and collections; MiniLM on one actor.
-
-    Short group timeouts: a SIGKILLed member is evicted after 3 s instead of 10 s, so a
-    restarted worker gets its partitions back quickly.  ``sections`` replace whole sections.
-    """
-    run = uuid.uuid4().hex[:8]
-    values: dict[str, Any] = {
-        "kafka": KafkaSettings(
-            bootstrap_servers=bootstrap,
-            topic=f"faults-{run}",
-            dlq_topic=f"faults-{run}.dlq",
-            group_id=f"faults-{run}",
-            session_timeout_ms=3000,
-            heartbeat_interval_ms=500,
-        ),
-        "model": ModelSettings(name_or_path=str(model_path)),
-        "pool": PoolSettings(num_actors=1, cpus_per_actor=1.0),
-        "replicas": ReplicaSettings(dims=DIMS),
-        "chunking": ChunkingSettings(max_tokens=64),
-        "milvus": MilvusSettings(uri=milvus_uri, collection_prefix=f"faults_{run}", index_type="FLAT"),
-        "consumer": ConsumerSettings(commit_interval_s=0.3, max_batch_events=64, retry_backoff_max_s=4.0),
-    }
-    values.update(sections)
-    return Settings(**values)
+from pipeline.settings import Settings
 
 
 def write_toml(settings: Settings, path: Path) -> Path:
@@ -136,3 +100,15 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+
+
+def task_problem(task: asyncio.Task[Any]) -> Callable[[], str | None]:
+    """For a worker running as ``task`` in this process: None while it runs, else why it stopped (as
+    :meth:`WorkerProcess.exited` says it for a worker process)."""
+
+    def problem() -> str | None:
+        if not task.done():
+            return None
+        return f"worker stopped: {task.exception() or task.result()!r}"
+
+    return problem

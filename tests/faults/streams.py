@@ -1,88 +1,46 @@
-"""Helpers shared by the fault scenarios 5–9: settings for a private topic, group and replica
-set (with this scenario's model, replicas and worker bounds), producing records, reading a topic
-back, committed offsets, and the check of every replica and the dead-letter topic against the
-shared oracle of tests/faults/oracle.py.
-"""
+"""The seeded mixed stream of the fault scenarios 1-4, on the shared oracle of tests/helpers/oracle.py."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
+import random
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from aiokafka.structs import ConsumerRecord
-from kafka_reads import committed_and_end
-from oracle import Record, StreamOracle, compare, read_replicas
-
-from pipeline.ingest.kafka import make_producer
-from pipeline.milvus.sink import MilvusSink
-from pipeline.settings import (
-    ChunkingSettings,
-    ConsumerSettings,
-    KafkaSettings,
-    MilvusSettings,
-    ReplicaSettings,
-    Settings,
-)
-from workers.settings import ModelSettings, PoolSettings
+from helpers.kafka_io import Record
+from helpers.oracle import WORDS, StreamOracle, random_text
 
 
-def fault_settings(
-    bootstrap: str,
-    milvus_uri: str,
-    model_path: Path,
-    *,
-    dims: tuple[int, ...] = (128,),
-    max_tokens: int = 64,
-    partitions: int = 4,
-    num_actors: int = 1,
-    **worker: Any,
-) -> Settings:
-    """Settings on a private topic, group and collection prefix (so tests never share state)."""
-    run = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap,
-            topic=f"f-{run}",
-            dlq_topic=f"f-{run}.dlq",
-            group_id=f"g-{run}",
-            partitions=partitions,
-        ),
-        model=ModelSettings(name_or_path=str(model_path)),
-        pool=PoolSettings(num_actors=num_actors),
-        replicas=ReplicaSettings(dims=dims),
-        chunking=ChunkingSettings(max_tokens=max_tokens),
-        milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"f_{run}", index_type="FLAT"),
-        consumer=ConsumerSettings(**({"commit_interval_s": 0.3} | worker)),
-    )
-
-
-async def produce(settings: Settings, records: Sequence[Record]) -> None:
-    """Send ``records`` in order (per key, the broker keeps that order) and wait for every ack."""
-    producer = make_producer(settings.kafka, max_request_size=16 * 1024 * 1024)
-    await producer.start()
-    try:
-        futures = [await producer.send(settings.kafka.topic, key=r.key, value=r.value) for r in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def assert_all_committed(settings: Settings) -> None:
-    for partition, (committed, end) in (await committed_and_end(settings.kafka)).items():
-        assert committed == end, f"partition {partition}: committed {committed}, log end {end}"
-
-
-def assert_exact(
-    oracle: StreamOracle, sink: MilvusSink, dead_letters: Sequence[Any], source_topic: str
-) -> None:
-    """Every replica and the dead-letter topic equal the shared oracle (tests/faults/oracle.py)."""
-    verdict = compare(oracle, read_replicas(sink), dead_letters, source_topic)
-    assert verdict.exact, verdict.summary()
-
-
-def dead_letter_reasons(dead: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[tuple[Any, Any], str]:
-    """(key, value) -> the ``error`` header of each dead letter."""
-    return {(d.key, d.value): dict(d.headers)["error"].decode() for d in dead}
+def mixed_stream(
+    seed: int,
+    events: int,
+    documents: int = 400,
+    delete_ratio: float = 0.15,
+    malformed_every: int = 100,
+    sentences: Sequence[int] = (1, 1, 2),
+) -> StreamOracle:
+    """``events`` records over ``documents`` ids: first versions, updates, deletes, tombstones,
+    malformed records (one every ``malformed_every``) and re-sent duplicates, seeded."""
+    rng = random.Random(seed)
+    oracle = StreamOracle()
+    ids = [f"doc-{i:05d}" for i in range(documents)]
+    broken = [
+        (b"not json at all", "JSON"),
+        (b'{"id": "x", "text": ', "JSON"),
+        (b'{"op": "merge", "id": "%s", "text": "t"}', "op"),
+        (b'{"id": "%s", "text": "   "}', "text"),
+        (b'{"id": "%s", "text": "a", "text": "b"}', "text"),
+    ]
+    while len(oracle.records) < events:
+        roll = rng.random()
+        doc_id = rng.choice(ids)
+        if len(oracle.records) % malformed_every == malformed_every - 1:
+            raw, keyword = rng.choice(broken)
+            value = raw.replace(b"%s", doc_id.encode()) if b"%s" in raw else raw
+            oracle.malformed_record(Record(doc_id.encode(), value), keyword)
+        elif roll < delete_ratio:
+            oracle.delete(doc_id, tombstone=rng.random() < 0.2)
+        elif roll < delete_ratio + 0.03 and oracle.records:
+            oracle.resend_last()
+        else:
+            metadata = {"v": len(oracle.records), "tag": rng.choice(WORDS)}
+            oracle.upsert(doc_id, random_text(rng, rng.choice(sentences)), metadata)
+    return oracle

@@ -22,14 +22,13 @@ import crashing_actor
 import pytest
 import ray
 from crashing_actor import POISON, CrashingEmbedder
-from kafka_reads import read_topic
-from oracle import Record, compare, mixed_stream, produce, read_replicas
+from helpers.kafka_io import Record, assert_all_committed, produce, read_topic
+from helpers.oracle import compare, read_replicas
+from streams import mixed_stream
 
-from pipeline.ingest.kafka import partition_lag
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import build_runtime
-from pipeline.settings import ConsumerSettings, Settings
-from workers.settings import PoolSettings
+from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,8 +49,8 @@ async def test_dying_actors_are_restarted_and_a_poison_text_is_isolated(
     settings = make_settings(
         milvus_lite_uri,
         # One failed try and a request runs alone; one crash alone and it is split: fewer restarts.
-        pool=PoolSettings(num_actors=1, cpus_per_actor=1.0, poison_after_crashes=1, max_attempts=4),
-        consumer=ConsumerSettings(commit_interval_s=0.3, max_batch_events=16, retry_backoff_max_s=2.0),
+        pool={"num_actors": 1, "cpus_per_actor": 1.0, "poison_after_crashes": 1, "max_attempts": 4},
+        consumer={"commit_interval_s": 0.3, "max_batch_events": 16, "retry_backoff_max_s": 2.0},
     )
     kafka, topic = settings.kafka, settings.kafka.topic
     oracle = mixed_stream(seed=2002, events=400, documents=120)
@@ -65,14 +64,13 @@ async def test_dying_actors_are_restarted_and_a_poison_text_is_isolated(
     runtime = await build_runtime(settings, actor_class=actor)
     started = time.monotonic()
     try:
-        await produce(kafka, topic, oracle.records)
+        await produce(kafka, oracle.records)
         stats = await runtime.new_consumer().run(until_idle_s=5.0)
     finally:
         runtime.close()
     elapsed = time.monotonic() - started
     assert stats.events >= len(oracle.records)
-    lag = await partition_lag(kafka, topic)
-    assert all(committed == end for committed, end in lag.values()), lag
+    await assert_all_committed(kafka)
     replicas = await asyncio.to_thread(read_replicas, open_sink(settings))
     verdict = compare(oracle, replicas, await read_topic(kafka, kafka.dlq_topic), topic)
     crashed_once = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c"))

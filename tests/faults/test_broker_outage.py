@@ -15,11 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka_reads import read_topic
-from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas
+from harness import task_problem
+from helpers.kafka_io import CommitWatcher, assert_all_committed, produce, read_topic
+from helpers.oracle import compare, read_replicas
+from streams import mixed_stream
 from tcp_proxy import TcpProxy
 
-from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.ingest.kafka import ensure_topics
 from pipeline.milvus.sink import MilvusSink
 from pipeline.ops import processes, services
 from pipeline.ops.processes import ManagedProcess
@@ -45,26 +47,18 @@ async def test_broker_cut_for_15s_then_the_worker_finishes(
     try:
         broker = await asyncio.to_thread(services.start_kafka, tmp_path / "kafka", broker_port, proxy_port)
         assert broker.address == proxy.address
-        settings = make_settings(milvus_lite_uri)
-        settings = settings.model_copy(
-            update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": proxy.address})}
-        )
+        settings = make_settings(milvus_lite_uri, bootstrap=proxy.address)
         kafka, topic = settings.kafka, settings.kafka.topic
         oracle = mixed_stream(seed=4004, events=1600)
         half = len(oracle.records) // 2
         await ensure_topics(kafka)
-        await produce(kafka, topic, oracle.records[:half])
+        await produce(kafka, oracle.records[:half])
         runtime = await build_runtime(settings)
         stop = asyncio.Event()
         try:
             worker = runtime.new_consumer()
             running = asyncio.create_task(worker.run(stop=stop))
-
-            def alive() -> str | None:
-                if not running.done():
-                    return None
-                return f"worker stopped: {running.exception() or running.result()!r}"
-
+            alive = task_problem(running)
             async with CommitWatcher(kafka) as watcher:
                 before = await watcher.wait_beyond(0, alive, 240)
             aborted = await proxy.cut()
@@ -74,7 +68,7 @@ async def test_broker_cut_for_15s_then_the_worker_finishes(
                 await asyncio.sleep(0.5)
             await proxy.restore()
             restored_at = time.monotonic()
-            await produce(kafka, topic, oracle.records[half:])
+            await produce(kafka, oracle.records[half:])
             async with CommitWatcher(kafka) as watcher:
                 while (done := await watcher.total()) < len(oracle.records):
                     assert alive() is None and time.monotonic() - restored_at < 300, (done, alive())
@@ -85,8 +79,7 @@ async def test_broker_cut_for_15s_then_the_worker_finishes(
         finally:
             stop.set()
             runtime.close()
-        lag = await partition_lag(kafka, topic)
-        assert all(committed == end for committed, end in lag.values()), lag
+        await assert_all_committed(kafka)
         replicas = await asyncio.to_thread(read_replicas, open_sink(settings))
         verdict = compare(oracle, replicas, await read_topic(kafka, kafka.dlq_topic), topic)
     finally:

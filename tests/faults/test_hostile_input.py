@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka_reads import read_topic
-from oracle import Expected, Record, StreamOracle
-from streams import assert_all_committed, assert_exact, fault_settings, produce
+from helpers.kafka_io import Record, assert_all_committed, produce, read_topic
+from helpers.oracle import Expected, StreamOracle, assert_exact
+from helpers.settings import private_settings
 
 from pipeline.runtime.assemble import build_runtime
 
@@ -228,10 +228,18 @@ async def test_hostile_stream_dead_letters_every_bad_event_and_ingests_every_goo
     records, oracle, bad = hostile_stream()
     assert len(BAD_KINDS) >= 20
     assert 0.28 <= len(bad) / len(records) <= 0.35, len(bad) / len(records)
-    settings = fault_settings(kafka_bootstrap, milvus_lite_uri, minilm_path, max_batch_events=32)
+    settings = private_settings(
+        kafka_bootstrap,
+        milvus_lite_uri,
+        minilm_path,
+        name="hostile",
+        dims=(128,),
+        max_tokens=64,
+        consumer={"max_batch_events": 32},
+    )
     runtime = await build_runtime(settings)
     try:
-        await produce(settings, records)
+        await produce(settings.kafka, records)
         stats = await runtime.new_consumer().run(until_idle_s=3.0)
         assert stats.events == len(records)  # the worker never stopped
         dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
@@ -260,6 +268,6 @@ async def test_hostile_stream_dead_letters_every_bad_event_and_ingests_every_goo
         assert got == wanted
 
         await asyncio.to_thread(assert_exact, oracle, runtime.sink, [], settings.kafka.topic)
-        await assert_all_committed(settings)
+        await assert_all_committed(settings.kafka)
     finally:
         runtime.close()

@@ -18,32 +18,29 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka_reads import read_topic
-from oracle import CommitWatcher, compare, mixed_stream, produce, random_text, read_replicas
+from harness import task_problem
+from helpers.kafka_io import CommitWatcher, assert_all_committed, produce, read_topic
+from helpers.oracle import compare, random_text, read_replicas
+from streams import mixed_stream
 
 from pipeline.ingest import events
-from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.ingest.kafka import ensure_topics
 from pipeline.milvus import rows as milvus_rows
 from pipeline.milvus.sink import MilvusSink
 from pipeline.ops import processes, services
 from pipeline.runtime.assemble import build_runtime
-from pipeline.settings import MilvusSettings, Settings
+from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 OUTAGE_S = 30.0
 PAUSED_CHECK_S = 15.0
 
-
-def _milvus(uri: str) -> MilvusSettings:
-    return MilvusSettings(
-        uri=uri, collection_prefix=f"faults_{uuid.uuid4().hex[:8]}", index_type="FLAT", timeout_s=3.0
-    )
+MILVUS = {"timeout_s": 3.0}  # a call to a stopped server fails fast
 
 
 async def test_milvus_outage_pauses_commits_nothing_and_resumes(
@@ -54,27 +51,22 @@ async def test_milvus_outage_pauses_commits_nothing_and_resumes(
     port = processes.free_port()
     uri = f"http://{processes.HOST}:{port}"
     server = services.start_milvus_lite(tmp_path / "milvus", port)
-    settings = make_settings(uri, milvus=_milvus(uri))
+    settings = make_settings(uri, milvus=MILVUS)
     kafka, topic = settings.kafka, settings.kafka.topic
     oracle = mixed_stream(seed=3001, events=1500)
     half = len(oracle.records) // 2
     runtime = await build_runtime(settings)
     stop = asyncio.Event()
     try:
-        await produce(kafka, topic, oracle.records[:half])
+        await produce(kafka, oracle.records[:half])
         worker = runtime.new_consumer()
         running = asyncio.create_task(worker.run(stop=stop))
-
-        def alive() -> str | None:
-            if not running.done():
-                return None
-            return f"worker stopped: {running.exception() or running.result()!r}"
-
+        alive = task_problem(running)
         async with CommitWatcher(kafka) as watcher:
             before = await watcher.wait_beyond(0, alive, 240)
             server.stop()
             down_at = time.monotonic()
-            await produce(kafka, topic, oracle.records[half:])  # the stream goes on meanwhile
+            await produce(kafka, oracle.records[half:])  # the stream goes on meanwhile
             while not worker.paused:  # once a write fails (its units embedded meanwhile)
                 assert alive() is None
                 assert time.monotonic() - down_at < OUTAGE_S, "partitions not paused while Milvus is down"
@@ -100,8 +92,7 @@ async def test_milvus_outage_pauses_commits_nothing_and_resumes(
         stop.set()
         stats = await asyncio.wait_for(running, 120)
         assert stats.events >= len(oracle.records)
-        lag = await partition_lag(kafka, topic)
-        assert all(committed == end for committed, end in lag.values()), lag
+        await assert_all_committed(kafka)
         replicas = await asyncio.to_thread(read_replicas, runtime.sink)  # loaded again by the worker
         verdict = compare(oracle, replicas, await read_topic(kafka, kafka.dlq_topic), topic)
     finally:
@@ -129,7 +120,7 @@ async def test_a_row_milvus_refuses_goes_to_the_dlq_and_the_rest_lands(
     # the server itself refuses (Milvus 2.3.5: JSON over 64 KiB, code 1100).
     monkeypatch.setattr(events, "MAX_METADATA_BYTES", 10**6)
     monkeypatch.setattr(milvus_rows, "METADATA_MAX_BYTES", 10**6)
-    settings = make_settings(milvus_standalone_uri, milvus=_milvus(milvus_standalone_uri))
+    settings = make_settings(milvus_standalone_uri, milvus=MILVUS)
     kafka, topic = settings.kafka, settings.kafka.topic
     oracle = mixed_stream(seed=3002, events=300, documents=60)
     rng = random.Random(3002)
@@ -139,7 +130,7 @@ async def test_a_row_milvus_refuses_goes_to_the_dlq_and_the_rest_lands(
     await ensure_topics(kafka)
     runtime = await build_runtime(settings)
     try:
-        await produce(kafka, topic, oracle.records)
+        await produce(kafka, oracle.records)
         stats = await runtime.new_consumer().run(until_idle_s=3.0)
     finally:
         runtime.close()

@@ -9,29 +9,15 @@ import random
 from pathlib import Path
 
 import pytest
-from kafka_reads import read_topic
-from oracle import StreamOracle
-from streams import assert_all_committed, assert_exact, fault_settings, produce
+from helpers.kafka_io import assert_all_committed, produce, read_topic
+from helpers.oracle import SHORT_WORDS, StreamOracle, assert_exact
+from helpers.settings import private_settings
 
 from pipeline.runtime.assemble import build_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 IDS = [f"hot-{i:02d}" for i in range(20)]
-WORDS = [
-    "amber",
-    "basalt",
-    "cobalt",
-    "delta",
-    "ember",
-    "fjord",
-    "garnet",
-    "harbor",
-    "iris",
-    "jade",
-    "kelp",
-    "lumen",
-]
 
 
 def interleaved_stream(seed: int = 11, events: int = 2000) -> StreamOracle:
@@ -43,7 +29,7 @@ def interleaved_stream(seed: int = 11, events: int = 2000) -> StreamOracle:
 
     def upsert(doc_id: str, seq: int, sentences: int) -> None:
         text = " ".join(
-            " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14))) + f" seq{seq}."
+            " ".join(rng.choice(SHORT_WORDS) for _ in range(rng.randint(8, 14))) + f" seq{seq}."
             for _ in range(sentences)
         )
         oracle.upsert(doc_id, text, {"seq": seq})
@@ -71,18 +57,24 @@ async def test_last_event_per_id_wins_in_every_replica(
     records = oracle.records
     assert len(oracle.documents) == len(IDS) // 2
     # Units of at most 8 events: each id's events spread over dozens of units and polls.
-    settings = fault_settings(
-        kafka_bootstrap, milvus_lite_uri, minilm_path, dims=(256, 128), max_tokens=32, max_batch_events=8
+    settings = private_settings(
+        kafka_bootstrap,
+        milvus_lite_uri,
+        minilm_path,
+        name="ordering",
+        dims=(256, 128),
+        max_tokens=32,
+        consumer={"max_batch_events": 8},
     )
     runtime = await build_runtime(settings)
     try:
-        await produce(settings, records)
+        await produce(settings.kafka, records)
         stats = await runtime.new_consumer().run(until_idle_s=3.0)
         assert stats.events == len(records)
         assert stats.dead_letters == 0
         assert len(runtime.dims) == 3
         dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         await asyncio.to_thread(assert_exact, oracle, runtime.sink, dead, settings.kafka.topic)
-        await assert_all_committed(settings)
+        await assert_all_committed(settings.kafka)
     finally:
         runtime.close()

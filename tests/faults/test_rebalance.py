@@ -19,20 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from aiokafka import TopicPartition
-from kafka_reads import committed_and_end, read_topic
-from oracle import Record, StreamOracle
-from streams import assert_all_committed, assert_exact, fault_settings, produce
+from helpers.fakes import FakeRecord, OnesEmbedder, WordSpans
+from helpers.kafka_io import Record, assert_all_committed, committed_and_end, produce, read_topic
+from helpers.oracle import SHORT_WORDS, StreamOracle, assert_exact
+from helpers.settings import private_settings
 
 from pipeline.documents import DocumentWrite, WriteResult
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.consumer import IngestConsumer
 from pipeline.runtime.assemble import build_runtime
 from pipeline.settings import ConsumerSettings, KafkaSettings, Settings
-
-WORDS = "amber basalt cobalt delta ember fjord garnet harbor iris jade kelp lumen".split()  # noqa: SIM905
 
 
 def stream_part(rng: random.Random, oracle: StreamOracle, start: int, n: int) -> list[Record]:
@@ -44,7 +42,7 @@ def stream_part(rng: random.Random, oracle: StreamOracle, start: int, n: int) ->
             oracle.delete(doc_id)
         else:
             oracle.upsert(
-                doc_id, " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))), {"seq": seq}
+                doc_id, " ".join(rng.choice(SHORT_WORDS) for _ in range(rng.randint(4, 30))), {"seq": seq}
             )
     return oracle.records[first:]
 
@@ -122,15 +120,20 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
 ) -> None:
     rng = random.Random(23)
     oracle = StreamOracle()
-    settings = fault_settings(
+    settings = private_settings(
         kafka_bootstrap,
         milvus_lite_uri,
         minilm_path,
-        partitions=6,
-        num_actors=2,
-        max_batch_events=16,
-        max_inflight_tokens=4096,  # each member holds a small backlog, so all three make progress
-        shutdown_drain_s=5.0,
+        name="rebalance",
+        kafka={"partitions": 6},
+        pool={"num_actors": 2},
+        dims=(128,),
+        max_tokens=64,
+        consumer={
+            "max_batch_events": 16,
+            "max_inflight_tokens": 4096,  # each member holds a small backlog, so all three make progress
+            "shutdown_drain_s": 5.0,
+        },
     )
     runtime = await build_runtime(settings)
     log: list[Event] = []
@@ -140,14 +143,14 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
         instrument(worker, name, log)
     runs: dict[str, asyncio.Task[Any]] = {}
     try:
-        await produce(settings, stream_part(rng, oracle, 0, 600))
+        await produce(settings.kafka, stream_part(rng, oracle, 0, 600))
         runs["a"] = asyncio.create_task(workers["a"].run(stop=stops["a"]))
         await _wait_for(lambda: workers["a"].stats.events >= 100, 120, "member a to start consuming")
 
         # 1 → 3, with events arriving while the group rebalances.
         runs["b"] = asyncio.create_task(workers["b"].run(stop=stops["b"]))
         runs["c"] = asyncio.create_task(workers["c"].run(stop=stops["c"]))
-        await produce(settings, stream_part(rng, oracle, 600, 600))
+        await produce(settings.kafka, stream_part(rng, oracle, 600, 600))
 
         def split_three_ways() -> bool:  # every member holds partitions, together all 6, none twice
             owners = [w.assigned for w in workers.values()]
@@ -157,7 +160,7 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
 
         # 3 → 2: c leaves mid-stream, once it has written and committed some of its share.
         await _wait_for(lambda: workers["c"].stats.commits > 0, 180, "member c to commit")
-        produced = asyncio.create_task(produce(settings, stream_part(rng, oracle, 1200, 600)))
+        produced = asyncio.create_task(produce(settings.kafka, stream_part(rng, oracle, 1200, 600)))
         stops["c"].set()
         await asyncio.wait_for(runs["c"], 120)
         await produced
@@ -183,7 +186,7 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
         assert set(commits) == {"a", "b", "c"}, commits
         # The joins and the leave took partitions away from members that held some.
         assert sum(e.kind == "revoked" and bool(e.tps) for e in log) >= 2
-        await assert_all_committed(settings)
+        await assert_all_committed(settings.kafka)
         dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         await asyncio.to_thread(assert_exact, oracle, runtime.sink, dead, settings.kafka.topic)
     finally:
@@ -197,20 +200,6 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
 
 
 # --- the revoke path, with fakes -------------------------------------------------------------
-
-
-class WordSpans:
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        spans, start = [], 0
-        for word in text.split(" "):
-            spans.append((start, start + len(word)))
-            start += len(word) + 1
-        return spans
-
-
-class FakeEmbedder:
-    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
-        return {d: np.ones((len(texts), d), dtype=np.float32) / np.sqrt(d) for d in dims}
 
 
 class GatedSink:
@@ -242,18 +231,10 @@ class FakeConsumer:
         return set()
 
 
-@dataclass(frozen=True)
-class FakeRecord:
-    offset: int
-    key: bytes
-    value: bytes
-    timestamp: int = 0
-
-
 async def test_revoke_awaits_the_write_in_flight_and_commits_only_what_it_acknowledged() -> None:
     settings = Settings(kafka=KafkaSettings(), consumer=ConsumerSettings(max_batch_events=2))
     sink = GatedSink()
-    worker = IngestConsumer(settings, FakeEmbedder(), sink, Chunker(WordSpans(), 16), (4,))
+    worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(WordSpans(), 16), (4,))
     consumer = FakeConsumer()
     worker._consumer = consumer  # type: ignore[assignment]
     worker._fatal = asyncio.get_running_loop().create_future()

@@ -33,14 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
-from services import RayCluster
+from helpers.fakes import OnesEmbedder, WordSpans
+from helpers.kafka_io import assert_all_committed
+from helpers.services import RayCluster
+from helpers.settings import private_kafka
 
 from pipeline.documents import DocumentWrite, UpsertDocument, WriteResult
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.consumer import IngestConsumer
-from pipeline.ingest.kafka import client_options, partition_lag
+from pipeline.ingest.kafka import client_options
 from pipeline.ingest.produce import OutgoingRecord, send_records
 from pipeline.ops.processes import HOST, ManagedProcess, accepts, cli_flags, free_port
 from pipeline.settings import ConsumerSettings, KafkaSettings, Settings
@@ -213,20 +215,6 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 # --- fakes for an in-process worker -----------------------------------------------------------
 
 
-class Words:
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        spans, start = [], 0
-        for word in text.split(" "):
-            spans.append((start, start + len(word)))
-            start += len(word) + 1
-        return spans
-
-
-class OnesEmbedder:
-    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
-        return {d: np.ones((len(texts), d), dtype=np.float32) / np.sqrt(d) for d in dims}
-
-
 class DictSink:
     def __init__(self) -> None:
         self.documents: dict[str, str] = {}
@@ -253,7 +241,7 @@ async def test_sasl_and_tls_settings_reach_every_aiokafka_client(certs: Certs) -
         ssl_certfile=certs.client,
         ssl_keyfile=certs.client_key,
     )
-    worker = IngestConsumer(Settings(kafka=kafka), OnesEmbedder(), DictSink(), Chunker(Words(), 16), (4,))
+    worker = IngestConsumer(Settings(kafka=kafka), OnesEmbedder(), DictSink(), Chunker(WordSpans(), 16), (4,))
     for client in (worker._consumer._client, worker._producer.client):
         assert client._security_protocol == "SASL_SSL"
         assert client._sasl_mechanism == "SCRAM-SHA-512"
@@ -276,12 +264,9 @@ async def test_worker_consumes_over_mutual_tls(certs: Certs, tmp_path: Path) -> 
     broker = await asyncio.to_thread(_tansu, tmp_path, plain_port, tls.port)
     await tls.start()
     try:
-        run = uuid.uuid4().hex[:8]
-        kafka = KafkaSettings(
-            bootstrap_servers=f"{HOST}:{tls.port}",
-            topic=f"tls-{run}",
-            dlq_topic=f"tls-{run}.dlq",
-            group_id=f"tls-{run}",
+        kafka = private_kafka(
+            f"{HOST}:{tls.port}",
+            "tls",
             security_protocol="SSL",
             ssl_cafile=certs.ca,
             ssl_certfile=certs.client,
@@ -300,11 +285,10 @@ async def test_worker_consumes_over_mutual_tls(certs: Certs, tmp_path: Path) -> 
             ],
         )
         sink = DictSink()
-        worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(Words(), 16), (4,))
+        worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(WordSpans(), 16), (4,))
         stats = await asyncio.wait_for(worker.run(until_idle_s=2.0), 120)
         assert stats.events == 50 and sink.documents == events
-        lag = await partition_lag(kafka, kafka.topic)
-        assert lag and all(committed == end for committed, end in lag.values())
+        await assert_all_committed(kafka)
         assert tls.client_subjects and set(tls.client_subjects) == {"embedstream-worker"}
     finally:
         await tls.stop()

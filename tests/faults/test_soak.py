@@ -17,19 +17,21 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import ray
-from harness import WorkerProcess, fault_settings, write_toml
-from services import RayCluster
+from harness import WorkerProcess, write_toml
+from helpers.kafka_io import CommitWatcher
+from helpers.oracle import SHORT_WORDS
+from helpers.services import RayCluster
 
-from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.ingest.kafka import ensure_topics
 from pipeline.ingest.produce import OutgoingRecord, send_records
-from pipeline.settings import ChunkingSettings, ConsumerSettings, ReplicaSettings, Settings
-from workers.settings import ModelSettings, PoolSettings
+from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -37,7 +39,6 @@ EVENTS = int(os.environ.get("EMBEDSTREAM_SOAK_EVENTS", "200000"))
 WARMUP = 20_000
 MAX_GROWTH = 0.10  # the worker's bound (the issue's)
 MAX_ACTOR_GROWTH = 0.25  # looser: torch's CPU allocator keeps blocks per batch shape (8.5% measured)
-WORDS = "amber basalt cobalt delta ember fjord garnet harbor iris jade kelp lumen".split()  # noqa: SIM905
 
 
 def small_events(n: int, seed: int = 8) -> list[OutgoingRecord]:
@@ -46,7 +47,7 @@ def small_events(n: int, seed: int = 8) -> list[OutgoingRecord]:
     records = []
     for i in range(n):
         doc_id = f"s-{rng.randrange(20_000)}"
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
+        text = " ".join(rng.choice(SHORT_WORDS) for _ in range(rng.randint(4, 12)))
         records.append(
             OutgoingRecord(doc_id.encode(), json.dumps({"id": doc_id, "text": f"{text} {i}"}).encode())
         )
@@ -73,13 +74,8 @@ def rss(pids: list[int]) -> int:
     return total
 
 
-async def committed_events(settings: Settings) -> int:
-    lag = await partition_lag(settings.kafka, settings.kafka.topic, timeout_s=2.0)
-    return sum(committed for committed, _ in lag.values())
-
-
 async def test_soak_rss_stays_flat_and_reports_events_per_second(
-    kafka_bootstrap: str,
+    make_settings: Callable[..., Settings],
     milvus_lite_uri: str,
     tiny_qwen3_path: Path,
     ray_cluster: RayCluster,
@@ -87,15 +83,11 @@ async def test_soak_rss_stays_flat_and_reports_events_per_second(
     tmp_path: Path,
 ) -> None:
     assert ray.is_initialized()
-    settings = fault_settings(
-        kafka_bootstrap,
+    settings = make_settings(
         milvus_lite_uri,
-        tiny_qwen3_path,
-        model=ModelSettings(name_or_path=str(tiny_qwen3_path)),
-        pool=PoolSettings(num_actors=1, cpus_per_actor=1.0),
-        replicas=ReplicaSettings(dims=()),
-        chunking=ChunkingSettings(max_tokens=64),
-        consumer=ConsumerSettings(commit_interval_s=1.0, max_batch_events=256),
+        model_path=tiny_qwen3_path,
+        dims=(),
+        consumer={"commit_interval_s": 1.0, "max_batch_events": 256},
     )
     await ensure_topics(settings.kafka)
     worker = WorkerProcess(
@@ -109,22 +101,23 @@ async def test_soak_rss_stays_flat_and_reports_events_per_second(
         baseline: dict[str, Any] | None = None
         deadline = time.monotonic() + 1500  # generous: a busy 2-core box did ~400 events/s
         done = 0
-        while done < EVENTS:
-            assert worker.proc is not None and worker.proc.poll() is None, worker.log()[-4000:]
-            assert time.monotonic() < deadline, f"only {done} of {EVENTS} events committed"
-            await asyncio.sleep(2.0)
-            done = await committed_events(settings)
-            actors = embedder_pids(ray_cluster.dashboard_url)
-            sample = {
-                "t": time.monotonic(),
-                "committed": done,
-                "worker_rss": rss([worker.proc.pid]),
-                "actor_rss": rss(actors),
-            }
-            samples.append(sample)
-            if baseline is None and done >= WARMUP:
-                assert actors, "no embedder actor found"
-                baseline = sample
+        async with CommitWatcher(settings.kafka) as watcher:
+            while done < EVENTS:
+                assert worker.proc is not None and worker.proc.poll() is None, worker.log()[-4000:]
+                assert time.monotonic() < deadline, f"only {done} of {EVENTS} events committed"
+                await asyncio.sleep(2.0)
+                done = await watcher.total()
+                actors = embedder_pids(ray_cluster.dashboard_url)
+                sample = {
+                    "t": time.monotonic(),
+                    "committed": done,
+                    "worker_rss": rss([worker.proc.pid]),
+                    "actor_rss": rss(actors),
+                }
+                samples.append(sample)
+                if baseline is None and done >= WARMUP:
+                    assert actors, "no embedder actor found"
+                    baseline = sample
         await producing
         assert baseline is not None
         after = [s for s in samples if s["t"] > baseline["t"]]

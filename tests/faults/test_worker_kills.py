@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 from harness import WorkerProcess, write_toml
-from kafka_reads import read_topic
-from oracle import CommitWatcher, compare, mixed_stream, produce, read_replicas
-from services import RayCluster
+from helpers.kafka_io import CommitWatcher, assert_all_committed, produce, read_topic
+from helpers.oracle import compare, read_replicas
+from helpers.services import RayCluster
+from streams import mixed_stream
 
-from pipeline.ingest.kafka import ensure_topics, partition_lag
+from pipeline.ingest.kafka import ensure_topics
 from pipeline.milvus.sink import MilvusSink
 from pipeline.settings import Settings
 
@@ -58,7 +59,7 @@ async def test_sigkilled_worker_loses_and_duplicates_nothing(
     try:
         async with CommitWatcher(kafka) as watcher:
             await ensure_topics(kafka)
-            produced = await produce(kafka, topic, oracle.records)
+            produced = len(await produce(kafka, oracle.records))
             for point in points:
                 worker.start()
                 begun = time.monotonic()
@@ -76,9 +77,8 @@ async def test_sigkilled_worker_loses_and_duplicates_nothing(
     elapsed = time.monotonic() - started
     assert produced == len(oracle.records) >= EVENTS
 
-    lag = await partition_lag(kafka, topic)
-    assert sum(end for _, end in lag.values()) == produced
-    assert all(committed == end for committed, end in lag.values()), lag
+    ends = await assert_all_committed(kafka)
+    assert sum(ends.values()) == produced
     replicas = await asyncio.to_thread(read_replicas, open_sink(settings))
     dead_letters = await read_topic(kafka, kafka.dlq_topic)
     verdict = compare(oracle, replicas, dead_letters, topic)

@@ -1,80 +1,23 @@
-"""A seeded stream of document events with an independent oracle of the final state.
-
-The oracle knows nothing about chunking or embedding: for every document id it keeps the
-last valid event in production order (all events of one id share a key, hence a partition,
-hence an order), and the exact bytes of every malformed record.
+"""A seeded stream of document events for the end-to-end test, on the independent oracle of
+tests/helpers/oracle.py: upserts (some many chunks long, some with an instruction), shrinking updates,
+deletes, re-delivered duplicates and 20 kinds of malformed record spread through it.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
-WORDS = (
-    "river",
-    "stone",
-    "harbor",
-    "lantern",
-    "meadow",
-    "copper",
-    "signal",
-    "orbit",
-    "granite",
-    "willow",
-    "falcon",
-    "ember",
-    "tide",
-    "quartz",
-    "maple",
-    "cinder",
-    "glacier",
-    "prairie",
-    "beacon",
-    "thistle",
-    "basalt",
-    "comet",
-    "fjord",
-    "saffron",
-    "tundra",
-    "vector",
-    "kernel",
-    "buffer",
-    "socket",
-    "cache",
-    "shard",
-    "replica",
-    "commit",
-    "offset",
-    "partition",
-    "broker",
-    "cluster",
-)
-
-
-@dataclass(frozen=True)
-class Record:
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass
-class Oracle:
-    """Expected final state: live documents and the malformed records (in production order)."""
-
-    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    malformed: list[tuple[Record, str]] = field(default_factory=list)  # (record, expected reason keyword)
+from helpers.kafka_io import Record
+from helpers.oracle import WORDS, StreamOracle, sentence
 
 
 def _text(rng: random.Random, paragraphs: int) -> str:
     parts = []
     for p in range(paragraphs):
         sentence_count = rng.randint(2, 6)
-        sentences = [
-            " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 16))).capitalize() + "."
-            for _ in range(sentence_count)
-        ]
+        sentences = [sentence(rng) for _ in range(sentence_count)]
         heading = f"## Section {p}\n\n" if p and rng.random() < 0.3 else ""
         parts.append(heading + " ".join(sentences))
     return "\n\n".join(parts)
@@ -113,29 +56,18 @@ def malformed_records() -> list[tuple[Record, str]]:
     ]
 
 
-def build_stream(
-    seed: int = 7, documents: int = 300, target_events: int = 1100
-) -> tuple[list[Record], Oracle]:
-    """About ``target_events`` records: upserts, shrinking updates, deletes, duplicates and malformed ones."""
+def build_stream(seed: int = 7, documents: int = 300, target_events: int = 1100) -> StreamOracle:
+    """About ``target_events`` records (``.records``): upserts, shrinking updates, deletes, duplicates
+    and malformed ones."""
     rng = random.Random(seed)
-    oracle = Oracle()
-    records: list[Record] = []
+    oracle = StreamOracle()
     ids = [f"doc-{i:04d}" for i in range(documents)]
     ids += ['quote"d', "back\\slash", "has#hash", "path/like/id.md", "ünïcode-文档-🚀"]
 
     def emit(event: dict[str, Any]) -> None:
-        record = Record(event["id"].encode(), json.dumps(event, ensure_ascii=False).encode())
-        records.append(record)
-        if event.get("op") == "delete":
-            oracle.documents.pop(event["id"], None)
-        else:
-            oracle.documents[event["id"]] = {
-                "text": event["text"],
-                "metadata": event.get("metadata", {}),
-                "instruction": event.get("instruction"),
-            }
+        oracle.event(event)
         if rng.random() < 0.05:  # a re-delivered duplicate right behind the original
-            records.append(record)
+            oracle.resend_last()
 
     for doc_id in ids:  # first version: some long (several chunks)
         paragraphs = rng.choice([1, 1, 2, 3, 12])
@@ -148,7 +80,7 @@ def build_stream(
             event["instruction"] = "Represent this passage for retrieval"
         emit(event)
     malformed = malformed_records()
-    while len(records) + len(malformed) < target_events:
+    while len(oracle.records) + len(malformed) < target_events:
         doc_id = rng.choice(ids)
         roll = rng.random()
         if roll < 0.15:
@@ -165,7 +97,7 @@ def build_stream(
             )
     # malformed records are spread through the stream
     for record, keyword in malformed:
-        position = rng.randint(0, len(records))
-        records.insert(position, record)
+        position = rng.randint(0, len(oracle.records))
+        oracle.records.insert(position, record)
         oracle.malformed.append((record, keyword))
-    return records, oracle
+    return oracle

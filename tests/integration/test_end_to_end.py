@@ -1,14 +1,14 @@
 """End to end on real components: Tansu broker → Ray pool (MiniLM) → Milvus (Lite server and Milvus 2.3.5).
 
-Checks every replica against the independent oracle of tests/integration/corpus.py, the
-dead-letter topic against the malformed records, committed offsets against the log end,
-and that re-delivering half the stream leaves Milvus unchanged.
+Checks every replica against the independent oracle of tests/helpers/oracle.py (fed the stream of
+tests/integration/corpus.py), the dead-letter topic against the malformed records and the partition
+and offset each was produced at, committed offsets against the log end, and that re-delivering half
+the stream leaves Milvus unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,51 +16,20 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from corpus import Oracle, Record, build_stream
-from kafka_reads import committed_and_end, read_topic
+from corpus import build_stream
+from helpers.kafka_io import assert_all_committed, committed_and_end, produce, read_topic
+from helpers.oracle import StreamOracle
+from helpers.settings import private_settings
 
-from pipeline.ingest.kafka import client_options, make_producer
+from pipeline.ingest.kafka import client_options
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import build_runtime
-from pipeline.settings import (
-    ChunkingSettings,
-    ConsumerSettings,
-    KafkaSettings,
-    MilvusSettings,
-    ReplicaSettings,
-    Settings,
-)
+from pipeline.settings import Settings
 from workers.prompts import format_input
-from workers.settings import ModelSettings, PoolSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 DIMS = (256, 128)
-
-
-def _settings(bootstrap: str, milvus_uri: str, model_path: Path) -> Settings:
-    run = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap, topic=f"docs-{run}", dlq_topic=f"docs-{run}.dlq", group_id=f"g-{run}"
-        ),
-        model=ModelSettings(name_or_path=str(model_path)),
-        pool=PoolSettings(num_actors=1),
-        replicas=ReplicaSettings(dims=DIMS),
-        chunking=ChunkingSettings(max_tokens=96),
-        milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"e2e_{run}", index_type="FLAT"),
-        consumer=ConsumerSettings(commit_interval_s=0.3, max_batch_events=64),
-    )
-
-
-async def _produce(settings: Settings, records: list[Record]) -> None:
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    try:
-        futures = [await producer.send(settings.kafka.topic, key=r.key, value=r.value) for r in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def _rewind_group(settings: Settings, to: dict[int, int]) -> None:
@@ -86,7 +55,7 @@ def _rows_by_doc(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _check_replicas(
-    sink: MilvusSink, dims: tuple[int, ...], oracle: Oracle
+    sink: MilvusSink, dims: tuple[int, ...], oracle: StreamOracle
 ) -> dict[int, dict[str, np.ndarray]]:
     """Assert every replica equals the oracle; returns pk → vector per dim."""
     native = dims[0]
@@ -99,8 +68,8 @@ def _check_replicas(
             expected = oracle.documents[doc_id]
             assert [c["chunk_index"] for c in chunks] == list(range(len(chunks))), doc_id
             assert [c["pk"] for c in chunks] == [f"{doc_id}#{i}" for i in range(len(chunks))]
-            assert " ".join(c["text"] for c in chunks).split() == expected["text"].split(), doc_id
-            assert all(c["metadata"] == expected["metadata"] for c in chunks), doc_id
+            assert " ".join(c["text"] for c in chunks).split() == expected.text.split(), doc_id
+            assert all(c["metadata"] == expected.metadata for c in chunks), doc_id
         matrix = np.array([r["embedding"] for r in rows], dtype=np.float32)
         assert matrix.shape == (len(rows), dim)
         np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
@@ -112,38 +81,49 @@ def _check_replicas(
     return vectors
 
 
-@pytest.fixture(params=["lite", "standalone"])
-def milvus_uri(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"milvus_{request.param}_uri"))
-
-
 async def test_stream_lands_exactly_in_every_replica(
     kafka_bootstrap: str, milvus_uri: str, minilm_path: Path, ray_session: None
 ) -> None:
-    settings = _settings(kafka_bootstrap, milvus_uri, minilm_path)
-    records, oracle = build_stream()
+    settings = private_settings(
+        kafka_bootstrap,
+        milvus_uri,
+        minilm_path,
+        name="e2e",
+        dims=DIMS,
+        max_tokens=96,
+        consumer={"max_batch_events": 64},
+    )
+    oracle = build_stream()
+    records = oracle.records
     assert len(records) >= 1000 and len(oracle.malformed) >= 15
     runtime = await build_runtime(settings)
     try:
         assert runtime.dims == (384, 256, 128)
-        await _produce(settings, records)
+        positions = await produce(settings.kafka, records)
         stats = await runtime.new_consumer().run(until_idle_s=2.0)
         assert stats.events == len(records)
 
         # Offsets: the group committed up to the end of every partition.
-        for partition, (committed, end) in (await committed_and_end(settings.kafka)).items():
-            assert committed == end, f"partition {partition}: committed {committed}, end {end}"
+        await assert_all_committed(settings.kafka)
 
-        # Dead letters: exactly the malformed records, original bytes, a precise one-line reason.
+        # Dead letters: exactly the malformed records, original bytes, the partition and offset each
+        # was produced at, a precise one-line reason.
         dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
         assert Counter((d.key, d.value) for d in dead) == Counter(
             (r.key, r.value) for r, _ in oracle.malformed
         )
         keyword_of = {(r.key, r.value): k for r, k in oracle.malformed}
+        assert all(records.count(r) == 1 for r, _ in oracle.malformed)  # each was produced once
+        produced_at = {
+            (r.key, r.value): where
+            for r, where in zip(records, positions, strict=True)
+            if (r.key, r.value) in keyword_of
+        }
         for d in dead:
             headers = {k: v.decode() for k, v in d.headers}
             assert headers["source_topic"] == settings.kafka.topic
-            assert int(headers["source_offset"]) >= 0 and int(headers["source_partition"]) >= 0
+            source = (int(headers["source_partition"]), int(headers["source_offset"]))
+            assert source == produced_at[(d.key, d.value)], (d.key, source)
             reason = headers["error"]
             assert "\n" not in reason and keyword_of[(d.key, d.value)].lower() in reason.lower(), reason
 
@@ -157,8 +137,7 @@ async def test_stream_lands_exactly_in_every_replica(
         reference = SentenceTransformer(str(minilm_path), device="cpu")
         rows = (await asyncio.to_thread(sink.fetch_all, 384))[:64]
         inputs = [
-            format_input(settings.model, r["text"], oracle.documents[r["doc_id"]]["instruction"])
-            for r in rows
+            format_input(settings.model, r["text"], oracle.documents[r["doc_id"]].instruction) for r in rows
         ]
         expected = reference.encode(inputs, normalize_embeddings=True)
         cosines = np.sum(expected * np.array([vectors[384][r["pk"]] for r in rows]), axis=1)

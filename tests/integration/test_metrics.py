@@ -12,78 +12,41 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import ray
+from helpers.kafka_io import Record, produce
+from helpers.settings import private_settings
 from ray.exceptions import RayActorError
 from scrape import Sample, scrape_until, series, total
 
 from pipeline.ingest import metrics as ingest_metrics
-from pipeline.ingest.kafka import make_producer
 from pipeline.milvus import metrics as milvus_metrics
 from pipeline.ops.status_watch import watch
 from pipeline.runtime.assemble import build_runtime
-from pipeline.settings import (
-    ChunkingSettings,
-    ConsumerSettings,
-    KafkaSettings,
-    MilvusSettings,
-    RaySettings,
-    ReplicaSettings,
-    Settings,
-)
 from workers import metrics as worker_metrics
-from workers.settings import ModelSettings, PoolSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 VALID = 24
 # Each dead letter is counted under the code it was rejected with (a blank text used to be "invalid_field").
+CODES = {b"bad-json": "not_json", b"bad-op": "bad_op", b"blank": "blank_text"}
 MALFORMED = [
-    (b"bad-json", b"{not json", "not_json"),
-    (b"bad-op", b'{"op": "frobnicate", "id": "bad-op", "text": "x"}', "bad_op"),
-    (b"blank", b'{"id": "blank", "text": " \\t "}', "blank_text"),
+    Record(b"bad-json", b"{not json"),
+    Record(b"bad-op", b'{"op": "frobnicate", "id": "bad-op", "text": "x"}'),
+    Record(b"blank", b'{"id": "blank", "text": " \\t "}'),
 ]
 
 
-def _settings(bootstrap: str, milvus_uri: str, model_path: Path, run: str) -> Settings:
-    return Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap,
-            topic=f"metrics-{run}",
-            dlq_topic=f"metrics-{run}.dlq",
-            group_id=f"g-{run}",
-            partitions=2,
-        ),
-        model=ModelSettings(name_or_path=str(model_path)),
-        pool=PoolSettings(num_actors=1, cpus_per_actor=1),
-        replicas=ReplicaSettings(dims=(128,)),
-        chunking=ChunkingSettings(max_tokens=48),
-        milvus=MilvusSettings(uri=milvus_uri, collection_prefix=f"metrics_{run}", index_type="FLAT"),
-        ray=RaySettings(namespace=f"metrics-{run}"),
-        consumer=ConsumerSettings(commit_interval_s=0.3, max_batch_events=8),
-    )
-
-
-async def _produce(settings: Settings) -> None:
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    try:
-        topic = settings.kafka.topic
-        sends = []
-        for i in range(VALID):
-            text = f"Document {i} talks about streaming ingestion. " * (1 + i % 7)
-            value = json.dumps({"id": f"doc-{i}", "text": text}).encode()
-            sends.append(await producer.send(topic, key=f"doc-{i}".encode(), value=value))
-        sends.append(await producer.send(topic, key=b"doc-0", value=None))  # a tombstone: one ok delete
-        for key, value, _ in MALFORMED:
-            sends.append(await producer.send(topic, key=key, value=value))
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
+def _stream() -> list[Record]:
+    records = []
+    for i in range(VALID):
+        text = f"Document {i} talks about streaming ingestion. " * (1 + i % 7)
+        records.append(Record(f"doc-{i}".encode(), json.dumps({"id": f"doc-{i}", "text": text}).encode()))
+    records.append(Record(b"doc-0", None))  # a tombstone: one ok delete
+    return records + MALFORMED
 
 
 def _first_problem(
@@ -101,11 +64,21 @@ def _first_problem(
 async def test_every_metric_is_exported_with_the_values_of_the_run(
     kafka_bootstrap: str, milvus_lite_uri: str, minilm_path: Path, ray_session: None
 ) -> None:
-    run = uuid.uuid4().hex[:8]
-    settings = _settings(kafka_bootstrap, milvus_lite_uri, minilm_path, run)
+    settings = private_settings(
+        kafka_bootstrap,
+        milvus_lite_uri,
+        minilm_path,
+        name="metrics",
+        kafka={"partitions": 2},
+        pool={"cpus_per_actor": 1},
+        dims=(128,),
+        max_tokens=48,
+        consumer={"max_batch_events": 8},
+        ray_namespace=True,
+    )
     runtime = await build_runtime(settings)
     try:
-        await _produce(settings)
+        await produce(settings.kafka, _stream())
         stats = await runtime.new_consumer().run(until_idle_s=2.0)
         pool_stats = await runtime.pool.stats()
         events = VALID + 1 + len(MALFORMED)
@@ -127,7 +100,7 @@ async def test_every_metric_is_exported_with_the_values_of_the_run(
                     x.labels["reason"]: x.value
                     for x in series(s, "ray_ingest_events_total", outcome="dlq", **topic)
                 },
-                {code: 1.0 for *_, code in MALFORMED},
+                {code: 1.0 for code in CODES.values()},
             ),
             "chunks": (lambda s: total(s, "ray_ingest_chunks_embedded_total", **topic), stats.chunks_written),
             "tokens": (lambda s: total(s, "ray_ingest_tokens_embedded_total", **ns), tokens),

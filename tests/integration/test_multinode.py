@@ -19,18 +19,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_reads import committed_and_end
+from helpers.kafka_io import Record, assert_all_committed, produce
+from helpers.settings import private_settings
 
-from pipeline.ingest.kafka import make_producer
 from pipeline.milvus.sink import MilvusSink
 from pipeline.ops import services, stack
 from pipeline.ops.processes import HOST, ManagedProcess, console_script, free_port
-from pipeline.settings import KafkaSettings, MilvusSettings, Settings, StackSettings
+from pipeline.settings import Settings, StackSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -69,43 +68,30 @@ def _alive_nodes(dashboard: str, token: Path) -> int:
     return sum(node.get("state") == "ALIVE" for node in nodes)
 
 
-async def _produce(kafka: KafkaSettings) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        sends = [
-            await producer.send(
-                kafka.topic,
-                key=f"doc-{i}".encode(),
-                value=json.dumps(
-                    {"id": f"doc-{i}", "text": f"Short document number {i} about nodes."}
-                ).encode(),
-            )
-            for i in range(DOCUMENTS)
-        ]
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
-
-
 def _run_pipeline(env: dict[str, str], members: int, label: str) -> dict[str, Any]:
     """Ingest a fresh topic of DOCUMENTS with ``members`` embedders and consumers; checks zero loss."""
-    run = uuid.uuid4().hex[:8]
-    kafka = KafkaSettings(
-        bootstrap_servers=env["PIPELINE_KAFKA__BOOTSTRAP_SERVERS"],
-        topic=f"mn-{run}",
-        dlq_topic=f"mn-{run}.dlq",
-        group_id=f"mn-{run}",
-        partitions=4,
+    settings = private_settings(
+        env["PIPELINE_KAFKA__BOOTSTRAP_SERVERS"],
+        env["PIPELINE_MILVUS__URI"],
+        name="mn",
+        kafka={"partitions": 4},
+        ray_namespace=True,
     )
-    milvus = MilvusSettings(uri=env["PIPELINE_MILVUS__URI"], collection_prefix=f"mn_{run}", index_type="FLAT")
-    asyncio.run(_produce(kafka))
+    kafka, milvus = settings.kafka, settings.milvus
+    documents = [
+        Record(
+            f"doc-{i}".encode(),
+            json.dumps({"id": f"doc-{i}", "text": f"Short document number {i} about nodes."}).encode(),
+        )
+        for i in range(DOCUMENTS)
+    ]
+    asyncio.run(produce(kafka, documents))
     run_env = env | {
         "PIPELINE_KAFKA__TOPIC": kafka.topic,
         "PIPELINE_KAFKA__DLQ_TOPIC": kafka.dlq_topic,
         "PIPELINE_KAFKA__GROUP_ID": kafka.group_id,
         "PIPELINE_MILVUS__COLLECTION_PREFIX": milvus.collection_prefix,
-        "PIPELINE_RAY__NAMESPACE": f"mn-{run}",
+        "PIPELINE_RAY__NAMESPACE": settings.ray.namespace,
         "PIPELINE_POOL__NUM_ACTORS": str(members),
     }
     started = time.monotonic()
@@ -120,8 +106,7 @@ def _run_pipeline(env: dict[str, str], members: int, label: str) -> dict[str, An
     assert done.returncode == 0, done.stderr[-4000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["events"] >= DOCUMENTS  # a restarted member may re-read uncommitted events
-    for partition, (committed, end) in asyncio.run(committed_and_end(kafka)).items():
-        assert committed == end, f"{label}: partition {partition} committed {committed}, end {end}"
+    asyncio.run(assert_all_committed(kafka, f"{label}: "))
     sink = MilvusSink(milvus, (DIM,))
     try:
         assert sink.count(DIM) == DOCUMENTS, f"{label}: rows in Milvus"

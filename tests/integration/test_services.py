@@ -17,7 +17,7 @@ from pymilvus import DataType, MilvusClient
 from pipeline.milvus.connection import open_client
 
 if TYPE_CHECKING:
-    from services import RayCluster
+    from helpers.services import RayCluster
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ if [[ $step == all || $step == tests ]]; then
     # The GPU invariants (packed == padded, batched == single) on the flash varlen kernel; the MiniLM
     # case needs the packaged model, which only the CI machine has.
     PYTHONPATH=tests:${PYTHONPATH:-} python3 -m pytest -q -p no:cacheprovider --noconftest \
-        tests/workers/test_packing.py -k "not fall_back" 2>&1 | tee "$results/gpu-tests.log"
+        tests/workers/model/test_packing.py -k "not fall_back" 2>&1 | tee "$results/gpu-tests.log"
 fi
 if [[ $step == all || $step == 0.6b ]]; then
     python3 -m pipeline bench --random qwen3-0.6b --workloads mixed --out "$results/qwen3-0.6b-h200.json"

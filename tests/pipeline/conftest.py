@@ -1,5 +1,5 @@
-"""Milvus fixtures of the sink tests: each test runs on both session servers (tests/conftest.py),
-and outage tests start, hang and restart a milvus-lite server of their own."""
+"""Milvus fixtures of the sink tests: outage tests start, hang and restart a milvus-lite server of their
+own (``milvus_uri``, each session server in turn, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -77,9 +77,3 @@ def free_port() -> int:
 def start_lite() -> Callable[[Path, int], AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]]:
     """:func:`lite_server`, for tests that stop, hang or restart their own server."""
     return lite_server
-
-
-@pytest.fixture(scope="session", params=["lite", "standalone"])
-def milvus_uri(request: pytest.FixtureRequest) -> str:
-    """URI of each real server in turn (tests are grouped per server)."""
-    return str(request.getfixturevalue(f"milvus_{request.param}_uri"))

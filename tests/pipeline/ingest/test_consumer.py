@@ -10,30 +10,23 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
-import uuid
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from kafka_reads import read_topic
+from helpers.fakes import WordSpans
+from helpers.kafka_io import Record, assert_all_committed, produce, read_topic
+from helpers.settings import private_settings
 
 from pipeline.documents import DeleteDocument, DocumentWrite, UpsertDocument, WriteResult
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.consumer import IngestConsumer
-from pipeline.ingest.kafka import ensure_topics, make_producer, partition_lag
+from pipeline.ingest.kafka import ensure_topics, partition_lag
 from pipeline.milvus.errors import SinkUnavailable
-from pipeline.settings import ChunkingSettings, ConsumerSettings, KafkaSettings, Settings
+from pipeline.settings import Settings
 from workers.errors import PoisonInput, PoisonTexts
 
 DIMS = (8, 4)
-
-
-class WordSpans:
-    """Whitespace tokenizer: one token per word."""
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        return [m.span() for m in re.finditer(r"\S+", text)]
 
 
 class ShuffledEmbedder:
@@ -76,15 +69,8 @@ class RecordingSink:
         return WriteResult(rejected={}, documents=len(writes), rows=0)
 
 
-def _settings(bootstrap: str, **worker: object) -> Settings:
-    run = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap, topic=f"t-{run}", dlq_topic=f"t-{run}.dlq", group_id=f"g-{run}"
-        ),
-        chunking=ChunkingSettings(max_tokens=16),
-        consumer=ConsumerSettings(commit_interval_s=0.2, **worker),  # type: ignore[arg-type]
-    )
+def _settings(bootstrap: str, **consumer: object) -> Settings:
+    return private_settings(bootstrap, max_tokens=16, consumer={"commit_interval_s": 0.2, **consumer})
 
 
 async def _produce_stream(
@@ -93,34 +79,20 @@ async def _produce_stream(
     """``n`` upserts/deletes over 40 ids; updates and returns ``expected`` (final text per live id)."""
     rng = random.Random(seed)
     expected = {} if expected is None else expected
+    records = []
+    for i in range(n):
+        doc_id = f"d{rng.randrange(40)}"
+        if rng.random() < 0.2:
+            event: dict[str, str] = {"op": "delete", "id": doc_id}
+            expected.pop(doc_id, None)
+        else:
+            text = " ".join(f"w{i}x{j}" for j in range(rng.randint(1, 50)))
+            event = {"id": doc_id, "text": text}
+            expected[doc_id] = text
+        records.append(Record(doc_id.encode(), json.dumps(event).encode()))
     await ensure_topics(settings.kafka)
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    try:
-        futures = []
-        for i in range(n):
-            doc_id = f"d{rng.randrange(40)}"
-            if rng.random() < 0.2:
-                event: dict[str, str] = {"op": "delete", "id": doc_id}
-                expected.pop(doc_id, None)
-            else:
-                text = " ".join(f"w{i}x{j}" for j in range(rng.randint(1, 50)))
-                event = {"id": doc_id, "text": text}
-                expected[doc_id] = text
-            futures.append(
-                await producer.send(
-                    settings.kafka.topic, key=doc_id.encode(), value=json.dumps(event).encode()
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await produce(settings.kafka, records)
     return expected
-
-
-async def _committed_equals_end(settings: Settings) -> bool:
-    lag = await partition_lag(settings.kafka, settings.kafka.topic)
-    return bool(lag) and all(committed == end for committed, end in lag.values())
 
 
 def _worker(settings: Settings, embedder: ShuffledEmbedder, sink: RecordingSink) -> IngestConsumer:
@@ -130,13 +102,7 @@ def _worker(settings: Settings, embedder: ShuffledEmbedder, sink: RecordingSink)
 async def test_out_of_order_embeddings_still_apply_in_partition_order(kafka_bootstrap: str) -> None:
     settings = _settings(kafka_bootstrap, max_batch_events=7)
     expected = await _produce_stream(settings, 600)
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    try:
-        for bad in (b"not json", b"[1]", b'{"id": "x"}'):
-            await producer.send_and_wait(settings.kafka.topic, key=b"x", value=bad)
-    finally:
-        await producer.stop()
+    await produce(settings.kafka, [Record(b"x", bad) for bad in (b"not json", b"[1]", b'{"id": "x"}')])
     sink = RecordingSink()
     embedder = ShuffledEmbedder()
     stats = await _worker(settings, embedder, sink).run(until_idle_s=1.5)
@@ -146,7 +112,7 @@ async def test_out_of_order_embeddings_still_apply_in_partition_order(kafka_boot
         d: t.split() for d, t in expected.items()
     }
     assert all(all(len(c.split()) <= 16 for c in chunks) for chunks in sink.documents.values())
-    assert await _committed_equals_end(settings)
+    await assert_all_committed(settings.kafka)
 
 
 async def test_sink_outage_is_retried_and_nothing_is_lost(
@@ -162,7 +128,7 @@ async def test_sink_outage_is_retried_and_nothing_is_lost(
     assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
         d: t.split() for d, t in expected.items()
     }
-    assert await _committed_equals_end(settings)
+    await assert_all_committed(settings.kafka)
 
 
 async def test_full_pipeline_pauses_partitions_and_still_finishes(
@@ -206,7 +172,7 @@ async def test_stop_mid_stream_then_restart_loses_nothing(kafka_bootstrap: str) 
     assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
         d: t.split() for d, t in expected.items()
     }
-    assert await _committed_equals_end(settings)
+    await assert_all_committed(settings.kafka)
 
 
 async def test_a_second_member_joining_mid_stream_loses_nothing(kafka_bootstrap: str) -> None:
@@ -229,7 +195,7 @@ async def test_a_second_member_joining_mid_stream_loses_nothing(kafka_bootstrap:
     assert {d: " ".join(c).split() for d, c in sink.documents.items()} == {
         d: t.split() for d, t in expected.items()
     }
-    assert await _committed_equals_end(settings)
+    await assert_all_committed(settings.kafka)
 
 
 class HugeEmojiWords(WordSpans):
@@ -273,18 +239,12 @@ async def test_each_kind_of_dead_letter_reaches_the_topic_with_its_own_reason_co
         "refused": "Milvus says no",
         "fine": "all good here",
     }
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    try:
-        for doc_id, text in stream.items():
-            value = json.dumps({"id": doc_id, "text": text}).encode()
-            await producer.send_and_wait(settings.kafka.topic, key=doc_id.encode(), value=value)
-    finally:
-        await producer.stop()
+    records = [Record(d.encode(), json.dumps({"id": d, "text": t}).encode()) for d, t in stream.items()]
+    await produce(settings.kafka, records)
     sink = RefusingSink()
     chunker = Chunker(HugeEmojiWords(), max_tokens=16)
-    worker = IngestConsumer(settings, PoisonEmbedder(), sink, chunker, DIMS)
-    stats = await worker.run(until_idle_s=1.5)
+    consumer = IngestConsumer(settings, PoisonEmbedder(), sink, chunker, DIMS)
+    stats = await consumer.run(until_idle_s=1.5)
     assert stats.events == 5 and stats.dead_letters == 4 and set(sink.documents) == {"fine"}
     dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
     headers = {d.key.decode(): {k: v.decode() for k, v in d.headers} for d in dead}
@@ -299,4 +259,4 @@ async def test_each_kind_of_dead_letter_reaches_the_topic_with_its_own_reason_co
     assert headers["unchunkable"]["error"].startswith("text cannot be chunked")
     assert headers["crash"]["error"].startswith("embedding it crashed the embedder actor")
     assert headers["refused"]["error"] == "rejected by Milvus: row too large"
-    assert await _committed_equals_end(settings)
+    await assert_all_committed(settings.kafka)

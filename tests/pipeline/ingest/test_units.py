@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
 import numpy as np
 from aiokafka import TopicPartition
+from helpers.fakes import FakeRecord, WordSpans
 
 from pipeline.documents import DeleteDocument, UpsertDocument
 from pipeline.ingest.chunking import Chunker
@@ -16,28 +16,15 @@ from workers.settings import ModelSettings
 TP = TopicPartition("documents", 2)
 
 
-class WordSpans:
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        return [m.span() for m in re.finditer(r"\S+", text)]
-
-
-@dataclass(frozen=True)
-class Rec:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int = 1_700_000_000_000
-
-
-def _rec(offset: int, **event: object) -> Rec:
-    return Rec(offset, str(event["id"]).encode(), json.dumps(event).encode())
+def _rec(offset: int, **event: object) -> FakeRecord:
+    return FakeRecord(offset, str(event["id"]).encode(), json.dumps(event).encode())
 
 
 def test_only_the_last_event_per_id_is_planned_in_partition_order() -> None:
     records = [
         _rec(10, id="a", text="one two three four five"),
         _rec(11, id="b", text="bee"),
-        Rec(12, b"junk", b"{not json"),
+        FakeRecord(12, b"junk", b"{not json"),
         _rec(13, op="delete", id="a"),
         _rec(14, id="c", text="sea " * 7, instruction="Represent this"),
         _rec(15, id="b", text="bee again"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import SAMPLE_TEXTS, build_tiny_qwen3, write_sentence_transformers_layout
+from helpers.models import SAMPLE_TEXTS, build_tiny_qwen3, write_sentence_transformers_layout
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 

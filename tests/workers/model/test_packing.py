@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import SAMPLE_TEXTS
+from helpers.models import SAMPLE_TEXTS
 
 from workers.model.embedding_model import EmbeddingModel
 from workers.model.packing import pack, pool_packed
@@ -26,7 +26,7 @@ MIN_COSINE = 0.999 if DEVICE == "cuda" else 0.99999
 
 @pytest.fixture(scope="module")
 def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models import build_tiny_qwen3
+    from helpers.models import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-packing"))
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.models import write_sentence_transformers_layout
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import write_sentence_transformers_layout
 
 from workers.errors import ConfigError
 from workers.model.tokenizer import (

@@ -1,33 +1,30 @@
 """An independent oracle of the final state, and a comparer that reads the real one.
 
 The oracle knows nothing about the worker: it is fed the events as they are produced
-(:meth:`StreamOracle.upsert`, :meth:`~StreamOracle.delete`, :meth:`~StreamOracle.malformed`)
-and keeps, per document id, the last event in production order (all events of one id share a
-key, hence a partition, hence an order), plus every record that must be dead-lettered.
+(:meth:`StreamOracle.upsert`, :meth:`~StreamOracle.delete`, :meth:`~StreamOracle.event`,
+:meth:`~StreamOracle.malformed_record`) and keeps, per document id, the last event in production
+order (all events of one id share a key, hence a partition, hence an order), plus every record
+that must be dead-lettered.  :data:`WORDS` and :func:`sentence` make the seeded texts of the
+streams built on it (tests/faults/streams.py, tests/integration/corpus.py).
 
-:func:`read_replicas` and :func:`read_topic` read what the pipeline produced (every replica
-from Milvus, the dead-letter topic from Kafka); :func:`compare` holds both against the oracle
-and counts what was lost, what is extra and what differs.  Chunking is not modelled: a
-document's rows must be ``{id}#0 .. {id}#n-1`` whose texts, joined, hold the document's words
-in order, each with the document's metadata.
+:func:`read_replicas` and :func:`helpers.kafka_io.read_topic` read what the pipeline produced
+(every replica from Milvus, the dead-letter topic from Kafka); :func:`compare` holds both against
+the oracle and counts what was lost, what is extra and what differs.  Chunking is not modelled: a
+document's rows must be ``{id}#0 .. {id}#n-1`` whose texts, joined, hold the document's words in
+order, each with the document's metadata.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from pipeline.ingest.kafka import client_options, make_producer
+from helpers.kafka_io import Record
 from pipeline.milvus.sink import MilvusSink
-from pipeline.settings import KafkaSettings
 
 WORDS = [
     "river",
@@ -69,13 +66,8 @@ WORDS = [
     "cluster",
 ]
 
-
-@dataclass(frozen=True)
-class Record:
-    """One Kafka record as produced: key and value bytes (a None value is a tombstone)."""
-
-    key: bytes | None
-    value: bytes | None
+# A dozen short words, for streams of many small documents.
+SHORT_WORDS = "amber basalt cobalt delta ember fjord garnet harbor iris jade kelp lumen".split()  # noqa: SIM905
 
 
 @dataclass(frozen=True)
@@ -84,6 +76,7 @@ class Expected:
 
     text: str
     metadata: dict[str, Any]
+    instruction: str | None = None
 
 
 @dataclass
@@ -99,7 +92,18 @@ class StreamOracle:
         event: dict[str, Any] = {"op": "upsert", "id": doc_id, "text": text}
         if metadata is not None:
             event["metadata"] = metadata
-        self.documents[doc_id] = Expected(text, metadata or {})
+        return self.event(event)
+
+    def event(self, event: dict[str, Any]) -> Record:
+        """A valid event given as its JSON object (a delete if its ``op`` says so, else an upsert),
+        keyed by its ``id``."""
+        doc_id = event["id"]
+        if event.get("op") == "delete":
+            self.documents.pop(doc_id, None)
+        else:
+            self.documents[doc_id] = Expected(
+                event["text"], event.get("metadata", {}), event.get("instruction")
+            )
         return self._add(Record(doc_id.encode(), json.dumps(event, ensure_ascii=False).encode()))
 
     def delete(self, doc_id: str, tombstone: bool = False) -> Record:
@@ -131,116 +135,14 @@ class StreamOracle:
         return record
 
 
+def sentence(rng: random.Random) -> str:
+    """One sentence of 6 to 16 words from :data:`WORDS`, capitalized, with a full stop."""
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 16))).capitalize() + "."
+
+
 def random_text(rng: random.Random, sentences: int) -> str:
-    """``sentences`` sentences of 6 to 16 words from :data:`WORDS`."""
-    return " ".join(
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 16))).capitalize() + "."
-        for _ in range(sentences)
-    )
-
-
-def mixed_stream(
-    seed: int,
-    events: int,
-    documents: int = 400,
-    delete_ratio: float = 0.15,
-    malformed_every: int = 100,
-    sentences: Sequence[int] = (1, 1, 2),
-) -> StreamOracle:
-    """``events`` records over ``documents`` ids: first versions, updates, deletes, tombstones,
-    malformed records (one every ``malformed_every``) and re-sent duplicates, seeded."""
-    rng = random.Random(seed)
-    oracle = StreamOracle()
-    ids = [f"doc-{i:05d}" for i in range(documents)]
-    broken = [
-        (b"not json at all", "JSON"),
-        (b'{"id": "x", "text": ', "JSON"),
-        (b'{"op": "merge", "id": "%s", "text": "t"}', "op"),
-        (b'{"id": "%s", "text": "   "}', "text"),
-        (b'{"id": "%s", "text": "a", "text": "b"}', "text"),
-    ]
-    while len(oracle.records) < events:
-        roll = rng.random()
-        doc_id = rng.choice(ids)
-        if len(oracle.records) % malformed_every == malformed_every - 1:
-            raw, keyword = rng.choice(broken)
-            value = raw.replace(b"%s", doc_id.encode()) if b"%s" in raw else raw
-            oracle.malformed_record(Record(doc_id.encode(), value), keyword)
-        elif roll < delete_ratio:
-            oracle.delete(doc_id, tombstone=rng.random() < 0.2)
-        elif roll < delete_ratio + 0.03 and oracle.records:
-            oracle.resend_last()
-        else:
-            metadata = {"v": len(oracle.records), "tag": rng.choice(WORDS)}
-            oracle.upsert(doc_id, random_text(rng, rng.choice(sentences)), metadata)
-    return oracle
-
-
-# ------------------------------------------------------------------------------ reading
-
-
-async def produce(kafka: KafkaSettings, topic: str, records: Iterable[Record]) -> int:
-    """Send ``records`` in order and wait for every acknowledgement; returns how many."""
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        sends = [await producer.send(topic, key=r.key, value=r.value) for r in records]
-        await asyncio.gather(*sends)
-        return len(sends)
-    finally:
-        await producer.stop()
-
-
-async def committed_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int | None]:
-    """Per partition of ``topic``: the offset the worker group committed (None if none)."""
-    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
-    finally:
-        await consumer.stop()
-
-
-class CommitWatcher:
-    """Reads the worker group's committed offsets (sum over partitions) with one client."""
-
-    def __init__(self, kafka: KafkaSettings) -> None:
-        self._topic = kafka.topic
-        self._consumer = AIOKafkaConsumer(
-            **client_options(kafka), group_id=kafka.group_id, enable_auto_commit=False
-        )
-
-    async def __aenter__(self) -> CommitWatcher:
-        await self._consumer.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
-
-    async def total(self) -> int:
-        partitions = self._consumer.partitions_for_topic(self._topic)
-        if not partitions:  # created after this client started
-            await self._consumer._client.force_metadata_update()
-            partitions = self._consumer.partitions_for_topic(self._topic) or set()
-        offsets = [await self._consumer.committed(TopicPartition(self._topic, p)) for p in partitions]
-        return sum(o or 0 for o in offsets)
-
-    async def wait_beyond(self, committed: int, alive: Callable[[], str | None], timeout_s: float) -> int:
-        """Wait until the group committed past ``committed``; returns the total.
-
-        ``alive()`` returns None while the worker runs, else why it stopped (fails the wait).
-        """
-        deadline = time.monotonic() + timeout_s
-        while (total := await self.total()) <= committed:
-            problem = alive()
-            assert problem is None, problem
-            assert time.monotonic() < deadline, f"no commit in {timeout_s:.0f}s"
-            await asyncio.sleep(0.2)
-        return total
+    """``sentences`` sentences of :func:`sentence`."""
+    return " ".join(sentence(rng) for _ in range(sentences))
 
 
 def read_replicas(sink: MilvusSink) -> dict[int, list[dict[str, Any]]]:
@@ -358,3 +260,11 @@ def _compare_dead_letters(
         keyword = keywords.get(record)
         if keyword is not None and ("\n" in reason or keyword.lower() not in reason.lower()):
             verdict.dlq_bad_reason.append(f"{record.key!r}: {reason!r} lacks {keyword!r}")
+
+
+def assert_exact(
+    oracle: StreamOracle, sink: MilvusSink, dead_letters: Sequence[Any], source_topic: str
+) -> None:
+    """Every replica of ``sink`` and the dead-letter topic's records equal ``oracle``."""
+    verdict = compare(oracle, read_replicas(sink), dead_letters, source_topic)
+    assert verdict.exact, verdict.summary()
