@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         "up", help="start the local stack (broker, Milvus Lite server, Ray head) in the background"
     )
     verbs.add_parser("down", help="stop the local stack")
-    run = verbs.add_parser("run", help="run the ingestion worker until interrupted")
+    run = verbs.add_parser("run", help="consume the topic into the replicas until interrupted")
     run.add_argument(
         "--until-idle", type=float, metavar="SECONDS", help="return once nothing arrived for SECONDS"
     )

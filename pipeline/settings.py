@@ -63,8 +63,8 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(
         10000,
         ge=1000,
-        description="How long the group coordinator waits for a silent member (a killed worker) "
-        "before giving its partitions to the others; a restarted worker waits that long too.",
+        description="How long the group coordinator waits for a silent member (a killed consumer) "
+        "before giving its partitions to the others; a restarted consumer waits that long too.",
     )
     heartbeat_interval_ms: int = Field(
         3000,

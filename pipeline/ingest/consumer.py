@@ -9,10 +9,10 @@ acknowledged prefix of a partition is committed (:class:`~pipeline.ingest.offset
 On a rebalance a revoked partition is given up only after its lane is closed (a write already sent
 to Milvus is awaited, so it cannot land after the new owner's) and what it acknowledged is
 committed; acknowledgements under an old assignment never commit.  On shutdown the lanes get
-``worker.shutdown_drain_s`` to finish, then whatever was acknowledged is committed.
+``consumer.shutdown_drain_s`` to finish, then whatever was acknowledged is committed.
 
 The poll loop never waits on the GPU or on Milvus: when the tokens in flight pass
-``worker.max_inflight_tokens``, or while a Milvus write is being retried, the assigned
+``consumer.max_inflight_tokens``, or while a Milvus write is being retried, the assigned
 partitions are paused (the loop keeps polling, so the consumer keeps its group membership)
 and resumed once that has cleared (:mod:`pipeline.ingest.flow`).
 """
@@ -116,7 +116,7 @@ class IngestConsumer:
     ) -> ConsumerStats:
         """Consume until ``stop`` is set, or until nothing arrived for ``until_idle_s`` and all is committed.
 
-        On ``stop`` the lanes get ``worker.shutdown_drain_s`` to finish their units.  Raises the
+        On ``stop`` the lanes get ``consumer.shutdown_drain_s`` to finish their units.  Raises the
         first non-retriable error of any lane; work in flight is then abandoned uncommitted (it
         is re-consumed on restart).
         """
@@ -234,11 +234,11 @@ class IngestConsumer:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: IngestConsumer) -> None:
-        self._worker = worker
+    def __init__(self, consumer: IngestConsumer) -> None:
+        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker._on_revoked(revoked)
+        await self._consumer._on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._worker._on_assigned(assigned)
+        await self._consumer._on_assigned(assigned)

@@ -39,7 +39,7 @@ class DeadLetterQueue:
 
     :meth:`send` returns only once the broker acknowledged every record (transient broker
     failures are retried with capped backoff), so the caller may then commit their offsets.
-    A record may be sent twice if the worker dies between the send and the commit.  A record
+    A record may be sent twice if the consumer dies between the send and the commit.  A record
     whose key and value exceed ``max_record_bytes`` (the broker would refuse it, and the
     retries would never end) is sent with both cut to fit, plus a ``truncated_from`` header
     holding the original ``key_bytes,value_bytes``.

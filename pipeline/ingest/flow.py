@@ -2,7 +2,7 @@
 
 The poll loop never waits on downstream work, so it needs an explicit rule for when to stop
 fetching more.  :class:`FlowControl` pauses every assigned partition while the tokens in
-flight exceed ``worker.max_inflight_tokens`` or while a write to Milvus is being retried (an
+flight exceed ``consumer.max_inflight_tokens`` or while a write to Milvus is being retried (an
 outage: fetching more would only pile up work that cannot be written), and resumes them once
 both have cleared.  Paused partitions keep the consumer in its group: the loop goes on
 polling, it just receives nothing.  :func:`~pipeline.ingest.retry.retry_transient`
@@ -28,7 +28,7 @@ class Pausable(Protocol):
 
 
 class FlowControl:
-    """In-flight accounting and the pause/resume decision of one worker.
+    """In-flight accounting and the pause/resume decision of one consumer.
 
     Guarantees: while :attr:`paused`, no assigned partition fetches; partitions resume only
     when the tokens in flight are under half the budget (hysteresis) and no write is failing.

@@ -1,4 +1,4 @@
-"""Kafka plumbing shared by the worker, the producer CLI and `status`: client options, topics, lag."""
+"""Kafka plumbing shared by the consumer, the producer CLI and `status`: client options, topics, lag."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
         existing = set(await admin.list_topics())
         missing = [t for t in (kafka.topic, kafka.dlq_topic) if t not in existing]
         if missing:
-            # Another worker may create it between our list and create.
+            # Another consumer may create it between our list and create.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing]
@@ -73,7 +73,7 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
 async def partition_lag(
     kafka: KafkaSettings, topic: str, timeout_s: float = 5.0
 ) -> dict[int, tuple[int, int]]:
-    """Per partition of ``topic``: (committed offset of the worker group, high watermark).
+    """Per partition of ``topic``: (committed offset of the consumer group, high watermark).
 
     The high watermark is read from fetch responses rather than ListOffsets, which the
     local Tansu broker answers wrongly for some partitions.

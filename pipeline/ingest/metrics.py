@@ -1,6 +1,6 @@
 """Consumer-side metrics, recorded with ``ray.util.metrics`` (exported as ``ray_ingest_*`` by Ray).
 
-A worker process joins Ray before it consumes, so its metrics go to its node's metrics agent
+A consumer process joins Ray before it consumes, so its metrics go to its node's metrics agent
 like the actors' (:mod:`workers.metrics`).  Before ``ray.init`` (unit tests with fakes)
 recording does nothing.  Tags stay low-cardinality: topic, partition, outcome, and a dead letter's
 :class:`~pipeline.ingest.reasons.ReasonCode` (a fixed set, :data:`REASON_LABELS`; never the prose

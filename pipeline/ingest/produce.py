@@ -1,6 +1,6 @@
 """`produce`: send JSONL event files, or .txt/.md documents, to the event topic.
 
-JSONL lines are sent verbatim (the worker validates them and dead-letters bad ones), keyed
+JSONL lines are sent verbatim (the consumer validates them and dead-letters bad ones), keyed
 by their ``id`` when the line parses.  A .txt/.md file becomes one upsert event whose id is
 its path relative to the folder given on the command line (or its file name).
 """

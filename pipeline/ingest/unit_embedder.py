@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
-    """What the worker needs from the embedder pool."""
+    """What the consumer needs from the embedder pool."""
 
     async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]: ...
 

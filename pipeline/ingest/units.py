@@ -129,7 +129,7 @@ class WorkUnit:
         """Move every document with a chunk input in ``poison`` to the dead letters; returns their ids.
 
         ``texts`` is rebuilt without them.  ``tokens`` is left as dispatched: it is what the
-        worker's in-flight accounting releases when the unit is done.
+        consumer's in-flight accounting releases when the unit is done.
         """
         rejected: list[str] = []
         kept: list[_PlannedUpsert | _PlannedDelete] = []

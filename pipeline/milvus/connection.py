@@ -13,7 +13,7 @@ from pipeline.settings import MilvusSettings
 
 # pymilvus' row path "checks" a VARCHAR value by walking it as if it were a list of strings: one
 # Python isinstance and len per character, which made packing the rows cost more CPU than the
-# GPU spent embedding them (a 2,000-character chunk in three replicas: ~6 ms, in the worker's
+# GPU spent embedding them (a 2,000-character chunk in three replicas: ~6 ms, in the consumer's
 # event loop process).  Every string this project writes is checked first, and more strictly (UTF-8
 # bytes against the schema), by pipeline.milvus.rows.plan_write, so that walk is switched off.
 entity_helper.CHECK_STR_ARRAY = False

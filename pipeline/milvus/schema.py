@@ -61,7 +61,7 @@ def _create(connection: MilvusConnection, name: str, dim: int) -> None:
             consistency_level=CONSISTENCY,
         )
     except PipelineError:
-        # Another worker may have created it between our check and our create.
+        # Another consumer may have created it between our check and our create.
         if not connection.call(f"looking up {name}", "has_collection", name):
             raise
         return

@@ -1,10 +1,10 @@
-"""`status --watch`: a live terminal view of a running worker, refreshed every few seconds.
+"""`status --watch`: a live terminal view of a running ingestion, refreshed every few seconds.
 
 Each frame shows throughput (events committed per second, from the group's committed offsets),
 consumer lag per partition, the embedder pool (size, and per actor tokens/s, utilization =
 forward-pass seconds per wall second, queued tokens), rows per replica and the dead-letter count.
 It reads what any operator can read (Kafka offsets, the actors' ``stats``, Milvus counts), so it
-needs no access to the worker process.
+needs no access to the ``run`` process.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def render(settings: Settings, frame: Frame, previous: Frame | None) -> str:
 
 
 async def _actor_stats(settings: Settings, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """The counters of the worker's embedder actors, read-only (none when no worker runs there).
+    """The counters of the embedder actors in the namespace, read-only (none when nothing runs there).
 
     Not through ``EmbedderPool.attach``: that waits for every actor and kills them all when one
     is not ready, which a viewer must never do.

@@ -33,7 +33,7 @@ DEFAULT_CHUNK_TOKENS = 512
 
 @dataclass
 class Runtime:
-    """Everything a running worker holds; :meth:`close` releases it."""
+    """Everything a running ingestion process holds; :meth:`close` releases it."""
 
     settings: Settings
     pool: EmbedderPool
@@ -102,7 +102,7 @@ async def build_runtime(settings: Settings, actor_class: type[EmbedderActor] = E
     ``actor_class``: an EmbedderActor subclass for the pool (tests inject faults with one).
 
     The driver's tokenizer loads and the topics are created while the actors load the model:
-    a restarted worker is back sooner (its partitions wait for it meanwhile).
+    a restarted process is back sooner (its partitions wait for it meanwhile).
     """
     connect_ray(settings)
     tokenizer_loading = asyncio.create_task(asyncio.to_thread(load_text_tokenizer, settings.model))
@@ -122,7 +122,7 @@ async def build_runtime(settings: Settings, actor_class: type[EmbedderActor] = E
         await _settle(tokenizer_loading, topics)
         pool.shutdown()
         raise
-    log.info("worker ready: model %s, replicas %s", pool.info.name, list(dims))
+    log.info("ready: model %s, replicas %s", pool.info.name, list(dims))
     return Runtime(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)
 
 

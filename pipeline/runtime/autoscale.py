@@ -108,7 +108,7 @@ async def autoscale(settings: Settings, pool: EmbedderPool, scaler: PoolScaler) 
 def start_autoscaler(
     runtime: Runtime, consumers: list[Any], running: asyncio.Task[Any]
 ) -> asyncio.Task[None]:
-    """The autoscaling task; should it fail for good, the worker stops with its error logged."""
+    """The autoscaling task; should it fail for good, ingestion stops with its error logged."""
     settings = runtime.settings
     scaler = PoolScaler(
         runtime.pool,
@@ -123,7 +123,7 @@ def start_autoscaler(
 
     def on_done(done: asyncio.Task[None]) -> None:
         if not done.cancelled() and done.exception() is not None:
-            log.error("the autoscaler failed; stopping the worker", exc_info=done.exception())
+            log.error("the autoscaler failed; stopping ingestion", exc_info=done.exception())
             running.cancel()
 
     task.add_done_callback(on_done)

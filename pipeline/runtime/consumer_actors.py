@@ -1,6 +1,6 @@
 """Consumers as Ray actors: N members of one consumer group, placed anywhere in the cluster.
 
-Each :class:`ConsumerActor` (named ``consumer-{i}`` in the worker's namespace) holds its own Kafka
+Each :class:`ConsumerActor` (named ``consumer-{i}`` in the ``run`` process's namespace) holds its own Kafka
 consumer, chunker and Milvus sink and embeds on the shared embedder actors, which the driver
 started (on GPU nodes) and hands over as actor handles.  The driver (:func:`run_consumer_actors`)
 supervises them: Ray restarts a consumer that died (``max_restarts``) and re-runs its ``run`` call
@@ -65,12 +65,12 @@ class ConsumerActor:
         busy time, measured on this process's clock."""
         sink = MilvusSink(self._settings.milvus, self._dims)
         self._stop = asyncio.Event()
-        worker = IngestConsumer(
+        consumer = IngestConsumer(
             self._settings, self._pool, sink, self._chunker, self._dims, self._special_tokens
         )
         log.info("%s joining group %s", self._name, self._settings.kafka.group_id)
         try:
-            stats = await worker.run(stop=self._stop, until_idle_s=until_idle_s)
+            stats = await consumer.run(stop=self._stop, until_idle_s=until_idle_s)
         finally:
             sink.close()
         log.info(
@@ -96,7 +96,7 @@ class ConsumerActor:
             log.warning("%s retired embedder-%d, the autoscaler embedder-%d", self._name, retired, index)
 
     async def stop(self) -> None:
-        """Finish the units in flight (``worker.shutdown_drain_s``), commit and return from ``run``."""
+        """Finish the units in flight (``consumer.shutdown_drain_s``), commit and return from ``run``."""
         if self._stop is not None:
             self._stop.set()
 

@@ -4,7 +4,7 @@ Both phases run on the same embedder pool (the same actors, the same warmed-up m
 chunks, so their tokens/s compare the pipeline around the embedder with the embedder alone:
 
 * ``embedder``: the chunks' texts sent straight to the pool from this process, in requests of the
-  worker's size with as many tokens in flight as the worker allows; no Kafka, no Milvus;
+  consumer's size with as many tokens in flight as the consumer allows; no Kafka, no Milvus;
 * ``pipeline``: the documents, produced beforehand to a fresh topic, ingested by an
   :class:`~pipeline.ingest.consumer.IngestConsumer`: poll, parse, chunk, embed, upsert into every replica,
   commit.  Its time runs from the first record polled to the last unit acknowledged.
@@ -98,7 +98,7 @@ async def produce_documents(settings: Settings, texts: Sequence[str]) -> None:
 def embed_requests(
     chunker: Chunker, model: ModelSettings, special_tokens: int, limit: int, texts: Sequence[str]
 ) -> tuple[list[tuple[list[str], int]], int]:
-    """The chunks the worker would embed, grouped into requests of at most ``limit`` tokens each.
+    """The chunks the consumer would embed, grouped into requests of at most ``limit`` tokens each.
 
     Returns the requests (texts as the model reads them, and their tokens with ``special_tokens``
     per chunk) and the number of chunks.

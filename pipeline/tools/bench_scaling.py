@@ -2,8 +2,8 @@
 
 For each actor count the pool is started afresh (``pool.num_actors`` = that count, each actor on its
 own GPU(s) as ``pool.gpus_per_actor`` asks), warmed up, and fed the same chunks from this process the
-way ``bench --end-to-end`` times its embedder phase: requests of the worker's size, with
-``worker.max_inflight_tokens`` per actor in flight (scaling out adds workers as well as GPUs, so each
+way ``bench --end-to-end`` times its embedder phase: requests of the consumer's size, with
+``consumer.max_inflight_tokens`` per actor in flight (scaling out adds consumers as well as GPUs, so each
 actor keeps the queue depth one actor has).  No Kafka, no Milvus: this measures how the pool scales.
 
 The documents are those of ``bench --end-to-end``: random one-token words, lognormal lengths.  Every

@@ -2,9 +2,9 @@
 
 On a real corpus (Debian manual pages, or any folder of text files) and a query set, it
 
-1. chunks every document with the worker's chunker, embeds the chunks on the embedder pool (the ingestion
+1. chunks every document with the consumer's chunker, embeds the chunks on the embedder pool (the ingestion
    path, every replica at once) and writes them into fresh replica collections ``{prefix}_{dim}`` with
-   the worker's sink (the Kafka hop is left out: it changes no vector);
+   the consumer's sink (the Kafka hop is left out: it changes no vector);
 2. embeds the queries on the same pool (the query path: query lane, query formatting);
 3. computes the **exact** full-dimension top-k of each query by brute force (numpy, every chunk);
 4. runs each strategy — every replica directly, and funnel from each smaller replica with each factor —
