@@ -10,10 +10,11 @@ Records come from the ``documents`` topic (``KafkaSettings.topic``):
   ``instruction`` means none.
 * a null value (tombstone) with a key deletes that key.
 
-:func:`parse_event` accepts exactly that and raises :class:`InvalidEvent` for anything else,
-whatever the bytes: no other exception escapes it.  Each raise site names the rule broken with a
-:class:`~pipeline.ingest.reasons.ReasonCode`, next to the prose reason.  The limits below keep one
-event from exhausting memory, the parser's stack or Milvus' field limits.
+:func:`parse_event` accepts exactly that and raises
+:class:`~pipeline.ingest.reasons.InvalidEvent` for anything else, whatever the bytes: no other
+exception escapes it.  Each raise site names the rule broken with a
+:class:`~pipeline.ingest.reasons.ReasonCode`, next to the prose reason.  The limits below keep
+one event from exhausting memory, the parser's stack or Milvus' field limits.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from pipeline.ingest.reasons import ReasonCode
-from workers.errors import PipelineError
+from pipeline.ingest.event_json import json_type, load_object, quote
+from pipeline.ingest.reasons import InvalidEvent, ReasonCode
 
 DEFAULT_MAX_VALUE_BYTES = 10 * 1024 * 1024
 """Largest record value accepted (10 MiB, about 10,000 chunks of 256 tokens); brokers default
@@ -38,7 +39,6 @@ MAX_INSTRUCTION_CHARS = 1024
 MAX_METADATA_BYTES = 64 * 1024
 """Measured as compact UTF-8 JSON, the form Milvus stores it in."""
 MAX_METADATA_DEPTH = 64
-_MAX_REASON_CHARS = 300
 _INT64 = (-(2**63), 2**63 - 1)
 _FIELDS = "op, id, text, metadata, instruction"
 
@@ -48,47 +48,10 @@ _VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-class InvalidEvent(PipelineError):
-    """A record that breaks the event contract; it will never become valid, so it is not retried.
-
-    ``reason`` is one human-readable line of at most 300 characters that never embeds the payload;
-    ``code`` says which rule was broken, from the fixed set of :mod:`pipeline.ingest.reasons`.
-    """
-
-    def __init__(self, reason: str, code: ReasonCode) -> None:
-        reason = " ".join(reason.splitlines())
-        if len(reason) > _MAX_REASON_CHARS:
-            reason = reason[: _MAX_REASON_CHARS - 1] + "…"
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-
-
 def _violation(code: ReasonCode, reason: str) -> PydanticCustomError:
     """A validation error whose pydantic error type is ``code`` (read back by :func:`_reason`)."""
     # The reason goes in as context, never as the template: it may hold braces.
     return PydanticCustomError(code.value, "{reason}", {"reason": reason})
-
-
-def _quote(text: str, limit: int = 40) -> str:
-    """``text`` as a short, escaped, single-line literal."""
-    return repr(text[:limit]) + ("…" if len(text) > limit else "")
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def _reject_surrogates(field: str, value: str) -> None:
@@ -226,11 +189,11 @@ def _reason(error: ErrorDetails) -> tuple[ReasonCode, str]:
     if kind in _CODES:  # raised by this module's validators through _violation
         return ReasonCode(kind), error["msg"]
     if kind == "extra_forbidden":
-        return ReasonCode.UNKNOWN_FIELD, f"unknown field {_quote(field)} (known fields: {_FIELDS})"
+        return ReasonCode.UNKNOWN_FIELD, f"unknown field {quote(field)} (known fields: {_FIELDS})"
     if kind == "literal_error":  # only op is a Literal
         if isinstance(value, str):
-            return ReasonCode.BAD_OP, f"unknown op {_quote(value)} (expected 'upsert' or 'delete')"
-        return ReasonCode.BAD_OP, f"op must be a string, got {_json_type(value)}"
+            return ReasonCode.BAD_OP, f"unknown op {quote(value)} (expected 'upsert' or 'delete')"
+        return ReasonCode.BAD_OP, f"op must be a string, got {json_type(value)}"
     if kind == "string_too_short":  # only id has a minimum length
         return ReasonCode.BAD_ID, f"{field} is empty"
     if kind == "string_too_long":
@@ -244,9 +207,9 @@ def _reason(error: ErrorDetails) -> tuple[ReasonCode, str]:
             f"{field} contains a lone UTF-16 surrogate; it cannot be stored as UTF-8",
         )
     if kind == "string_type":
-        return ReasonCode.WRONG_TYPE, f"{field} must be a string, got {_json_type(value)}"
+        return ReasonCode.WRONG_TYPE, f"{field} must be a string, got {json_type(value)}"
     if kind == "dict_type":  # only metadata is an object
-        return ReasonCode.BAD_METADATA, f"{field} must be a JSON object, got {_json_type(value)}"
+        return ReasonCode.BAD_METADATA, f"{field} must be a JSON object, got {json_type(value)}"
     return ReasonCode.INVALID_EVENT, f"{field or 'event'}: {error['msg']}"
 
 
@@ -263,65 +226,6 @@ def _validate(fields: dict[str, Any], id_from_key: bool) -> DocumentEvent:
         if len(errors) > 1:
             reason += f"; {len(errors) - 1} more problem(s)"
         raise InvalidEvent(reason, code) from exc
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise InvalidEvent(
-                    f"value has the key {_quote(key)} twice in one JSON object", ReasonCode.DUPLICATE_KEY
-                )
-            seen.add(key)
-    return obj
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise InvalidEvent(f"value is not JSON: {name} is not a JSON number", ReasonCode.NOT_JSON)
-
-
-def _reject_huge_int(digits: str) -> int:
-    # int() of thousands of digits is slow and raises past 4300; no such number fits int64.
-    if len(digits) > 20:
-        raise InvalidEvent(
-            f"value holds a {len(digits)}-digit integer, outside the signed 64-bit range",
-            ReasonCode.NUMBER_OUT_OF_RANGE,
-        )
-    return int(digits)
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_unique_object, parse_constant=_reject_constant, parse_int=_reject_huge_int
-)
-
-
-def _load_object(value: bytes) -> dict[str, Any]:
-    try:
-        document = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(
-            f"value is not UTF-8: {exc.reason} (0x{value[exc.start]:02x}) at byte {exc.start}",
-            ReasonCode.NOT_UTF8,
-        ) from exc
-    if document.startswith("\ufeff"):
-        # RFC 8259 lets parsers ignore a byte-order mark; some Windows producers add one.
-        document = document[1:]
-    try:
-        obj = _DECODER.decode(document)
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(
-            f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})",
-            ReasonCode.NOT_JSON,
-        ) from exc
-    except RecursionError as exc:
-        raise InvalidEvent(
-            "value is not usable JSON: it nests too deeply to parse", ReasonCode.NOT_JSON
-        ) from exc
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"value is a JSON {_json_type(obj)}, not an object", ReasonCode.NOT_OBJECT)
-    return obj
 
 
 def _key_as_id(key: bytes | None, without_key: str) -> str:
@@ -358,13 +262,13 @@ def parse_event(
         raise InvalidEvent(
             f"value is {len(value)} bytes; at most {max_value_bytes} allowed", ReasonCode.TOO_LARGE
         )
-    fields = _load_object(value)
+    fields = load_object(value)
     if "id" in fields:
         event = _validate(fields, False)
         if key and event.id.encode() != key:
             shown = key.decode("utf-8", "backslashreplace")
             raise InvalidEvent(
-                f"id {_quote(event.id)} differs from the message key {_quote(shown)}; "
+                f"id {quote(event.id)} differs from the message key {quote(shown)}; "
                 "events must be keyed by their document id to stay in order",
                 ReasonCode.KEY_MISMATCH,
             )

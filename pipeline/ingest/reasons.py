@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from workers.errors import PipelineError
+
 
 class ReasonCode(StrEnum):
     """Why an event was dead-lettered (the module docstring says where each is raised)."""
@@ -75,3 +77,22 @@ class ReasonCode(StrEnum):
     NO_TOKENS = "no_tokens"
     EMBEDDER_CRASH = "embedder_crash"
     MILVUS_REJECTED = "milvus_rejected"
+
+
+_MAX_REASON_CHARS = 300
+
+
+class InvalidEvent(PipelineError):
+    """A record that breaks the event contract; it will never become valid, so it is not retried.
+
+    ``reason`` is one human-readable line of at most 300 characters that never embeds the payload;
+    ``code`` says which rule was broken, from the fixed set of :mod:`pipeline.ingest.reasons`.
+    """
+
+    def __init__(self, reason: str, code: ReasonCode) -> None:
+        reason = " ".join(reason.splitlines())
+        if len(reason) > _MAX_REASON_CHARS:
+            reason = reason[: _MAX_REASON_CHARS - 1] + "…"
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code

@@ -16,8 +16,8 @@ from aiokafka import TopicPartition
 
 from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, UpsertDocument
 from pipeline.ingest.chunking import Chunker
-from pipeline.ingest.events import DocumentEvent, InvalidEvent, parse_event
-from pipeline.ingest.reasons import ReasonCode
+from pipeline.ingest.events import DocumentEvent, parse_event
+from pipeline.ingest.reasons import InvalidEvent, ReasonCode
 from workers.errors import PoisonInput
 from workers.prompts import format_input
 from workers.settings import ModelSettings

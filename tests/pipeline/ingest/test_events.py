@@ -16,10 +16,9 @@ from pipeline.ingest.events import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
     DocumentEvent,
-    InvalidEvent,
     parse_event,
 )
-from pipeline.ingest.reasons import ReasonCode
+from pipeline.ingest.reasons import InvalidEvent, ReasonCode
 from workers.errors import PipelineError
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from pipeline.ingest import metrics
-from pipeline.ingest.events import InvalidEvent, parse_event
-from pipeline.ingest.reasons import ReasonCode
+from pipeline.ingest.events import parse_event
+from pipeline.ingest.reasons import InvalidEvent, ReasonCode
 
 
 class RecordingCounter:
