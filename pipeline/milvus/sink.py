@@ -46,6 +46,8 @@ from workers.errors import PipelineError, PoisonInput
 
 _QUERY_PAGE = 1000
 _HIT_FIELDS = frozenset({"text", "metadata"})
+MAX_SEARCH_LIMIT = 16384
+"""Most hits one Milvus search may return per query (its ``topk`` limit; Milvus Lite has none)."""
 
 
 class MilvusSink:
@@ -225,8 +227,11 @@ class MilvusSink:
     ) -> list[list[Hit]]:
         """The ``top_k`` nearest chunks (cosine, best first) of each row of ``vectors`` (q, dim).
 
-        ``output_fields`` picks which of "text" and "metadata" to fetch.
+        ``output_fields`` picks which of "text" and "metadata" to fetch.  ValueError for a ``top_k``
+        outside ``1..MAX_SEARCH_LIMIT``, before Milvus is called.
         """
+        if not 1 <= top_k <= MAX_SEARCH_LIMIT:
+            raise ValueError(f"top_k must be in 1..{MAX_SEARCH_LIMIT} (Milvus' limit), got {top_k}")
         queries = np.asarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise ValueError(f"query vectors must have shape (q, {dim}), got {queries.shape}")

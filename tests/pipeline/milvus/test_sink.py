@@ -27,7 +27,7 @@ from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, UpsertDo
 from pipeline.milvus.connection import open_client
 from pipeline.milvus.errors import SinkUnavailable
 from pipeline.milvus.expr import any_of, in_lists, quote
-from pipeline.milvus.sink import MilvusSink
+from pipeline.milvus.sink import MAX_SEARCH_LIMIT, MilvusSink
 from pipeline.settings import MilvusSettings
 from workers.errors import ConfigError, PoisonInput
 
@@ -443,6 +443,16 @@ def test_closed_port_raises_sink_unavailable(free_port: int) -> None:
     with pytest.raises(SinkUnavailable):
         sink.write([upsert("a", 1)])
     assert time.monotonic() - start < 10
+
+
+def test_a_search_over_the_milvus_limit_is_refused_before_milvus_is_called(free_port: int) -> None:
+    sink = MilvusSink(MilvusSettings(uri=f"http://127.0.0.1:{free_port}", timeout_s=1.0), DIMS)
+    query = np.ones((1, 8), dtype=np.float32)
+    for top_k in (0, MAX_SEARCH_LIMIT + 1):
+        with pytest.raises(ValueError, match=r"top_k must be in 1\.\.16384 \(Milvus' limit\)"):
+            sink.search(8, query, top_k)
+    with pytest.raises(SinkUnavailable):  # within the limit it is sent, and nothing listens
+        sink.search(8, query, MAX_SEARCH_LIMIT)
 
 
 def test_silent_server_raises_sink_unavailable_after_the_timeout() -> None:
