@@ -156,11 +156,12 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _search(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.runtime.serving import open_query_side
-    from pipeline.search.replicas import format_results, search
+    from pipeline.search.replicas import check_search_size, format_results, search
 
+    factor = None if args.funnel is None else (args.funnel or settings.search.funnel_factor)
+    check_search_size(args.top_k, factor, args.per_document)  # before Ray and the model start
     async with open_query_side(settings, "search") as side:
         query = " ".join(args.query)
-        factor = None if args.funnel is None else (args.funnel or settings.search.funnel_factor)
         results = await search(
             settings,
             side.pool,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -36,14 +36,23 @@ from workers.settings import BatchSettings, ModelSettings, PoolSettings
 
 
 class _Section(BaseModel):
-    """A frozen settings section that refuses unknown keys."""
+    """A frozen settings section that refuses unknown keys and contradictory values (``_ordered``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _ordered: ClassVar[tuple[tuple[str, str, bool], ...]] = ()  # (low, high, strict): low <= high (<)
+
+    @model_validator(mode="after")
+    def _in_order(self) -> Self:
+        for low, high, strict in self._ordered:
+            if (a := getattr(self, low)) > (b := getattr(self, high)) or (strict and a == b):
+                raise ValueError(f"{low} ({a}) must be {'below' if strict else 'at most'} {high} ({b})")
+        return self
 
 
 class KafkaSettings(_Section):
     """How the consumers and producers reach Kafka, and which topics they use."""
 
+    _ordered = (("heartbeat_interval_ms", "session_timeout_ms", True),)
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of brokers.")
     topic: str = Field("documents", description="Topic the document events are read from.")
     group_id: str = Field("embedstream", description="Consumer group of the ingestion consumers.")
@@ -83,19 +92,11 @@ class KafkaSettings(_Section):
     ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
 
-    @model_validator(mode="after")
-    def _heartbeat_within_session(self) -> KafkaSettings:
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
-            raise ValueError(
-                f"kafka.heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
-                f"kafka.session_timeout_ms ({self.session_timeout_ms})"
-            )
-        return self
-
 
 class MilvusSettings(_Section):
     """Where the dimension replicas live and how they are indexed."""
 
+    _ordered = (("ivf_nprobe", "ivf_nlist", False),)
     uri: str = Field(
         "http://127.0.0.1:19530", description="Milvus URI (http://host:port, or a local .db path)."
     )
@@ -185,15 +186,14 @@ class ConsumerSettings(_Section):
     commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff on retries.")
     shutdown_drain_s: float = Field(
-        30.0,
-        ge=0,
-        description="On stop, how long units in flight may take to finish before they are dropped.",
+        30.0, ge=0, description="On stop, how long units in flight may finish before they are dropped."
     )
 
 
 class ScalingSettings(_Section):
     """Scale-out on a Ray cluster: consumers as Ray actors, placed by resources."""
 
+    _ordered = (("min_embedders", "max_embedders", False),)
     consumer_actors: int = Field(
         0,
         ge=0,
@@ -209,7 +209,7 @@ class ScalingSettings(_Section):
         False, description="Grow and shrink the embedder pool by backlog (consumer lag and queued tokens)."
     )
     min_embedders: int = Field(1, ge=1, description="Fewest embedder actors when autoscaling.")
-    max_embedders: int = Field(4, ge=1, description="Most embedder actors when autoscaling.")
+    max_embedders: int = Field(4, ge=1, description="Most embedder actors when autoscaling (>= the fewest).")
     lag_per_embedder: int = Field(
         5000, ge=1, description="Consumer lag (events) one embedder actor is expected to work off."
     )
@@ -253,7 +253,8 @@ class SearchSettings(_Section):
         50,
         ge=1,
         le=1000,
-        description="Funnel search shortlists top_k × this many chunks on the small replica.",
+        description="Funnel search shortlists top_k × this many chunks on the small replica; a search "
+        "that would ask Milvus for more than 16,384 hits per query is refused.",
     )
     profile_path: Path | None = Field(
         None,

@@ -2,8 +2,9 @@
 
 :func:`translated` turns every pymilvus / gRPC exception of a call into exactly one of
 
-* :class:`SinkUnavailable` when the server is down, slow or throttling, or
-  a collection is not loaded (a restarted server) (retry the same call later),
+* :class:`SinkUnavailable` when the server is down, slow or throttling (retry the same call
+  later), or its :class:`CollectionNotLoaded` when a collection is released (a restarted server,
+  or an operator's ``release_collection``): load it and retry,
 * :class:`~workers.errors.PoisonInput` when a call that carried rows was refused for
   its data,
 * :class:`~workers.errors.ConfigError` when a replica collection is missing,
@@ -29,6 +30,10 @@ class SinkUnavailable(RetriableError):
     """Milvus could not be reached, timed out or throttled: retry the same call later."""
 
 
+class CollectionNotLoaded(SinkUnavailable):
+    """A replica collection is released: load it (``MilvusSink.ensure_collections``), then retry."""
+
+
 # Server codes (merr) of transient conditions: service unavailable, memory / request /
 # disk limit, rate limit, force-deny (quota protection), time-tick delay.
 _TRANSIENT_CODES = frozenset({2, 3, 4, 7, 8, 9, 11})
@@ -36,7 +41,7 @@ _TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
 _INVALID_PARAMETER_CODES = frozenset({1100, 1101, 1102})
 _COLLECTION_NOT_FOUND = 100
 # A restarted server (Milvus Lite among them) brings its collections back released; the sink
-# loads them again before its next write (MilvusSink.write), so this is transient.
+# loads them again and retries (MilvusSink._on_loaded_replicas), so this is transient.
 _COLLECTION_NOT_LOADED = 101
 
 
@@ -67,7 +72,7 @@ def translate(exc: Exception, what: str, refusable: bool) -> PipelineError:
     if _is_transient(exc):
         return SinkUnavailable(f"Milvus unavailable while {what}: {detail}", retry_after=_RETRY_AFTER_S)
     if isinstance(exc, MilvusException) and exc.code == _COLLECTION_NOT_LOADED:
-        return SinkUnavailable(f"Milvus collection not loaded while {what}: {detail}", retry_after=0.0)
+        return CollectionNotLoaded(f"Milvus collection not loaded while {what}: {detail}", retry_after=0.0)
     if isinstance(exc, MilvusException):
         if refusable and (
             exc.code in _INVALID_PARAMETER_CODES

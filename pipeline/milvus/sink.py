@@ -15,6 +15,11 @@ Replica ``{prefix}_{dim}`` holds one row per chunk, keyed ``pk = f"{doc_id}#{chu
   loads the replicas again (:meth:`MilvusSink.ensure_collections`): a restarted server comes
   back with its collections released, and would refuse the reads a write needs.
 
+Reads (:meth:`~MilvusSink.count`, :meth:`~MilvusSink.search`, :meth:`~MilvusSink.fetch`,
+:meth:`~MilvusSink.fetch_all`) and writes share that mechanism (:meth:`MilvusSink._on_loaded_replicas`),
+and a call that finds a replica released (``CollectionNotLoaded``: a restart, or an operator's
+``release_collection``) loads the replicas and is retried at once, once.
+
 Collections use Strong consistency: a delete by expression must see every earlier write
 (the stale chunks of a previous version), and :meth:`count` / :meth:`fetch_all` read
 their own writes.  Searches therefore wait for the server's latest time tick.
@@ -23,15 +28,15 @@ their own writes.  Searches therefore wait for the server's latest time tick.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from pipeline.documents import DocumentWrite, Hit, UpsertDocument, WriteResult
 from pipeline.milvus import metrics
 from pipeline.milvus.connection import MilvusConnection
-from pipeline.milvus.errors import SinkUnavailable, poison, show
+from pipeline.milvus.errors import CollectionNotLoaded, SinkUnavailable, poison, show
 from pipeline.milvus.rows import (
     Plan,
     first_stale_pks,
@@ -46,6 +51,9 @@ from workers.errors import PipelineError, PoisonInput
 
 _QUERY_PAGE = 1000
 _HIT_FIELDS = frozenset({"text", "metadata"})
+_T = TypeVar("_T")
+MAX_SEARCH_LIMIT = 16384
+"""Most hits one Milvus search may return per query (its ``topk`` limit; Milvus Lite has none)."""
 
 
 class MilvusSink:
@@ -93,11 +101,23 @@ class MilvusSink:
         replica is missing, PipelineError when Milvus fails otherwise.  Concurrent calls must
         not share documents (the consumer writes each partition from one task).
         """
+        return self._on_loaded_replicas(lambda: self._write(writes))
+
+    def _on_loaded_replicas(self, operation: Callable[[], _T]) -> _T:
+        """``operation()`` on loaded replicas: after a transient failure the next call loads them first
+        (:meth:`ensure_collections`).  A call that finds one released loads them and is retried at
+        once, once; other transient failures are raised (SinkUnavailable: retry later)."""
+        try:
+            return self._attempt(operation)
+        except CollectionNotLoaded:
+            return self._attempt(operation)  # the replicas are loaded first
+
+    def _attempt(self, operation: Callable[[], _T]) -> _T:
         try:
             if self._reload:
                 self.ensure_collections()
                 self._reload = False
-            return self._write(writes)
+            return operation()
         except SinkUnavailable:
             self._reload = True
             raise
@@ -203,10 +223,14 @@ class MilvusSink:
 
     # ----------------------------------------------------------------------- reads
 
+    def _read(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``MilvusConnection.call`` on loaded replicas (:meth:`_on_loaded_replicas`)."""
+        return self._on_loaded_replicas(lambda: self._milvus.call(what, method, *args, **kwargs))
+
     def count(self, dim: int) -> int:
         """Exact row count of replica ``dim``; Strong consistency, so every finished write counts."""
         name = self.collection_name(dim)
-        result = self._milvus.call(
+        result = self._read(
             f"counting {name}",
             "query",
             name,
@@ -225,8 +249,11 @@ class MilvusSink:
     ) -> list[list[Hit]]:
         """The ``top_k`` nearest chunks (cosine, best first) of each row of ``vectors`` (q, dim).
 
-        ``output_fields`` picks which of "text" and "metadata" to fetch.
+        ``output_fields`` picks which of "text" and "metadata" to fetch.  ValueError for a ``top_k``
+        outside ``1..MAX_SEARCH_LIMIT``, before Milvus is called.
         """
+        if not 1 <= top_k <= MAX_SEARCH_LIMIT:
+            raise ValueError(f"top_k must be in 1..{MAX_SEARCH_LIMIT} (Milvus' limit), got {top_k}")
         queries = np.asarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise ValueError(f"query vectors must have shape (q, {dim}), got {queries.shape}")
@@ -235,7 +262,7 @@ class MilvusSink:
         if not len(queries):
             return []
         name = self.collection_name(dim)
-        result = self._milvus.call(
+        result = self._read(
             f"searching {name}",
             "search",
             name,
@@ -271,7 +298,7 @@ class MilvusSink:
         fields = ["pk", "doc_id", "chunk_index", "embedding", *sorted(output_fields)]
         found: dict[str, dict[str, Any]] = {}
         for expr in pk_filters(pks):
-            for row in self._milvus.call(f"reading {name}", "query", name, filter=expr, output_fields=fields):
+            for row in self._read(f"reading {name}", "query", name, filter=expr, output_fields=fields):
                 row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
                 found[row["pk"]] = row
         return found
@@ -282,12 +309,14 @@ class MilvusSink:
         Strong consistency; holds the whole replica in memory, so meant for checks and tools.
         """
         name = self.collection_name(dim)
-        rows = self._milvus.query_all(
-            f"reading {name}",
-            name,
-            _QUERY_PAGE,
-            output_fields=["pk", "doc_id", "chunk_index", "text", "metadata", "embedding"],
-            consistency_level=CONSISTENCY,
+        rows = self._on_loaded_replicas(
+            lambda: self._milvus.query_all(
+                f"reading {name}",
+                name,
+                _QUERY_PAGE,
+                output_fields=["pk", "doc_id", "chunk_index", "text", "metadata", "embedding"],
+                consistency_level=CONSISTENCY,
+            )
         )
         return sorted(
             (

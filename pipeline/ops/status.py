@@ -5,21 +5,37 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from pymilvus.client.types import LoadState
+
 from pipeline.ingest.kafka import broker_reachable, partition_lag
-from pipeline.milvus.connection import open_client
+from pipeline.milvus.connection import MilvusConnection
+from pipeline.milvus.errors import CollectionNotLoaded
+from pipeline.milvus.schema import CONSISTENCY
 from pipeline.settings import Settings
+
+_MILVUS_PROBE_TIMEOUT_S = 5.0
+NOT_LOADED = "not loaded (released: the next search or write loads it)"
+"""What `status` says of a released replica instead of its rows."""
 
 
 @dataclass
 class StatusReport:
-    """What `status` found; every probe records an error string instead of raising."""
+    """What `status` found; every probe records an error string instead of raising.  ``replicas``
+    holds each replica's row count, or why it has none (e.g. :data:`NOT_LOADED`)."""
 
     broker: str = "unknown"
     lag: dict[int, tuple[int, int]] = field(default_factory=dict)
     dlq_records: int | None = None
     milvus: str = "unknown"
-    replicas: dict[str, int] = field(default_factory=dict)
+    replicas: dict[str, int | str] = field(default_factory=dict)
     ray: str = "unknown"
+
+    def replica_lines(self) -> list[str]:
+        """One indented line per replica: its rows, or why they were not counted."""
+        return [
+            f"  {name}: {rows} rows" if isinstance(rows, int) else f"  {name}: {rows}"
+            for name, rows in sorted(self.replicas.items())
+        ]
 
     def render(self, settings: Settings) -> str:
         kafka = settings.kafka
@@ -34,8 +50,7 @@ class StatusReport:
         if self.dlq_records is not None:
             lines.append(f"  dead-letter topic {kafka.dlq_topic}: {self.dlq_records} records")
         lines.append(f"milvus   {settings.milvus.uri}: {self.milvus}")
-        for name, rows in sorted(self.replicas.items()):
-            lines.append(f"  {name}: {rows} rows")
+        lines += self.replica_lines()
         lines.append(f"ray      {self.ray}")
         return "\n".join(lines)
 
@@ -55,23 +70,43 @@ async def collect_status(settings: Settings) -> StatusReport:
     return report
 
 
-def _milvus_rows(settings: Settings) -> tuple[str, dict[str, int]]:
-    milvus = settings.milvus
-    token = milvus.token.get_secret_value() if milvus.token else ""
+def _milvus_rows(settings: Settings) -> tuple[str, dict[str, int | str]]:
+    """Milvus' state and what each replica ``{prefix}_{dim}`` holds; never raises.  An observer: a
+    released replica is reported, not loaded."""
+    timeout_s = min(settings.milvus.timeout_s, _MILVUS_PROBE_TIMEOUT_S)
+    connection = MilvusConnection(settings.milvus.model_copy(update={"timeout_s": timeout_s}))
+    prefix = f"{settings.milvus.collection_prefix}_"
     try:
-        client = open_client(milvus.uri, token=token, db_name=milvus.db_name, timeout=5)
-    except Exception as exc:  # any connection failure is a status line, not a crash
-        return f"unreachable ({type(exc).__name__})", {}
-    try:
-        prefix = f"{milvus.collection_prefix}_"
-        rows: dict[str, int] = {}
-        for name in client.list_collections():
-            if name.startswith(prefix) and name[len(prefix) :].isdigit():
-                result = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
-                rows[name] = int(result[0]["count(*)"])
-        return "up", rows
+        try:
+            names = connection.call("listing collections", "list_collections")
+        except Exception as exc:  # any failure to connect or list is a status line, not a crash
+            return f"unreachable ({type(exc).__name__}: {exc})", {}
+        replicas = [name for name in names if name.startswith(prefix) and name[len(prefix) :].isdigit()]
+        return "up", {name: _replica_rows(connection, name) for name in replicas}
     finally:
-        client.close()
+        connection.close()
+
+
+def _replica_rows(connection: MilvusConnection, name: str) -> int | str:
+    """The rows of collection ``name``, or why they were not counted."""
+    try:
+        # Milvus refuses to count a released collection and Milvus Lite counts it: ask first.
+        state = connection.call(f"reading the load state of {name}", "get_load_state", name)["state"]
+        if state != LoadState.Loaded:
+            return NOT_LOADED if state == LoadState.NotLoad else f"not counted (load state {state})"
+        result = connection.call(
+            f"counting {name}",
+            "query",
+            name,
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level=CONSISTENCY,
+        )
+        return int(result[0]["count(*)"])
+    except CollectionNotLoaded:  # released since
+        return NOT_LOADED
+    except Exception as exc:  # status reports, it never raises
+        return f"not counted ({type(exc).__name__}: {exc})"
 
 
 def _ray_summary(settings: Settings) -> str:

@@ -70,8 +70,7 @@ def render(settings: Settings, frame: Frame, previous: Frame | None) -> str:
             f"  {name} [{actor.get('device', '?')}]: {rates}, queued {actor['queued_tokens']} tokens"
         )
     lines.append(f"milvus      {frame.report.milvus}")
-    for name, rows in sorted(frame.report.replicas.items()):
-        lines.append(f"  {name}: {rows} rows")
+    lines += frame.report.replica_lines()
     return "\n".join(lines)
 
 

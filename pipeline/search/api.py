@@ -12,7 +12,8 @@
   ``routing``: why (e.g. that no profile was measured, so the native replica answered); else null.
 * ``GET /v1/models``, ``GET /health``.
 
-Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad input, 404
+Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad input (a
+search asking Milvus for more hits than its limit of 16,384 per query among them), 404
 for an unknown model, 413 for a body over ``api.max_body_bytes``, 503 (with Retry-After) when the pool
 or Milvus is unavailable.  Built on aiohttp, which ray[default] already installs: no new dependency.
 """
@@ -38,6 +39,8 @@ from workers.errors import ConfigError, RetriableError
 log = logging.getLogger(__name__)
 
 _ENCODINGS = ("float", "base64")
+DEFAULT_TOP_K = 10
+"""Hits per query of a /v1/search request without ``top_k``."""
 
 
 class TokenCounter(Protocol):
@@ -171,7 +174,7 @@ class Api:
                 self._sink,
                 queries,
                 dim=_int(body, "dim", 1, self._pool.info.native_dim),
-                top_k=_int(body, "top_k", 1, 1000) or 10,
+                top_k=_int(body, "top_k", 1, 1000) or DEFAULT_TOP_K,
                 instruction=task,
                 funnel_factor=_int(body, "funnel_factor", 1, 1000),
                 recall_target=_float(body, "recall_target"),

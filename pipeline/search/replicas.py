@@ -11,8 +11,13 @@
   picks the strategy from the measured profile (``search.profile_path``, eval-recall's JSON); without
   one it answers with the native replica and says that no profile was measured.
 
-Results are chunks; ``per_document=True`` keeps each document's best chunk only (the shortlist of a
-direct search is then over-fetched ×4 so that ``top_k`` documents usually remain).
+Results are chunks; ``per_document=True`` keeps each document's best chunk only (the search is then
+over-fetched ×4 so that ``top_k`` documents usually remain).
+
+One Milvus search returns at most :data:`~pipeline.milvus.sink.MAX_SEARCH_LIMIT` (16,384) hits per
+query: a request whose ``top_k`` × 4 (per document) × the funnel factor exceeds it is refused with a
+ValueError before anything is embedded or searched (:func:`check_search_size`), and routing only
+picks strategies within it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.documents import Hit
-from pipeline.milvus.sink import MilvusSink
+from pipeline.milvus.sink import MAX_SEARCH_LIMIT, MilvusSink
 from pipeline.search.routing import Choice, Profile, Strategy, route
 from pipeline.settings import Settings
 from workers.errors import ConfigError
@@ -78,6 +83,28 @@ def rescore(
         order = np.argsort(-scores, kind="stable")[:top_k]
         ranked.append([(pks[i], float(scores[i])) for i in order])
     return ranked
+
+
+def search_size(top_k: int, funnel_factor: int | None = None, per_document: bool = False) -> int:
+    """Hits one Milvus search is asked for per query: ``top_k``, × 4 ``per_document`` (the over-fetch),
+    × ``funnel_factor`` (the shortlist of a funnel search)."""
+    return top_k * (_PER_DOCUMENT_OVERFETCH if per_document else 1) * (funnel_factor or 1)
+
+
+def check_search_size(top_k: int, funnel_factor: int | None = None, per_document: bool = False) -> None:
+    """ValueError, naming the limit, unless ``top_k`` is at least 1 and :func:`search_size` is within
+    Milvus' :data:`MAX_SEARCH_LIMIT`."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    size = search_size(top_k, funnel_factor, per_document)
+    if size > MAX_SEARCH_LIMIT:
+        terms = [f"top_k {top_k}"]
+        terms += [f"{_PER_DOCUMENT_OVERFETCH} (per-document over-fetch)"] if per_document else []
+        terms += [f"funnel factor {funnel_factor}"] if funnel_factor else []
+        raise ValueError(
+            f"{' × '.join(terms)} = {size} hits per query, over Milvus' limit of {MAX_SEARCH_LIMIT} "
+            f"per search: lower top_k{' or the funnel factor' if funnel_factor else ''}"
+        )
 
 
 def best_chunk_per_document(hits: Sequence[Hit], top_k: int) -> list[Hit]:
@@ -140,17 +167,22 @@ def pick_strategy(
     recall_target: float | None = None,
     latency_budget_ms: float | None = None,
     profile: Profile | None = None,
+    top_k: int | None = None,
+    per_document: bool = False,
 ) -> Choice:
     """An explicit replica (``dim``, funnel from it with ``funnel_factor``) wins; else routing by the
     recall target / latency budget over ``profile`` (default: :func:`load_profile`; without a measured
     profile, the native replica and a reason saying so); else the native replica.  The Choice's
-    reason says which.  ConfigError for a replica that does not exist."""
+    reason says which.  ConfigError for a replica that does not exist.  With ``top_k``, routing
+    leaves out the strategies :func:`check_search_size` refuses, and the pick is checked with it."""
     native = max(dims)
     if dim is not None or funnel_factor is not None:
         choice = Choice(Strategy(dim or min(dims), funnel_factor), None, "the replica asked for")
     elif _routed(dim, funnel_factor, recall_target, latency_budget_ms):
         if profile is None:
             profile = load_profile(settings, dims)
+        if profile is not None and top_k is not None:
+            profile = _within_limit(profile, top_k, per_document)
         choice = route(profile, native, recall_target=recall_target, latency_budget_ms=latency_budget_ms)
     else:
         choice = Choice(Strategy(native), None, "no replica or target given: the native replica (exact)")
@@ -159,7 +191,23 @@ def pick_strategy(
         raise ConfigError(f"no replica of dimension {strategy.dim}; the replicas are {list(dims)}")
     if strategy.funnel_factor is not None and strategy.funnel_factor < 1:
         raise ConfigError(f"funnel factor must be at least 1, got {strategy.funnel_factor}")
+    if top_k is not None:
+        check_search_size(top_k, strategy.funnel_factor, per_document)
     return choice
+
+
+def _within_limit(profile: Profile, top_k: int, per_document: bool) -> Profile:
+    """``profile`` without the strategies that would ask Milvus for more than its limit (all of it
+    when none is left: the pick is then refused, naming the limit)."""
+    fits = {
+        strategy: measured
+        for strategy, measured in profile.entries.items()
+        if search_size(top_k, strategy.funnel_factor, per_document) <= MAX_SEARCH_LIMIT
+    }
+    if not fits or len(fits) == len(profile.entries):
+        return profile
+    note = f"; funnels over Milvus' limit of {MAX_SEARCH_LIMIT} hits for top_k {top_k} left out"
+    return Profile(fits, profile.source + note)
 
 
 def _routed(
@@ -192,7 +240,8 @@ async def search(
 ) -> list[QueryResult]:
     """Embed ``queries`` as queries (task ``instruction``, else the collection's default task) and return
     the ``top_k`` hits of each in ``sink``'s replicas by the strategy :func:`pick_strategy` picks.
-    Served latencies are folded into ``profile`` when one is given."""
+    Served latencies are folded into ``profile`` when one is given.  ValueError / ConfigError for a
+    request that cannot be served (e.g. over Milvus' limit), before anything is embedded or searched."""
     dims = sink.dims
     choice = pick_strategy(
         settings,
@@ -202,12 +251,14 @@ async def search(
         recall_target=recall_target,
         latency_budget_ms=latency_budget_ms,
         profile=profile,
+        top_k=top_k,
+        per_document=per_document,
     )
     strategy = choice.strategy
     wanted = {strategy.dim} | ({max(dims)} if strategy.funnel_factor else set())
     task = instruction or settings.search.task_for(settings.milvus.collection_prefix)
     vectors = await pool.embed_queries(list(queries), tuple(sorted(wanted, reverse=True)), task)
-    limit = top_k * _PER_DOCUMENT_OVERFETCH if per_document else top_k
+    limit = search_size(top_k, per_document=per_document)
     started = time.perf_counter()
     hits = await asyncio.to_thread(ReplicaSearch(sink, max(dims)).run, strategy, vectors, limit)
     if profile is not None:

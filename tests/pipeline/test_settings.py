@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from pipeline.settings import Settings, load_settings
 from workers.errors import ConfigError
@@ -61,6 +61,27 @@ def test_heartbeat_must_be_shorter_than_the_session(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PIPELINE_KAFKA__HEARTBEAT_INTERVAL_MS", "4000")
     with pytest.raises(ConfigError, match="heartbeat_interval_ms"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("section", "low", "high"),
+    [("milvus", "ivf_nprobe", "ivf_nlist"), ("scaling", "min_embedders", "max_embedders")],
+)
+def test_contradictory_bounds_are_one_clear_config_error(
+    monkeypatch: pytest.MonkeyPatch, section: str, low: str, high: str
+) -> None:
+    def set_env(name: str, value: int) -> None:
+        monkeypatch.setenv(f"PIPELINE_{section.upper()}__{name.upper()}", str(value))
+
+    set_env(high, 8)
+    set_env(low, 8)
+    assert getattr(getattr(load_settings(), section), low) == 8  # equal bounds are consistent
+    set_env(low, 9)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    expected = f"invalid settings: {section}: Value error, {low} (9) must be at most {high} (8)"
+    assert str(caught.value) == expected
+    assert isinstance(caught.value.__cause__, ValidationError)
 
 
 def test_replica_dims_always_include_the_native_one_and_refuse_wider() -> None:

@@ -27,7 +27,7 @@ from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, UpsertDo
 from pipeline.milvus.connection import open_client
 from pipeline.milvus.errors import SinkUnavailable
 from pipeline.milvus.expr import any_of, in_lists, quote
-from pipeline.milvus.sink import MilvusSink
+from pipeline.milvus.sink import MAX_SEARCH_LIMIT, MilvusSink
 from pipeline.settings import MilvusSettings
 from workers.errors import ConfigError, PoisonInput
 
@@ -355,6 +355,40 @@ def test_search_finds_the_document_first(make_sink: SinkFactory) -> None:
     assert (bare[0][0].pk, bare[0][0].text, bare[0][0].metadata) == ("doc3#0", None, None)
 
 
+def test_every_read_and_write_loads_a_released_replica_by_itself(
+    make_sink: SinkFactory, milvus_uri: str
+) -> None:
+    """An operator (or a restart) released the replicas: each call loads them and answers at once."""
+    sink = make_sink(prefix=f"released_{next(_counter)}")
+    docs = {"a": upsert("a", 2), "b": upsert("b", 1)}
+    sink.write(list(docs.values()))
+    query = docs["a"].vectors[8][1:2]
+    calls: dict[str, Callable[[], object]] = {
+        "count": lambda: sink.count(8),
+        "search": lambda: [(h.pk, h.text) for h in sink.search(8, query, top_k=1)[0]],
+        "fetch": lambda: {pk: row["doc_id"] for pk, row in sink.fetch(8, ["a#1", "b#0", "c#0"]).items()},
+        "fetch_all": lambda: [row["pk"] for row in sink.fetch_all(8)],
+        "write": lambda: sink.write([upsert("a", 2)]).documents,
+    }
+    answers = {
+        "count": 3,
+        "search": [("a#1", "v0 chunk 1 of a")],
+        "fetch": {"a#1": "a", "b#0": "b"},
+        "fetch_all": ["a#0", "a#1", "b#0"],
+        "write": 1,
+    }
+    client = open_client(milvus_uri)
+    try:
+        for name, call in calls.items():
+            for dim in DIMS:
+                client.release_collection(sink.collection_name(dim))
+            assert str(client.get_load_state(sink.collection_name(8))["state"]) == "NotLoad", name
+            assert call() == answers[name], name
+    finally:
+        client.close()
+    assert_replicas(sink, docs)
+
+
 # ---------------------------------------------------------------------------- poison
 
 
@@ -445,6 +479,16 @@ def test_closed_port_raises_sink_unavailable(free_port: int) -> None:
     assert time.monotonic() - start < 10
 
 
+def test_a_search_over_the_milvus_limit_is_refused_before_milvus_is_called(free_port: int) -> None:
+    sink = MilvusSink(MilvusSettings(uri=f"http://127.0.0.1:{free_port}", timeout_s=1.0), DIMS)
+    query = np.ones((1, 8), dtype=np.float32)
+    for top_k in (0, MAX_SEARCH_LIMIT + 1):
+        with pytest.raises(ValueError, match=r"top_k must be in 1\.\.16384 \(Milvus' limit\)"):
+            sink.search(8, query, top_k)
+    with pytest.raises(SinkUnavailable):  # within the limit it is sent, and nothing listens
+        sink.search(8, query, MAX_SEARCH_LIMIT)
+
+
 def test_silent_server_raises_sink_unavailable_after_the_timeout() -> None:
     with socket.socket() as listener:  # accepts connections, never answers
         listener.bind(("127.0.0.1", 0))
@@ -480,8 +524,8 @@ def test_outage_mid_session_then_recovery(tmp_path: Path, free_port: int, start_
         with start_lite(data, free_port):  # restarted while the sink was idle
             try:
                 sink.write([upsert("c", 1)])
-            except SinkUnavailable:  # found the replicas released (or the channel reconnecting)
-                sink.write([upsert("c", 1)])  # the retry loads them
+            except SinkUnavailable:  # the channel still reconnecting (released replicas are loaded at once)
+                sink.write([upsert("c", 1)])  # the retry goes through
             assert_replicas(sink, {"a": upsert("a", 2), "b": upsert("b", 1), "c": upsert("c", 1)})
     finally:
         sink.close()

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.milvus.sink import MilvusSink
+from pipeline.ops import processes
 from pipeline.search.api import Api
 from pipeline.search.routing import NO_PROFILE_REASON
 from pipeline.settings import MilvusSettings, Settings
@@ -69,8 +70,10 @@ async def _serve(settings: Settings, pool: LocalPool, sink: MilvusSink) -> Async
 
 @pytest.fixture
 async def api(minilm: EmbeddingModel) -> AsyncIterator[str]:
-    settings = Settings.model_validate({"replicas": {"dims": [64]}})
-    # Embeddings never touch Milvus: the sink is built (as serve builds it) and never called.
+    # Nothing listens on the sink's port: embeddings and refused searches never reach Milvus (a call
+    # would come back as a 503).
+    milvus = {"uri": f"http://127.0.0.1:{processes.free_port()}", "timeout_s": 2.0}
+    settings = Settings.model_validate({"replicas": {"dims": [64]}, "milvus": milvus})
     sink = MilvusSink(settings.milvus, settings.replicas.replica_dims(minilm.info().native_dim))
     async for url in _serve(settings, LocalPool(minilm, settings.model), sink):
         yield url
@@ -146,6 +149,28 @@ async def test_malformed_json_is_a_400(api: str) -> None:
     async with aiohttp.ClientSession() as http, http.post(f"{api}/v1/embeddings", data=b"{nope") as response:
         assert response.status == 400
         assert "not valid JSON" in (await response.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "product"),
+    [
+        ({"top_k": 1000, "funnel_factor": 17}, "top_k 1000 × funnel factor 17 = 17000"),
+        ({"funnel_factor": 410, "per_document": True}, "top_k 10 × 4 (per-document over-fetch) × funnel"),
+        ({"top_k": 500, "funnel_factor": 40, "dim": 384}, "top_k 500 × funnel factor 40 = 20000"),
+    ],
+)
+async def test_a_search_over_the_milvus_limit_is_a_400_naming_it(
+    api: str, body: dict[str, Any], product: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api}/v1/search", json={"query": ["a", "b"], **body}) as response,
+    ):
+        assert response.status == 400, await response.text()
+        error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith(product)
+    assert "over Milvus' limit of 16384 per search" in error["message"]
 
 
 async def test_search_endpoint_direct_funnel_and_errors(minilm: EmbeddingModel, milvus_lite_uri: str) -> None:

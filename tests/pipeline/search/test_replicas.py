@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any, cast
 
@@ -9,16 +10,19 @@ import numpy as np
 import pytest
 
 from pipeline.documents import Hit
-from pipeline.milvus.sink import MilvusSink
+from pipeline.milvus.sink import MAX_SEARCH_LIMIT, MilvusSink
+from pipeline.search.api import DEFAULT_TOP_K
 from pipeline.search.replicas import (
     QueryResult,
     ReplicaSearch,
     best_chunk_per_document,
+    check_search_size,
     format_results,
     pick_strategy,
     rescore,
+    search,
 )
-from pipeline.search.routing import NO_PROFILE_REASON, Profile, Strategy
+from pipeline.search.routing import NO_PROFILE_REASON, Choice, Profile, Strategy
 from pipeline.settings import Settings
 from workers.errors import ConfigError
 
@@ -122,6 +126,78 @@ def test_pick_strategy() -> None:
         pick_strategy(settings, dims, dim=100)
     with pytest.raises(ConfigError, match="funnel factor"):
         pick_strategy(settings, dims, dim=64, funnel_factor=0)
+
+
+def test_requests_over_the_milvus_search_limit_are_refused_naming_it() -> None:
+    assert MAX_SEARCH_LIMIT == 16384
+    check_search_size(16384)
+    check_search_size(4096, per_document=True)
+    check_search_size(16, funnel_factor=1024)
+    check_search_size(4, funnel_factor=1024, per_document=True)
+    for args, product in (
+        ((16385,), "top_k 16385 = 16385"),
+        ((4097, None, True), "top_k 4097 × 4 (per-document over-fetch) = 16388"),
+        ((1000, 17), "top_k 1000 × funnel factor 17 = 17000"),
+        ((5, 1000, True), "top_k 5 × 4 (per-document over-fetch) × funnel factor 1000 = 20000"),
+    ):
+        with pytest.raises(
+            ValueError, match=re.escape(f"{product} hits per query, over Milvus' limit of 16384")
+        ):
+            check_search_size(*args)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        check_search_size(0)
+
+
+def test_what_the_configured_funnel_factor_allows_with_the_default_top_k() -> None:
+    """search.funnel_factor goes up to 1000: with the API's default top_k (10) and the CLI's (5) a
+    funnel search fits Milvus' limit; per document (× 4) it fits up to factors 409 and 819."""
+    largest = Settings.model_validate({"search": {"funnel_factor": 1000}}).search.funnel_factor
+    with pytest.raises(ValueError, match="funnel_factor"):
+        Settings.model_validate({"search": {"funnel_factor": largest + 1}})
+    for default_top_k, per_document_up_to in ((DEFAULT_TOP_K, 409), (5, 819)):
+        check_search_size(default_top_k, largest)
+        check_search_size(default_top_k, per_document_up_to, per_document=True)
+        with pytest.raises(ValueError, match="over Milvus' limit of 16384"):
+            check_search_size(default_top_k, per_document_up_to + 1, per_document=True)
+
+
+def test_routing_leaves_out_strategies_over_the_milvus_limit() -> None:
+    settings = Settings()
+    rows = [
+        {"dim": 64, "funnel_factor": 50, "recall": 0.97, "p50_ms": 1},
+        {"dim": 128, "funnel_factor": None, "recall": 0.95, "p50_ms": 2},
+        {"dim": 384, "funnel_factor": None, "recall": 1.0, "p50_ms": 5},
+    ]
+    measured = Profile.from_rows(rows, "t")
+
+    def pick(top_k: int, per_document: bool = False) -> Choice:
+        dims = (384, 128, 64)
+        return pick_strategy(
+            settings, dims, recall_target=0.9, profile=measured, top_k=top_k, per_document=per_document
+        )
+
+    assert pick(10).strategy == Strategy(64, 50)  # the fastest meeting the target
+    wide = pick(1000)
+    assert wide.strategy == Strategy(128)  # 1000 × 50 is over the limit: the fastest that fits
+    assert "limit of 16384 hits for top_k 1000 left out" in wide.reason
+    assert len(measured.entries) == 3  # the caller's profile (its latencies adapt) is left whole
+    with pytest.raises(ValueError, match=r"top_k 5000 × 4 .* over Milvus' limit of 16384"):
+        pick(5000, per_document=True)
+    with pytest.raises(ValueError, match=r"top_k 20 × funnel factor 1000 .* over Milvus' limit"):
+        pick_strategy(settings, (384, 128, 64), funnel_factor=1000, top_k=20)
+
+
+async def test_search_refuses_before_embedding_or_reaching_milvus() -> None:
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"{name} was used")
+
+    class Sink(Untouchable):
+        dims = (384, 64)
+
+    pool, sink = cast(Any, Untouchable()), cast(MilvusSink, Sink())
+    with pytest.raises(ValueError, match="top_k 400 × funnel factor 50 = 20000 hits per query, over"):
+        await search(Settings(), pool, sink, ["q"], top_k=400, funnel_factor=50)
 
 
 def test_without_search_profile_path_a_target_gets_the_native_replica_and_the_reason() -> None:
