@@ -115,7 +115,10 @@ def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     evaluate.add_argument("--top-k", type=int, default=10)
     evaluate.add_argument(
-        "--prefix", default="recall", help="collection prefix (its collections are rebuilt)"
+        "--prefix",
+        default="recall",
+        help="collection prefix of eval-recall's own replicas, dropped and rebuilt (refused when it is "
+        "milvus.collection_prefix or holds collections eval-recall did not create)",
     )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument(
@@ -146,7 +149,11 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
         reuse_index=args.reuse_index,
     )
     from pipeline.runtime.serving import open_query_side
+    from pipeline.tools.eval_collections import claim_prefix
 
+    # run_eval checks this too; here a refused prefix costs no pool start (a model load per GPU).
+    scratch = settings.milvus.model_copy(update={"collection_prefix": args.prefix})
+    await asyncio.to_thread(claim_prefix, scratch, settings.milvus.collection_prefix)
     async with open_query_side(settings, "eval") as side:
         report = await run_eval(settings, side.pool, side.sink.dims, options)
     print(render_table(report))

@@ -62,11 +62,24 @@ class EmbedderPool:
     while waiting cancels its Ray task too.
     """
 
-    def __init__(self, handles: Sequence[ActorHandle], info: ModelInfo, settings: PoolSettings) -> None:
-        """A pool over running actors that serve ``info``; :meth:`start` is the usual way to get one."""
-        self._slots = [_Slot(index, handle) for index, handle in enumerate(handles)]
+    def __init__(
+        self,
+        handles: Sequence[ActorHandle],
+        info: ModelInfo,
+        settings: PoolSettings,
+        *,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        """A pool over running actors that serve ``info``; :meth:`start` is the usual way to get one.
+
+        ``indices``: each actor's ``i`` of ``embedder-{i}`` (default: their positions), for logs.
+        """
+        indices = range(len(handles)) if indices is None else indices
+        self._slots = [_Slot(index, handle) for index, handle in zip(indices, handles, strict=True)]
         self._info = info
         self._settings = settings
+        self.not_attached: dict[str, str] = {}
+        """Attached pools only: the actors of the namespace that were not ready, name -> why."""
 
     @classmethod
     async def start(
@@ -86,13 +99,24 @@ class EmbedderPool:
         return cls(handles, info, pool)
 
     @classmethod
-    async def attach(cls, pool: PoolSettings, namespace: str) -> EmbedderPool | None:
+    async def attach(
+        cls, pool: PoolSettings, namespace: str, *, timeout_s: float | None = None
+    ) -> EmbedderPool | None:
         """A pool over the embedder actors a running consumer started in ``namespace``, or None if none.
 
-        The attached pool only routes calls; :meth:`shutdown` on it would stop the consumer's actors.
+        Waits up to ``timeout_s`` (default ``pool.ready_timeout_s``) for each actor to be ready and
+        routes to those that are; the others are logged and listed in :attr:`not_attached`, name ->
+        why (:func:`workers.spawn.find_embedders`).  Guarantee: attaching never kills, restarts or
+        touches an actor, whether it is ready, restarting, waiting for resources or failed to start.
+        Raises EmbedderUnavailable naming each actor and why when none is ready.  The attached pool
+        only routes calls; :meth:`shutdown` on it would stop the consumer's actors.
         """
-        found = await find_embedders(namespace, pool.ready_timeout_s)
-        return None if found is None else cls(found[0], found[1], pool)
+        found = await find_embedders(namespace, pool.ready_timeout_s if timeout_s is None else timeout_s)
+        if found is None:
+            return None
+        attached = cls(list(found.ready.values()), found.info, pool, indices=list(found.ready))
+        attached.not_attached = dict(found.not_ready)
+        return attached
 
     @property
     def info(self) -> ModelInfo:

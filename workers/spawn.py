@@ -2,20 +2,26 @@
 
 :func:`start_embedders` sizes the pool to the cluster (one actor per ``gpus_per_actor`` GPUs,
 else ``num_actors``), asks Ray for each actor's resources and waits until every actor has
-loaded the model; :func:`find_embedders` finds the actors another process started.  Importing
-this module imports neither torch nor transformers.
+loaded the model, killing the actors it created when they fail; :func:`find_embedders` finds
+the actors another process started and never kills any of them.  Importing this module imports
+neither torch nor transformers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import ray
+from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import ActorAlreadyExistsError, RayActorError
+from ray.exceptions import ActorAlreadyExistsError, ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.state import get_actor
 
 from workers.actor import EmbedderActor
 from workers.errors import ConfigError, EmbedderUnavailable
@@ -29,6 +35,22 @@ log = logging.getLogger(__name__)
 _MAX_CONCURRENCY = 1024
 
 _RemoteEmbedder = ray.remote(EmbedderActor)
+# How often a read tool asks a restarting actor whether it is back (Ray refuses calls meanwhile).
+_ASK_AGAIN_S = 0.5
+_EMBEDDER_NAME = re.compile(r"embedder-(\d+)")
+
+
+@dataclass(frozen=True)
+class FoundEmbedders:
+    """What :func:`find_embedders` found in a namespace.
+
+    ``ready``: index -> handle of each actor that answered in time, all serving ``info``;
+    ``not_ready``: name -> why, for each other ``embedder-*`` actor there (left as it was).
+    """
+
+    ready: dict[int, ActorHandle]
+    info: ModelInfo
+    not_ready: dict[str, str]
 
 
 async def start_embedders(
@@ -67,7 +89,7 @@ async def start_embedders(
             "give each deployment its own ray.namespace"
         ) from exc
     log.info("starting %d embedder actors with %s each", count, actor_resources(pool, bool(gpus)))
-    infos = await wait_ready(handles, pool.ready_timeout_s)
+    infos = await _wait_started(handles, pool.ready_timeout_s)
     if any(info != infos[0] for info in infos):
         kill_embedders(handles)
         raise ConfigError(f"embedder actors disagree about the model: {infos}")
@@ -75,19 +97,56 @@ async def start_embedders(
     return handles, infos[0]
 
 
-async def find_embedders(namespace: str, timeout_s: float) -> tuple[list[ActorHandle], ModelInfo] | None:
-    """The ``embedder-*`` actors alive in ``namespace`` (sorted by name) and the model they serve,
-    once ready; None when there are none."""
-    names = sorted(
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == namespace and a["name"].startswith("embedder-")
-    )
-    if not names:
+async def find_embedders(namespace: str, timeout_s: float) -> FoundEmbedders | None:
+    """The ``embedder-{i}`` actors of ``namespace`` that are ready within ``timeout_s``; None when
+    the namespace has no embedder actor at all.
+
+    Every actor gets the whole ``timeout_s`` (they are asked side by side).  Those that answer are
+    returned; each other one is named in ``not_ready`` with why (no answer in time, with its state
+    as Ray reports it: e.g. restarting, or pending until a node with its resources joins; or the
+    error it answered with), and a warning is logged.  Guarantee: nothing here kills, restarts
+    or reconfigures an actor, whatever state it is in; they belong to the process that started them.
+    Raises EmbedderUnavailable naming every actor and why when none is ready, ConfigError when the
+    ready ones disagree about the model.
+    """
+    named: dict[int, str] = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        match = _EMBEDDER_NAME.fullmatch(actor["name"])
+        if actor["namespace"] == namespace and match:
+            named[int(match[1])] = actor["name"]
+    if not named:
         return None
-    handles = [ray.get_actor(name, namespace=namespace) for name in names]
-    infos = await wait_ready(handles, timeout_s)
-    return handles, infos[0]
+    handles: dict[int, ActorHandle] = {}
+    not_ready: dict[str, str] = {}
+    for index, name in sorted(named.items()):
+        try:
+            handles[index] = ray.get_actor(name, namespace=namespace)
+        except ValueError as exc:  # it died and released its name after the listing
+            not_ready[name] = f"gone: {exc}"
+    answers = dict(zip(handles, await ask_ready(list(handles.values()), timeout_s), strict=True))
+    infos = {i: answer for i, answer in answers.items() if isinstance(answer, ModelInfo)}
+    failed = {i: answer for i, answer in answers.items() if not isinstance(answer, ModelInfo)}
+    whys = await asyncio.gather(
+        *(_why_not_ready(handles[i], answer, timeout_s) for i, answer in failed.items())
+    )
+    not_ready |= {f"embedder-{i}": why for i, why in zip(failed, whys, strict=True)}
+    cause = next((answer for answer in failed.values() if answer is not None), None)
+    unready = "; ".join(f"{name}: {why}" for name, why in sorted(not_ready.items()))
+    if not infos:
+        raise EmbedderUnavailable(
+            f"no embedder actor of namespace {namespace!r} is ready (none was touched): {unready}"
+        ) from cause
+    if len(set(infos.values())) > 1:
+        raise ConfigError(f"the embedder actors of namespace {namespace!r} disagree about the model: {infos}")
+    if not_ready:
+        log.warning(
+            "attached to %d of %d embedder actors in namespace %r; not ready (left as they are): %s",
+            len(infos),
+            len(infos) + len(not_ready),
+            namespace,
+            unready,
+        )
+    return FoundEmbedders({i: handles[i] for i in infos}, next(iter(infos.values())), not_ready)
 
 
 def actor_resources(pool: PoolSettings, gpus: bool) -> dict[str, Any]:
@@ -125,8 +184,36 @@ def spawn_embedder(
     return cast(ActorHandle, options.remote(model, batching, index, namespace))
 
 
-async def wait_ready(handles: list[ActorHandle], timeout: float) -> list[ModelInfo]:
-    """Every actor's ModelInfo; on the first failure or the timeout kills them all and raises."""
+async def ask_ready(handles: Sequence[ActorHandle], timeout: float) -> list[ModelInfo | BaseException | None]:
+    """Each actor's answer to ``ready`` within ``timeout`` (all asked side by side): its ModelInfo,
+    the error it failed with (dead, or its model did not load), or None when it did not answer in
+    time.  An actor that Ray is restarting is asked again until then.  Only asks: kills nothing."""
+    deadline = time.monotonic() + timeout
+    return list(await asyncio.gather(*(_ask_until(handle, deadline) for handle in handles)))
+
+
+async def _ask_until(handle: ActorHandle, deadline: float) -> ModelInfo | BaseException | None:
+    while (left := deadline - time.monotonic()) > 0:
+        ref: ObjectRef[ModelInfo] = handle.ready.remote()
+        try:
+            async with asyncio.timeout(left):
+                info: ModelInfo = await ref
+                return info
+        except TimeoutError:
+            ray.cancel(ref)  # a restarting or pending actor would otherwise answer nobody later
+            return None
+        except ActorUnavailableError:  # restarting: Ray refuses calls until it is back
+            await asyncio.sleep(min(_ASK_AGAIN_S, max(0.0, deadline - time.monotonic())))
+        except Exception as exc:  # dead, or its model did not load: the caller reports it
+            return exc
+    return None
+
+
+async def _wait_started(handles: list[ActorHandle], timeout: float) -> list[ModelInfo]:
+    """Every actor's ModelInfo; on the first failure or the timeout kills them all and raises.
+
+    Only for actors the caller has just created (:func:`start_embedders`): they are its own.
+    """
     calls: list[asyncio.Future[ModelInfo]] = [asyncio.ensure_future(h.ready.remote()) for h in handles]
     done, pending = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
     failed = next((call for call in done if call.exception() is not None), None)
@@ -142,6 +229,46 @@ async def wait_ready(handles: list[ActorHandle], timeout: float) -> list[ModelIn
     if isinstance(exc, RayActorError) and exc.actor_init_failed:
         raise ConfigError(f"an embedder actor could not load the model: {exc}") from exc
     raise EmbedderUnavailable(f"an embedder actor failed while starting: {exc}") from exc
+
+
+async def _why_not_ready(handle: ActorHandle, answer: BaseException | None, timeout: float) -> str:
+    """One line: why ``handle`` gave ``answer`` (an error, or None: no answer) instead of its ModelInfo."""
+    if answer is None:
+        why = f"no answer within {timeout:g}s"
+    elif isinstance(answer, RayActorError) and answer.actor_init_failed:
+        why = f"could not load the model ({_first_line(answer)})"
+    elif isinstance(answer, ActorDiedError):
+        why = f"dead ({_first_line(answer)})"
+    else:
+        why = f"failed: {type(answer).__name__}: {_first_line(answer)}"
+    state = await asyncio.to_thread(_ray_state, handle)
+    return f"{why}; Ray says {state}" if state else why
+
+
+def _ray_state(handle: ActorHandle) -> str:
+    """The actor's state from Ray's state API (e.g. ``RESTARTING``, ``PENDING_CREATION, needs
+    {'GPU': 1.0}``), or "" when the API does not answer (a report only: the dashboard may be off)."""
+    try:
+        # By id (a handle only carries it privately) and on this driver's cluster: left to find the
+        # cluster itself, the state API refuses when a machine runs two Ray clusters.
+        address = ray.get_runtime_context().gcs_address
+        state = get_actor(handle._actor_id.hex(), address=address, timeout=5)
+    except Exception:  # best effort: the caller reports without it
+        return ""
+    if state is None:
+        return ""
+    text = str(state.state)
+    if state.state in ("PENDING_CREATION", "DEPENDENCIES_UNREADY") and state.required_resources:
+        text += f", needs {state.required_resources}"
+    if state.num_restarts:
+        text += f", restarted {state.num_restarts} time(s)"
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-blank line of ``exc``'s message, at most 300 characters (Ray's run on)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else repr(exc))[:300]
 
 
 def kill_embedders(handles: Sequence[ActorHandle]) -> None:

@@ -28,16 +28,24 @@ CONSISTENCY = "Strong"  # a delete by expression must see every earlier write
 _METRIC = "COSINE"
 
 
-def ensure_replicas(connection: MilvusConnection, settings: MilvusSettings, names: Mapping[int, str]) -> None:
+def ensure_replicas(
+    connection: MilvusConnection,
+    settings: MilvusSettings,
+    names: Mapping[int, str],
+    *,
+    properties: Mapping[str, str] | None = None,
+) -> None:
     """Create the missing replicas (``names``: dim -> collection) and their index, check
     the existing ones, and load all.
 
+    ``properties``: collection properties set on the replicas this call creates (existing ones
+    keep theirs); a tool marks the collections it owns this way (see :func:`collection_properties`).
     Raises ConfigError when an existing collection does not match the schema, metric or
     index type of ``settings``.
     """
     for dim, name in names.items():
         if not connection.call(f"looking up {name}", "has_collection", name):
-            _create(connection, name, dim)
+            _create(connection, name, dim, properties or {})
         check_schema(name, dim, connection.call(f"describing {name}", "describe_collection", name))
         indexes = connection.call(f"listing indexes of {name}", "list_indexes", name, "embedding")
         if indexes:
@@ -51,7 +59,15 @@ def ensure_replicas(connection: MilvusConnection, settings: MilvusSettings, name
         connection.call(f"loading {name}", "load_collection", name)
 
 
-def _create(connection: MilvusConnection, name: str, dim: int) -> None:
+def collection_properties(connection: MilvusConnection, name: str) -> dict[str, str]:
+    """The properties of collection ``name`` (those :func:`ensure_replicas` set when it created it)."""
+    info = connection.call(f"describing {name}", "describe_collection", name)
+    return {str(key): str(value) for key, value in (info.get("properties") or {}).items()}
+
+
+def _create(connection: MilvusConnection, name: str, dim: int, properties: Mapping[str, str]) -> None:
+    # Without properties the call stays what it always was (older servers may not take any).
+    marked: dict[str, Any] = {"properties": dict(properties)} if properties else {}
     try:
         connection.call(
             f"creating {name}",
@@ -59,6 +75,7 @@ def _create(connection: MilvusConnection, name: str, dim: int) -> None:
             name,
             schema=replica_schema(dim),
             consistency_level=CONSISTENCY,
+            **marked,
         )
     except PipelineError:
         # Another consumer may have created it between our check and our create.

@@ -77,8 +77,8 @@ def render(settings: Settings, frame: Frame, previous: Frame | None) -> str:
 async def _actor_stats(settings: Settings, timeout_s: float = 5.0) -> list[dict[str, Any]]:
     """The counters of the embedder actors in the namespace, read-only (none when nothing runs there).
 
-    Not through ``EmbedderPool.attach``: that waits for every actor and kills them all when one
-    is not ready, which a viewer must never do.
+    Not through ``EmbedderPool.attach``: that waits up to ``pool.ready_timeout_s`` for an actor that
+    is not ready, far longer than a refresh.
     """
     namespace = settings.ray.namespace
     names = sorted(

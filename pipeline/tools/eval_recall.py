@@ -4,7 +4,8 @@ On a real corpus (Debian manual pages, or any folder of text files) and a query 
 
 1. chunks every document with the consumer's chunker, embeds the chunks on the embedder pool (the ingestion
    path, every replica at once) and writes them into fresh replica collections ``{prefix}_{dim}`` with
-   the consumer's sink (the Kafka hop is left out: it changes no vector);
+   the consumer's sink (the Kafka hop is left out: it changes no vector); only collections it created
+   itself are ever dropped (:mod:`pipeline.tools.eval_collections`);
 2. embeds the queries on the same pool (the query path: query lane, query formatting);
 3. computes the **exact** full-dimension top-k of each query by brute force (numpy, every chunk);
 4. runs each strategy — every replica directly, and funnel from each smaller replica with each factor —
@@ -32,12 +33,12 @@ import numpy as np
 
 from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.ingest.chunking import Chunker
-from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import DEFAULT_CHUNK_TOKENS
 from pipeline.search.replicas import ReplicaSearch
 from pipeline.search.routing import Strategy
 from pipeline.settings import Settings
+from pipeline.tools.eval_collections import claim_prefix, rebuild_replicas
 from pipeline.tools.eval_corpus import Document, man_pages, text_files
 from workers.model.tokenizer import load_text_tokenizer
 from workers.pool import EmbedderPool
@@ -159,18 +160,6 @@ async def _index(
     return pks, vectors[max(dims)]
 
 
-def _drop_replicas(settings: Settings, dims: Sequence[int]) -> None:
-    """Start from empty collections: a previous run's documents would skew the exact top-k."""
-    milvus = MilvusConnection(settings.milvus)
-    try:
-        for dim in dims:
-            name = f"{settings.milvus.collection_prefix}_{dim}"
-            if milvus.call(f"looking up {name}", "has_collection", name):
-                milvus.call(f"dropping {name}", "drop_collection", name)
-    finally:
-        milvus.close()
-
-
 def _read_index(settings: Settings, dims: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
     """Every chunk's pk and full-dimension vector, as a previous run stored them."""
     sink = MilvusSink(settings.milvus, dims)
@@ -217,17 +206,21 @@ async def run_eval(
     measure every strategy, write the JSON, table and plot; returns the report.
 
     ``settings.milvus.collection_prefix`` is replaced by ``options.collection_prefix``, whose
-    collections are dropped and rebuilt.
+    collections are dropped and rebuilt (or, with ``reuse_index``, read).  Before anything else it
+    refuses (ConfigError) a prefix that is not eval-recall's own
+    (:func:`pipeline.tools.eval_collections.claim_prefix`): it never drops what it did not create.
     """
+    production_prefix = settings.milvus.collection_prefix
     settings = settings.model_copy(
         update={"milvus": settings.milvus.model_copy(update={"collection_prefix": options.collection_prefix})}
     )
+    await asyncio.to_thread(claim_prefix, settings.milvus, production_prefix)
     corpus, documents = await asyncio.to_thread(load_corpus, options)
     queries = load_queries(options, documents)
     if options.reuse_index:
         pks, full = await asyncio.to_thread(_read_index, settings, dims)
     else:
-        await asyncio.to_thread(_drop_replicas, settings, dims)
+        await asyncio.to_thread(rebuild_replicas, settings.milvus, dims, production_prefix)
         pks, full = await _index(settings, pool, dims, documents)
     task = settings.search.task_for(options.collection_prefix)
     query_vectors = await pool.embed_queries(queries, dims, task)

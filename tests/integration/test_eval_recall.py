@@ -20,7 +20,7 @@ from workers.pool import EmbedderPool
 
 pytestmark = pytest.mark.slow
 
-CORPUS = Path(__file__).parents[2] / "pipeline" / "sample_corpus"
+CORPUS = Path(__file__).parents[2] / "pipeline" / "tools" / "sample_corpus"
 
 
 async def test_eval_recall_measures_every_strategy(
