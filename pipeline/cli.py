@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default api.host)")
     serve.add_argument("--port", type=int, help="listen port (default api.port)")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
+    verbs.add_parser(
+        "dashboard", help="the local stack's Ray dashboard: its URL and the token to log in with"
+    )
     # Its options belong to workers.bench.embedder_bench (with --end-to-end: pipeline.tools.bench_pipeline;
     # with --scaling: pipeline.tools.bench_scaling), which parses what follows the verb.
     verbs.add_parser(
@@ -193,7 +196,13 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
         for service in await asyncio.to_thread(stack.up, settings):
             print(service)
-        print(f"Ray dashboard: http://127.0.0.1:{settings.stack.dashboard_port}")
+        print(stack.dashboard_login(settings))
+        return 0
+    if args.verb == "dashboard":
+        from pipeline.ops import stack
+
+        print(f"http://127.0.0.1:{settings.stack.dashboard_port}")
+        print(f"token: {stack.dashboard_token(settings)}")
         return 0
     if args.verb == "down":
         from pipeline.ops import stack
@@ -201,7 +210,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         for service in await asyncio.to_thread(stack.down, settings):
             print(service)
         return 0
-    if args.verb not in ("up", "down", "demo"):
+    if args.verb not in ("up", "down", "demo", "dashboard"):
         from pipeline.ops.stack import with_local_ray
 
         settings = with_local_ray(settings)  # no-op when ray.address is configured

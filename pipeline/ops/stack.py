@@ -173,6 +173,24 @@ def ray_head_running(settings: Settings) -> bool:
     return _services(settings.stack)[-1].process.pid() is not None
 
 
+def dashboard_login(settings: Settings) -> str:
+    """How to open the local Ray dashboard: its URL and where its token is (Ray's token auth is on,
+    and ``ray get-auth-token`` does not know this stack's token)."""
+    token = ray_dir(settings.stack) / "auth_token"
+    return (
+        f"Ray dashboard: http://{HOST}:{settings.stack.dashboard_port} (token auth: paste the token "
+        f"from {token}; `python -m pipeline dashboard` prints it)"
+    )
+
+
+def dashboard_token(settings: Settings) -> str:
+    """The local Ray head's token; StackError when the stack was never started here."""
+    token = ray_dir(settings.stack) / "auth_token"
+    if not token.is_file():
+        raise StackError(f"no Ray token at {token}: start the local stack with `python -m pipeline up`")
+    return token.read_text().strip()
+
+
 def with_local_ray(settings: Settings) -> Settings:
     """``settings`` joined to the local stack's Ray head (address and token file) when
     ``ray.address`` is unset and that head is running; else ``settings`` unchanged.

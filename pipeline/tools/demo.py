@@ -66,7 +66,7 @@ async def run_demo(settings: Settings, idle_s: float = 3.0) -> int:
             print(format_results(results))
     finally:
         runtime.close()
-    print(f"== Ray dashboard: http://127.0.0.1:{settings.stack.dashboard_port}")
+    print(f"== {stack.dashboard_login(settings)}")
     print(
         "   the stack keeps running: `python -m pipeline status` shows it, `python -m pipeline down` stops it"
     )

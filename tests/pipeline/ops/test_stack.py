@@ -7,6 +7,8 @@ import os
 import re
 import socket
 import stat
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,16 @@ def test_up_status_up_again_down(tmp_path: Path) -> None:
             "Ray state is not in the data dir"
         )
         assert (data / "milvus").is_dir() and (data / "kafka.log").is_file()
+        # What a user is told to log in to the dashboard with is the token the head accepts.
+        assert str(token) in stack.dashboard_login(settings)
+        assert stack.dashboard_token(settings) == token.read_text().strip()
+        dashboard = f"http://127.0.0.1:{settings.stack.dashboard_port}/api/v0/nodes"
+        login = {"Authorization": f"Bearer {stack.dashboard_token(settings)}"}
+        with urllib.request.urlopen(urllib.request.Request(dashboard, headers=login), timeout=10) as reply:
+            assert reply.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(dashboard, headers={"Authorization": "Bearer x"}))
+        assert refused.value.code in (401, 403)
 
         again = stack.up(settings)
         assert [(s.pid, s.detail.split(";")[0]) for s in again] == [
