@@ -201,8 +201,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "dashboard":
         from pipeline.ops import stack
 
-        print(f"http://127.0.0.1:{settings.stack.dashboard_port}")
-        print(f"token: {stack.dashboard_token(settings)}")
+        token = stack.dashboard_token(settings)
+        print(f"http://127.0.0.1:{settings.stack.dashboard_port}\ntoken: {token}")
         return 0
     if args.verb == "down":
         from pipeline.ops import stack
