@@ -20,6 +20,7 @@ or Milvus is unavailable.  Built on aiohttp, which ray[default] already installs
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -153,7 +154,8 @@ class Api:
         if encoding not in _ENCODINGS:
             raise ApiError(400, f"'encoding_format' must be one of {list(_ENCODINGS)}", "encoding_format")
         vectors = (await self._pool.embed_queries(texts, (dim,), None))[dim]
-        tokens = sum(len(ids) for ids in self._tokenizer.encode(texts))
+        # Counting the tokens of up to api.max_inputs texts takes a while: not on the event loop.
+        tokens = sum(len(ids) for ids in await asyncio.to_thread(self._tokenizer.encode, texts))
         data = [
             {"object": "embedding", "index": i, "embedding": encode_vector(row, encoding)}
             for i, row in enumerate(vectors)

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
+import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,8 +60,10 @@ def minilm(minilm_path: Path) -> EmbeddingModel:
     return EmbeddingModel.load(ModelSettings(name_or_path=MODEL), device="cpu")
 
 
-async def _serve(settings: Settings, pool: LocalPool, sink: MilvusSink) -> AsyncIterator[str]:
-    runner = web.AppRunner(Api(settings, pool, pool.model.tokenizer, sink).app())
+async def _serve(
+    settings: Settings, pool: LocalPool, sink: MilvusSink, tokenizer: Any = None
+) -> AsyncIterator[str]:
+    runner = web.AppRunner(Api(settings, pool, tokenizer or pool.model.tokenizer, sink).app())
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
@@ -77,6 +83,46 @@ async def api(minilm: EmbeddingModel) -> AsyncIterator[str]:
     sink = MilvusSink(settings.milvus, settings.replicas.replica_dims(minilm.info().native_dim))
     async for url in _serve(settings, LocalPool(minilm, settings.model), sink):
         yield url
+
+
+class SlowTokenizer:
+    """Counts tokens like the model's tokenizer, holding its thread for ``seconds`` first; ``began``
+    is set when a count starts."""
+
+    def __init__(self, tokenizer: Any, seconds: float) -> None:
+        self._tokenizer, self._seconds = tokenizer, seconds
+        self.began = threading.Event()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        self.began.set()
+        time.sleep(self._seconds)  # a large request's tokenization, as the thread running it feels it
+        return self._tokenizer.encode(texts)  # type: ignore[no-any-return]
+
+
+async def test_counting_a_large_requests_tokens_does_not_block_other_requests(minilm: EmbeddingModel) -> None:
+    milvus = {"uri": f"http://127.0.0.1:{processes.free_port()}", "timeout_s": 2.0}
+    settings = Settings.model_validate({"milvus": milvus})
+    sink = MilvusSink(settings.milvus, (minilm.info().native_dim,))
+    slow = SlowTokenizer(minilm.tokenizer, seconds=3.0)
+
+    def health_latency(url: str) -> float:
+        """Seconds /health takes once a count is under way, asked from outside the event loop."""
+        assert slow.began.wait(30), "the embeddings request never counted its tokens"
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{url}/health", timeout=30) as health:
+            assert health.status == 200
+        return time.monotonic() - started
+
+    async for url in _serve(settings, LocalPool(minilm, settings.model), sink, slow):
+        probing = asyncio.create_task(asyncio.to_thread(health_latency, url))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/v1/embeddings", json={"input": ["x"]}) as reply,
+        ):
+            assert reply.status == 200
+            assert (await reply.json())["usage"]["prompt_tokens"] == len(minilm.encode_ids(["x"])[0])
+        latency = await probing
+        assert latency < 1.0, f"/health waited {latency:.1f} s for another request's token count"
 
 
 def client(url: str) -> openai.AsyncOpenAI:
