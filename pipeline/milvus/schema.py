@@ -59,6 +59,20 @@ def ensure_replicas(
         connection.call(f"loading {name}", "load_collection", name)
 
 
+def count_rows(connection: MilvusConnection, name: str) -> int:
+    """Exact row count of collection ``name`` (``count(*)``, Strong consistency: every finished
+    write counts).  The collection must be loaded: Milvus refuses a released one."""
+    result = connection.call(
+        f"counting {name}",
+        "query",
+        name,
+        filter="",
+        output_fields=["count(*)"],
+        consistency_level=CONSISTENCY,
+    )
+    return int(result[0]["count(*)"])
+
+
 def collection_properties(connection: MilvusConnection, name: str) -> dict[str, str]:
     """The properties of collection ``name`` (those :func:`ensure_replicas` set when it created it)."""
     info = connection.call(f"describing {name}", "describe_collection", name)

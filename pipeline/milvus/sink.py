@@ -45,7 +45,7 @@ from pipeline.milvus.rows import (
     stale_chunk_filters,
     upsert_calls,
 )
-from pipeline.milvus.schema import CONSISTENCY, ensure_replicas, search_params
+from pipeline.milvus.schema import CONSISTENCY, count_rows, ensure_replicas, search_params
 from pipeline.settings import MilvusSettings
 from workers.errors import PipelineError, PoisonInput
 
@@ -230,15 +230,7 @@ class MilvusSink:
     def count(self, dim: int) -> int:
         """Exact row count of replica ``dim``; Strong consistency, so every finished write counts."""
         name = self.collection_name(dim)
-        result = self._read(
-            f"counting {name}",
-            "query",
-            name,
-            filter="",
-            output_fields=["count(*)"],
-            consistency_level=CONSISTENCY,
-        )
-        return int(result[0]["count(*)"])
+        return self._on_loaded_replicas(lambda: count_rows(self._milvus, name))
 
     def search(
         self,

@@ -10,7 +10,7 @@ from pymilvus.client.types import LoadState
 from pipeline.ingest.kafka import broker_reachable, partition_lag
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.errors import CollectionNotLoaded
-from pipeline.milvus.schema import CONSISTENCY
+from pipeline.milvus.schema import count_rows
 from pipeline.settings import Settings
 
 _MILVUS_PROBE_TIMEOUT_S = 5.0
@@ -94,15 +94,7 @@ def _replica_rows(connection: MilvusConnection, name: str) -> int | str:
         state = connection.call(f"reading the load state of {name}", "get_load_state", name)["state"]
         if state != LoadState.Loaded:
             return NOT_LOADED if state == LoadState.NotLoad else f"not counted (load state {state})"
-        result = connection.call(
-            f"counting {name}",
-            "query",
-            name,
-            filter="",
-            output_fields=["count(*)"],
-            consistency_level=CONSISTENCY,
-        )
-        return int(result[0]["count(*)"])
+        return count_rows(connection, name)
     except CollectionNotLoaded:  # released since
         return NOT_LOADED
     except Exception as exc:  # status reports, it never raises
