@@ -1,0 +1,83 @@
+"""Settings of the ingest side: Kafka, the consumer loop's bounds, chunking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from pipeline.settings.base import Section
+
+
+class KafkaSettings(Section):
+    """How the consumers and producers reach Kafka, and which topics they use."""
+
+    _ordered = (("heartbeat_interval_ms", "session_timeout_ms", True),)
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of brokers.")
+    topic: str = Field("documents", description="Topic the document events are read from.")
+    group_id: str = Field("embedstream", description="Consumer group of the ingestion consumers.")
+    dlq_topic: str = Field("documents.dlq", description="Topic of the events that cannot be ingested.")
+    dlq_max_record_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Most key + value bytes of one dead-letter record (keep under the broker's "
+        "message.max.bytes); a larger rejected event is dead-lettered cut to fit, with a "
+        "'truncated_from' header.",
+    )
+    partitions: int = Field(4, ge=1, description="Partitions of the topic when it is created.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group with no committed offset starts."
+    )
+    max_poll_records: int = Field(500, ge=1, description="Most records one poll returns.")
+    session_timeout_ms: int = Field(
+        10000,
+        ge=1000,
+        description="How long the group coordinator waits for a silent member (a killed consumer) "
+        "before giving its partitions to the others; a restarted consumer waits that long too.",
+    )
+    heartbeat_interval_ms: int = Field(
+        3000,
+        ge=100,
+        description="How often the consumer heartbeats; keep it under a third of the session timeout.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
+
+
+class ConsumerSettings(Section):
+    """The Kafka consumer loop's bounds (section [consumer], formerly [worker])."""
+
+    max_inflight_tokens: int = Field(
+        131072, ge=64, description="Tokens sent to the pool and not yet written; partitions pause above it."
+    )
+    max_batch_events: int = Field(256, ge=1, description="Most events of one partition handled as one unit.")
+    max_request_tokens: int = Field(
+        16384, ge=64, description="Most tokens in one embed call to the pool (a unit is split above it)."
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff on retries.")
+    shutdown_drain_s: float = Field(
+        30.0, ge=0, description="On stop, how long units in flight may finish before they are dropped."
+    )
+
+
+class ChunkingSettings(Section):
+    """How long documents are split into rows."""
+
+    max_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Most tokens in one chunk (special tokens excluded); default: what the model takes, "
+        "at most 512.",
+    )
+    overlap_tokens: int = Field(0, ge=0, description="Tokens repeated from the end of the previous chunk.")
