@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.settings import Settings, load_settings
-from workers.errors import ConfigError, PipelineError
+from workers.errors import ConfigError, InputTooLong, PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -287,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except InputTooLong as exc:  # a query over the model's limit, raised in an actor or here
+        print(f"error: {getattr(exc, 'cause', exc)}", file=sys.stderr)
         return 2
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

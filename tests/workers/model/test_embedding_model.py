@@ -13,14 +13,15 @@ from helpers.models import SAMPLE_TEXTS, build_tiny_qwen3, write_sentence_transf
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
-from workers.errors import ConfigError
+from workers.errors import ConfigError, InputTooLong
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
 from workers.settings import ModelSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 TEXTS = SAMPLE_TEXTS
-LONG = " ".join(["Ray actors hold the model and batch by tokens."] * 60)
+LONG = " ".join(["Ray actors hold the model and batch by tokens."] * 60)  # over every limit here
+LONGEST = " ".join(["Ray actors hold the model and batch by tokens."] * 5)  # fits 128 tokens
 
 
 def _load_cpu(settings: ModelSettings) -> EmbeddingModel:
@@ -64,7 +65,7 @@ def _manual_hidden(reference: torch.nn.Module, ids: list[int]) -> np.ndarray:
 
 
 def test_minilm_matches_sentence_transformers(minilm: EmbeddingModel, minilm_path: Path) -> None:
-    texts = [*TEXTS, LONG]  # LONG exceeds 256 tokens: both truncate at the model's max_seq_length
+    texts = list(TEXTS)
     expected = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, normalize_embeddings=True)
     ours = minilm.embed(texts, [384])[384]
     assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
@@ -105,7 +106,7 @@ def test_last_token_is_the_last_real_token_of_each_row(
 @pytest.mark.parametrize("pooling", ["last_token", "mean", "cls"])
 def test_batched_equals_single(tiny_qwen3_path: Path, pooling: str) -> None:
     model = _load_cpu(ModelSettings(name_or_path=str(tiny_qwen3_path), pooling=pooling))
-    batched = model.embed([*TEXTS, LONG], [64])[64][: len(TEXTS)]
+    batched = model.embed([*TEXTS, LONGEST], [64])[64][: len(TEXTS)]
     single = np.concatenate([model.embed([text], [64])[64] for text in TEXTS])
     assert _cosines(batched, single).min() >= 0.9999
 
@@ -119,12 +120,17 @@ def test_explicit_pooling_overrides_auto(tiny_qwen3_path: Path, qwen_reference: 
         np.testing.assert_allclose(model.embed_ids(ids, [64])[64], expected, atol=1e-5)
 
 
-def test_truncation_keeps_the_final_eos(tiny_qwen3_path: Path) -> None:
+def test_an_input_over_the_limit_is_refused_where_sentence_transformers_truncates(
+    tiny_qwen3_path: Path, minilm: EmbeddingModel
+) -> None:
     model = _load_cpu(ModelSettings(name_or_path=str(tiny_qwen3_path), max_length=16))
-    ids = model.encode_ids([LONG, "short"])
-    assert len(ids[0]) == 16 and len(ids[1]) < 16
-    assert ids[0][-1] == ids[1][-1] == model.tokenizer.pad_token_id
-    assert model.embed_ids(ids, [64])[64].shape == (2, 64)
+    with pytest.raises(InputTooLong) as refused:
+        model.encode_ids(["short", LONG])
+    assert refused.value.index == 1 and refused.value.tokens > 16 == refused.value.limit
+    ids = model.encode_ids(["short"])
+    assert ids[0][-1] == model.tokenizer.pad_token_id  # the EOS last-token pooling reads
+    with pytest.raises(InputTooLong):  # LONG exceeds MiniLM's 256 tokens too
+        minilm.embed([LONG], [384])
 
 
 @pytest.mark.parametrize(
@@ -139,7 +145,9 @@ def test_sentence_transformers_layout_matches_sentence_transformers(
     )
     model = _load_cpu(ModelSettings(name_or_path=str(layout)))
     assert model.pooling == expected  # the folder's pooling config wins over the Qwen3 rule
-    texts = [*TEXTS, LONG]
+    room = model.max_length - model.tokenizer.num_special_tokens  # the layout's max_seq_length
+    texts = [t for t in [*TEXTS, LONGEST] if model.tokenizer.count_tokens(t) <= room]
+    assert len(texts) >= 4  # longer texts are refused here, where sentence-transformers truncates
     reference = SentenceTransformer(str(layout), device="cpu").encode(texts, normalize_embeddings=True)
     assert _cosines(model.embed(texts, [64])[64], reference).min() >= 0.9999
 
@@ -196,7 +204,7 @@ def test_bfloat16_on_cpu_stays_close_to_float32(tiny_qwen3_path: Path, qwen: Emb
 def test_gpu_runs_bfloat16_and_stays_close_to_cpu(tiny_qwen3_path: Path, qwen: EmbeddingModel) -> None:
     model = EmbeddingModel.load(ModelSettings(name_or_path=str(tiny_qwen3_path)))
     assert (model.device, model.dtype) == ("cuda", "bfloat16")
-    texts = [*TEXTS, LONG]
+    texts = [*TEXTS, LONGEST]
     vectors = model.embed(texts, [64, 16])
     expected = qwen.embed(texts, [64, 16])
     for dim in (64, 16):

@@ -13,7 +13,7 @@ from helpers.models import write_sentence_transformers_layout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.errors import ConfigError
+from workers.errors import ConfigError, InputTooLong
 from workers.model.tokenizer import (
     MAX_DEFAULT_LENGTH,
     TextTokenizer,
@@ -178,14 +178,28 @@ def test_long_text_is_counted_whole_without_warnings(
     assert not caplog.records and not recwarn.list
 
 
-def test_encode_truncates_text_but_keeps_special_tokens(minilm: TextTokenizer, qwen: TextTokenizer) -> None:
-    long_text = "many words " * 1000
-    bert_ids = minilm.encode([long_text])[0]
-    assert len(bert_ids) == minilm.max_length
-    assert (bert_ids[0], bert_ids[-1]) == (101, 102)  # [CLS], [SEP]
-    qwen_ids = qwen.encode([long_text, "short"])
-    assert len(qwen_ids[0]) == qwen.max_length
-    assert qwen_ids[0][-1] == qwen_ids[1][-1] == qwen.pad_token_id  # <|endoftext|> is EOS and PAD
+def test_encode_refuses_an_input_over_the_limit_instead_of_truncating(
+    minilm: TextTokenizer, qwen: TextTokenizer
+) -> None:
+    for tokenizer in (minilm, qwen):
+        room = tokenizer.max_length - tokenizer.num_special_tokens
+        fits = " ".join(["x"] * room)
+        while tokenizer.count_tokens(fits) > room:  # a tokenizer may count "x" and " x" differently
+            fits = fits[: fits.rindex(" ")]
+        fits += " x" * (room - tokenizer.count_tokens(fits))
+        assert tokenizer.count_tokens(fits) == room
+        ids = tokenizer.encode(["short", fits])
+        assert len(ids[1]) == tokenizer.max_length  # exactly the limit: every token kept
+        with pytest.raises(InputTooLong) as refused:
+            tokenizer.encode(["short", fits + " x"])
+        too_many = tokenizer.count_tokens(fits + " x") + tokenizer.num_special_tokens
+        assert (refused.value.index, refused.value.tokens) == (
+            1,
+            too_many,
+        ) and too_many > tokenizer.max_length
+        assert refused.value.limit == tokenizer.max_length
+    assert minilm.encode(["x"])[0][0] == 101 and minilm.encode(["x"])[0][-1] == 102  # [CLS], [SEP]
+    assert qwen.encode(["x"])[0][-1] == qwen.pad_token_id  # <|endoftext|> is EOS and PAD
 
 
 # --- normalize_spans --------------------------------------------------------------------------
