@@ -32,14 +32,15 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
             keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
         )
     if kafka.security_protocol.startswith("SASL"):
-        if not (kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password):
+        password = kafka.sasl_secret()
+        if not (kafka.sasl_mechanism and kafka.sasl_username and password):
             raise ConfigError(
                 "kafka.security_protocol is SASL_* but kafka.sasl_mechanism, kafka.sasl_username "
-                "or kafka.sasl_password is missing"
+                "or kafka.sasl_password (or sasl_password_file) is missing"
             )
         options["sasl_mechanism"] = kafka.sasl_mechanism
         options["sasl_plain_username"] = kafka.sasl_username
-        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+        options["sasl_plain_password"] = password
     return options
 
 

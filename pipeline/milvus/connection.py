@@ -90,10 +90,9 @@ class MilvusConnection:
     def _client(self) -> MilvusClient:
         with self._lock:
             if self._milvus is None:
-                token = self._settings.token
                 self._milvus = open_client(
                     self._settings.uri,
-                    token=token.get_secret_value() if token else "",
+                    token=self._settings.token_secret() or "",
                     db_name=self._settings.db_name,
                     timeout=self._settings.timeout_s,
                 )

@@ -6,6 +6,12 @@ started (on GPU nodes) and hands over as actor handles.  The driver (:func:`run_
 supervises them: Ray restarts a consumer that died (``max_restarts``) and re-runs its ``run`` call
 (``max_task_retries``), so the member rejoins the group and re-reads from the committed offsets;
 nothing acknowledged is lost and nothing unacknowledged was committed.
+
+Secrets never travel through Ray: a consumer actor's arguments are visible to whoever can read
+the cluster's state (the dashboard, the GCS), so they carry the settings without any secret
+value.  Each actor reads its Kafka and Milvus secrets on its own node: from the ``*_file``
+settings (a path present on every node), or from the environment and config file of the Ray
+worker process there.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import Runtime, make_chunker
 from pipeline.runtime.run_summary import BUSY, GroupStats
-from pipeline.settings import Settings
+from pipeline.settings import Settings, load_settings
+from workers.errors import ConfigError
 from workers.model.embedding_model import ModelInfo
 from workers.model.tokenizer import load_text_tokenizer
 from workers.pool import EmbedderPool
@@ -37,6 +44,7 @@ class ConsumerActor:
     def __init__(
         self,
         settings: Settings,
+        secrets: tuple[str, ...],
         index: int,
         embedders: Sequence[ActorHandle],
         info: ModelInfo,
@@ -45,6 +53,7 @@ class ConsumerActor:
         if not logging.getLogger().handlers:  # INFO lines reach the actor's log in the dashboard
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._name = f"consumer-{index}"
+        settings = with_node_secrets(settings, secrets, self._name)
         self._settings = settings
         self._pool = _current_pool(settings, embedders, info)
         tokenizer = load_text_tokenizer(settings.model)
@@ -122,6 +131,51 @@ def _current_pool(settings: Settings, embedders: Sequence[ActorHandle], info: Mo
     return pool
 
 
+_SECRETS = (("kafka", "sasl_password", "sasl_password_file"), ("milvus", "token", "token_file"))
+"""(section, secret, file holding it) of every secret a consumer actor uses."""
+
+
+def without_secrets(settings: Settings) -> tuple[Settings, tuple[str, ...]]:
+    """``settings`` with every secret value removed (Ray's token too: actors are inside the
+    cluster), and the names of the secrets a consumer actor must find on its node."""
+    needed = tuple(
+        f"{section}.{secret}"
+        for section, secret, _ in _SECRETS
+        if getattr(getattr(settings, section), secret) is not None
+    )
+    update = {
+        section: getattr(settings, section).model_copy(update={secret: None})
+        for section, secret, _ in _SECRETS
+    }
+    update["ray"] = settings.ray.model_copy(update={"auth_token": None})
+    return settings.model_copy(update=update), needed
+
+
+def with_node_secrets(settings: Settings, needed: tuple[str, ...], who: str) -> Settings:
+    """``settings`` with each ``needed`` secret taken from this node: its value or its file, from
+    this process's environment (``PIPELINE_*``) and ``PIPELINE_CONFIG``; ConfigError naming what
+    to set when one is not there."""
+    if not needed:
+        return settings
+    node = load_settings()
+    update: dict[str, Any] = {}
+    for section, secret, file in _SECRETS:
+        if f"{section}.{secret}" not in needed:
+            continue
+        here = getattr(node, section)
+        if getattr(here, secret) is None and getattr(here, file) is None:
+            variable = f"PIPELINE_{section.upper()}__{secret.upper()}"
+            raise ConfigError(
+                f"{who}: {section}.{secret} was given to the driver as a value, and secrets never "
+                f"travel through Ray; give every node {variable} in the environment `ray start` runs "
+                f"with, or use {section}.{file} (a path present on every node)"
+            )
+        update[section] = getattr(settings, section).model_copy(
+            update={secret: getattr(here, secret), file: getattr(here, file)}
+        )
+    return settings.model_copy(update=update)
+
+
 _RemoteConsumer = ray.remote(ConsumerActor)
 
 
@@ -133,6 +187,7 @@ def start_consumer_actors(runtime: Runtime, count: int) -> list[ActorHandle]:
     """
     settings = runtime.settings
     scaling = settings.scaling
+    shared, secrets = without_secrets(settings)
     actors: list[ActorHandle] = []
     for index in range(count):
         options = _RemoteConsumer.options(
@@ -143,7 +198,7 @@ def start_consumer_actors(runtime: Runtime, count: int) -> list[ActorHandle]:
             max_restarts=-1,
             max_task_retries=-1,
         )
-        handle = options.remote(settings, index, runtime.pool.handles, runtime.pool.info, runtime.dims)
+        handle = options.remote(shared, secrets, index, runtime.pool.handles, runtime.pool.info, runtime.dims)
         actors.append(cast(ActorHandle, handle))
     log.info("started %d consumer actors", count)
     return actors

@@ -28,13 +28,17 @@ def connect_ray(settings: Settings) -> str:
         export_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token.get_secret_value()})
     elif token_path is not None:
         export_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)})
-    ray.init(
-        address=settings.ray.address,
-        namespace=settings.ray.namespace,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    try:
+        ray.init(
+            address=settings.ray.address,
+            namespace=settings.ray.namespace,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    finally:
+        if token is not None:  # Ray holds it now; the variable would hand it to every child process
+            os.environ.pop("RAY_AUTH_TOKEN", None)
     return settings.ray.address or "a private local Ray"
 
 

@@ -7,13 +7,14 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from pipeline.settings.base import Section
+from pipeline.settings.base import Section, read_secret
 
 
 class KafkaSettings(Section):
     """How the consumers and producers reach Kafka, and which topics they use."""
 
     _ordered = (("heartbeat_interval_ms", "session_timeout_ms", True),)
+    _secret_files = (("sasl_password", "sasl_password_file"),)
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of brokers.")
     topic: str = Field("documents", description="Topic the document events are read from.")
     group_id: str = Field("embedstream", description="Consumer group of the ingestion consumers.")
@@ -49,9 +50,19 @@ class KafkaSettings(Section):
     )
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    sasl_password_file: Path | None = Field(
+        None,
+        description="File holding the SASL password instead of sasl_password, read by each process "
+        "that connects (consumer actors read it on their own node).",
+    )
     ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates.")
     ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
+
+
+    def sasl_secret(self) -> str | None:
+        """The SASL password, from ``sasl_password`` or ``sasl_password_file``."""
+        return read_secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password_file")
 
 
 class ConsumerSettings(Section):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, PositiveInt, SecretStr
 
-from pipeline.settings.base import Section
+from pipeline.settings.base import Section, read_secret
 from workers.model.matryoshka import validate_dims
 
 
@@ -14,10 +15,16 @@ class MilvusSettings(Section):
     """Where the dimension replicas live and how they are indexed."""
 
     _ordered = (("ivf_nprobe", "ivf_nlist", False),)
+    _secret_files = (("token", "token_file"),)
     uri: str = Field(
         "http://127.0.0.1:19530", description="Milvus URI (http://host:port, or a local .db path)."
     )
     token: SecretStr | None = Field(None, description="Milvus token or 'user:password' (never logged).")
+    token_file: Path | None = Field(
+        None,
+        description="File holding the Milvus token instead of token, read by each process that "
+        "connects (consumer actors read it on their own node).",
+    )
     db_name: str = Field("", description="Milvus database; empty means the server's default.")
     collection_prefix: str = Field(
         "documents",
@@ -40,6 +47,11 @@ class MilvusSettings(Section):
         "message limit (64 MiB by default). A single larger row is sent alone.",
     )
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call.")
+
+
+    def token_secret(self) -> str | None:
+        """The Milvus token, from ``token`` or ``token_file``."""
+        return read_secret(self.token, self.token_file, "milvus.token_file")
 
 
 def _widest_first(dims: tuple[int, ...]) -> tuple[int, ...]:
