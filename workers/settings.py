@@ -45,6 +45,12 @@ class ModelSettings(BaseModel):
         description="How an instruction is joined to a text (Qwen3-Embedding format by default). "
         "Applied only to inputs that carry an instruction.",
     )
+    lora_path: str | None = Field(
+        None,
+        description="Folder of a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) "
+        "merged into the weights at load: no cost per token. DoRA, trained biases and extra trained "
+        "modules are refused. The adapter's digest is part of the model's identity.",
+    )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folder.")
     compile: bool = Field(
         False,
