@@ -158,7 +158,8 @@ class EmbedderPool:
         for the avoidance of the first one to end (1 s, 2 s, 4 s, ...), so a quick restart is ridden
         out; a longer outage is the caller's to retry.  A call unanswered after ``call_timeout_s``
         counts as a failed try.  When an actor's queue is full it waits the actor's ``retry_after``
-        and routes again (not counted as a try).
+        and routes again (not counted as a try); :meth:`embed_queries` does so for at most
+        ``query_backpressure_s`` in all, then raises Backpressure.
 
         Poison: after ``poison_after_crashes`` failed tries the request runs alone on an actor (once
         it answers, with nothing else in flight there), so a crash then is its own doing.  A request
@@ -210,6 +211,7 @@ class EmbedderPool:
     ) -> dict[int, np.ndarray]:
         """One request, retried as :meth:`embed` says; raises _KillsActors when it crashes actors alone."""
         attempt = crashes = 0
+        waited = 0.0  # in full queues, across tries
         while True:
             slot = await (self._reserve() if alone else self._pick())
             reserved, answered = alone, False
@@ -219,6 +221,14 @@ class EmbedderPool:
                     answered = True
                 result = await self._call(slot, texts, dims, query_task)
             except Backpressure as exc:
+                if query_task is not None and waited + exc.retry_after > self._settings.query_backpressure_s:
+                    # A query is someone waiting: past the bound, say so and when to come back.
+                    raise Backpressure(
+                        f"every embedder actor's queue stayed full for {waited:.1f}s "
+                        f"(pool.query_backpressure_s={self._settings.query_backpressure_s:g})",
+                        retry_after=exc.retry_after,
+                    ) from exc
+                waited += exc.retry_after
                 await asyncio.sleep(exc.retry_after)
                 continue
             except (RayActorError, TimeoutError) as exc:

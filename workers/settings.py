@@ -137,6 +137,13 @@ class PoolSettings(BaseModel):
         description="Longest wait for one embed call on one actor (e.g. one stuck restarting); then it "
         "counts as a failed try.",
     )
+    query_backpressure_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a search query waits in all, across retries, for room in full actor queues "
+        "before Backpressure reaches its caller (the API answers 429 with Retry-After). Ingestion texts "
+        "wait as long as it takes: for them a full queue is flow control.",
+    )
     poison_after_crashes: int = Field(
         2,
         ge=1,

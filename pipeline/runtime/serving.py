@@ -62,7 +62,7 @@ async def serve(settings: Settings, host: str | None = None, port: int | None = 
     port = settings.api.port if port is None else port
     async with open_query_side(settings, "serve") as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        runner = web.AppRunner(Api(settings, side.pool, tokenizer, side.sink).app())
+        runner = Api(settings, side.pool, tokenizer, side.sink).runner()
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
