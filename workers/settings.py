@@ -125,6 +125,19 @@ class PoolSettings(BaseModel):
         'env), e.g. {"embedder_slot": 1} to place actors only on nodes started with that resource.',
     )
     max_restarts: int = Field(-1, ge=-1, description="How often Ray restarts a dead actor (-1 = forever).")
+    detached: bool = Field(
+        True,
+        description="Embedder actors outlive the worker that started them (Ray detached actors): a "
+        "restarted or second worker, `serve` and `search` in the same ray.namespace find and share them "
+        "instead of loading the model again, and a crashed worker does not take them down. They stop "
+        "with `python -m pipeline stop-embedders` (or the Ray cluster). False: they die with their worker.",
+    )
+    follow_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often `serve` looks for embedder actors that appeared (autoscaling, a new "
+        "worker) or went, in its ray.namespace.",
+    )
     max_attempts: int = Field(
         4, ge=1, description="Tries of one embed request across actor deaths before it fails."
     )

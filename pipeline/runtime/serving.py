@@ -19,6 +19,7 @@ from pipeline.runtime.assemble import start_pool
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings
 from workers.pool import EmbedderPool
+from workers.sharing import follow_embedders
 
 
 @dataclass(frozen=True)
@@ -30,22 +31,38 @@ class QuerySide:
 
 
 @contextlib.asynccontextmanager
-async def open_query_side(settings: Settings, purpose: str) -> AsyncIterator[QuerySide]:
-    """The running actors in ``ray.namespace`` (or a private pool named after ``purpose``) and
-    a sink over the replicas ``settings`` describe; both released on exit."""
+async def open_query_side(
+    settings: Settings, purpose: str, *, follow: bool = False
+) -> AsyncIterator[QuerySide]:
+    """The running actors in ``ray.namespace`` (or a private pool named after ``purpose``, stopped on
+    exit) and a sink over the replicas ``settings`` describe; both released on exit.
+
+    ``follow``: the attached pool keeps up with actors that appear, restart or go in the namespace
+    (autoscaling, another worker), every ``pool.follow_interval_s``, until exit.
+    """
     connect_ray(settings)
     pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
     owned = pool is None
+    following: asyncio.Task[None] | None = None
     if pool is None:
+        private = settings.model_copy(update={"pool": settings.pool.model_copy(update={"detached": False})})
         pool, dims = await start_pool(
-            settings, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
+            private, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
         )
     else:
         dims = settings.replicas.replica_dims(pool.info.native_dim)
+        if follow:
+            following = asyncio.create_task(
+                follow_embedders(pool, settings.ray.namespace, settings.pool.follow_interval_s),
+                name="follow-embedders",
+            )
     sink = MilvusSink(settings.milvus, dims)
     try:
         yield QuerySide(pool, sink)
     finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
         sink.close()
         if owned:
             pool.shutdown()
@@ -60,7 +77,7 @@ async def serve(settings: Settings, host: str | None = None, port: int | None = 
 
     host = host or settings.api.host
     port = settings.api.port if port is None else port
-    async with open_query_side(settings, "serve") as side:
+    async with open_query_side(settings, "serve", follow=True) as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         runner = Api(settings, side.pool, tokenizer, side.sink).runner()
         await runner.setup()
