@@ -70,7 +70,11 @@ class IngestConsumer:
         )
         self._producer = make_producer(kafka, max_request_size=kafka.dlq_max_record_bytes + DLQ_HEADER_ROOM)
         self._dead_letters = DeadLetterQueue(
-            self._producer, kafka.dlq_topic, settings.consumer.retry_backoff_max_s, kafka.dlq_max_record_bytes
+            self._producer,
+            kafka.dlq_topic,
+            settings.consumer.retry_backoff_max_s,
+            kafka.dlq_max_record_bytes,
+            kafka.dlq_retry_s,
         )
         self._tracker = OffsetTracker()
         self._latency = metrics.CommitLatency(kafka.topic)

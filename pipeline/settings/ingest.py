@@ -27,6 +27,13 @@ class KafkaSettings(Section):
         "'truncated_from' header.",
     )
     partitions: int = Field(4, ge=1, description="Partitions of the topic when it is created.")
+    dlq_retry_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a dead-letter send retries transient broker errors (timeouts, no leader, "
+        "connection lost) before the worker stops; a permanent error (authorization, record too large, "
+        "topic missing or invalid) stops it at once.",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group with no committed offset starts."
     )
