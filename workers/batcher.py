@@ -256,7 +256,7 @@ class MicroBatcher:
         """A forward pass over ``batch`` raised ``exc``: split it and run the halves, or blame its text."""
         self._counters.failed += 1
         oom = isinstance(exc, ForwardOutOfMemory)
-        if oom:
+        if oom and len(batch) > 1:  # one text alone says nothing about how many fit together
             self._budget.out_of_memory(padded)
         cause: FailureCause = "oom" if oom else "error"
         if self._on_failure is not None:
