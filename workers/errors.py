@@ -50,6 +50,9 @@ class ForwardOutOfMemory(RetriableError):
         super().__init__(message, retry_after=0.0)
         self.cost = cost
 
+    def __reduce__(self) -> tuple[type[ForwardOutOfMemory], tuple[str, int]]:
+        return type(self), (str(self), self.cost)
+
 
 class PoisonInput(PipelineError):
     """One input is rejected by a downstream component for good (e.g. Milvus refuses a value)."""

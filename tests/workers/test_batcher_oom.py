@@ -121,6 +121,8 @@ async def test_a_failure_crosses_process_boundaries_as_itself() -> None:
 
     error = pickle.loads(pickle.dumps(FailedInputs({3: "out of memory"})))
     assert isinstance(error, FailedInputs) and error.failures == {3: "out of memory"}
+    oom = pickle.loads(pickle.dumps(ForwardOutOfMemory("out of memory over 2 inputs", 96)))
+    assert (str(oom), oom.cost, oom.retriable) == ("out of memory over 2 inputs", 96, True)
 
 
 async def test_when_the_probe_fails_too_the_model_is_broken_and_no_text_is_blamed(
