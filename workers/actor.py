@@ -57,6 +57,12 @@ class EmbedderActor:
     Run it as a Ray async actor (see :mod:`workers.pool`).  The model goes on CUDA when Ray assigned
     this actor a GPU, else on the CPU.  Tokenization runs on its own thread and forward passes on the
     batcher's, so the event loop only routes calls.
+
+    A forward pass that fails (out of memory, or any other error of the model) is split and retried by
+    the batcher (:mod:`workers.batcher`); the model frees the CUDA cache after an out-of-memory.  Texts
+    that fail alone fail the call with :class:`~workers.errors.FailedInputs` (the others ran).  If a
+    one-token probe fails right after a text did, the model is broken, not the text: the process
+    exits and Ray restarts the actor on a fresh CUDA context.
     """
 
     def __init__(
@@ -88,8 +94,16 @@ class EmbedderActor:
             log.warning("%s restarted by Ray after the previous process died", self._name)
             self._metrics.restarted()
         self._inflight = 0
+        # A one-token input: a text is blamed for failing alone only if this still embeds right after.
+        probe_ids = self._model.encode_ids(["ok"])
         self._batcher = MicroBatcher(
-            self._model.embed_ids, batch_settings, packed=self._model.packed, on_batch=self._on_batch
+            self._model.embed_ids,
+            batch_settings,
+            packed=self._model.packed,
+            on_batch=self._on_batch,
+            on_failure=self._metrics.forward_failed,
+            probe=lambda: self._model.embed_ids(probe_ids, (self._info.native_dim,)),
+            on_broken=self._exit_broken,
         )
         # Tokenization gets its own single thread: it overlaps the forward pass on the batcher's
         # thread, and the model is not promised to be thread-safe beyond that split.
@@ -145,6 +159,11 @@ class EmbedderActor:
             "load_s": round(self._load_s, 3),
             **dataclasses.asdict(self._batcher.stats()),
         }
+
+    def _exit_broken(self, error: BaseException) -> None:
+        """The model fails on every input (e.g. a sticky CUDA error): only a new process recovers."""
+        log.error("%s: the model is broken (%r); exiting so that Ray restarts this actor", self._name, error)
+        os._exit(1)
 
     def _on_batch(self, tokens: int, padded: int, seconds: float) -> None:
         self._metrics.batch(tokens, padded, seconds)

@@ -11,7 +11,8 @@ and not yet handed to a forward pass.  It guarantees:
   length (stable) and appended to a "ready" run.  Batches are cut from the front of that run, so every
   text of window *k* runs before any text of window *k + 1*: sorting cuts padding, and the bounded window
   means no text waits behind an unbounded stream of shorter ones.
-* A batch grows while its cost stays within ``max_batch_tokens``: ``longest × count`` for a padded
+* A batch grows while its cost stays within the current budget (``max_batch_tokens``, lowered for a
+  while after an out-of-memory: :mod:`workers.batch_budget`): ``longest × count`` for a padded
   forward pass, the sum of the lengths for a packed one (``packed=True``, what the model says it runs).
   A single text longer than the budget runs alone.
 * The first batch is due when the waiting texts hold a full budget of tokens or when the oldest of them
@@ -31,6 +32,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Generic
 
+from workers.batch_budget import BatchBudget
 from workers.errors import Backpressure
 from workers.query_lane import ItemT, QueryLane
 from workers.settings import BatchSettings
@@ -47,6 +49,8 @@ class BatchQueue(Generic[ItemT]):
     def __init__(self, settings: BatchSettings, *, packed: bool = False) -> None:
         self._settings = settings
         self._packed = packed
+        self.budget = BatchBudget(settings.max_batch_tokens)
+        """The token budget batches are cut to (lowered after an out-of-memory)."""
         self._max_wait = settings.max_wait_ms / 1000
         self._pending: deque[ItemT] = deque()  # arrival order, not yet in a sorted window
         self._ready: deque[ItemT] = deque()  # sorted windows, front is next
@@ -103,7 +107,7 @@ class BatchQueue(Generic[ItemT]):
         Drops abandoned queries from the front of the lane.  Call only when not :meth:`empty`.
         """
         # A waiting query does not wait for the batch to fill: someone is waiting on it.
-        if self._queries.next_live() is not None or self._waiting_tokens >= self._settings.max_batch_tokens:
+        if self._queries.next_live() is not None or self._waiting_tokens >= self.budget.current:
             return 0.0
         if not self._pending and not self._ready:
             return None  # only abandoned queries were left, and next_live() dropped them
@@ -113,7 +117,7 @@ class BatchQueue(Generic[ItemT]):
     def take_batch(self) -> list[ItemT]:
         """Queries first (up to their share of the budget), then the front of the sorted ingestion
         run, sealing new windows as needed; queries again if ingestion left room."""
-        budget = self._settings.max_batch_tokens
+        budget = self.budget.current
         batch: list[ItemT] = []
         longest = total = 0
 

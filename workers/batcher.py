@@ -9,7 +9,14 @@ It guarantees:
 * Results come back in input order, as ``{dim: float32 (len(ids), dim)}``.
 * Requests may ask for different dimension sets: a batch is run once for the union of its requests' dims
   and each request keeps its own (the forward pass is the same; only the cheap cut + normalize repeats).
-* A failing forward pass fails exactly the requests with a text in that batch.
+* A failing forward pass fails no request on the spot: the batch is split in halves and each half runs
+  again, recursively, down to single texts.  An out-of-memory also lowers the token budget
+  (:mod:`workers.batch_budget`): later batches are cut to it, and a half still over it is halved
+  again before it runs.  A text that still fails alone fails its request
+  with :class:`~workers.errors.FailedInputs` naming it and the reason, once the request's other texts
+  ran; every other text of every request gets its vector.  When a ``probe`` is given, a text is only
+  blamed once the probe (a forward pass over a known-good input) succeeds right after: if the probe
+  fails too, the model is broken, not the text, and the batcher stops (``on_broken`` is called).
 * The loop task is supervised: if it ever dies, every pending and future submit raises instead of
   hanging; after :meth:`MicroBatcher.close` every one raises :class:`~workers.errors.EmbedderUnavailable`.
 
@@ -24,22 +31,29 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from workers.batch_queue import BatchQueue
 from workers.batcher_stats import BatcherStats, ForwardCounters
-from workers.errors import EmbedderUnavailable, PipelineError
+from workers.errors import EmbedderUnavailable, FailedInputs, ForwardOutOfMemory, PipelineError
 from workers.settings import BatchSettings
 
 log = logging.getLogger(__name__)
+
+FailureCause = Literal["oom", "error"]
 
 RunBatch = Callable[[list[Sequence[int]], tuple[int, ...]], Mapping[int, np.ndarray]]
 """``run_batch(ids, dims)`` → ``{dim: float32 array (len(ids), dim)}``, rows in the order of ``ids``."""
 
 OnBatch = Callable[[int, int, float], None]
 """``on_batch(tokens, padded_tokens, seconds)`` after each successful forward pass (metrics hook)."""
+
+OnFailure = Callable[[FailureCause, bool, int], None]
+"""``on_failure(cause, alone, budget)`` after each failed forward pass: ``alone`` when it held one text
+(which then fails), else its batch is split; ``budget`` is the token budget from now on (metrics hook)."""
 
 
 @dataclass(eq=False)
@@ -48,10 +62,20 @@ class _Request:
     future: asyncio.Future[dict[int, np.ndarray]]
     out: dict[int, np.ndarray]
     remaining: int
+    failed: dict[int, str] = field(default_factory=dict)  # row -> why the model fails on it alone
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+
+    def row_done(self) -> None:
+        """One more row has its vector or its failure; the last one completes the request."""
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            if self.failed:
+                self.future.set_exception(FailedInputs(self.failed))
+            else:
+                self.future.set_result(self.out)
 
 
 @dataclass(eq=False, slots=True)
@@ -84,9 +108,17 @@ class MicroBatcher:
         *,
         packed: bool = False,
         on_batch: OnBatch | None = None,
+        on_failure: OnFailure | None = None,
+        probe: Callable[[], object] | None = None,
+        on_broken: Callable[[BaseException], None] | None = None,
     ) -> None:
+        """``probe`` runs a forward pass over a known-good input (raising if it fails); ``on_broken``
+        is called with its error when it fails after a text failed alone (see the module docstring)."""
         self._run_batch = run_batch
         self._on_batch = on_batch
+        self._on_failure = on_failure
+        self._probe = probe
+        self._on_broken = on_broken
         self._packed = packed
         self._queue: BatchQueue[_Item] = BatchQueue(settings, packed=packed)
         self._running: list[_Item] = []
@@ -95,6 +127,7 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._stopped: Callable[[], PipelineError] | None = None  # builds the error once stopped
         self._counters = ForwardCounters(settings.max_batch_tokens)
+        self._budget = self._queue.budget
 
     async def submit(
         self, ids: Sequence[Sequence[int]], dims: tuple[int, ...], *, priority: bool = False
@@ -105,8 +138,9 @@ class MicroBatcher:
         ingestion queue.  Raises :class:`~workers.errors.Backpressure` at once when accepting ``ids``
         would put more than ``max_queued_tokens`` in the queue (``max_priority_tokens`` in the lane; a
         request is always accepted into an empty queue, so one larger than the bound still runs).
-        Raises :class:`PipelineError` (chained to the cause) when
-        its forward pass fails or the batcher stopped, :class:`EmbedderUnavailable` once closed.
+        Raises :class:`~workers.errors.FailedInputs` naming the texts the model fails on even alone
+        (the others ran), :class:`PipelineError` (chained to the cause) when the batcher stopped,
+        :class:`EmbedderUnavailable` once closed or when the model is broken.
         """
         if self._stopped is not None:
             raise self._stopped()
@@ -135,7 +169,9 @@ class MicroBatcher:
 
     def stats(self) -> BatcherStats:
         """Counters since creation; ``queued_*`` still count texts of callers that gave up, until dropped."""
-        return self._counters.snapshot(self._queue.texts, self._queue.tokens, self._queue.rejected)
+        return self._counters.snapshot(
+            self._queue.texts, self._queue.tokens, self._queue.rejected, self._budget.current
+        )
 
     async def close(self) -> None:
         """Stop the loop, fail every waiting request with EmbedderUnavailable, release the thread.
@@ -177,37 +213,84 @@ class MicroBatcher:
         return self._queue.take_batch()
 
     async def _execute(self, batch: list[_Item]) -> None:
-        """Run one forward pass and hand each row to its request; a failure fails only these requests."""
+        """Run ``batch``, splitting it on failure; hand each row to its request (module docstring)."""
+        self._running = batch  # left in place if cancelled, so that close() fails these requests too
+        await self._run(batch)
+        self._running = []
+
+    async def _run(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if not item.abandoned()]
+        if not batch or self._stopped is not None:
+            return
         loop = asyncio.get_running_loop()
         dims = tuple(sorted({dim for item in batch for dim in item.request.dims}, reverse=True))
         ids = [item.ids for item in batch]
         tokens = sum(len(seq) for seq in ids)
         padded = tokens if self._packed else max(len(seq) for seq in ids) * len(ids)
-        self._running = batch  # left in place if cancelled, so that close() fails these requests too
+        if len(batch) > 1 and padded > self._budget.current:
+            # Half of a batch that ran out of memory, still over the lowered budget: it would too.
+            middle = len(batch) // 2
+            await self._run(batch[:middle])
+            await self._run(batch[middle:])
+            return
         started = loop.time()
         try:
             out = await loop.run_in_executor(self._executor, self._run_batch, ids, dims)
-            for row, item in enumerate(batch):
-                request = item.request
-                if request.future.done():
-                    continue
-                for dim in request.dims:
-                    request.out[dim][item.row] = out[dim][row]
-                request.remaining -= 1
-                if request.remaining == 0:
-                    request.future.set_result(request.out)
         except Exception as exc:
-            self._running = []
-            self._counters.failed += 1
-            log.warning("forward pass over %d texts (%d padded tokens) failed: %r", len(batch), padded, exc)
-            for request in {item.request for item in batch}:
-                request.fail(_chained(PipelineError(f"forward pass over {len(batch)} texts failed"), exc))
+            await self._failed(batch, padded, exc)
             return
-        self._running = []
         elapsed = loop.time() - started
+        for row, item in enumerate(batch):
+            request = item.request
+            if request.future.done():
+                continue
+            for dim in request.dims:
+                request.out[dim][item.row] = out[dim][row]
+            request.row_done()
+        self._budget.succeeded()
         self._counters.record(len(batch), tokens, padded, elapsed)
         if self._on_batch is not None:
             self._on_batch(tokens, padded, elapsed)
+
+    async def _failed(self, batch: list[_Item], padded: int, exc: Exception) -> None:
+        """A forward pass over ``batch`` raised ``exc``: split it and run the halves, or blame its text."""
+        self._counters.failed += 1
+        oom = isinstance(exc, ForwardOutOfMemory)
+        if oom and len(batch) > 1:  # one text alone says nothing about how many fit together
+            self._budget.out_of_memory(padded)
+        cause: FailureCause = "oom" if oom else "error"
+        if self._on_failure is not None:
+            self._on_failure(cause, len(batch) == 1, self._budget.current)
+        if len(batch) > 1:
+            self._counters.splits[cause] += 1
+            log.warning("forward pass over %d texts (%d tokens) failed, split: %r", len(batch), padded, exc)
+            middle = len(batch) // 2
+            await self._run(batch[:middle])
+            await self._run(batch[middle:])
+            return
+        if self._probe is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
+            except Exception as broken:
+                self._broken(exc, broken)
+                return
+        item = batch[0]
+        reason = _one_line(exc) if oom else f"{type(exc).__name__}: {_one_line(exc)}"
+        log.warning("the model fails on a text of %d tokens run alone: %s", len(item.ids), reason)
+        self._counters.failed_texts += 1
+        item.request.failed[item.row] = reason
+        item.request.row_done()
+
+    def _broken(self, failure: Exception, probe_error: Exception) -> None:
+        """The probe failed after a text did: stop, failing every request; tell the owner."""
+        log.error("the model fails on its probe too (after %r); stopping", failure, exc_info=probe_error)
+        self._stopped = lambda: _chained(
+            EmbedderUnavailable(f"the model is broken: its probe input fails too ({probe_error!r})"),
+            probe_error,
+        )
+        self._fail_all()
+        if self._on_broken is not None:
+            self._on_broken(probe_error)
 
     # -- failure handling -------------------------------------------------------------------------
 
@@ -229,3 +312,8 @@ class MicroBatcher:
         self._running = []
         for request in {item.request for item in items}:
             request.fail(self._stopped())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:197] + "...") if len(text) > 200 else text or type(exc).__name__

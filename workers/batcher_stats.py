@@ -1,7 +1,8 @@
 """Counters of a micro-batcher's forward passes, and the snapshot it reports.
 
 :class:`ForwardCounters` keeps totals since the batcher was created: successful forward passes are
-counted in ``batches``, ``texts``, ``tokens`` …, failed ones only in ``failed``; the throughput is
+counted in ``batches``, ``texts``, ``tokens`` …, failed ones only in ``failed`` (and in the splits or
+failed texts they led to: see :mod:`workers.batcher`); the throughput is
 smoothed over successful passes and is what the batcher's retry hints are computed from.
 :class:`BatcherStats` is the immutable snapshot of those totals plus the queue's.
 """
@@ -25,6 +26,14 @@ class BatcherStats:
     padded_tokens: int
     """Tokens the forward passes computed, padding included (equal to ``tokens`` when packed)."""
     failed_batches: int
+    oom_splits: int
+    """Batches split in halves after running out of memory."""
+    error_splits: int
+    """Batches split in halves after another error of the model."""
+    failed_texts: int
+    """Texts the model failed on when run alone (each fails its request with FailedInputs)."""
+    batch_budget: int
+    """The token budget batches are cut to now (lowered after an out-of-memory)."""
     rejected_requests: int
     forward_seconds: float
     mean_fill: float
@@ -42,6 +51,8 @@ class ForwardCounters:
         self._max_batch_tokens = max_batch_tokens
         self.batches = self.texts = self.tokens = self.padded = 0
         self.failed = 0
+        self.splits = {"oom": 0, "error": 0}
+        self.failed_texts = 0
         self.forward_s = self.fill_sum = 0.0
         self.rate = 0.0
         """Smoothed tokens per second of forward time (0 until a pass has been measured)."""
@@ -58,7 +69,7 @@ class ForwardCounters:
             rate = tokens / elapsed
             self.rate = rate if not self.rate else self.rate + _RATE_SMOOTHING * (rate - self.rate)
 
-    def snapshot(self, queued_texts: int, queued_tokens: int, rejected: int) -> BatcherStats:
+    def snapshot(self, queued_texts: int, queued_tokens: int, rejected: int, budget: int) -> BatcherStats:
         return BatcherStats(
             queued_texts=queued_texts,
             queued_tokens=queued_tokens,
@@ -67,6 +78,10 @@ class ForwardCounters:
             tokens=self.tokens,
             padded_tokens=self.padded,
             failed_batches=self.failed,
+            oom_splits=self.splits["oom"],
+            error_splits=self.splits["error"],
+            failed_texts=self.failed_texts,
+            batch_budget=budget,
             rejected_requests=rejected,
             forward_seconds=self.forward_s,
             mean_fill=self.fill_sum / self.batches if self.batches else 0.0,

@@ -8,6 +8,8 @@ clear message).  Raise these ``from`` their cause so the original traceback surv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class PipelineError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -37,6 +39,21 @@ class EmbedderUnavailable(RetriableError):
     """An embedder actor died or could not be reached; Ray restarts it."""
 
 
+class ForwardOutOfMemory(RetriableError):
+    """A forward pass ran out of accelerator memory; the device's cache was freed before this was raised.
+
+    Retriable with less work: the micro-batcher splits the batch and retries the halves under a
+    smaller token budget (:mod:`workers.batch_budget`).  ``cost`` is the batch's token cost.
+    """
+
+    def __init__(self, message: str, cost: int) -> None:
+        super().__init__(message, retry_after=0.0)
+        self.cost = cost
+
+    def __reduce__(self) -> tuple[type[ForwardOutOfMemory], tuple[str, int]]:
+        return type(self), (str(self), self.cost)
+
+
 class PoisonInput(PipelineError):
     """One input is rejected by a downstream component for good (e.g. Milvus refuses a value)."""
 
@@ -58,13 +75,38 @@ class InputTooLong(PoisonInput):
         return type(self), (self.index, self.tokens, self.limit)  # crosses Ray as itself
 
 
-class PoisonTexts(PipelineError):
-    """Texts that crash every embedder actor that runs them alone; the rest of the request is fine.
+class FailedInputs(PoisonInput):
+    """Inputs of one embed call on which the model raised even when each ran alone in a forward pass
+    (out of memory, or any other error of the model), while the model still embeds other inputs.
 
-    ``texts`` are the offending inputs exactly as they were passed to ``embed``.
+    ``failures`` maps each one's position in the call's texts to the reason, one line.
     """
 
-    def __init__(self, texts: tuple[str, ...], crashes: int) -> None:
-        super().__init__(f"{len(texts)} text(s) crashed an embedder actor {crashes} time(s) each, run alone")
+    def __init__(self, failures: Mapping[int, str]) -> None:
+        shown = "; ".join(f"input {index}: {reason}" for index, reason in sorted(failures.items())[:3])
+        super().__init__(f"the model failed on {len(failures)} input(s), each run alone: {shown}")
+        self.failures = dict(failures)
+
+    def __reduce__(self) -> tuple[type[FailedInputs], tuple[dict[int, str]]]:
+        return type(self), (self.failures,)  # crosses Ray as itself
+
+
+class PoisonTexts(PipelineError):
+    """Texts of a request that cannot be embedded even run alone; the rest of the request is fine.
+
+    ``texts`` crash every embedder actor that runs them alone (``crashes`` times each); ``failed``
+    maps each text on which the model raised, run alone (:class:`FailedInputs`), to the reason.
+    Both hold the inputs exactly as they were passed to ``embed``.
+    """
+
+    def __init__(self, texts: tuple[str, ...], crashes: int, failed: Mapping[str, str] | None = None) -> None:
+        self.failed = dict(failed or {})
+        parts = [f"{len(texts)} text(s) crashed an embedder actor {crashes} time(s) each, run alone"]
+        if self.failed:
+            parts.append(f"the model failed on {len(self.failed)} text(s), run alone")
+        super().__init__("; ".join(parts))
         self.texts = texts
         self.crashes = crashes
+
+    def __reduce__(self) -> tuple[type[PoisonTexts], tuple[tuple[str, ...], int, dict[str, str]]]:
+        return type(self), (self.texts, self.crashes, self.failed)

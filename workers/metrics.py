@@ -98,6 +98,21 @@ ACTOR_RESTARTS = MetricSpec(
     _ACTOR_TAGS,
 )
 
+FORWARD_FAILURES = MetricSpec(
+    "ingest_forward_failures_total",
+    "counter",
+    "Failed forward passes of an embedder actor, by cause (oom: out of device memory; error: any other "
+    "error of the model) and outcome (split: the batch was split and retried in halves; alone: it held "
+    "one text, which is failed and named to the caller).",
+    (*_ACTOR_TAGS, "cause", "outcome"),
+)
+BATCH_BUDGET = MetricSpec(
+    "ingest_batch_budget_tokens",
+    "gauge",
+    "Token budget an embedder actor cuts batches to now: max_batch_tokens, lowered after an out-of-memory.",
+    _ACTOR_TAGS,
+)
+
 SPECS: tuple[MetricSpec, ...] = (
     BATCH_TOKENS,
     BATCH_FILL,
@@ -106,6 +121,8 @@ SPECS: tuple[MetricSpec, ...] = (
     QUEUE_TOKENS,
     INFLIGHT_REQUESTS,
     ACTOR_RESTARTS,
+    FORWARD_FAILURES,
+    BATCH_BUDGET,
 )
 """Every metric an embedder actor records."""
 
@@ -123,9 +140,12 @@ class ActorMetrics:
         self._queue = QUEUE_TOKENS.gauge()
         self._inflight = INFLIGHT_REQUESTS.gauge()
         self._restarts = ACTOR_RESTARTS.counter()
+        self._failures = FORWARD_FAILURES.counter()
+        self._budget_gauge = BATCH_BUDGET.gauge()
         # Series appear on the endpoint only once recorded: start every one at its resting value.
         self._queue.set(0, tags=self._tags)
         self._inflight.set(0, tags=self._tags)
+        self._budget_gauge.set(batch_budget, tags=self._tags)
 
     def batch(self, tokens: int, padded: int, seconds: float) -> None:
         """One forward pass finished: ``tokens`` real, ``padded`` computed, in ``seconds``."""
@@ -138,6 +158,11 @@ class ActorMetrics:
         """The actor's queue depth and calls in flight right now."""
         self._queue.set(queued_tokens, tags=self._tags)
         self._inflight.set(inflight_requests, tags=self._tags)
+
+    def forward_failed(self, cause: str, alone: bool, budget: int) -> None:
+        """A forward pass failed (``cause`` "oom" or "error"); ``budget`` is the batch budget from now on."""
+        self._failures.inc(1, tags=self._tags | {"cause": cause, "outcome": "alone" if alone else "split"})
+        self._budget_gauge.set(budget, tags=self._tags)
 
     def restarted(self) -> None:
         """This actor is a restart of one that died."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,16 +23,13 @@ from workers.actor import EmbedderActor
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
 from workers.model.embedding_model import ModelInfo
 from workers.model.matryoshka import validate_dims
+from workers.poison import KillsActors, embed_isolating
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 from workers.sharing import join_embedders
 from workers.slots import Slot, Slots
 from workers.spawn import EmbeddersRunning, find_embedders, kill_embedders, start_embedders
 
 log = logging.getLogger(__name__)
-
-
-class _KillsActors(Exception):
-    """A request run alone crashed its actor ``poison_after_crashes`` times."""
 
 
 class EmbedderPool:
@@ -171,7 +169,9 @@ class EmbedderPool:
         it answers, with nothing else in flight there), so a crash then is its own doing.  A request
         that crashes actors that many times alone is split in halves, each run alone, until the
         texts that kill actors are isolated; they are raised as PoisonTexts (the other texts'
-        vectors are dropped: the caller asks again without the poison).
+        vectors are dropped: the caller asks again without the poison).  Texts the model fails on
+        even alone (the actor raises FailedInputs, having run the rest) are embedded again without
+        them and raised in PoisonTexts' ``failed`` with the actor's reason.
         Raises ConfigError for dims outside ``1..native_dim``; other errors of the actor propagate.
         The arrays may be read-only (zero-copy from Ray's object store).
         """
@@ -191,31 +191,20 @@ class EmbedderPool:
         """``embed`` (``query_task`` None) or ``embed_queries`` (a task, "" for none), with retries."""
         validate_dims(dims, self._info.native_dim)
         texts = list(texts)
-        vectors, poison = await self._embed_isolating(texts, dims, query_task, alone=False)
-        if poison:
-            raise PoisonTexts(tuple(texts[i] for i in poison), self._settings.poison_after_crashes)
+        request = partial(self._embed_request, dims=dims, query_task=query_task)
+        vectors, crashed, failed = await embed_isolating(request, texts, dims, alone=False)
+        if crashed or failed:
+            raise PoisonTexts(
+                tuple(texts[i] for i in crashed),
+                self._settings.poison_after_crashes,
+                {texts[i]: reason for i, reason in failed.items()},
+            )
         return vectors
-
-    async def _embed_isolating(
-        self, texts: list[str], dims: tuple[int, ...], query_task: str | None, alone: bool
-    ) -> tuple[dict[int, np.ndarray], list[int]]:
-        """Vectors of ``texts`` (zero rows for poison) and the positions of the poison texts."""
-        try:
-            return await self._embed_request(texts, dims, query_task, alone), []
-        except _KillsActors:
-            if len(texts) == 1:
-                log.warning("isolated a text that crashes embedder actors (%d characters)", len(texts[0]))
-                return {dim: np.zeros((1, dim), dtype=np.float32) for dim in dims}, [0]
-        middle = len(texts) // 2
-        left, left_poison = await self._embed_isolating(texts[:middle], dims, query_task, alone=True)
-        right, right_poison = await self._embed_isolating(texts[middle:], dims, query_task, alone=True)
-        vectors = {dim: np.concatenate([left[dim], right[dim]]) for dim in dims}
-        return vectors, left_poison + [middle + i for i in right_poison]
 
     async def _embed_request(
         self, texts: list[str], dims: tuple[int, ...], query_task: str | None, alone: bool
     ) -> dict[int, np.ndarray]:
-        """One request, retried as :meth:`embed` says; raises _KillsActors when it crashes actors alone."""
+        """One request, retried as :meth:`embed` says; raises KillsActors when it crashes actors alone."""
         attempt = crashes = 0
         waited = 0.0  # in full queues, across tries
         while True:
@@ -242,7 +231,7 @@ class EmbedderPool:
                 if answered:  # the actor was up and ran nothing else: this request crashed it
                     crashes += 1
                     if crashes >= self._settings.poison_after_crashes:
-                        raise _KillsActors from exc
+                        raise KillsActors from exc
                     continue
                 attempt += 1
                 if attempt >= self._settings.max_attempts:

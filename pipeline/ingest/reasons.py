@@ -38,6 +38,9 @@ Raised after parsing:
 * ``no_tokens`` — :func:`pipeline.ingest.units.build_unit`: the text tokenizes to nothing.
 * ``embedder_crash`` — :class:`pipeline.ingest.unit_embedder.UnitEmbedder`: a text of the document
   crashed the embedder actors when run alone.
+* ``embedder_error`` — :class:`pipeline.ingest.unit_embedder.UnitEmbedder`: the model raised on a text
+  of the document run alone in a forward pass (out of memory, or another error), while it still
+  embedded others.
 * ``milvus_rejected`` — the consumer: Milvus (or the sink's own check of what Milvus accepts)
   refused the document's write for good.
 """
@@ -76,6 +79,7 @@ class ReasonCode(StrEnum):
     UNCHUNKABLE = "unchunkable"
     NO_TOKENS = "no_tokens"
     EMBEDDER_CRASH = "embedder_crash"
+    EMBEDDER_ERROR = "embedder_error"
     MILVUS_REJECTED = "milvus_rejected"
 
 

@@ -29,8 +29,9 @@ class UnitEmbedder:
     """Embeds every text of a unit, one vector row per text per dimension, in text order.
 
     Guarantees: transient failures (RetriableError) are retried with capped backoff, forever;
-    documents with a text that crashes the embedder actors (PoisonTexts) are moved to the unit's
-    dead letters and the rest is embedded again, so one poison document never blocks its unit.
+    documents with a text that crashes the embedder actors, or that the model fails on when run alone
+    (PoisonTexts), are moved to the unit's dead letters with the reason and the rest is embedded
+    again, so one poison document never blocks its unit.
     """
 
     def __init__(
@@ -48,8 +49,14 @@ class UnitEmbedder:
                 return await self._embed_texts(unit.texts, unit.tokens)
             except PoisonTexts as exc:
                 reason = f"embedding it crashed the embedder actor {exc.crashes} time(s), run alone"
-                for doc_id in unit.reject_texts(set(exc.texts), reason, ReasonCode.EMBEDDER_CRASH):
-                    log.warning("document %r dead-lettered: %s", doc_id, reason)
+                rejected = [(set(exc.texts), reason, ReasonCode.EMBEDDER_CRASH)]
+                for text, why in exc.failed.items():
+                    rejected.append(
+                        ({text}, f"the model failed on it, run alone: {why}", ReasonCode.EMBEDDER_ERROR)
+                    )
+                for texts, why, code in rejected:
+                    for doc_id in unit.reject_texts(texts, why, code):
+                        log.warning("document %r dead-lettered: %s", doc_id, why)
 
     async def _embed_texts(self, texts: list[str], tokens: int) -> dict[int, np.ndarray]:
         """``texts`` in pool requests of about ``max_request_tokens`` each, side by side; a
@@ -73,7 +80,8 @@ class UnitEmbedder:
                 raise result
         if poisoned:
             texts_out = tuple(text for r in poisoned for text in r.texts)
-            raise PoisonTexts(texts_out, max(r.crashes for r in poisoned))
+            failed = {text: why for r in poisoned for text, why in r.failed.items()}
+            raise PoisonTexts(texts_out, max(r.crashes for r in poisoned), failed)
         vectors = [r for r in results if isinstance(r, dict)]
         return {dim: np.concatenate([r[dim] for r in vectors]) for dim in self._dims}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from workers.batcher import MicroBatcher
-from workers.errors import Backpressure, EmbedderUnavailable, PipelineError
+from workers.errors import Backpressure, EmbedderUnavailable, FailedInputs, PipelineError
 from workers.settings import BatchSettings
 
 POISON = -1
@@ -203,7 +203,7 @@ async def test_an_empty_queue_accepts_a_request_larger_than_the_bound(closing: l
     assert out[4][:, 0].tolist() == [1, 2, 3, 4]
 
 
-async def test_a_failing_batch_fails_only_its_callers(closing: list[MicroBatcher]) -> None:
+async def test_a_text_failing_alone_fails_only_its_caller(closing: list[MicroBatcher]) -> None:
     forward = FakeForward()
     batcher = make(forward, closing, max_batch_tokens=64, max_wait_ms=20)
     # 40 + 40 tokens exceed the budget, so the two requests cannot share a batch.
@@ -211,8 +211,8 @@ async def test_a_failing_batch_fails_only_its_callers(closing: list[MicroBatcher
         batcher.submit([text(POISON, 40)], (4,)), batcher.submit([text(2, 40)], (4,)), return_exceptions=True
     )
     bad, good = outcomes
-    assert isinstance(bad, PipelineError) and not bad.retriable
-    assert isinstance(bad.__cause__, ValueError)
+    assert isinstance(bad, FailedInputs) and not bad.retriable
+    assert bad.failures == {0: "ValueError: poisoned batch"}
     assert isinstance(good, dict) and good[4][0, 0] == 2
     after = await batcher.submit([text(3, 8)], (4,))
     assert after[4][0, 0] == 3

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from workers.errors import ConfigError
+from workers.errors import ConfigError, ForwardOutOfMemory
 from workers.model.lora import merge_lora
 from workers.model.tokenizer import ModelFiles, TextTokenizer, load_text_tokenizer, resolve_model_files
 from workers.settings import DType, ModelSettings, Pooling
@@ -235,15 +235,40 @@ class EmbeddingModel:
         One forward pass over all inputs (packed or padded, see :attr:`packed`); the pooled vectors
         are cut to each dim and normalized on the device, then copied back.  Raises ValueError for an
         empty input row, a row longer than :attr:`max_length`, or a dim outside ``1..native_dim``.
+        Raises :class:`~workers.errors.ForwardOutOfMemory` when the device runs out of memory, after
+        the pass's tensors are dropped and (on CUDA) the allocator's cache is freed: the same inputs
+        may fit in smaller batches.  Any other error of the model propagates as it is.
         """
+        import torch
+
+        for row in ids:
+            if not 0 < len(row) <= self.max_length:
+                raise ValueError(f"an input has {len(row)} tokens; 1..{self.max_length} are allowed")
+        try:
+            return self._forward_pass(ids, dims)
+        except torch.OutOfMemoryError as exc:
+            # The traceback's frames hold the pass's activations: drop them, so the cache can be freed.
+            cause = exc.with_traceback(None)
+        cost = sum(len(row) for row in ids) if self._packed else max(len(r) for r in ids) * len(ids)
+        self.release_memory()
+        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise ForwardOutOfMemory(
+            f"out of memory in a forward pass over {len(ids)} inputs ({cost} tokens): {detail}", cost
+        ) from cause
+
+    def release_memory(self) -> None:
+        """Give the accelerator memory cached by torch's allocator back (CUDA only; else nothing)."""
+        if self._device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _forward_pass(self, ids: Sequence[Sequence[int]], dims: Sequence[int]) -> dict[int, np.ndarray]:
         import torch
 
         from workers.model.matryoshka import cut_and_normalize
         from workers.model.pooling import pool
 
-        for row in ids:
-            if not 0 < len(row) <= self.max_length:
-                raise ValueError(f"an input has {len(row)} tokens; 1..{self.max_length} are allowed")
         with torch.inference_mode():
             if ids and self._packed:
                 pooled = self._embed_packed(ids)
