@@ -91,7 +91,7 @@ async def test_a_batch_without_its_codec_stops_the_worker_with_one_clear_line(
     log = worker.log()
     topic = settings.kafka.topic
     line = (
-        f"configuration error: cannot decode the record batch of {topic}[0] at offset 0 or after: "
+        f"configuration error: cannot decode the record batch of {topic}[0] at offset 0: "
         "UnsupportedCodecError: Libraries for snappy compression codec not found. "
         "Install the codecs: pip install 'aiokafka[snappy,lz4,zstd]'"
     )
