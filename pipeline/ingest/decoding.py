@@ -14,16 +14,20 @@ import gzip
 import time
 import zlib
 
-import cramjam
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from workers.errors import ConfigError, PipelineError
 
+try:  # a dependency; without it aiokafka raises UnsupportedCodecError for snappy, lz4 and zstd
+    from cramjam import DecompressionError as _Undecompressable
+except ImportError:  # pragma: no cover
+    _Undecompressable = UnsupportedCodecError  # type: ignore[misc]
+
 DECODE_ERRORS: tuple[type[Exception], ...] = (
     UnsupportedCodecError,
     CorruptRecordException,
-    cramjam.DecompressionError,  # snappy, lz4, zstd payloads that do not decompress
+    _Undecompressable,  # snappy, lz4, zstd payloads that do not decompress
     gzip.BadGzipFile,
     zlib.error,
     EOFError,  # a gzip payload cut short

@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 
-# Loaded first by the worker process it is put on the path of: aiokafka then finds no codec library,
-# as on an install without cramjam (aiokafka looks the library up at each batch).
-_NO_CODECS = "import aiokafka.codec\naiokafka.codec.cramjam = None\n"
+# Loaded first by the worker process it is put on the path of: every ``import cramjam`` then raises
+# ImportError, as on an install without it (aiokafka's codec extras).
+_NO_CODECS = 'import sys\nsys.modules["cramjam"] = None\n'
 
 
 async def _produce_compressed(kafka: KafkaSettings, records: list[Record], codec: str) -> None:
