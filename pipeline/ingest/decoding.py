@@ -46,6 +46,9 @@ class UndecodableBatch(PipelineError):
         super().__init__(message)
         self.tp, self.offset = tp, offset
 
+    def __reduce__(self) -> tuple[type[UndecodableBatch], tuple[str, TopicPartition | None, int | None]]:
+        return type(self), (str(self), self.tp, self.offset)  # crosses Ray (consumer actors) whole
+
 
 class MissingCodec(UndecodableBatch, ConfigError):
     """The batch is compressed with a codec whose library is not installed here."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 from collections.abc import Sequence
 
 import aiokafka.record._crecords.default_records as c_records
@@ -115,3 +116,13 @@ async def test_a_batch_that_does_not_decompress_stops_the_worker_at_its_offset(
     assert "--reset-offsets" in str(error)
     ((committed, end),) = (await committed_and_end(settings.kafka)).values()
     assert (committed or 0) <= 3 and end == 6 and "d3" not in sink.written
+
+
+def test_the_errors_cross_process_boundaries_whole() -> None:
+    for error in (MissingCodec("no zstd", BAD, 17), CorruptBatch("bad crc", BAD, 4)):
+        copy = pickle.loads(pickle.dumps(error))  # a consumer actor's error reaches the driver so
+        assert type(copy) is type(error) and (str(copy), copy.tp, copy.offset) == (
+            str(error),
+            error.tp,
+            error.offset,
+        )
