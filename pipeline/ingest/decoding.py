@@ -10,25 +10,44 @@ decodes all four codecs.
 
 from __future__ import annotations
 
-import asyncio
+import gzip
+import time
+import zlib
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from workers.errors import ConfigError, PipelineError
 
-DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
-"""What aiokafka raises from a fetch whose record batch cannot be decoded."""
+try:  # a dependency; without it aiokafka raises UnsupportedCodecError for snappy, lz4 and zstd
+    from cramjam import DecompressionError as _Undecompressable
+except ImportError:  # pragma: no cover
+    _Undecompressable = UnsupportedCodecError  # type: ignore[misc]
+
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    UnsupportedCodecError,
+    CorruptRecordException,
+    _Undecompressable,  # snappy, lz4, zstd payloads that do not decompress
+    gzip.BadGzipFile,
+    zlib.error,
+    EOFError,  # a gzip payload cut short
+)
+"""What aiokafka raises from a fetch whose record batch cannot be decoded: a codec library missing, a
+failed checksum, or (passed through from the codec) a payload that does not decompress."""
 
 CODECS_INSTALL = "pip install 'aiokafka[snappy,lz4,zstd]' (cramjam; a dependency of embedstream)"
 
 
 class UndecodableBatch(PipelineError):
-    """A record batch of ``tp`` at or after ``offset`` cannot be decoded; consuming cannot go past it."""
+    """The record batch of ``tp`` holding ``offset`` (the next one to read) cannot be decoded;
+    consuming cannot go past it.  Both are None when no probe could tell."""
 
     def __init__(self, message: str, tp: TopicPartition | None, offset: int | None) -> None:
         super().__init__(message)
         self.tp, self.offset = tp, offset
+
+    def __reduce__(self) -> tuple[type[UndecodableBatch], tuple[str, TopicPartition | None, int | None]]:
+        return type(self), (str(self), self.tp, self.offset)  # crosses Ray (consumer actors) whole
 
 
 class MissingCodec(UndecodableBatch, ConfigError):
@@ -42,7 +61,13 @@ class CorruptBatch(UndecodableBatch):
 def _where(tp: TopicPartition | None, offset: int | None) -> str:
     if tp is None:
         return "a partition of this consumer"
-    return f"{tp.topic}[{tp.partition}] at offset {offset if offset is not None else '?'} or after"
+    return f"{tp.topic}[{tp.partition}] at offset {offset if offset is not None else '?'}"
+
+
+def _named(exc: Exception) -> str:
+    return (
+        str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"
+    )  # KafkaError names itself
 
 
 def undecodable(exc: Exception, tp: TopicPartition | None, offset: int | None) -> UndecodableBatch:
@@ -56,7 +81,7 @@ def undecodable(exc: Exception, tp: TopicPartition | None, offset: int | None) -
             offset,
         )
     return CorruptBatch(
-        f"cannot decode the record batch of {where}: {exc}. The log holds a batch that fails its "
+        f"cannot decode the record batch of {where}: {_named(exc)}. The log holds a batch that fails its "
         "checksum or decompression; consuming stops there (move the group's offset past it with "
         "kafka-consumer-groups --reset-offsets to skip it, losing its events)",
         tp,
@@ -65,17 +90,25 @@ def undecodable(exc: Exception, tp: TopicPartition | None, offset: int | None) -
 
 
 async def locate(consumer: AIOKafkaConsumer, exc: Exception, probe_s: float = 2.0) -> UndecodableBatch:
-    """Find which assigned partition ``exc`` came from by fetching each alone until one fails again.
+    """Find where ``exc`` came from: fetch each assigned partition alone, one record at a time, until
+    one fails again (its position is then the offset of the batch) or stays quiet for ``probe_s``.
 
     The records the probes return are dropped: the worker is stopping, and nothing they hold was
     acknowledged, so it is re-read on restart.
     """
     for tp in sorted(consumer.assignment()):
-        try:
-            offset = await consumer.position(tp)
-            await asyncio.wait_for(consumer.getmany(tp, timeout_ms=int(probe_s * 1000)), probe_s * 2)
-        except DECODE_ERRORS as again:
-            return undecodable(again, tp, offset)
-        except Exception:  # the probe only adds detail; the original error is reported anyway
-            continue
+        deadline = time.monotonic() + probe_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                offset = await consumer.position(tp)
+            except Exception:  # e.g. revoked meanwhile
+                break
+            try:
+                got = await consumer.getmany(tp, timeout_ms=int(left * 1000), max_records=1)
+            except DECODE_ERRORS as again:
+                return undecodable(again, tp, offset)
+            except Exception:  # the probe only adds detail; the original error is reported anyway
+                break
+            if not got:
+                break
     return undecodable(exc, None, None)

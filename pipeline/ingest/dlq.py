@@ -94,8 +94,11 @@ class DeadLetterSendFailed(PipelineError):
             f"cannot send {unsent} dead letter(s) to topic {topic!r}: {cause} ({kind}; {hint}). "
             "Their offsets are not committed"
         )
-        self.topic, self.cause, self.kind, self.unsent = topic, cause, kind, unsent
+        self.topic, self.cause, self.kind, self.hint, self.unsent = topic, cause, kind, hint, unsent
         self.retriable = kind == TRANSIENT
+
+    def __reduce__(self) -> tuple[type[DeadLetterSendFailed], tuple[str, KafkaError, str, str, int]]:
+        return type(self), (self.topic, self.cause, self.kind, self.hint, self.unsent)  # crosses Ray whole
 
 
 class DeadLetterQueue:

@@ -4,6 +4,7 @@ errors of a send are retried when transient and stop the worker when permanent."
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections import Counter
 from typing import Any
 
@@ -187,3 +188,10 @@ async def test_a_permanent_error_wins_over_a_transient_one_in_the_same_round() -
 def test_an_unknown_non_retriable_error_is_permanent() -> None:
     assert classify(errors.IllegalStateError("producer closed"))[0] == PERMANENT
     assert classify(errors.KafkaError())[0] == PERMANENT
+
+
+def test_the_error_crosses_process_boundaries_whole() -> None:
+    error = DeadLetterSendFailed("docs.dlq", errors.TopicAuthorizationFailedError(), PERMANENT, "grant it", 2)
+    copy = pickle.loads(pickle.dumps(error))  # a consumer actor's error reaches the driver so
+    assert str(copy) == str(error) and (copy.topic, copy.kind, copy.unsent) == ("docs.dlq", PERMANENT, 2)
+    assert not copy.retriable
