@@ -61,7 +61,7 @@ class EmbedderActor:
     A forward pass that fails (out of memory, or any other error of the model) is split and retried by
     the batcher (:mod:`workers.batcher`); the model frees the CUDA cache after an out-of-memory.  Texts
     that fail alone fail the call with :class:`~workers.errors.FailedInputs` (the others ran).  If a
-    one-token probe fails right after a text did, the model is broken, not the text: the process
+    probe of a word fails right after a text did, the model is broken, not the text: the process
     exits and Ray restarts the actor on a fresh CUDA context.
     """
 
@@ -94,7 +94,7 @@ class EmbedderActor:
             log.warning("%s restarted by Ray after the previous process died", self._name)
             self._metrics.restarted()
         self._inflight = 0
-        # A one-token input: a text is blamed for failing alone only if this still embeds right after.
+        # A one-word input: a text is blamed for failing alone only if this still embeds right after.
         probe_ids = self._model.encode_ids(["ok"])
         self._batcher = MicroBatcher(
             self._model.embed_ids,

@@ -253,7 +253,7 @@ class EmbeddingModel:
         self.release_memory()
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ForwardOutOfMemory(
-            f"out of memory in a forward pass over {len(ids)} inputs ({cost} tokens): {detail}", cost
+            f"out of memory in a forward pass over {len(ids)} input(s) ({cost} tokens): {detail}", cost
         ) from cause
 
     def release_memory(self) -> None:

@@ -35,7 +35,7 @@ def test_an_out_of_memory_in_the_forward_pass_is_raised_typed_with_the_batch_cos
     error = caught.value
     assert error.retriable and error.cost == 2 * max(len(row) for row in ids)
     assert isinstance(error.__cause__, torch.OutOfMemoryError) and error.__cause__.__traceback__ is None
-    assert "over 2 inputs" in str(error) and "Tried to allocate 2.00 GiB" in str(error)
+    assert "over 2 input(s)" in str(error) and "Tried to allocate 2.00 GiB" in str(error)
     assert model.embed_ids(ids, (16,))[16].shape == (2, 16)  # the model works on afterwards
 
 
