@@ -30,7 +30,8 @@ class UnitEmbedder:
 
     Guarantees: transient failures (RetriableError) are retried with capped backoff, forever;
     documents with a text that crashes the embedder actors (PoisonTexts) are moved to the unit's
-    dead letters and the rest is embedded again, so one poison document never blocks its unit.
+    dead letters, the id's previous event in the unit (if any) is planned in their place, and the
+    texts are embedded again, so one poison document never blocks its unit.
     """
 
     def __init__(
