@@ -27,20 +27,39 @@ class ChunkRow:
     metadata: dict[str, Any]
 
 
+@dataclass(frozen=True, order=True)
+class SourcePosition:
+    """Where a write comes from: the Kafka partition and offset of its event.
+
+    Every row a write leaves carries it, so a replica knows how new each document is: a write
+    older than what the replica holds for its document (same partition, lower offset) loses
+    (:mod:`pipeline.milvus.positions`).  All events of an id share a key, hence a partition, so
+    positions of one document are ordered by offset.
+    """
+
+    partition: int
+    offset: int
+
+
 @dataclass(frozen=True)
 class UpsertDocument:
-    """Replace every chunk of ``doc_id``; ``vectors[dim]`` has shape ``(len(chunks), dim)``."""
+    """Replace every chunk of ``doc_id``; ``vectors[dim]`` has shape ``(len(chunks), dim)``.
+
+    ``source``: the event it was made from; None (a tool's write) is never checked for staleness.
+    """
 
     doc_id: str
     chunks: Sequence[ChunkRow]
     vectors: Mapping[int, np.ndarray]
+    source: SourcePosition | None = None
 
 
 @dataclass(frozen=True)
 class DeleteDocument:
-    """Remove every chunk of ``doc_id``."""
+    """Remove every chunk of ``doc_id``; ``source`` as for :class:`UpsertDocument`."""
 
     doc_id: str
+    source: SourcePosition | None = None
 
 
 DocumentWrite = UpsertDocument | DeleteDocument
@@ -50,12 +69,14 @@ DocumentWrite = UpsertDocument | DeleteDocument
 class WriteResult:
     """Outcome of :meth:`Sink.write`.
 
-    Every write not in ``rejected`` has been applied or superseded by a later write.
+    Every write not in ``rejected`` has been applied or superseded by a later write (of the same
+    batch, or one a replica already holds: the documents of ``superseded``).
     """
 
     rejected: Mapping[int, PoisonInput]  # position in ``writes`` -> why Milvus can never take it
     documents: int  # documents whose final state was written (upserted or deleted)
     rows: int  # chunk rows upserted into each replica
+    superseded: frozenset[str] = frozenset()  # left alone in a replica that holds a newer write
 
 
 @dataclass(frozen=True)

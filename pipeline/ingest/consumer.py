@@ -6,9 +6,12 @@ partition order wins in Milvus.  Offsets are committed only after every replica 
 dead-letter send of a unit: a lane acknowledges a unit only then, and only the contiguous
 acknowledged prefix of a partition is committed (:class:`~pipeline.ingest.offsets.OffsetTracker`).
 
-On a rebalance a revoked partition is given up only after its lane is closed (a write already sent
-to Milvus is awaited, so it cannot land after the new owner's) and what it acknowledged is
-committed; acknowledgements under an old assignment never commit.  On shutdown the lanes get
+On a rebalance a revoked partition is given up only after its lane is closed (a Milvus call in
+flight is awaited, a write waiting to be retried is abandoned and never sent) and what it
+acknowledged is committed; acknowledgements under an old assignment never commit.  A member that
+lost a partition without being told (cut off from the broker) is fenced by the replicas instead:
+its writes carry their source positions and lose to a newer owner's
+(:mod:`pipeline.milvus.positions`).  On shutdown the lanes get
 ``consumer.shutdown_drain_s`` to finish, then whatever was acknowledged is committed.
 
 The poll loop never waits on the GPU or on Milvus: when the tokens in flight pass
@@ -210,7 +213,8 @@ class IngestConsumer:
 
     async def _close_lane(self, tp: TopicPartition, drain_s: float = 0.0) -> None:
         """Give up ``tp``'s lane and close it (:meth:`~pipeline.ingest.lane.LaneRunner.close`: after up
-        to ``drain_s`` seconds, a write already sent awaited, the units not written dropped)."""
+        to ``drain_s`` seconds, a Milvus call in flight awaited, nothing sent after, the units not
+        written dropped)."""
         lane = self._lanes.pop(tp, None)
         if lane is None or lane.task is None:
             return

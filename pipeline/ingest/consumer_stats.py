@@ -18,6 +18,7 @@ class ConsumerStats:
     dead_letters: int = 0
     documents_written: int = 0
     documents_deleted: int = 0
+    documents_superseded: int = 0  # writes left out: a replica held a newer one (another owner's)
     chunks_written: int = 0
     tokens_embedded: int = 0
     commits: int = 0

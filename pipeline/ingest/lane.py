@@ -13,8 +13,16 @@
   send of the unit succeeded (documents Milvus refuses for good become dead letters).  While a write
   is being retried nothing of the unit, nor after it in its partition, is acknowledged, and the
   partitions are paused (:mod:`pipeline.ingest.flow`).
-* Close: a write already sent to Milvus is awaited, so it cannot land after the next owner's; units
-  not written by then are dropped unacknowledged (the next owner re-reads them).
+  A document whose write Milvus refuses, or whose text crashes the embedder, falls back to its
+  previous event in the unit (:class:`~pipeline.ingest.units.WorkUnit`), embedded and written next.
+* Fencing: every write carries its events' positions, and a replica holding a newer write of a
+  document leaves the older one out (:mod:`pipeline.milvus.positions`), so a member that lost
+  its partition without knowing it (cut off from the broker, paused) and sends a held-back write
+  after the new owner's loses.  Once it knows (the lane is closed), it sends nothing more.
+* Close: bounded.  A Milvus call in flight is awaited (it cannot be recalled; each is bounded by
+  ``milvus.timeout_s``) and a unit whose write returned is finished; a unit waiting between write
+  attempts or on embeddings is abandoned at once and never sent again.  Units not written are
+  dropped unacknowledged (the next owner re-reads them).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiokafka import TopicPartition
 
-from pipeline.documents import Sink, UpsertDocument
+from pipeline.documents import DocumentWrite, Sink, UpsertDocument, WriteResult
 from pipeline.ingest import metrics
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.consumer_stats import ConsumerStats
@@ -42,6 +50,7 @@ from pipeline.ingest.retry import retry_transient
 from pipeline.ingest.unit_embedder import UnitEmbedder
 from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit
 from pipeline.settings import Settings
+from workers.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,12 @@ class Lane:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     writing: asyncio.Task[None] | None = None
+    sending: bool = False  # a Milvus call of ``writing`` is in flight, or it returned and is finishing
+    revoked: bool = False  # closed: no new Milvus call may start
+
+
+class LaneRevoked(PipelineError):
+    """A write of a closed lane was about to be sent: the partition has another owner now."""
 
 
 class LaneRunner:
@@ -119,14 +134,15 @@ class LaneRunner:
             vectors = await embedding if embedding is not None else {d: np.zeros((0, d)) for d in self._dims}
             # Shielded: once a write is sent to Milvus it must finish (and acknowledge) even
             # when the lane is cancelled by a rebalance; see close.
-            lane.writing = asyncio.create_task(self._complete_unit(unit, vectors))
+            lane.writing = asyncio.create_task(self._complete_unit(lane, unit, vectors))
             await asyncio.shield(lane.writing)
-            lane.writing = None
+            lane.writing, lane.sending = None, False
             lane.units.popleft()
             self._release(unit)
 
-    async def _complete_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
-        chunks = await self._write_unit(unit, vectors)
+    async def _complete_unit(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
+        chunks = await self._write_unit(lane, unit, vectors)
+        lane.sending = True  # written: finish it (dead letters, acknowledgement) rather than drop it
         await self._dead_letters.send(unit.dead_letters)
         self.stats.dead_letters += len(unit.dead_letters)
         self._tracker.ack(unit.tp, unit.epoch, unit.offsets)
@@ -143,11 +159,31 @@ class LaneRunner:
     def _release(self, unit: WorkUnit) -> None:
         self._flow.released(unit.tokens)
 
-    async def _write_unit(self, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
-        """Write the unit to every replica; documents Milvus refuses for good become dead letters.
+    async def _write_unit(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
+        """Write the unit to every replica; documents Milvus refuses for good become dead letters
+        and their fallbacks are embedded and written next.  Returns the number of chunks written."""
+        chunks = 0
+        while True:
+            chunks += await self._write_once(lane, unit, vectors)
+            fallbacks = unit.take_fallbacks()
+            if fallbacks is None:
+                return chunks
+            lane.sending = False  # nothing of the unit is in Milvus while its fallbacks are embedded
+            vectors = await self._embedder.embed(fallbacks)
+            unit = fallbacks
 
-        Returns the number of chunks written.
-        """
+    async def _send(self, lane: Lane, writes: list[DocumentWrite]) -> WriteResult:
+        """One attempt of a write, unless the lane was closed: then nothing is sent any more."""
+        if lane.revoked:
+            raise LaneRevoked(f"{lane.tp.topic}[{lane.tp.partition}] was revoked; its write is dropped")
+        lane.sending = True
+        try:
+            return await asyncio.to_thread(self._sink.write, writes)
+        except Exception:
+            lane.sending = False
+            raise
+
+    async def _write_once(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
         writes = unit.writes(vectors)
         if not writes:
             return 0
@@ -155,11 +191,19 @@ class LaneRunner:
         # nothing is committed past it; the partitions are paused while it fails.
         result = await retry_transient(
             "Milvus write",
-            lambda: asyncio.to_thread(self._sink.write, writes),
+            lambda: self._send(lane, writes),
             self._settings.consumer.retry_backoff_max_s,
             on_failing=self._flow.write_failing,
             on_recovered=self._flow.write_recovered,
         )
+        if result.superseded:
+            log.warning(
+                "%d document(s) of %s[%d] left alone: a replica holds a newer write (another owner's)",
+                len(result.superseded),
+                lane.tp.topic,
+                lane.tp.partition,
+            )
+            self.stats.documents_superseded += len(result.superseded)
         rejected = result.rejected
         for index, reason in rejected.items():
             log.warning("document %r rejected by Milvus: %s", writes[index].doc_id, reason)
@@ -179,8 +223,10 @@ class LaneRunner:
     async def close(self, lane: Lane, drain_s: float = 0.0) -> None:
         """Stop a lane, after up to ``drain_s`` seconds for its units to finish.
 
-        A write already sent to Milvus is awaited, so it cannot land after the new owner's;
-        units not written by then are dropped unacknowledged (the next owner re-reads them).
+        Then no new Milvus call is started for it.  A call in flight is awaited (so it cannot land
+        after the new owner's, as far as this member can tell) and a unit whose write returned is
+        finished; a unit between write attempts (Milvus failing) or embedding its fallbacks is
+        abandoned at once.  Units not written are dropped unacknowledged (the next owner re-reads them).
         """
         if lane.task is None:
             return
@@ -188,11 +234,17 @@ class LaneRunner:
         while lane.units and not lane.task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         lane.task.cancel()
+        lane.revoked = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await lane.task
-        if lane.writing is not None:
-            with contextlib.suppress(Exception):
-                await lane.writing
+        writing = lane.writing
+        while writing is not None and not writing.done():
+            if not lane.sending:  # nothing of it is in Milvus: abandon it now, not after its retries
+                writing.cancel()
+            await asyncio.wait([writing], timeout=0.05)
+        if writing is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writing
         for unit, embedding in lane.units:
             self._release(unit)
             if embedding is not None:

@@ -30,8 +30,9 @@ class UnitEmbedder:
 
     Guarantees: transient failures (RetriableError) are retried with capped backoff, forever;
     documents with a text that crashes the embedder actors, or that the model fails on when run alone
-    (PoisonTexts), are moved to the unit's dead letters with the reason and the rest is embedded
-    again, so one poison document never blocks its unit.
+    (PoisonTexts), are moved to the unit's dead letters with the reason, the id's previous event in
+    the unit (if any) is planned in their place, and the texts are embedded again, so one poison
+    document never blocks its unit.
     """
 
     def __init__(

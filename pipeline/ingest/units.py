@@ -1,8 +1,8 @@
 """From polled records to a unit of work: parse, dead-letter, collapse, chunk; then back to writes.
 
 A :class:`WorkUnit` holds the records of one poll for one partition.  Within a unit
-only the last event per document id matters (partition order), so earlier ones are
-collapsed away before anything is embedded.  Nothing here talks to Kafka, Ray or Milvus.
+only the last event per document id that can be written matters (partition order), so the
+others are set aside (as fallbacks) before anything is embedded.  Nothing here talks to Kafka, Ray or Milvus.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 from aiokafka import TopicPartition
 
-from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, UpsertDocument
+from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, SourcePosition, UpsertDocument
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.events import DocumentEvent, parse_event
 from pipeline.ingest.reasons import InvalidEvent, ReasonCode
@@ -65,23 +65,84 @@ class DeadLetter:
         ]
 
 
+Candidates = list[tuple[DocumentEvent, KafkaRecord]]
+"""One id's events of a unit, oldest first."""
+
+
 @dataclass
 class _PlannedUpsert:
     event: DocumentEvent
     record: KafkaRecord
     chunks: list[str]
     first_text: int  # index of this document's first chunk in WorkUnit.texts
+    earlier: Candidates  # the id's earlier events in the unit: the fallbacks if this one fails
+
+    @property
+    def doc_id(self) -> str:
+        return self.event.id
 
 
 @dataclass
 class _PlannedDelete:
     doc_id: str
     record: KafkaRecord
+    earlier: Candidates
+
+
+@dataclass(frozen=True)
+class _Planner:
+    """Picks, for one id, the last of its events that can be chunked, and chunks it."""
+
+    chunker: Chunker
+    model: ModelSettings
+    special_tokens: int
+
+    def plan(self, unit: WorkUnit, candidates: Candidates) -> int:
+        """Plan the last event of ``candidates`` that can be chunked (a delete always can) into
+        ``unit``; the later ones become dead letters, the earlier stay its fallbacks.  Returns the
+        tokens of the texts added (none when no event could be planned)."""
+        while candidates:
+            event, record = candidates.pop()
+            if event.op == "delete":
+                unit.plan.append(_PlannedDelete(event.id, record, candidates))
+                return 0
+            frame = (
+                partial(format_input, self.model, instruction=event.instruction)
+                if event.instruction
+                else None
+            )
+            try:
+                # Chunks are cut with the instruction counted, so the model input never overflows.
+                chunks = self.chunker.split(event.text or "", frame)
+            except PoisonInput as exc:  # characters, or an instruction, the tokenizer cannot fit in one chunk
+                unit.dead_letters.append(
+                    _dead_letter(unit.tp, record, f"text cannot be chunked: {exc}", ReasonCode.UNCHUNKABLE)
+                )
+                continue
+            if not chunks:
+                unit.dead_letters.append(
+                    _dead_letter(unit.tp, record, "text has no tokens", ReasonCode.NO_TOKENS)
+                )
+                continue
+            unit.plan.append(
+                _PlannedUpsert(event, record, [c.text for c in chunks], len(unit.texts), candidates)
+            )
+            unit.texts.extend(format_input(self.model, c.text, event.instruction) for c in chunks)
+            return sum(c.token_count + self.special_tokens for c in chunks)
+        return 0
 
 
 @dataclass
 class WorkUnit:
-    """One partition's slice of a poll, ready to embed; ``texts`` are what the model sees."""
+    """One partition's slice of a poll, ready to embed; ``texts`` are what the model sees.
+
+    Per id only one event is planned: the last one in the unit that can be written.  When it
+    turns out not to be (it cannot be chunked, crashes the embedder, or Milvus refuses it), it is
+    dead-lettered and the id's previous event in the unit is planned instead, down to the first;
+    so the replicas end as if every event had been applied one by one, wherever the unit
+    boundaries fall.  Events superseded this way are never tried, so one of them that could not
+    have been written is not dead-lettered either.
+    """
 
     tp: TopicPartition
     epoch: int
@@ -91,16 +152,20 @@ class WorkUnit:
     texts: list[str] = field(default_factory=list)
     tokens: int = 0
     oldest_timestamp_ms: int | None = None
+    planner: _Planner | None = field(default=None, repr=False)
+    fallbacks: WorkUnit | None = field(default=None, repr=False)
 
     def writes(self, vectors: Mapping[int, np.ndarray]) -> list[DocumentWrite]:
-        """The Milvus writes of this unit, in partition order, given one vector row per text per dim."""
+        """The Milvus writes of this unit, one per planned id, given one vector row per text per dim;
+        each carries the partition and offset of its event."""
         for dim, rows in vectors.items():
             if rows.shape[0] != len(self.texts):
                 raise ValueError(f"dim {dim}: {rows.shape[0]} vectors for {len(self.texts)} texts")
         writes: list[DocumentWrite] = []
         for item in self.plan:
+            source = SourcePosition(self.tp.partition, item.record.offset)
             if isinstance(item, _PlannedDelete):
-                writes.append(DeleteDocument(item.doc_id))
+                writes.append(DeleteDocument(item.doc_id, source))
                 continue
             end = item.first_text + len(item.chunks)
             metadata: dict[str, Any] = dict(item.event.metadata)
@@ -113,26 +178,41 @@ class WorkUnit:
                     doc_id=item.event.id,
                     chunks=chunk_rows,
                     vectors={dim: arr[item.first_text : end] for dim, arr in vectors.items()},
+                    source=source,
                 )
             )
         return writes
 
     def reject(self, doc_id: str, reason: str, code: ReasonCode) -> None:
-        """Move the surviving event of ``doc_id`` from the plan to the dead letters."""
+        """Move the planned event of ``doc_id`` from the plan to the dead letters (after its write
+        was refused); its fallback, if any, is planned into :attr:`fallbacks`, to embed and write next."""
         for item in self.plan:
-            if (item.doc_id if isinstance(item, _PlannedDelete) else item.event.id) == doc_id:
+            if item.doc_id == doc_id:
                 self.plan.remove(item)
                 self.dead_letters.append(_dead_letter(self.tp, item.record, reason, code))
+                if item.earlier:
+                    if self.fallbacks is None:  # shares the dead letters: they are sent with this unit's
+                        self.fallbacks = WorkUnit(
+                            self.tp, self.epoch, [], self.dead_letters, planner=self.planner
+                        )
+                    # Its own tokens: they size its embedding requests (the flow never counted them).
+                    self.fallbacks.tokens += self._plan_into(self.fallbacks, item.earlier)
                 return
         raise KeyError(doc_id)
 
-    def reject_texts(self, poison: Collection[str], reason: str, code: ReasonCode) -> list[str]:
-        """Move every document with a chunk input in ``poison`` to the dead letters; returns their ids.
+    def take_fallbacks(self) -> WorkUnit | None:
+        """The unit of the fallbacks :meth:`reject` planned since the last call (None if none)."""
+        fallbacks, self.fallbacks = self.fallbacks, None
+        return fallbacks if fallbacks is not None and fallbacks.plan else None
 
-        ``texts`` is rebuilt without them.  ``tokens`` is left as dispatched: it is what the
-        consumer's in-flight accounting releases when the unit is done.
+    def reject_texts(self, poison: Collection[str], reason: str, code: ReasonCode) -> list[str]:
+        """Move every document with a chunk input in ``poison`` to the dead letters, planning its
+        fallback (if any) in its place; returns their ids.
+
+        ``texts`` is rebuilt.  ``tokens`` is left as dispatched: it is what the consumer's
+        in-flight accounting releases when the unit is done.
         """
-        rejected: list[str] = []
+        rejected: list[_PlannedUpsert] = []
         kept: list[_PlannedUpsert | _PlannedDelete] = []
         texts: list[str] = []
         for item in self.plan:
@@ -140,13 +220,20 @@ class WorkUnit:
                 inputs = self.texts[item.first_text : item.first_text + len(item.chunks)]
                 if any(text in poison for text in inputs):
                     self.dead_letters.append(_dead_letter(self.tp, item.record, reason, code))
-                    rejected.append(item.event.id)
+                    rejected.append(item)
                     continue
                 item.first_text = len(texts)
                 texts.extend(inputs)
             kept.append(item)
         self.plan, self.texts = kept, texts
-        return rejected
+        for item in rejected:
+            self._plan_into(self, item.earlier)
+        return [item.event.id for item in rejected]
+
+    def _plan_into(self, unit: WorkUnit, candidates: Candidates) -> int:
+        if self.planner is None:
+            raise RuntimeError("a unit not made by build_unit has no fallbacks to plan")
+        return self.planner.plan(unit, candidates)
 
 
 def _dead_letter(tp: TopicPartition, record: KafkaRecord, reason: str, code: ReasonCode) -> DeadLetter:
@@ -161,36 +248,22 @@ def build_unit(
     model: ModelSettings,
     special_tokens: int = 0,
 ) -> WorkUnit:
-    """Parse ``records`` (one partition, increasing offsets) into a unit; bad events become dead letters."""
-    unit = WorkUnit(tp=tp, epoch=epoch, offsets=[r.offset for r in records])
+    """Parse ``records`` (one partition, increasing offsets) into a unit; bad events become dead
+    letters, and of each id the last event that can be chunked is planned (see :class:`WorkUnit`)."""
+    planner = _Planner(chunker, model, special_tokens)
+    unit = WorkUnit(tp=tp, epoch=epoch, offsets=[r.offset for r in records], planner=planner)
     if records:
         unit.oldest_timestamp_ms = min(r.timestamp for r in records)
-    last: dict[str, tuple[DocumentEvent, KafkaRecord]] = {}
+    by_id: dict[str, Candidates] = {}
     for record in records:
         try:
             event = parse_event(record.key, record.value)
         except InvalidEvent as exc:
             unit.dead_letters.append(_dead_letter(tp, record, exc.reason, exc.code))
             continue
-        last.pop(event.id, None)  # re-insert so dict order follows the surviving event's offset
-        last[event.id] = (event, record)
-    for event, record in last.values():
-        if event.op == "delete":
-            unit.plan.append(_PlannedDelete(event.id, record))
-            continue
-        frame = partial(format_input, model, instruction=event.instruction) if event.instruction else None
-        try:
-            # Chunks are cut with the instruction counted, so the model input never overflows.
-            chunks = chunker.split(event.text or "", frame)
-        except PoisonInput as exc:  # characters, or an instruction, the tokenizer cannot fit in one chunk
-            reason = f"text cannot be chunked: {exc}"
-            unit.dead_letters.append(_dead_letter(tp, record, reason, ReasonCode.UNCHUNKABLE))
-            continue
-        if not chunks:
-            unit.dead_letters.append(_dead_letter(tp, record, "text has no tokens", ReasonCode.NO_TOKENS))
-            continue
-        unit.plan.append(_PlannedUpsert(event, record, [c.text for c in chunks], len(unit.texts)))
-        for chunk in chunks:
-            unit.texts.append(format_input(model, chunk.text, event.instruction))
-            unit.tokens += chunk.token_count + special_tokens
+        candidates = by_id.pop(event.id, [])  # re-insert so dict order follows the id's last offset
+        candidates.append((event, record))
+        by_id[event.id] = candidates
+    for candidates in by_id.values():
+        unit.tokens += planner.plan(unit, candidates)
     return unit

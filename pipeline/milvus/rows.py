@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.documents import ChunkRow
+from pipeline.documents import ChunkRow, SourcePosition
 from pipeline.milvus.errors import poison, show
 from pipeline.milvus.expr import any_of, in_lists
 from pipeline.milvus.schema import DOC_ID_MAX_BYTES, TEXT_MAX_BYTES
@@ -25,6 +25,8 @@ from pipeline.milvus.schema import DOC_ID_MAX_BYTES, TEXT_MAX_BYTES
 METADATA_MAX_BYTES = 65536  # Milvus' JSON field limit
 _MAX_EXPR_IDS = 1000
 _MAX_EXPR_CHARS = 256 * 1024
+UNKNOWN_POSITION = -1
+"""``src_partition`` / ``src_offset`` of a row whose write came without a source (a tool's)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Plan:
     metadata: tuple[str, ...]  # JSON text exactly as sent
     vectors: Mapping[int, np.ndarray]  # dim -> float32 (len(texts), dim); empty without texts
     row_bytes: tuple[int, ...]  # estimated payload of each row, vector excluded
+    source: SourcePosition | None = None  # the event it was made from, stored on every row
 
 
 def plan_write(
@@ -45,6 +48,7 @@ def plan_write(
     chunks: Sequence[ChunkRow],
     vectors: Mapping[int, np.ndarray],
     dims: Sequence[int],
+    source: SourcePosition | None = None,
 ) -> Plan:
     """The write that leaves ``doc_id`` with exactly ``chunks`` (none: a delete) as a plan.
 
@@ -88,7 +92,7 @@ def plan_write(
         if (~array.any(axis=1)).any():
             raise poison(doc_id, f"a {dim}-d vector is all zeros (no cosine direction)")
         arrays[dim] = array
-    return Plan(index, doc_id, tuple(texts), tuple(metadata), arrays, tuple(row_bytes))
+    return Plan(index, doc_id, tuple(texts), tuple(metadata), arrays, tuple(row_bytes), source)
 
 
 def upsert_calls(
@@ -101,6 +105,7 @@ def upsert_calls(
     size = 0
     for plan in plans:
         vectors = plan.vectors[dim]
+        source = plan.source or SourcePosition(UNKNOWN_POSITION, UNKNOWN_POSITION)
         for i, (text, meta) in enumerate(zip(plan.texts, plan.metadata, strict=True)):
             row_size = plan.row_bytes[i] + 4 * dim
             if rows and (len(rows) >= max_rows or size + row_size > max_bytes):
@@ -116,6 +121,8 @@ def upsert_calls(
                     "text": text,
                     "metadata": meta,  # pymilvus sends a str as ready-made JSON
                     "embedding": vectors[i].tolist(),
+                    "src_partition": source.partition,
+                    "src_offset": source.offset,
                 }
             )
             size += row_size

@@ -1,8 +1,9 @@
 """The replica collections: their schema and vector index, created or checked, then loaded.
 
 Replica ``{prefix}_{dim}`` has the fields ``pk`` (VARCHAR primary key, no auto id),
-``doc_id``, ``chunk_index``, ``text``, ``metadata`` (JSON) and ``embedding``
-(FLOAT_VECTOR of ``dim``), Strong consistency, and one COSINE index of
+``doc_id``, ``chunk_index``, ``text``, ``metadata`` (JSON), ``embedding``
+(FLOAT_VECTOR of ``dim``) and the source position of the write (``src_partition``,
+``src_offset``: see :mod:`pipeline.milvus.positions`), Strong consistency, and one COSINE index of
 ``milvus.index_type`` on ``embedding``.
 """
 
@@ -108,6 +109,9 @@ def _fields(dim: int) -> dict[str, tuple[DataType, dict[str, int]]]:
         "text": (DataType.VARCHAR, {"max_length": TEXT_MAX_BYTES}),
         "metadata": (DataType.JSON, {}),
         "embedding": (DataType.FLOAT_VECTOR, {"dim": dim}),
+        # The Kafka partition and offset of the event the row was written from (-1: unknown).
+        "src_partition": (DataType.INT64, {}),
+        "src_offset": (DataType.INT64, {}),
     }
 
 
@@ -140,9 +144,17 @@ def check_schema(name: str, dim: int, info: Mapping[str, Any]) -> None:
     if not fields.get("pk", {}).get("is_primary") or info.get("auto_id"):
         problems.append("'pk' must be the primary key, without auto_id")
     if problems:
+        hint = "Drop it or use another milvus.collection_prefix."
+        if {"missing field 'src_partition'", "missing field 'src_offset'"} >= set(problems):
+            # Collections of a version before fencing: their rows cannot say how new they are.
+            hint = (
+                "It was made before rows carried their source position (src_partition, src_offset), "
+                "without which a stale write cannot be told from a new one: use a new "
+                "milvus.collection_prefix and re-ingest the topic into it (a new kafka.group_id with "
+                "kafka.auto_offset_reset = 'earliest'), then drop the old collections."
+            )
         raise ConfigError(
-            f"Milvus collection {name} does not match the replica schema: {'; '.join(problems)}. "
-            f"Drop it or use another milvus.collection_prefix."
+            f"Milvus collection {name} does not match the replica schema: {'; '.join(problems)}. {hint}"
         )
 
 

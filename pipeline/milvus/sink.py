@@ -10,6 +10,9 @@ Replica ``{prefix}_{dim}`` holds one row per chunk, keyed ``pk = f"{doc_id}#{chu
   batch that failed half-way is repaired by retrying it.
 * A write Milvus can never accept (NaN vector, text too long, ...) is rejected alone and
   reported in :attr:`WriteResult.rejected` by its position; the rest are written.
+* A write older than what a replica already holds for its document (same partition, lower
+  offset: a fenced-off member's) is left out of that replica and reported in
+  :attr:`WriteResult.superseded`; see :mod:`pipeline.milvus.positions` for what that guarantees.
 * A transient failure (server down, timeout, rate limit) raises
   :class:`~pipeline.milvus.errors.SinkUnavailable`: retry the same batch later.  The retry first
   loads the replicas again (:meth:`MilvusSink.ensure_collections`): a restarted server comes
@@ -37,6 +40,7 @@ from pipeline.documents import DocumentWrite, Hit, UpsertDocument, WriteResult
 from pipeline.milvus import metrics
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.errors import CollectionNotLoaded, SinkUnavailable, poison, show
+from pipeline.milvus.positions import superseded
 from pipeline.milvus.rows import (
     Plan,
     first_stale_pks,
@@ -133,18 +137,21 @@ class MilvusSink:
                 else ((), {})
             )
             try:
-                plan = plan_write(index, document_write.doc_id, chunks, vectors, self._dims)
+                plan = plan_write(
+                    index, document_write.doc_id, chunks, vectors, self._dims, document_write.source
+                )
             except PoisonInput as exc:
                 rejected[index] = exc
                 continue
             candidates.setdefault(plan.doc_id, []).append(plan)
         applied: set[str] = set()
+        older: set[str] = set()
         rows = 0
         # Each round sends the latest remaining write of each document; a write Milvus
         # refuses drops out and that document's previous write is sent next round.
         while candidates:
             latest = [plans[-1] for plans in candidates.values()]
-            refused = self._apply(latest)
+            refused = self._apply(latest, older)
             for plan in latest:
                 if plan.doc_id in refused:
                     rejected[candidates[plan.doc_id].pop().index] = refused[plan.doc_id]
@@ -152,10 +159,13 @@ class MilvusSink:
                     applied.add(plan.doc_id)
                     rows += len(plan.texts)
             candidates = {d: candidates[d] for d in refused if candidates[d]}
-        return WriteResult(rejected=rejected, documents=len(applied), rows=rows)
+        return WriteResult(rejected=rejected, documents=len(applied), rows=rows, superseded=frozenset(older))
 
-    def _apply(self, plans: Sequence[Plan]) -> dict[str, PoisonInput]:
+    def _apply(self, plans: Sequence[Plan], older: set[str]) -> dict[str, PoisonInput]:
         """Write one plan per document to every replica; returns the documents Milvus refused.
+
+        A replica that holds a newer write of a document than its plan's is left alone for that
+        document, which is added to ``older`` (the read is part of every attempt, retries included).
 
         A refused document is left as it was, except that one too large for a single call
         may keep the rows of its calls that went through (its next write repairs it).
@@ -166,7 +176,9 @@ class MilvusSink:
         for replica, dim in enumerate(self._dims):
             name = self.collection_name(dim)
             started = time.perf_counter()
-            live = [p for p in plans if p.doc_id not in refused]
+            newer = superseded(self._milvus, name, [p for p in plans if p.doc_id not in refused])
+            older |= newer
+            live = [p for p in plans if p.doc_id not in refused and p.doc_id not in newer]
             upserts = [p for p in live if p.texts]
             for call_plans, rows in upsert_calls(upserts, dim, self._max_rows, self._max_bytes):
                 try:

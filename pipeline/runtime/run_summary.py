@@ -46,6 +46,10 @@ class GroupStats:
         return sum(m.documents_deleted for m in self.members)
 
     @property
+    def documents_superseded(self) -> int:
+        return sum(m.documents_superseded for m in self.members)
+
+    @property
     def chunks_written(self) -> int:
         return sum(m.chunks_written for m in self.members)
 
@@ -69,6 +73,12 @@ def _counts(stats: ConsumerStats | GroupStats) -> str:
         f"{stats.events} events: {stats.documents_written} documents written "
         f"({stats.chunks_written} chunks), {stats.documents_deleted} deleted, "
         f"{stats.dead_letters} dead-lettered"
+        # Only a fenced-off member's writes are superseded: worth a word when it happened.
+        + (
+            f", {stats.documents_superseded} left out (a replica held a newer write)"
+            if stats.documents_superseded
+            else ""
+        )
     )
 
 

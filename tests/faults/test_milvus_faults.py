@@ -8,9 +8,9 @@ stay up with its partitions paused and commit nothing; afterwards it must resume
 
 Refusal: on the real Milvus 2.3.5, which refuses JSON over 64 KiB, with our own 64 KiB checks
 lifted so such an event reaches the server: that event goes to the DLQ with the server's
-reason and the rest of the stream lands.  (Its ids have no other event: within one unit the
-worker keeps only an id's last event, so a refused update would also lose an earlier one of the
-same unit; see the report of issue 4.)
+reason and the rest of the stream lands.  Each refused event follows, in the same unit, a valid
+event of its id: that one is written in its place (issue 12, item 6), as applying the events one by
+one would; before, a unit kept only an id's last event and the refusal lost both.
 """
 
 from __future__ import annotations
@@ -125,8 +125,10 @@ async def test_a_row_milvus_refuses_goes_to_the_dlq_and_the_rest_lands(
     oracle = mixed_stream(seed=3002, events=300, documents=60)
     rng = random.Random(3002)
     for position, doc_id in ((120, "refused-a"), (290, "refused-b")):
+        oracle.upsert(doc_id, random_text(rng, 1), {"kept": True})  # what the replicas must hold
         oracle.reject_in_milvus(doc_id, random_text(rng, 1), {"blob": "z" * 70000}, "refused")
-        oracle.records.insert(position, oracle.records.pop())  # mid-stream, not at the end
+        refused, kept = oracle.records.pop(), oracle.records.pop()
+        oracle.records[position:position] = [kept, refused]  # mid-stream, next to each other
     await ensure_topics(kafka)
     runtime = await build_runtime(settings)
     try:

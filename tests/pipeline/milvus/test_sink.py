@@ -172,7 +172,7 @@ def test_ensure_collections_creates_loads_and_reopens(make_sink: SinkFactory, mi
         client.close()
 
 
-@pytest.mark.parametrize("mismatch", ["dim", "pk", "metric"])
+@pytest.mark.parametrize("mismatch", ["dim", "pk", "metric", "positions"])
 def test_mismatching_collection_is_a_config_error(
     make_sink: SinkFactory, milvus_uri: str, mismatch: str
 ) -> None:
@@ -190,7 +190,9 @@ def test_mismatching_collection_is_a_config_error(
             ("text", DataType.VARCHAR, {"max_length": 65535}),
             ("metadata", DataType.JSON, {}),
             ("embedding", DataType.FLOAT_VECTOR, {"dim": 4 if mismatch == "dim" else 8}),
-        ]:
+            ("src_partition", DataType.INT64, {}),
+            ("src_offset", DataType.INT64, {}),
+        ][: 5 if mismatch == "positions" else None]:  # "positions": a collection made before fencing
             schema.add_field(name, dtype, **params)
         index = client.prepare_index_params()
         metric = "L2" if mismatch == "metric" else "COSINE"
@@ -202,7 +204,12 @@ def test_mismatching_collection_is_a_config_error(
         client.close()
     with pytest.raises(ConfigError, match=f"{prefix}_8") as err:
         make_sink((8,), prefix=prefix)
-    expected = {"dim": "dim=4, expected 8", "pk": "'pk' is INT64", "metric": "HNSW/L2"}[mismatch]
+    expected = {
+        "dim": "dim=4, expected 8",
+        "pk": "'pk' is INT64",
+        "metric": "HNSW/L2",
+        "positions": "missing field 'src_partition'; missing field 'src_offset'. It was made before rows",
+    }[mismatch]
     assert expected in str(err.value)
 
 
