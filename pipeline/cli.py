@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -34,11 +35,31 @@ def _parser() -> argparse.ArgumentParser:
         "--until-idle", type=float, metavar="SECONDS", help="return once nothing arrived for SECONDS"
     )
     run.add_argument(
+        "--into-version",
+        type=_version_number,
+        metavar="N",
+        help="fill version N (collections {prefix}_vN_<dim>, group {group_id}-vN, Ray namespace "
+        "{namespace}-vN) from the start of the topic, while the serving version keeps serving; then "
+        "`versions switch N` (default: write the serving version)",
+    )
+    run.add_argument(
+        "--adopt",
+        action="store_true",
+        help="record the configured model in replicas made before collections recorded it (once, "
+        "after upgrading; only if that model made them)",
+    )
+    run.add_argument(
         "--consumer-actors",
         type=int,
         metavar="N",
         help="run N consumer-group members as Ray actors (default scaling.consumer_actors; 0: here)",
     )
+    versions = verbs.add_parser(
+        "versions", help="replica sets per model: list them, switch search/serve/run to one, drop one"
+    )
+    versions.add_argument("action", choices=("list", "switch", "drop"))
+    versions.add_argument("number", nargs="?", type=_version_number, metavar="N", help="the version")
+    versions.add_argument("--force", action="store_true", help="switch even if the version has not caught up")
     produce = verbs.add_parser("produce", help="send JSONL events or .txt/.md documents to the topic")
     produce.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     produce.add_argument("--topic", help="topic to send to (default: kafka.topic)")
@@ -94,6 +115,28 @@ def _parser() -> argparse.ArgumentParser:
         "vs the bare embedder; with --scaling N,M the pool at N and M actors (see --help)",
     )
     return parser
+
+
+def _version_number(text: str) -> int:
+    number = int(text.removeprefix("v"))
+    if number < 1:
+        raise argparse.ArgumentTypeError("versions are numbered from 1")
+    return number
+
+
+async def _versions(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.ops import versions
+
+    if args.action == "list":
+        print(await versions.list_report(settings))
+        return 0
+    if args.number is None:
+        raise ConfigError(f"`versions {args.action}` needs the version number")
+    if args.action == "switch":
+        print(await versions.switch(settings, args.number, force=args.force))
+    else:
+        print(await versions.drop(settings, args.number))
+    return 0
 
 
 def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -157,20 +200,22 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
     # run_eval checks this too; here a refused prefix costs no pool start (a model load per GPU).
     scratch = settings.milvus.model_copy(update={"collection_prefix": args.prefix})
     await asyncio.to_thread(claim_prefix, scratch, settings.milvus.collection_prefix)
-    async with open_query_side(settings, "eval") as side:
+    async with open_query_side(settings, "eval", check_replicas=False) as side:
         report = await run_eval(settings, side.pool, side.sink.dims, options)
     print(render_table(report))
     print(f"written: {args.out}/recall.json, recall.md, recall.png")
     return 0
 
 
-async def _search(settings: Settings, args: argparse.Namespace) -> int:
+async def _search(base: Settings, args: argparse.Namespace) -> int:
     from pipeline.runtime.serving import open_query_side
+    from pipeline.runtime.versions import serving_settings
     from pipeline.search.replicas import check_search_size, format_results, search
 
-    factor = None if args.funnel is None else (args.funnel or settings.search.funnel_factor)
+    factor = None if args.funnel is None else (args.funnel or base.search.funnel_factor)
     check_search_size(args.top_k, factor, args.per_document)  # before Ray and the model start
-    async with open_query_side(settings, "search") as side:
+    settings = await serving_settings(base, attempts=1)  # the version `versions switch` made serving
+    async with open_query_side(settings, "search", base) as side:
         query = " ".join(args.query)
         results = await search(
             settings,
@@ -214,10 +259,26 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.ops.stack import with_local_ray
 
         settings = with_local_ray(settings)  # no-op when ray.address is configured
+    base = settings  # as configured: version 1 (see pipeline.runtime.versions)
+    if args.verb in ("run", "serve"):
+        from pipeline.runtime.versions import fill_settings, serving_settings
+
+        into = getattr(args, "into_version", None)
+        settings = fill_settings(base, into) if into else await serving_settings(base)
+    if args.verb == "status":
+        from pipeline.runtime.versions import serving_settings
+
+        # status reports Milvus' state itself; meanwhile the configured version stands in.
+        with contextlib.suppress(PipelineError):
+            settings = await serving_settings(base, attempts=1)
+    if args.verb == "versions":
+        return await _versions(settings, args)
     if args.verb == "run":
         from pipeline.runtime.ingestion import run_ingestion
 
-        return await run_ingestion(settings, args.until_idle, args.consumer_actors)
+        return await run_ingestion(
+            settings, args.until_idle, args.consumer_actors, base=base, adopt=args.adopt
+        )
     if args.verb == "produce":
         from pipeline.ingest.produce import produce
 
@@ -228,7 +289,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "serve":
         from pipeline.runtime.serving import serve
 
-        await serve(settings, args.host, args.port)
+        await serve(settings, args.host, args.port, base)
         return 0
     if args.verb == "eval-recall":
         return await _eval_recall(settings, args)

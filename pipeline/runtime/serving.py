@@ -14,9 +14,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pipeline.milvus.model_stamp import stamp_of
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import start_pool
 from pipeline.runtime.ray_cluster import connect_ray
+from pipeline.runtime.versions import readable_replicas
 from pipeline.settings import Settings
 from workers.pool import EmbedderPool
 
@@ -30,9 +32,15 @@ class QuerySide:
 
 
 @contextlib.asynccontextmanager
-async def open_query_side(settings: Settings, purpose: str) -> AsyncIterator[QuerySide]:
+async def open_query_side(
+    settings: Settings, purpose: str, base: Settings | None = None, *, check_replicas: bool = True
+) -> AsyncIterator[QuerySide]:
     """The running actors in ``ray.namespace`` (or a private pool named after ``purpose``) and
-    a sink over the replicas ``settings`` describe; both released on exit."""
+    a sink over the replicas ``settings`` describe that exist; both released on exit.
+
+    ``settings`` name the version read, ``base`` (default ``settings``) are the settings as configured.
+    ConfigError when a replica was made by another model than the pool's (vectors of another space);
+    ``check_replicas=False`` skips that check, for a caller that reads replicas of its own (eval-recall)."""
     connect_ray(settings)
     pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
     owned = pool is None
@@ -42,6 +50,14 @@ async def open_query_side(settings: Settings, purpose: str) -> AsyncIterator[Que
         )
     else:
         dims = settings.replicas.replica_dims(pool.info.native_dim)
+    if check_replicas:
+        try:
+            stamp = stamp_of(pool.info, settings.model)
+            dims = await asyncio.to_thread(readable_replicas, base or settings, settings, stamp, dims)
+        except BaseException:
+            if owned:
+                pool.shutdown()
+            raise
     sink = MilvusSink(settings.milvus, dims)
     try:
         yield QuerySide(pool, sink)
@@ -51,8 +67,11 @@ async def open_query_side(settings: Settings, purpose: str) -> AsyncIterator[Que
             pool.shutdown()
 
 
-async def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Serve the HTTP API (:mod:`pipeline.search.api`) until SIGINT or SIGTERM."""
+async def serve(
+    settings: Settings, host: str | None = None, port: int | None = None, base: Settings | None = None
+) -> None:
+    """Serve the HTTP API (:mod:`pipeline.search.api`) until SIGINT or SIGTERM.  ``settings`` name the
+    version served, ``base`` (default ``settings``) are the settings as configured."""
     from aiohttp import web
 
     from pipeline.search.api import Api
@@ -60,7 +79,7 @@ async def serve(settings: Settings, host: str | None = None, port: int | None = 
 
     host = host or settings.api.host
     port = settings.api.port if port is None else port
-    async with open_query_side(settings, "serve") as side:
+    async with open_query_side(settings, "serve", base) as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         runner = web.AppRunner(Api(settings, side.pool, tokenizer, side.sink).app())
         await runner.setup()
