@@ -18,6 +18,7 @@ from pipeline.milvus.model_stamp import stamp_of
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import start_pool
 from pipeline.runtime.ray_cluster import connect_ray
+from pipeline.runtime.version_follower import VersionFollower
 from pipeline.runtime.versions import readable_replicas
 from pipeline.settings import Settings
 from workers.pool import EmbedderPool
@@ -81,7 +82,10 @@ async def serve(
     port = settings.api.port if port is None else port
     async with open_query_side(settings, "serve", base) as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        runner = web.AppRunner(Api(settings, side.pool, tokenizer, side.sink).app())
+        prefix = settings.milvus.collection_prefix
+        follower = VersionFollower(base or settings, side.pool.info, side.sink, prefix)
+        api = Api(settings, side.pool, tokenizer, side.sink, follow=follower.sink)
+        runner = web.AppRunner(api.app())
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -93,3 +97,4 @@ async def serve(
             await stop.wait()
         finally:
             await runner.cleanup()
+            follower.close()
