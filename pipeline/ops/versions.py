@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiokafka.errors import KafkaError
+
 from pipeline.ingest.kafka import partition_lag
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.model_stamp import ModelStamp
@@ -38,8 +40,12 @@ def _describe(settings: Settings, names: dict[int, str]) -> Described:
         connection.close()
 
 
-async def _lag(settings: Settings) -> int:
-    lag = await partition_lag(settings.kafka, settings.kafka.topic)
+async def _lag(settings: Settings) -> int | None:
+    """Events the version's group is behind the topic; None when the broker cannot be asked."""
+    try:
+        lag = await partition_lag(settings.kafka, settings.kafka.topic)
+    except KafkaError:
+        return None
     return sum(end - committed for committed, end in lag.values())
 
 
@@ -55,7 +61,8 @@ async def list_report(settings: Settings) -> str:
         rows, stamps = await asyncio.to_thread(_describe, target, names)
         mark = "serving" if number == serving else "not serving"
         lag = await _lag(target)
-        lines.append(f"version {number} ({mark}): group {target.kafka.group_id}, lag {lag}")
+        shown = "unknown (broker unreachable)" if lag is None else lag
+        lines.append(f"version {number} ({mark}): group {target.kafka.group_id}, lag {shown}")
         for name in names.values():
             stamp = stamps[name]
             made_by = stamp.describe() if stamp else "no model recorded (made before stamps; `run --adopt`)"
@@ -86,7 +93,9 @@ async def switch(settings: Settings, number: int, *, force: bool = False) -> str
     if len(set(rows.values())) > 1:
         problems.append(f"its replicas hold different row counts ({rows}): one is behind")
     lag = await _lag(target)
-    if lag:
+    if lag is None:
+        problems.append(f"the broker cannot be asked how far its group {target.kafka.group_id} is behind")
+    elif lag:
         problems.append(f"its consumer group {target.kafka.group_id} is {lag} events behind the topic")
     if problems and not force:
         raise ConfigError(
