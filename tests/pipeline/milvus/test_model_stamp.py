@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,10 +88,14 @@ def test_version_settings_give_each_version_its_prefix_group_and_namespace() -> 
         version_settings(base, 0)
 
 
-@pytest.fixture
-def lite(tmp_path: Path) -> Iterator[tuple[Settings, MilvusConnection]]:
+@pytest.fixture(params=["lite-file", "standalone"])
+def lite(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, MilvusConnection]]:
+    """A Milvus Lite file of its own, then the session's Milvus 2.3.5 standalone (a prefix of its own)."""
+    uri = str(tmp_path / "lite.db")
+    if request.param == "standalone":
+        uri = str(request.getfixturevalue("milvus_standalone_uri"))
     settings = Settings(
-        milvus=MilvusSettings(uri=str(tmp_path / "lite.db"), collection_prefix="docs", index_type="FLAT"),
+        milvus=MilvusSettings(uri=uri, collection_prefix=f"docs_{uuid.uuid4().hex[:8]}", index_type="FLAT"),
         replicas=ReplicaSettings(dims=(64, 16)),
     )
     connection = MilvusConnection(settings.milvus)
@@ -110,8 +115,9 @@ def test_a_worker_of_another_model_is_refused_saying_how_to_move(
     lite: tuple[Settings, MilvusConnection],
 ) -> None:
     settings, connection = lite
+    p = settings.milvus.collection_prefix
     prepare_replicas(settings, settings, _stamp("qwen-0.6b"), (64, 16))
-    assert ModelStamp.from_properties(collection_properties(connection, "docs_64")) == _stamp("qwen-0.6b")
+    assert ModelStamp.from_properties(collection_properties(connection, f"{p}_64")) == _stamp("qwen-0.6b")
     with pytest.raises(ConfigError, match=r"was made by qwen-0\.6b") as refused:
         prepare_replicas(settings, settings, _stamp("qwen-4b", "r2"), (64, 16))
     assert "run --into-version 2" in str(refused.value)
@@ -124,38 +130,41 @@ def test_an_unstamped_replica_is_used_when_empty_or_adopted_and_refused_when_it_
     lite: tuple[Settings, MilvusConnection],
 ) -> None:
     settings, connection = lite
-    names = {64: "docs_64", 16: "docs_16"}
+    p = settings.milvus.collection_prefix
+    names = {64: f"{p}_64", 16: f"{p}_16"}
     ensure_replicas(connection, settings.milvus, names)  # as before stamps existed
-    check_stamps(connection, {16: "docs_16"}, _stamp(), fix="...")  # empty: stamped now
-    assert ModelStamp.from_properties(collection_properties(connection, "docs_16")) == _stamp()
-    _insert(connection, "docs_64", 64)
+    check_stamps(connection, {16: f"{p}_16"}, _stamp(), fix="...")  # empty: stamped now
+    assert ModelStamp.from_properties(collection_properties(connection, f"{p}_16")) == _stamp()
+    _insert(connection, f"{p}_64", 64)
     with pytest.raises(ConfigError, match="run --adopt"):
         check_stamps(connection, names, _stamp(), fix="...")
     prepare_replicas(settings, settings, _stamp(), (64, 16), adopt=True)
-    assert ModelStamp.from_properties(collection_properties(connection, "docs_64")) == _stamp()
+    assert ModelStamp.from_properties(collection_properties(connection, f"{p}_64")) == _stamp()
 
 
 def test_a_dimension_added_beside_replicas_that_hold_rows_is_refused_not_left_empty(
     lite: tuple[Settings, MilvusConnection],
 ) -> None:
     settings, connection = lite
+    p = settings.milvus.collection_prefix
     prepare_replicas(settings, settings, _stamp(), (64,))
     prepare_replicas(settings, settings, _stamp(), (64, 32))  # nothing written yet: added, complete
-    _insert(connection, "docs_64", 64)
-    _insert(connection, "docs_32", 32)
+    _insert(connection, f"{p}_64", 64)
+    _insert(connection, f"{p}_32", 32)
     with pytest.raises(ConfigError, match=r"asks for \[16\].*run --into-version 2"):
         prepare_replicas(settings, settings, _stamp(), (64, 32, 16))
-    assert not connection.call("looking up", "has_collection", "docs_16")
+    assert not connection.call("looking up", "has_collection", f"{p}_16")
     # search reads the replicas the version has
     assert readable_replicas(settings, settings, _stamp(), (64, 32, 16)) == (64, 32)
 
 
 def test_the_serving_record_and_the_version_list(lite: tuple[Settings, MilvusConnection]) -> None:
     settings, connection = lite
-    assert serving_version(connection, "docs") == 1
+    p = settings.milvus.collection_prefix
+    assert serving_version(connection, p) == 1
     prepare_replicas(settings, settings, _stamp(), (64, 16))
     v2 = version_settings(settings, 2)
     prepare_replicas(settings, v2, _stamp("other"), (64,))
-    set_serving(connection, "docs", 2)
-    assert serving_version(connection, "docs") == 2
-    assert list_versions(connection, "docs") == {1: {64: "docs_64", 16: "docs_16"}, 2: {64: "docs_v2_64"}}
+    set_serving(connection, p, 2)
+    assert serving_version(connection, p) == 2
+    assert list_versions(connection, p) == {1: {64: f"{p}_64", 16: f"{p}_16"}, 2: {64: f"{p}_v2_64"}}
