@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.cli_versions import add_run_options, add_versions_verb, settings_of_verb, versions_verb
 from pipeline.settings import Settings, load_settings
 from workers.errors import ConfigError, InputTooLong, PipelineError
 
@@ -34,32 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--until-idle", type=float, metavar="SECONDS", help="return once nothing arrived for SECONDS"
     )
-    run.add_argument(
-        "--into-version",
-        type=_version_number,
-        metavar="N",
-        help="fill version N (collections {prefix}_vN_<dim>, group {group_id}-vN, Ray namespace "
-        "{namespace}-vN) from the start of the topic, while the serving version keeps serving; then "
-        "`versions switch N` (default: write the serving version)",
-    )
-    run.add_argument(
-        "--adopt",
-        action="store_true",
-        help="record the configured model in replicas made before collections recorded it (once, "
-        "after upgrading; only if that model made them)",
-    )
+    add_run_options(run)
     run.add_argument(
         "--consumer-actors",
         type=int,
         metavar="N",
         help="run N consumer-group members as Ray actors (default scaling.consumer_actors; 0: here)",
     )
-    versions = verbs.add_parser(
-        "versions", help="replica sets per model: list them, switch search/serve/run to one, drop one"
-    )
-    versions.add_argument("action", choices=("list", "switch", "drop"))
-    versions.add_argument("number", nargs="?", type=_version_number, metavar="N", help="the version")
-    versions.add_argument("--force", action="store_true", help="switch even if the version has not caught up")
+    add_versions_verb(verbs)
     produce = verbs.add_parser("produce", help="send JSONL events or .txt/.md documents to the topic")
     produce.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     produce.add_argument("--topic", help="topic to send to (default: kafka.topic)")
@@ -115,28 +97,6 @@ def _parser() -> argparse.ArgumentParser:
         "vs the bare embedder; with --scaling N,M the pool at N and M actors (see --help)",
     )
     return parser
-
-
-def _version_number(text: str) -> int:
-    number = int(text.removeprefix("v"))
-    if number < 1:
-        raise argparse.ArgumentTypeError("versions are numbered from 1")
-    return number
-
-
-async def _versions(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.ops import versions
-
-    if args.action == "list":
-        print(await versions.list_report(settings))
-        return 0
-    if args.number is None:
-        raise ConfigError(f"`versions {args.action}` needs the version number")
-    if args.action == "switch":
-        print(await versions.switch(settings, args.number, force=args.force))
-    else:
-        print(await versions.drop(settings, args.number))
-    return 0
 
 
 def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -260,19 +220,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
         settings = with_local_ray(settings)  # no-op when ray.address is configured
     base = settings  # as configured: version 1 (see pipeline.runtime.versions)
-    if args.verb in ("run", "serve"):
-        from pipeline.runtime.versions import fill_settings, serving_settings
-
-        into = getattr(args, "into_version", None)
-        settings = fill_settings(base, into) if into else await serving_settings(base)
-    if args.verb == "status":
-        from pipeline.runtime.versions import serving_settings
-
-        # status reports Milvus' state itself; meanwhile the configured version stands in.
-        with contextlib.suppress(PipelineError):
-            settings = await serving_settings(base, attempts=1)
+    settings = await settings_of_verb(base, args)
     if args.verb == "versions":
-        return await _versions(settings, args)
+        return await versions_verb(settings, args)
     if args.verb == "run":
         from pipeline.runtime.ingestion import run_ingestion
 
