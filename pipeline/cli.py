@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default api.port)")
     verbs.add_parser("demo", help="start the stack, ingest the bundled corpus, run a few searches")
     verbs.add_parser(
+        "stop-embedders",
+        help="stop the embedder actors of ray.namespace (they outlive workers: pool.detached)",
+    )
+    verbs.add_parser(
         "dashboard", help="the local stack's Ray dashboard: its URL and the token to log in with"
     )
     # Its options belong to workers.bench.embedder_bench (with --end-to-end: pipeline.tools.bench_pipeline;
@@ -252,6 +256,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
             await watch(settings, args.interval, args.count)
             return 0
         print((await collect_status(settings)).render(settings))
+        return 0
+    if args.verb == "stop-embedders":
+        from pipeline.runtime.assemble import stop_embedders
+
+        stopped = await asyncio.to_thread(stop_embedders, settings)
+        print(f"stopped {len(stopped)} embedder actors in namespace {settings.ray.namespace!r}: {stopped}")
         return 0
     if args.verb == "demo":
         from pipeline.tools.demo import run_demo

@@ -70,12 +70,13 @@ class EmbedderActor:
         started = time.monotonic()
         self._model = EmbeddingModel.load(model_settings, device=device)
         self._model_settings = model_settings
+        self._load_s = time.monotonic() - started  # the price a restart pays: reported in stats
         self._info = self._model.info()
         log.info(
             "%s loaded %s in %.1fs: device=%s dtype=%s pooling=%s dim=%d max_length=%d",
             self._name,
             self._info.name,
-            time.monotonic() - started,
+            self._load_s,
             self._info.device,
             self._info.dtype,
             self._info.pooling,
@@ -99,6 +100,10 @@ class EmbedderActor:
     async def ready(self) -> ModelInfo:
         """What this actor serves; returns once the model is loaded (the constructor did that)."""
         return self._info
+
+    async def model_settings(self) -> ModelSettings:
+        """The settings this actor loaded its model with (a worker joining it checks they are its own)."""
+        return self._model_settings
 
     async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
         """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order.
@@ -137,6 +142,7 @@ class EmbedderActor:
             "actor": self._name,
             "pid": os.getpid(),
             "device": self._info.device,
+            "load_s": round(self._load_s, 3),
             **dataclasses.asdict(self._batcher.stats()),
         }
 

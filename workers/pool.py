@@ -9,44 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, RayActorError
+from ray.exceptions import RayActorError
 
 from workers.actor import EmbedderActor
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
 from workers.model.embedding_model import ModelInfo
 from workers.model.matryoshka import validate_dims
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
-from workers.spawn import find_embedders, kill_embedders, start_embedders
+from workers.sharing import join_embedders
+from workers.slots import Slot, Slots
+from workers.spawn import EmbeddersRunning, find_embedders, kill_embedders, start_embedders
 
 log = logging.getLogger(__name__)
-
-# After an actor fails, calls avoid it for this long, doubling per consecutive outage: Ray refuses
-# calls at once while it restarts an actor, so retrying sooner would only burn attempts.
-_AVOID_BASE_S = 1.0
-_AVOID_MAX_S = 30.0
-# How often a request run alone asks a restarting actor whether it is back.
-_READY_POLL_S = 0.5
-
-
-@dataclass(eq=False)
-class _Slot:
-    index: int
-    handle: ActorHandle
-    outstanding: int = 0  # characters of the texts sent and not answered yet
-    calls: int = 0
-    failures: int = 0  # consecutive actor failures
-    avoid_until: float = 0.0
-    in_flight: int = 0  # calls sent and not answered
-    reserved: bool = False  # a suspect request waits to run alone here: send nothing else
 
 
 class _KillsActors(Exception):
@@ -75,11 +56,15 @@ class EmbedderPool:
         ``indices``: each actor's ``i`` of ``embedder-{i}`` (default: their positions), for logs.
         """
         indices = range(len(handles)) if indices is None else indices
-        self._slots = [_Slot(index, handle) for index, handle in zip(indices, handles, strict=True)]
+        self._slots = Slots(
+            [Slot(i, handle) for i, handle in zip(indices, handles, strict=True)], settings.ready_timeout_s
+        )
         self._info = info
         self._settings = settings
         self.not_attached: dict[str, str] = {}
         """Attached pools only: the actors of the namespace that were not ready, name -> why."""
+        self.started_here = False
+        """Whether :meth:`start` created these actors (rather than joining running ones)."""
 
     @classmethod
     async def start(
@@ -91,12 +76,28 @@ class EmbedderPool:
         namespace: str | None = None,
         actor_class: type[EmbedderActor] = EmbedderActor,
     ) -> EmbedderPool:
-        """A pool over freshly started actors (:func:`workers.spawn.start_embedders` says how many,
-        where, and what it raises)."""
-        handles, info = await start_embedders(
-            model, batching, pool, namespace=namespace, actor_class=actor_class
-        )
-        return cls(handles, info, pool)
+        """A pool over the shared actors ``namespace`` runs (``pool.detached``: joined, if they loaded
+        ``model``, else ConfigError), or else over freshly started ones
+        (:func:`workers.spawn.start_embedders` says how many, where, and what it raises)."""
+        namespace = namespace or ray.get_runtime_context().namespace
+        for _ in range(2):  # twice: a worker starting at the same time may take the names first
+            found = await join_embedders(model, pool, namespace) if pool.detached else None
+            if found is not None:
+                joined = cls(list(found.ready.values()), found.info, pool, indices=list(found.ready))
+                joined.not_attached = dict(found.not_ready)
+                return joined
+            try:
+                handles, info = await start_embedders(
+                    model, batching, pool, namespace=namespace, actor_class=actor_class
+                )
+            except EmbeddersRunning:
+                if not pool.detached:
+                    raise
+                continue
+            started = cls(handles, info, pool)
+            started.started_here = True
+            return started
+        raise EmbedderUnavailable(f"embedder actors of namespace {namespace!r} came and went while joining")
 
     @classmethod
     async def attach(
@@ -126,26 +127,35 @@ class EmbedderPool:
     @property
     def handles(self) -> list[ActorHandle]:
         """The actors, in index order (to hand to other processes that embed on them)."""
-        return [slot.handle for slot in self._slots]
+        return [slot.handle for slot in self._slots.items]
 
     @property
     def size(self) -> int:
         """Number of actors."""
-        return len(self._slots)
+        return len(self._slots.items)
+
+    @property
+    def indices(self) -> list[int]:
+        """Each actor's ``i`` of ``embedder-{i}``."""
+        return [slot.index for slot in self._slots.items]
+
+    def drop_actor(self, index: int) -> None:
+        """Stop routing to ``embedder-{index}`` (gone from Ray); calls in flight there fail and retry."""
+        self._slots.items = [slot for slot in self._slots.items if slot.index != index]
 
     def add_actor(self, index: int, handle: ActorHandle) -> None:
         """Route calls to ``handle`` (``embedder-{index}``, serving this pool's model) from now on."""
-        self._slots.append(_Slot(index, handle))
+        self._slots.items.append(Slot(index, handle))
 
     async def retire_actor(self) -> tuple[int, ActorHandle]:
         """Stop routing to the highest-indexed actor; returns it once its calls from this pool are done.
 
         The actor is not killed (other pools may still use it).  A pool keeps at least one actor.
         """
-        if len(self._slots) <= 1:
+        if len(self._slots.items) <= 1:
             raise ConfigError("an embedder pool keeps at least one actor")
-        slot = max(self._slots, key=lambda s: s.index)
-        self._slots.remove(slot)
+        slot = max(self._slots.items, key=lambda s: s.index)
+        self._slots.items.remove(slot)
         while slot.outstanding > 0:  # calls already sent finish there; no new ones are routed to it
             await asyncio.sleep(0.02)
         return slot.index, slot.handle
@@ -158,7 +168,8 @@ class EmbedderPool:
         for the avoidance of the first one to end (1 s, 2 s, 4 s, ...), so a quick restart is ridden
         out; a longer outage is the caller's to retry.  A call unanswered after ``call_timeout_s``
         counts as a failed try.  When an actor's queue is full it waits the actor's ``retry_after``
-        and routes again (not counted as a try).
+        and routes again (not counted as a try); :meth:`embed_queries` does so for at most
+        ``query_backpressure_s`` in all, then raises Backpressure.
 
         Poison: after ``poison_after_crashes`` failed tries the request runs alone on an actor (once
         it answers, with nothing else in flight there), so a crash then is its own doing.  A request
@@ -210,19 +221,28 @@ class EmbedderPool:
     ) -> dict[int, np.ndarray]:
         """One request, retried as :meth:`embed` says; raises _KillsActors when it crashes actors alone."""
         attempt = crashes = 0
+        waited = 0.0  # in full queues, across tries
         while True:
-            slot = await (self._reserve() if alone else self._pick())
+            slot = await (self._slots.reserve() if alone else self._slots.pick())
             reserved, answered = alone, False
             try:
                 if reserved:
-                    await self._until_ready(slot)
+                    await self._slots.until_ready(slot)
                     answered = True
                 result = await self._call(slot, texts, dims, query_task)
             except Backpressure as exc:
+                if query_task is not None and waited + exc.retry_after > self._settings.query_backpressure_s:
+                    # A query is someone waiting: past the bound, say so and when to come back.
+                    raise Backpressure(
+                        f"every embedder actor's queue stayed full for {waited:.1f}s "
+                        f"(pool.query_backpressure_s={self._settings.query_backpressure_s:g})",
+                        retry_after=exc.retry_after,
+                    ) from exc
+                waited += exc.retry_after
                 await asyncio.sleep(exc.retry_after)
                 continue
             except (RayActorError, TimeoutError) as exc:
-                self._failed(slot, exc)
+                self._slots.failed(slot, exc)
                 if answered:  # the actor was up and ran nothing else: this request crashed it
                     crashes += 1
                     if crashes >= self._settings.poison_after_crashes:
@@ -237,7 +257,7 @@ class EmbedderPool:
                     log.warning("request of %d texts failed %d times; running it alone", len(texts), attempt)
                     alone = True
                     continue
-                await asyncio.sleep(self._wait_before_retry())
+                await asyncio.sleep(self._slots.wait_before_retry())
                 continue
             finally:
                 if reserved:
@@ -248,19 +268,27 @@ class EmbedderPool:
     async def stats(self) -> list[dict[str, Any]]:
         """Every actor's counters (an actor that cannot answer reports its error instead)."""
         replies = await asyncio.gather(
-            *(slot.handle.stats.remote() for slot in self._slots), return_exceptions=True
+            *(slot.handle.stats.remote() for slot in self._slots.items), return_exceptions=True
         )
         return [
             reply if isinstance(reply, dict) else {"actor": f"embedder-{slot.index}", "error": repr(reply)}
-            for slot, reply in zip(self._slots, replies, strict=True)
+            for slot, reply in zip(self._slots.items, replies, strict=True)
         ]
 
     def shutdown(self) -> None:
         """Kill every actor (no restart); calls still in flight fail with EmbedderUnavailable."""
-        kill_embedders([slot.handle for slot in self._slots])
+        kill_embedders([slot.handle for slot in self._slots.items])
+
+    def release(self) -> None:
+        """Done with the actors: :meth:`shutdown`, unless they are detached (shared: they stay up for
+        the next worker, `serve` and `search`; `python -m pipeline stop-embedders` stops them)."""
+        if not self._settings.detached:
+            self.shutdown()
+        else:
+            log.info("leaving %d detached embedder actors running for the next worker", self.size)
 
     async def _call(
-        self, slot: _Slot, texts: list[str], dims: tuple[int, ...], query_task: str | None = None
+        self, slot: Slot, texts: list[str], dims: tuple[int, ...], query_task: str | None = None
     ) -> dict[int, np.ndarray]:
         """One embed call on ``slot``; TimeoutError after ``call_timeout_s`` (the Ray task is cancelled)."""
         cost = sum(len(text) for text in texts)
@@ -281,63 +309,3 @@ class EmbedderPool:
         finally:
             slot.outstanding -= cost
             slot.in_flight -= 1
-
-    async def _pick(self) -> _Slot:
-        """The least loaded actor not avoided, among those no suspect request is waiting for."""
-        while all(slot.reserved for slot in self._slots):
-            await asyncio.sleep(0.05)
-        now = time.monotonic()
-        return min(
-            (slot for slot in self._slots if not slot.reserved),
-            key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls),
-        )
-
-    async def _reserve(self) -> _Slot:
-        """A slot with nothing in flight, reserved (no new calls go there) until the caller clears it."""
-        while True:
-            free = [slot for slot in self._slots if not slot.reserved]
-            if free:
-                now = time.monotonic()
-                slot = min(free, key=lambda slot: (slot.avoid_until > now, slot.in_flight, slot.outstanding))
-                slot.reserved = True
-                break
-            await asyncio.sleep(_READY_POLL_S)
-        while slot.in_flight:
-            await asyncio.sleep(0.05)
-        return slot
-
-    async def _until_ready(self, slot: _Slot) -> None:
-        """Wait until ``slot``'s actor answers (riding out a restart), at most ``ready_timeout_s``.
-
-        Raises ActorDiedError when the actor is gone for good, EmbedderUnavailable when it does not
-        come back in time.
-        """
-        deadline = time.monotonic() + self._settings.ready_timeout_s
-        while True:
-            try:
-                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                    await slot.handle.ready.remote()
-                return
-            except ActorDiedError:
-                raise
-            except (RayActorError, TimeoutError):
-                pass  # restarting, or not back yet
-            if time.monotonic() >= deadline:
-                raise EmbedderUnavailable(
-                    f"embedder-{slot.index} did not come back within {self._settings.ready_timeout_s:.0f}s"
-                )
-            await asyncio.sleep(_READY_POLL_S)
-
-    def _failed(self, slot: _Slot, exc: RayActorError | TimeoutError) -> None:
-        now = time.monotonic()
-        if slot.avoid_until > now:
-            return  # another call already reported this outage: one death fails every call in flight
-        slot.failures += 1
-        avoid = min(_AVOID_MAX_S, _AVOID_BASE_S * 2 ** (slot.failures - 1))
-        slot.avoid_until = now + avoid
-        log.warning("embedder-%d failed (%s); avoiding it for %.0fs", slot.index, exc, avoid)
-
-    def _wait_before_retry(self) -> float:
-        """Nothing while some actor is not avoided, else until the first one's avoidance ends."""
-        now = time.monotonic()
-        return max(0.0, min(slot.avoid_until for slot in self._slots) - now)

@@ -45,6 +45,12 @@ class ModelSettings(BaseModel):
         description="How an instruction is joined to a text (Qwen3-Embedding format by default). "
         "Applied only to inputs that carry an instruction.",
     )
+    lora_path: str | None = Field(
+        None,
+        description="Folder of a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) "
+        "merged into the weights at load: no cost per token. DoRA, trained biases and extra trained "
+        "modules are refused. The adapter's digest is part of the model's identity.",
+    )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folder.")
     compile: bool = Field(
         False,
@@ -119,6 +125,19 @@ class PoolSettings(BaseModel):
         'env), e.g. {"embedder_slot": 1} to place actors only on nodes started with that resource.',
     )
     max_restarts: int = Field(-1, ge=-1, description="How often Ray restarts a dead actor (-1 = forever).")
+    detached: bool = Field(
+        True,
+        description="Embedder actors outlive the worker that started them (Ray detached actors): a "
+        "restarted or second worker, `serve` and `search` in the same ray.namespace find and share them "
+        "instead of loading the model again, and a crashed worker does not take them down. They stop "
+        "with `python -m pipeline stop-embedders` (or the Ray cluster). False: they die with their worker.",
+    )
+    follow_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often `serve` looks for embedder actors that appeared (autoscaling, a new "
+        "worker) or went, in its ray.namespace.",
+    )
     max_attempts: int = Field(
         4, ge=1, description="Tries of one embed request across actor deaths before it fails."
     )
@@ -130,6 +149,13 @@ class PoolSettings(BaseModel):
         gt=0,
         description="Longest wait for one embed call on one actor (e.g. one stuck restarting); then it "
         "counts as a failed try.",
+    )
+    query_backpressure_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a search query waits in all, across retries, for room in full actor queues "
+        "before Backpressure reaches its caller (the API answers 429 with Retry-After). Ingestion texts "
+        "wait as long as it takes: for them a full queue is flow control.",
     )
     poison_after_crashes: int = Field(
         2,

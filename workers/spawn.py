@@ -40,6 +40,10 @@ _ASK_AGAIN_S = 0.5
 _EMBEDDER_NAME = re.compile(r"embedder-(\d+)")
 
 
+class EmbeddersRunning(ConfigError):
+    """The namespace already has ``embedder-*`` actors: a pool that does not share them cannot start."""
+
+
 @dataclass(frozen=True)
 class FoundEmbedders:
     """What :func:`find_embedders` found in a namespace.
@@ -84,7 +88,7 @@ async def start_embedders(
             )
     except ActorAlreadyExistsError as exc:
         kill_embedders(handles)
-        raise ConfigError(
+        raise EmbeddersRunning(
             f"Ray namespace {namespace!r} already has embedder actors: another consumer runs there; "
             "give each deployment its own ray.namespace"
         ) from exc
@@ -93,7 +97,9 @@ async def start_embedders(
     if any(info != infos[0] for info in infos):
         kill_embedders(handles)
         raise ConfigError(f"embedder actors disagree about the model: {infos}")
-    log.info("embedder pool ready: %d actors, %s", count, infos[0])
+    stats: list[dict[str, Any]] = await asyncio.gather(*(handle.stats.remote() for handle in handles))
+    load_s = max(float(s.get("load_s", 0.0)) for s in stats)  # what every restart of the pool costs
+    log.info("embedder pool ready: %d actors, %s; model loaded in %.1fs", count, infos[0], load_s)
     return handles, infos[0]
 
 
@@ -109,11 +115,7 @@ async def find_embedders(namespace: str, timeout_s: float) -> FoundEmbedders | N
     Raises EmbedderUnavailable naming every actor and why when none is ready, ConfigError when the
     ready ones disagree about the model.
     """
-    named: dict[int, str] = {}
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        match = _EMBEDDER_NAME.fullmatch(actor["name"])
-        if actor["namespace"] == namespace and match:
-            named[int(match[1])] = actor["name"]
+    named = list_embedders(namespace)
     if not named:
         return None
     handles: dict[int, ActorHandle] = {}
@@ -149,6 +151,16 @@ async def find_embedders(namespace: str, timeout_s: float) -> FoundEmbedders | N
     return FoundEmbedders({i: handles[i] for i in infos}, next(iter(infos.values())), not_ready)
 
 
+def list_embedders(namespace: str) -> dict[int, str]:
+    """``{i: "embedder-{i}"}`` for each embedder actor alive (or restarting) in ``namespace``."""
+    named: dict[int, str] = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        match = _EMBEDDER_NAME.fullmatch(actor["name"])
+        if actor["namespace"] == namespace and match:
+            named[int(match[1])] = actor["name"]
+    return named
+
+
 def actor_resources(pool: PoolSettings, gpus: bool) -> dict[str, Any]:
     """The Ray resource options of one embedder actor: GPUs on a GPU cluster, else CPUs; plus custom ones."""
     resources: dict[str, Any] = (
@@ -179,6 +191,7 @@ def spawn_embedder(
         namespace=namespace,
         max_restarts=pool.max_restarts,
         max_concurrency=_MAX_CONCURRENCY,
+        lifetime="detached" if pool.detached else None,
         **actor_resources(pool, gpus),
     )
     return cast(ActorHandle, options.remote(model, batching, index, namespace))

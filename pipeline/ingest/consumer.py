@@ -29,9 +29,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline.documents import Sink
-from pipeline.ingest import metrics
+from pipeline.ingest import decoding, metrics
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.consumer_stats import ConsumerStats
+from pipeline.ingest.decoding import DECODE_ERRORS
 from pipeline.ingest.dlq import DLQ_HEADER_ROOM, DeadLetterQueue
 from pipeline.ingest.flow import FlowControl
 from pipeline.ingest.kafka import client_options, make_producer
@@ -69,7 +70,11 @@ class IngestConsumer:
         )
         self._producer = make_producer(kafka, max_request_size=kafka.dlq_max_record_bytes + DLQ_HEADER_ROOM)
         self._dead_letters = DeadLetterQueue(
-            self._producer, kafka.dlq_topic, settings.consumer.retry_backoff_max_s, kafka.dlq_max_record_bytes
+            self._producer,
+            kafka.dlq_topic,
+            settings.consumer.retry_backoff_max_s,
+            kafka.dlq_max_record_bytes,
+            kafka.dlq_retry_s,
         )
         self._tracker = OffsetTracker()
         self._latency = metrics.CommitLatency(kafka.topic)
@@ -118,7 +123,8 @@ class IngestConsumer:
 
         On ``stop`` the lanes get ``consumer.shutdown_drain_s`` to finish their units.  Raises the
         first non-retriable error of any lane; work in flight is then abandoned uncommitted (it
-        is re-consumed on restart).
+        is re-consumed on restart).  A record batch that cannot be decoded (a codec library missing,
+        a corrupt batch) raises :class:`~pipeline.ingest.decoding.UndecodableBatch` naming where.
         """
         stop = stop or asyncio.Event()
         self._fatal = asyncio.get_running_loop().create_future()
@@ -132,7 +138,10 @@ class IngestConsumer:
             while not stop.is_set():
                 if self._fatal.done():
                     self._fatal.result()
-                batches = await self._consumer.getmany(timeout_ms=100)
+                try:
+                    batches = await self._consumer.getmany(timeout_ms=100)
+                except DECODE_ERRORS as exc:
+                    raise await decoding.locate(self._consumer, exc) from exc
                 if self.stats.first_record_at is None and any(batches.values()):
                     self.stats.first_record_at = time.monotonic()
                 for tp, records in batches.items():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -54,19 +54,70 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**(options | overrides))
 
 
+PRODUCTION_REPLICATION = 3
+"""Replicas a production topic should have: it survives one broker down with ``min.insync.replicas=2``."""
+
+
+def topic_replication(kafka: KafkaSettings, brokers: int) -> int:
+    """The replication factor of the topics the worker creates on a cluster of ``brokers`` brokers:
+    ``kafka.replication_factor``, else ``min(3, brokers)``.  Raises ConfigError when the setting asks for
+    more replicas than there are brokers (Kafka would refuse; some brokers accept and under-replicate)."""
+    wanted = kafka.replication_factor
+    if wanted is None:
+        return max(1, min(PRODUCTION_REPLICATION, brokers))
+    if wanted > brokers:
+        raise ConfigError(
+            f"kafka.replication_factor is {wanted} but the cluster at {kafka.bootstrap_servers} has "
+            f"{brokers} broker(s): lower it to at most {brokers}, or leave it unset (min(3, brokers))"
+        )
+    return wanted
+
+
 async def ensure_topics(kafka: KafkaSettings) -> None:
-    """Create the event and dead-letter topics when they are missing (existing ones are left alone)."""
+    """Create the event and dead-letter topics when they are missing (existing ones are left alone).
+
+    They get ``kafka.partitions`` / ``kafka.dlq_partitions`` partitions and
+    :func:`topic_replication` replicas; fewer than 3 replicas is logged.  A replication factor the
+    cluster cannot hold is refused before anything is created, and a topic the broker refuses to
+    create is a ConfigError naming it (one that another process created meanwhile is fine).
+    """
     admin = AIOKafkaAdminClient(**client_options(kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in (kafka.topic, kafka.dlq_topic) if t not in existing]
-        if missing:
+        dlq_partitions = kafka.dlq_partitions or kafka.partitions
+        partitions = {kafka.topic: kafka.partitions, kafka.dlq_topic: dlq_partitions}
+        missing = [t for t in partitions if t not in existing]
+        if not missing:
+            return
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = topic_replication(kafka, brokers)
+        if replication < PRODUCTION_REPLICATION:
+            log.warning(
+                "creating topic(s) %s with replication factor %d: the cluster has %d broker(s) "
+                "(%d is the production minimum; a lost broker loses the partitions it holds)",
+                ", ".join(missing),
+                replication,
+                brokers,
+                PRODUCTION_REPLICATION,
+            )
+        response = await admin.create_topics(
+            [NewTopic(t, num_partitions=partitions[t], replication_factor=replication) for t in missing]
+        )
+        for topic, code, *detail in response.topic_errors:
+            error = kafka_errors.for_code(code)
             # Another consumer may create it between our list and create.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing]
+            if code and error is not TopicAlreadyExistsError:
+                message = detail[0] if detail and detail[0] else error.description
+                raise ConfigError(
+                    f"the broker refused to create topic {topic!r}: {error.__name__}: {message}"
                 )
+        log.info(
+            "created topic(s) %s: %s partitions, replication factor %d",
+            ", ".join(missing),
+            "/".join(str(partitions[t]) for t in missing),
+            replication,
+        )
     finally:
         await admin.close()
 

@@ -39,7 +39,15 @@ END_TO_END = MetricSpec(
     (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
 )
 
-SPECS: tuple[MetricSpec, ...] = (EVENTS, CHUNKS, LAG, END_TO_END)
+DLQ_SEND_ERRORS = MetricSpec(
+    "ingest_dlq_send_errors_total",
+    "counter",
+    "Dead-letter records the broker did not acknowledge, by kind: transient (retried) or permanent "
+    "(the worker stops).",
+    ("topic", "kind"),
+)
+
+SPECS: tuple[MetricSpec, ...] = (EVENTS, CHUNKS, LAG, END_TO_END, DLQ_SEND_ERRORS)
 """Every metric the ingest loop records (the replica writes: :mod:`pipeline.milvus.metrics`)."""
 
 OK = "ok"
@@ -53,6 +61,7 @@ _events = EVENTS.counter()
 _chunks = CHUNKS.counter()
 _lag = LAG.gauge()
 _end_to_end = END_TO_END.histogram()
+_dlq_send_errors = DLQ_SEND_ERRORS.counter()
 
 
 def unit_done(topic: str, events: int, dead_letter_codes: Iterable[ReasonCode], chunks: int) -> None:
@@ -66,6 +75,11 @@ def unit_done(topic: str, events: int, dead_letter_codes: Iterable[ReasonCode], 
         _events.inc(count, tags={"topic": topic, "outcome": DLQ, "reason": ReasonCode(code).value})
     if chunks:
         _chunks.inc(chunks, tags={"topic": topic})
+
+
+def dlq_send_failed(topic: str, kind: str) -> None:
+    """A dead-letter record sent to ``topic`` failed with an error of ``kind`` (transient, permanent)."""
+    _dlq_send_errors.inc(1, tags={"topic": topic, "kind": kind})
 
 
 class CommitLatency:

@@ -129,6 +129,10 @@ async def drop(settings: Settings, number: int) -> str:
             await asyncio.to_thread(connection.call, f"dropping {name}", "drop_collection", name)
     finally:
         connection.close()
-    group = version_settings(settings, number).kafka.group_id
+    old = version_settings(settings, number)
     dropped = ", ".join(names.values()) or "nothing (it had no replicas)"
-    return f"dropped {dropped}; its consumer group {group} keeps its offsets (stop its worker if one runs)"
+    return (
+        f"dropped {dropped}; its consumer group {old.kafka.group_id} keeps its offsets. Stop its worker if "
+        f"one runs, then its embedder actors (detached, they outlive it): "
+        f"`PIPELINE_RAY__NAMESPACE={old.ray.namespace} python -m pipeline stop-embedders`"
+    )

@@ -53,8 +53,30 @@ class Runtime:
         )
 
     def close(self) -> None:
-        self.pool.shutdown()
+        """Close the sink; the actors stop unless detached (then they stay up for the next worker)."""
+        self.pool.release()
         self.sink.close()
+
+
+def stop_embedders(settings: Settings) -> list[str]:
+    """Kill the embedder actors of ``ray.namespace`` (detached ones outlive every worker); their names.
+
+    Workers still running there lose their actors: stop them first.
+    """
+    import ray
+
+    from workers.spawn import kill_embedders, list_embedders
+
+    connect_ray(settings)
+    handles, names = [], []
+    for name in list_embedders(settings.ray.namespace).values():
+        try:
+            handles.append(ray.get_actor(name, namespace=settings.ray.namespace))
+            names.append(name)
+        except ValueError:  # gone since the listing
+            continue
+    kill_embedders(handles)
+    return names
 
 
 async def start_pool(
@@ -67,7 +89,7 @@ async def start_pool(
     try:
         dims = settings.replicas.replica_dims(pool.info.native_dim)
     except ConfigError:
-        pool.shutdown()
+        pool.release()
         raise
     return pool, dims
 
@@ -138,9 +160,12 @@ async def build_runtime(
         stamp = stamp_of(pool.info, settings.model)
         prepare = partial(prepare_replicas, base or settings, settings, stamp, dims, adopt=adopt)
         await _ensure_replicas(sink, settings, prepare)
-    except BaseException:
+    except BaseException as exc:
         await _settle(tokenizer_loading, topics)
-        pool.shutdown()
+        if isinstance(exc, ConfigError) and pool.started_here:
+            pool.shutdown()  # refused (e.g. another model made the replicas): no worker will use them
+        else:
+            pool.release()
         raise
     log.info("ready: model %s, replicas %s", pool.info.name, list(dims))
     return Runtime(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)

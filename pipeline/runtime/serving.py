@@ -22,6 +22,7 @@ from pipeline.runtime.version_follower import VersionFollower
 from pipeline.runtime.versions import readable_replicas
 from pipeline.settings import Settings
 from workers.pool import EmbedderPool
+from workers.sharing import follow_embedders
 
 
 @dataclass(frozen=True)
@@ -34,20 +35,30 @@ class QuerySide:
 
 @contextlib.asynccontextmanager
 async def open_query_side(
-    settings: Settings, purpose: str, base: Settings | None = None, *, check_replicas: bool = True
+    settings: Settings,
+    purpose: str,
+    base: Settings | None = None,
+    *,
+    follow: bool = False,
+    check_replicas: bool = True,
 ) -> AsyncIterator[QuerySide]:
-    """The running actors in ``ray.namespace`` (or a private pool named after ``purpose``) and
-    a sink over the replicas ``settings`` describe that exist; both released on exit.
+    """The running actors in ``ray.namespace`` (or a private pool named after ``purpose``, stopped on
+    exit) and a sink over the replicas ``settings`` describe that exist; both released on exit.
 
+    ``follow``: the attached pool keeps up with actors that appear, restart or go in the namespace
+    (autoscaling, another worker), every ``pool.follow_interval_s``, until exit.
     ``settings`` name the version read, ``base`` (default ``settings``) are the settings as configured.
     ConfigError when a replica was made by another model than the pool's (vectors of another space);
-    ``check_replicas=False`` skips that check, for a caller that reads replicas of its own (eval-recall)."""
+    ``check_replicas=False`` skips that check, for a caller that reads replicas of its own (eval-recall).
+    """
     connect_ray(settings)
     pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
     owned = pool is None
+    following: asyncio.Task[None] | None = None
     if pool is None:
+        private = settings.model_copy(update={"pool": settings.pool.model_copy(update={"detached": False})})
         pool, dims = await start_pool(
-            settings, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
+            private, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
         )
     else:
         dims = settings.replicas.replica_dims(pool.info.native_dim)
@@ -59,10 +70,18 @@ async def open_query_side(
             if owned:
                 pool.shutdown()
             raise
+    if follow and not owned:
+        following = asyncio.create_task(
+            follow_embedders(pool, settings.ray.namespace, settings.pool.follow_interval_s),
+            name="follow-embedders",
+        )
     sink = MilvusSink(settings.milvus, dims)
     try:
         yield QuerySide(pool, sink)
     finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
         sink.close()
         if owned:
             pool.shutdown()
@@ -80,12 +99,11 @@ async def serve(
 
     host = host or settings.api.host
     port = settings.api.port if port is None else port
-    async with open_query_side(settings, "serve", base) as side:
+    async with open_query_side(settings, "serve", base, follow=True) as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         prefix = settings.milvus.collection_prefix
         follower = VersionFollower(base or settings, side.pool.info, side.sink, prefix)
-        api = Api(settings, side.pool, tokenizer, side.sink, follow=follower.sink)
-        runner = web.AppRunner(api.app())
+        runner = Api(settings, side.pool, tokenizer, side.sink, follow=follower.sink).runner()
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()

@@ -14,8 +14,11 @@
 
 Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad input (a
 search asking Milvus for more hits than its limit of 16,384 per query among them), 404
-for an unknown model, 413 for a body over ``api.max_body_bytes``, 503 (with Retry-After) when the pool
-or Milvus is unavailable.  Built on aiohttp, which ray[default] already installs: no new dependency.
+for an unknown model, 413 for a body over ``api.max_body_bytes``, 429 (with Retry-After) when every
+embedder actor's queue stayed full for ``pool.query_backpressure_s``, 503 (with Retry-After) when the
+pool or Milvus is unavailable or the request ran past ``api.request_timeout_s``.  No request hangs: a
+request past its deadline, or whose client went away, is cancelled, down to its tasks on the embedder
+actors.  Built on aiohttp, which ray[default] already installs: no new dependency.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pipeline.milvus.sink import MilvusSink
 from pipeline.search.replicas import QueryEmbedder, load_profile, search
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
-from workers.errors import ConfigError, InputTooLong, RetriableError
+from workers.errors import Backpressure, ConfigError, InputTooLong, RetriableError
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +140,18 @@ class Api:
         self._created = int(time.time())  # when this server started serving the model
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._settings.api.max_body_bytes, middlewares=[_errors])
+        middlewares = [_errors, _deadline(self._settings.api.request_timeout_s)]
+        app = web.Application(client_max_size=self._settings.api.max_body_bytes, middlewares=middlewares)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/search", self.search)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         return app
+
+    def runner(self) -> web.AppRunner:
+        """The app's runner, set up so that a client that disconnects cancels its request's work
+        (aiohttp would otherwise finish it for nobody: on the GPU, a search nobody reads)."""
+        return web.AppRunner(self.app(), handler_cancellation=True)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -215,6 +224,26 @@ class Api:
         return web.json_response({"status": "ok", "model": self._model})
 
 
+def _deadline(timeout_s: float) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: a request still running after ``timeout_s`` is cancelled and answered 503."""
+
+    @web.middleware
+    async def deadline(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(timeout_s) as limit:
+                return await handler(request)
+        except TimeoutError:
+            if not limit.expired():
+                raise  # a timeout of the work itself, not this deadline
+            retry = {"Retry-After": str(max(1, round(timeout_s / 10)))}
+            message = f"the request did not finish within {timeout_s:g}s (api.request_timeout_s)"
+            return ApiError(503, message, code="timeout").response(retry)
+
+    return deadline
+
+
 @web.middleware
 async def _errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -226,6 +255,9 @@ async def _errors(
         return exc.response()
     except InputTooLong as exc:  # OpenAI's answer to an input over the context length
         return ApiError(400, str(exc), "input", "context_length_exceeded").response()
+    except Backpressure as exc:  # the embedders are busy: this client should slow down
+        retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return ApiError(429, f"too many requests: {exc}", code="rate_limit_exceeded").response(retry)
     except RetriableError as exc:
         retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return ApiError(503, f"temporarily unavailable: {exc}", code="unavailable").response(retry)

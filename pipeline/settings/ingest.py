@@ -26,7 +26,26 @@ class KafkaSettings(Section):
         "message.max.bytes); a larger rejected event is dead-lettered cut to fit, with a "
         "'truncated_from' header.",
     )
-    partitions: int = Field(4, ge=1, description="Partitions of the topic when it is created.")
+    partitions: int = Field(4, ge=1, description="Partitions of the topic when the worker creates it.")
+    dlq_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Partitions of the dead-letter topic when the worker creates it; default: partitions.",
+    )
+    replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas of each topic the worker creates (event and dead-letter topics); default: "
+        "min(3, brokers in the cluster), logged when under 3. More than the cluster's brokers is refused "
+        "before anything is created.",
+    )
+    dlq_retry_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a dead-letter send retries transient broker errors (timeouts, no leader, "
+        "connection lost) before the worker stops; a permanent error (authorization, record too large, "
+        "topic missing or invalid) stops it at once.",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group with no committed offset starts."
     )
@@ -58,7 +77,6 @@ class KafkaSettings(Section):
     ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certificates.")
     ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
-
 
     def sasl_secret(self) -> str | None:
         """The SASL password, from ``sasl_password`` or ``sasl_password_file``."""

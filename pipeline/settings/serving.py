@@ -52,3 +52,9 @@ class ApiSettings(Section):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body accepted (larger: HTTP 413)."
     )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a request may take; past it the API answers 503 with Retry-After and "
+        "cancels the request's work on the embedder actors.",
+    )

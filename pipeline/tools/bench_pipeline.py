@@ -183,7 +183,8 @@ def bench_settings(settings: Settings, run_id: str) -> Settings:
     """``settings`` with a fresh topic, consumer group and collection prefix for run ``run_id``."""
     kafka = settings.kafka.model_copy(update={"topic": f"bench-{run_id}", "group_id": f"bench-{run_id}"})
     milvus = settings.milvus.model_copy(update={"collection_prefix": f"bench_{run_id}_"})
-    return settings.model_copy(update={"kafka": kafka, "milvus": milvus})
+    pool = settings.pool.model_copy(update={"detached": False})  # a benchmark leaves nothing running
+    return settings.model_copy(update={"kafka": kafka, "milvus": milvus, "pool": pool})
 
 
 async def run_pipeline_bench(

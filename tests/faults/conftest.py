@@ -23,7 +23,7 @@ from pipeline.settings import Settings
 FAULT_OPTIONS: dict[str, Any] = {
     "name": "faults",
     "kafka": {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
-    "pool": {"cpus_per_actor": 1.0},
+    "pool": {"cpus_per_actor": 1.0, "detached": False},
     "consumer": {"max_batch_events": 64, "retry_backoff_max_s": 4.0},
     "dims": (128,),
     "max_tokens": 64,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from harness import WorkerProcess, write_toml
 from helpers.kafka_io import Record, produce
 from helpers.models import build_tiny_qwen3
@@ -55,6 +56,12 @@ def _vectors(settings: Settings) -> dict[int, dict[str, list[float]]]:
         sink.close()
 
 
+def _embedder_actors() -> list[str]:
+    """Every live embedder actor of the session's Ray cluster, as namespace/name."""
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(f"{a['namespace']}/{a['name']}" for a in named if a["name"].startswith("embedder-"))
+
+
 async def _fill(settings: Settings, base: Settings | None = None) -> None:
     """What ``python -m pipeline run --until-idle 2`` does, in this process."""
     runtime = await (build_runtime(settings) if base is None else build_runtime(settings, base=base))
@@ -84,6 +91,9 @@ async def test_a_worker_of_another_checkpoint_is_refused_and_writes_nothing(
     before = _vectors(a)
     assert len(before[64]) == 12
     await produce(a.kafka, _events(12, 4))  # new events the refused worker must not write
+    actors = _embedder_actors()
+    # detached, as in production: a refused worker must still not leave its actors behind
+    b = b.model_copy(update={"pool": b.pool.model_copy(update={"detached": True})})
     worker = WorkerProcess(write_toml(b, tmp_path / "b.toml"), ray_cluster.address, ray_cluster.env, tmp_path)
     worker.start("--until-idle", "2")
     try:
@@ -94,6 +104,7 @@ async def test_a_worker_of_another_checkpoint_is_refused_and_writes_nothing(
     assert code == 2, log[-4000:]
     assert "was made by" in log and "run --into-version 2" in log and "versions switch 2" in log, log[-4000:]
     assert _vectors(a) == before, "the refused worker wrote into the replicas of the other model"
+    assert _embedder_actors() == actors, "the refused worker left its embedder actors running"
 
 
 async def test_a_new_version_fills_while_the_old_serves_then_switches(

@@ -65,8 +65,11 @@ def private_settings(
         )
     if model_path is not None:
         values["model"] = ModelSettings(name_or_path=str(model_path))
-    if model_path is not None or pool is not None:
-        values["pool"] = PoolSettings(**({"num_actors": 1} | dict(pool or {})))
+    # Actors die with the test's worker unless a test asks for shared (detached) ones: the session's
+    # Ray cluster would otherwise collect every test's actors.
+    values["pool"] = PoolSettings(
+        **({"detached": False} | ({"num_actors": 1} if model_path is not None else {}) | dict(pool or {}))
+    )
     if dims is not None:
         values["replicas"] = ReplicaSettings(dims=dims)
     if max_tokens is not None:

@@ -14,7 +14,7 @@ import ray
 
 from workers import actor as actor_module
 from workers.actor import EmbedderActor, validate_dims
-from workers.errors import ConfigError
+from workers.errors import ConfigError, InputTooLong
 from workers.model.embedding_model import EmbeddingModel
 from workers.settings import BatchSettings, ModelSettings
 
@@ -22,7 +22,8 @@ TEXTS = [
     "Hello world.",
     "Streaming ingestion reads document events from Kafka and writes embeddings to Milvus.",
     "Unicode: café, naïve, Größe, 東京, Москва, emoji 😀🚀.",
-    " ".join(["Matryoshka embeddings stay meaningful when cut to their first dimensions."] * 20),
+    # Near MiniLM's 256-token limit (about 205 tokens): long, but not refused.
+    " ".join(["Matryoshka embeddings stay meaningful when cut to their first dimensions."] * 12),
     "x",
 ]
 
@@ -79,6 +80,16 @@ async def test_dims_outside_the_model_are_a_config_error(actor: Any) -> None:
     for dims in [(), (0,), (info.native_dim + 1,), (64, -3)]:
         with pytest.raises(ConfigError):
             await actor.embed.remote(["hello"], dims)
+    out = await actor.embed.remote(["still serving"], (info.native_dim,))
+    assert out[info.native_dim].shape == (1, info.native_dim)
+
+
+async def test_a_text_over_the_limit_is_refused_and_the_actor_keeps_serving(actor: Any) -> None:
+    info = await actor.ready.remote()
+    too_long = " ".join(["Matryoshka embeddings stay meaningful."] * 60)
+    with pytest.raises(InputTooLong) as refused:
+        await actor.embed.remote(["fine", too_long], (info.native_dim,))
+    assert refused.value.index == 1 and refused.value.tokens > refused.value.limit == 256
     out = await actor.embed.remote(["still serving"], (info.native_dim,))
     assert out[info.native_dim].shape == (1, info.native_dim)
 

@@ -270,12 +270,15 @@ async def test_pool_refuses_dims_wider_than_the_model(pool: EmbedderPool) -> Non
         await pool.embed(["x"], (pool.info.native_dim + 1,))
 
 
-async def test_a_second_pool_in_the_namespace_is_a_config_error(
+async def test_a_second_pool_that_does_not_share_is_a_config_error(
     pool: EmbedderPool, qwen_settings: ModelSettings, ray_namespace: str
 ) -> None:
     with pytest.raises(ConfigError, match="already has embedder actors"):
         await EmbedderPool.start(
-            qwen_settings, BatchSettings(), PoolSettings(num_actors=1), namespace=ray_namespace
+            qwen_settings,
+            BatchSettings(),
+            PoolSettings(num_actors=1, detached=False),
+            namespace=ray_namespace,
         )
 
 

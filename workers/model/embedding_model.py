@@ -10,11 +10,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from workers.errors import ConfigError
+from workers.model.lora import merge_lora
 from workers.model.tokenizer import ModelFiles, TextTokenizer, load_text_tokenizer, resolve_model_files
 from workers.settings import DType, ModelSettings, Pooling
 
@@ -40,6 +42,8 @@ class ModelInfo:
     pooling: str
     model_type: str = ""
     """The Transformers ``config.model_type`` ("qwen3", "bert", ...): says how queries are formatted."""
+    adapter: str | None = None
+    """The LoRA adapter merged into the weights (``path@digest``), if any."""
 
 
 def resolve_pooling(requested: Pooling, files: ModelFiles, model_type: str) -> PoolingMode:
@@ -94,8 +98,10 @@ class EmbeddingModel:
         dtype: str,
         packing: Literal["auto", "on", "off"] = "off",
         compile: bool = False,
+        adapter: str | None = None,
     ) -> None:
         self._name = name
+        self._adapter = adapter
         self._model = model
         self._tokenizer = tokenizer
         self._pooling: PoolingMode = pooling
@@ -136,6 +142,7 @@ class EmbeddingModel:
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load model {settings.name_or_path!r}: {exc}") from exc
+        adapter = merge_lora(model, Path(settings.lora_path)).label() if settings.lora_path else None
         model.to(device).eval()
         pooling = resolve_pooling(settings.pooling, files, model.config.model_type)
         return cls(
@@ -147,6 +154,7 @@ class EmbeddingModel:
             dtype=dtype,
             packing=settings.packing,
             compile=settings.compile,
+            adapter=adapter,
         )
 
     @property
@@ -209,6 +217,7 @@ class EmbeddingModel:
             dtype=self._dtype,
             pooling=self._pooling,
             model_type=self._model_type,
+            adapter=self._adapter,
         )
 
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:

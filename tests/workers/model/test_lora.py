@@ -1,0 +1,95 @@
+"""LoRA adapters merged at load: the merged model gives PEFT's unmerged vectors; bad adapters refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workers.errors import ConfigError
+from workers.model.embedding_model import EmbeddingModel
+from workers.settings import ModelSettings
+
+peft = pytest.importorskip("peft")
+
+TEXTS = ["hello world", "a longer text about streaming embeddings into replicas", "x"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def write_adapter(base: Path, folder: Path, *, seed: int, **config: object) -> Path:
+    """A random (non-zero B) LoRA adapter on ``base``, saved as PEFT saves it."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_pretrained(base, dtype=torch.float32)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, **config)
+    peft.get_peft_model(model, lora).save_pretrained(folder)
+    return folder
+
+
+def load(base: Path, adapter: Path | None = None) -> EmbeddingModel:
+    settings = ModelSettings(
+        name_or_path=str(base), dtype="float32", lora_path=str(adapter) if adapter else None
+    )
+    return EmbeddingModel.load(settings, device="cpu")
+
+
+def vectors(model: EmbeddingModel) -> np.ndarray:
+    native = model.info().native_dim
+    return model.embed(TEXTS, [native])[native]
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_qwen3_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_adapter(tiny_qwen3_path, tmp_path_factory.mktemp("lora"), seed=1)
+
+
+def test_merged_adapter_gives_peft_unmerged_vectors(tiny_qwen3_path: Path, adapter: Path) -> None:
+    merged = load(tiny_qwen3_path, adapter)
+    unmerged = load(tiny_qwen3_path)
+    base = vectors(unmerged)
+    # PEFT injects its LoRA layers into the loaded module tree in place: the same EmbeddingModel now
+    # runs base + B @ A on every call, unmerged, which is the reference the merge must reproduce.
+    peft.PeftModel.from_pretrained(unmerged._model, str(adapter))
+    reference, ours = vectors(unmerged), vectors(merged)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    # The adapter matters: vectors moved away from the base model's.
+    assert float(np.abs(ours - base).max()) > 1e-2
+    label = merged.info().adapter
+    assert label is not None and label.startswith(f"{adapter}@") and len(label.rsplit("@", 1)[1]) == 12
+    assert unmerged.info().adapter is None
+
+
+def test_rslora_scale_is_merged_as_peft_runs_it(tiny_qwen3_path: Path, tmp_path: Path) -> None:
+    folder = write_adapter(tiny_qwen3_path, tmp_path / "rs", seed=2, use_rslora=True)
+    unmerged = load(tiny_qwen3_path)
+    peft.PeftModel.from_pretrained(unmerged._model, str(folder))
+    np.testing.assert_allclose(vectors(load(tiny_qwen3_path, folder)), vectors(unmerged), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [({"use_dora": True}, "use_dora"), ({"bias": "lora_only"}, "bias"), ({"peft_type": "IA3"}, "only LORA")],
+)
+def test_an_adapter_that_cannot_be_merged_is_refused(
+    tiny_qwen3_path: Path, adapter: Path, tmp_path: Path, config: dict[str, object], message: str
+) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes())
+    data = json.loads((adapter / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**data, **config}))
+    with pytest.raises(ConfigError, match=message):
+        load(tiny_qwen3_path, folder)
+
+
+def test_an_adapter_of_another_base_model_is_refused(
+    tiny_qwen3_path: Path, minilm_path: Path, adapter: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="another base model"):
+        load(minilm_path, adapter)
+    with pytest.raises(ConfigError, match="not a PEFT adapter folder"):
+        load(tiny_qwen3_path, tmp_path)

@@ -1,0 +1,108 @@
+"""The pool's actors and what the pool knows of each: its load, its failures, whether a suspect
+request has reserved it; which one the next call goes to.
+
+Importing this module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from ray.actor import ActorHandle
+from ray.exceptions import ActorDiedError, RayActorError
+
+from workers.errors import EmbedderUnavailable
+
+log = logging.getLogger("workers.pool")  # the pool's own log lines, wherever the code lives
+
+# After an actor fails, calls avoid it for this long, doubling per consecutive outage: Ray refuses
+# calls at once while it restarts an actor, so retrying sooner would only burn attempts.
+_AVOID_BASE_S = 1.0
+_AVOID_MAX_S = 30.0
+# How often a request run alone asks a restarting actor whether it is back.
+_READY_POLL_S = 0.5
+
+
+@dataclass(eq=False)
+class Slot:
+    """One actor of the pool and what the pool knows of it."""
+
+    index: int
+    handle: ActorHandle
+    outstanding: int = 0  # characters of the texts sent and not answered yet
+    calls: int = 0
+    failures: int = 0  # consecutive actor failures
+    avoid_until: float = 0.0
+    in_flight: int = 0  # calls sent and not answered
+    reserved: bool = False  # a suspect request waits to run alone here: send nothing else
+
+
+class Slots:
+    """The slots of one pool, in the order actors joined; ``items`` is the live list."""
+
+    def __init__(self, items: list[Slot], ready_timeout_s: float) -> None:
+        self.items = items
+        self.ready_timeout_s = ready_timeout_s
+
+    async def pick(self) -> Slot:
+        """The least loaded actor not avoided, among those no suspect request is waiting for."""
+        while all(slot.reserved for slot in self.items):
+            await asyncio.sleep(0.05)
+        now = time.monotonic()
+        return min(
+            (slot for slot in self.items if not slot.reserved),
+            key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls),
+        )
+
+    async def reserve(self) -> Slot:
+        """A slot with nothing in flight, reserved (no new calls go there) until the caller clears it."""
+        while True:
+            free = [slot for slot in self.items if not slot.reserved]
+            if free:
+                now = time.monotonic()
+                slot = min(free, key=lambda slot: (slot.avoid_until > now, slot.in_flight, slot.outstanding))
+                slot.reserved = True
+                break
+            await asyncio.sleep(_READY_POLL_S)
+        while slot.in_flight:
+            await asyncio.sleep(0.05)
+        return slot
+
+    async def until_ready(self, slot: Slot) -> None:
+        """Wait until ``slot``'s actor answers (riding out a restart), at most ``ready_timeout_s``.
+
+        Raises ActorDiedError when the actor is gone for good, EmbedderUnavailable when it does not
+        come back in time.
+        """
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await slot.handle.ready.remote()
+                return
+            except ActorDiedError:
+                raise
+            except (RayActorError, TimeoutError):
+                pass  # restarting, or not back yet
+            if time.monotonic() >= deadline:
+                raise EmbedderUnavailable(
+                    f"embedder-{slot.index} did not come back within {self.ready_timeout_s:.0f}s"
+                )
+            await asyncio.sleep(_READY_POLL_S)
+
+    def failed(self, slot: Slot, exc: RayActorError | TimeoutError) -> None:
+        now = time.monotonic()
+        if slot.avoid_until > now:
+            return  # another call already reported this outage: one death fails every call in flight
+        slot.failures += 1
+        avoid = min(_AVOID_MAX_S, _AVOID_BASE_S * 2 ** (slot.failures - 1))
+        slot.avoid_until = now + avoid
+        log.warning("embedder-%d failed (%s); avoiding it for %.0fs", slot.index, exc, avoid)
+
+    def wait_before_retry(self) -> float:
+        """Nothing while some actor is not avoided, else until the first one's avoidance ends."""
+        now = time.monotonic()
+        return max(0.0, min(slot.avoid_until for slot in self.items) - now)
