@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.cli_versions import add_run_options, add_versions_verb, settings_of_verb, versions_verb
 from pipeline.settings import Settings, load_settings
 from workers.errors import ConfigError, InputTooLong, PipelineError
 
@@ -33,12 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--until-idle", type=float, metavar="SECONDS", help="return once nothing arrived for SECONDS"
     )
+    add_run_options(run)
     run.add_argument(
         "--consumer-actors",
         type=int,
         metavar="N",
         help="run N consumer-group members as Ray actors (default scaling.consumer_actors; 0: here)",
     )
+    add_versions_verb(verbs)
     produce = verbs.add_parser("produce", help="send JSONL events or .txt/.md documents to the topic")
     produce.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     produce.add_argument("--topic", help="topic to send to (default: kafka.topic)")
@@ -161,20 +164,22 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
     # run_eval checks this too; here a refused prefix costs no pool start (a model load per GPU).
     scratch = settings.milvus.model_copy(update={"collection_prefix": args.prefix})
     await asyncio.to_thread(claim_prefix, scratch, settings.milvus.collection_prefix)
-    async with open_query_side(settings, "eval") as side:
+    async with open_query_side(settings, "eval", check_replicas=False) as side:
         report = await run_eval(settings, side.pool, side.sink.dims, options)
     print(render_table(report))
     print(f"written: {args.out}/recall.json, recall.md, recall.png")
     return 0
 
 
-async def _search(settings: Settings, args: argparse.Namespace) -> int:
+async def _search(base: Settings, args: argparse.Namespace) -> int:
     from pipeline.runtime.serving import open_query_side
+    from pipeline.runtime.versions import serving_settings
     from pipeline.search.replicas import check_search_size, format_results, search
 
-    factor = None if args.funnel is None else (args.funnel or settings.search.funnel_factor)
+    factor = None if args.funnel is None else (args.funnel or base.search.funnel_factor)
     check_search_size(args.top_k, factor, args.per_document)  # before Ray and the model start
-    async with open_query_side(settings, "search") as side:
+    settings = await serving_settings(base, attempts=1)  # the version `versions switch` made serving
+    async with open_query_side(settings, "search", base) as side:
         query = " ".join(args.query)
         results = await search(
             settings,
@@ -218,10 +223,16 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.ops.stack import with_local_ray
 
         settings = with_local_ray(settings)  # no-op when ray.address is configured
+    base = settings  # as configured: version 1 (see pipeline.runtime.versions)
+    settings = await settings_of_verb(base, args)
+    if args.verb == "versions":
+        return await versions_verb(settings, args)
     if args.verb == "run":
         from pipeline.runtime.ingestion import run_ingestion
 
-        return await run_ingestion(settings, args.until_idle, args.consumer_actors)
+        return await run_ingestion(
+            settings, args.until_idle, args.consumer_actors, base=base, adopt=args.adopt
+        )
     if args.verb == "produce":
         from pipeline.ingest.produce import produce
 
@@ -232,7 +243,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "serve":
         from pipeline.runtime.serving import serve
 
-        await serve(settings, args.host, args.port)
+        await serve(settings, args.host, args.port, base)
         return 0
     if args.verb == "eval-recall":
         return await _eval_recall(settings, args)

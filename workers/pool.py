@@ -61,6 +61,8 @@ class EmbedderPool:
         self._settings = settings
         self.not_attached: dict[str, str] = {}
         """Attached pools only: the actors of the namespace that were not ready, name -> why."""
+        self.started_here = False
+        """Whether :meth:`start` created these actors (rather than joining running ones)."""
 
     @classmethod
     async def start(
@@ -90,7 +92,9 @@ class EmbedderPool:
                 if not pool.detached:
                     raise
                 continue
-            return cls(handles, info, pool)
+            started = cls(handles, info, pool)
+            started.started_here = True
+            return started
         raise EmbedderUnavailable(f"embedder actors of namespace {namespace!r} came and went while joining")
 
     @classmethod

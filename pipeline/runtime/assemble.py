@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pipeline.ingest.chunking import Chunker
@@ -16,8 +18,10 @@ from pipeline.ingest.consumer import IngestConsumer
 from pipeline.ingest.kafka import ensure_topics
 from pipeline.ingest.retry import Backoff
 from pipeline.milvus.errors import SinkUnavailable
+from pipeline.milvus.model_stamp import stamp_of
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.ray_cluster import connect_ray
+from pipeline.runtime.versions import prepare_replicas
 from pipeline.settings import Settings
 from workers.actor import EmbedderActor
 from workers.errors import ConfigError
@@ -103,11 +107,15 @@ def make_chunker(settings: Settings, tokenizer: TextTokenizer, info: ModelInfo) 
     return Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens)
 
 
-async def _ensure_replicas(sink: MilvusSink, settings: Settings, attempts: int = 6) -> None:
-    """Create or check the replica collections, waiting out a Milvus that is still starting."""
+async def _ensure_replicas(
+    sink: MilvusSink, settings: Settings, prepare: Callable[[], None], attempts: int = 6
+) -> None:
+    """Create or check the replica collections (``prepare``, then the sink's own check), waiting out a
+    Milvus that is still starting."""
     backoff = Backoff(base=1.0, cap=settings.consumer.retry_backoff_max_s)
     for attempt in range(1, attempts + 1):
         try:
+            await asyncio.to_thread(prepare)
             await asyncio.to_thread(sink.ensure_collections)
             return
         except SinkUnavailable as exc:
@@ -118,10 +126,20 @@ async def _ensure_replicas(sink: MilvusSink, settings: Settings, attempts: int =
             await asyncio.sleep(delay)
 
 
-async def build_runtime(settings: Settings, actor_class: type[EmbedderActor] = EmbedderActor) -> Runtime:
+async def build_runtime(
+    settings: Settings,
+    actor_class: type[EmbedderActor] = EmbedderActor,
+    *,
+    base: Settings | None = None,
+    adopt: bool = False,
+) -> Runtime:
     """Start the pool, open every replica and the topics, and check the settings fit together.
 
     ``actor_class``: an EmbedderActor subclass for the pool (tests inject faults with one).
+    ``settings`` name the version written; ``base`` (default ``settings``) are the settings as
+    configured, version 1 (see :mod:`pipeline.runtime.versions`).  The replicas are checked by
+    :func:`~pipeline.runtime.versions.prepare_replicas` (``adopt``: stamp unstamped ones): ConfigError
+    for replicas another model made, or a replica added beside ones that hold rows.
 
     The driver's tokenizer loads and the topics are created while the actors load the model:
     a restarted process is back sooner (its partitions wait for it meanwhile).
@@ -139,10 +157,15 @@ async def build_runtime(settings: Settings, actor_class: type[EmbedderActor] = E
         await topics
         chunker = make_chunker(settings, tokenizer, pool.info)
         sink = MilvusSink(settings.milvus, dims)
-        await _ensure_replicas(sink, settings)
-    except BaseException:
+        stamp = stamp_of(pool.info, settings.model)
+        prepare = partial(prepare_replicas, base or settings, settings, stamp, dims, adopt=adopt)
+        await _ensure_replicas(sink, settings, prepare)
+    except BaseException as exc:
         await _settle(tokenizer_loading, topics)
-        pool.release()
+        if isinstance(exc, ConfigError) and pool.started_here:
+            pool.shutdown()  # refused (e.g. another model made the replicas): no worker will use them
+        else:
+            pool.release()
         raise
     log.info("ready: model %s, replicas %s", pool.info.name, list(dims))
     return Runtime(settings, pool, sink, chunker, dims, tokenizer.num_special_tokens)

@@ -20,14 +20,20 @@ log = logging.getLogger("pipeline")
 
 
 async def run_ingestion(
-    settings: Settings, until_idle: float | None = None, consumer_actors: int | None = None
+    settings: Settings,
+    until_idle: float | None = None,
+    consumer_actors: int | None = None,
+    *,
+    base: Settings | None = None,
+    adopt: bool = False,
 ) -> int:
     """Consume until SIGINT/SIGTERM (or idle for ``until_idle`` s), in this process or as
     ``consumer_actors`` Ray actors (default ``scaling.consumer_actors``); returns the exit code.
+    ``settings`` name the version written, ``base`` and ``adopt`` are :func:`build_runtime`'s.
 
     First signal: finish the units in flight and commit; second: stop at once (exit 130).
     """
-    runtime = await build_runtime(settings)
+    runtime = await build_runtime(settings, base=base, adopt=adopt)
     stop = asyncio.Event()
     members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
     consumers: list[Any] = []

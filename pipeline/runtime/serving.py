@@ -14,9 +14,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pipeline.milvus.model_stamp import stamp_of
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import start_pool
 from pipeline.runtime.ray_cluster import connect_ray
+from pipeline.runtime.version_follower import VersionFollower
+from pipeline.runtime.versions import readable_replicas
 from pipeline.settings import Settings
 from workers.pool import EmbedderPool
 from workers.sharing import follow_embedders
@@ -32,13 +35,21 @@ class QuerySide:
 
 @contextlib.asynccontextmanager
 async def open_query_side(
-    settings: Settings, purpose: str, *, follow: bool = False
+    settings: Settings,
+    purpose: str,
+    base: Settings | None = None,
+    *,
+    follow: bool = False,
+    check_replicas: bool = True,
 ) -> AsyncIterator[QuerySide]:
     """The running actors in ``ray.namespace`` (or a private pool named after ``purpose``, stopped on
-    exit) and a sink over the replicas ``settings`` describe; both released on exit.
+    exit) and a sink over the replicas ``settings`` describe that exist; both released on exit.
 
     ``follow``: the attached pool keeps up with actors that appear, restart or go in the namespace
     (autoscaling, another worker), every ``pool.follow_interval_s``, until exit.
+    ``settings`` name the version read, ``base`` (default ``settings``) are the settings as configured.
+    ConfigError when a replica was made by another model than the pool's (vectors of another space);
+    ``check_replicas=False`` skips that check, for a caller that reads replicas of its own (eval-recall).
     """
     connect_ray(settings)
     pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
@@ -51,11 +62,19 @@ async def open_query_side(
         )
     else:
         dims = settings.replicas.replica_dims(pool.info.native_dim)
-        if follow:
-            following = asyncio.create_task(
-                follow_embedders(pool, settings.ray.namespace, settings.pool.follow_interval_s),
-                name="follow-embedders",
-            )
+    if check_replicas:
+        try:
+            stamp = stamp_of(pool.info, settings.model)
+            dims = await asyncio.to_thread(readable_replicas, base or settings, settings, stamp, dims)
+        except BaseException:
+            if owned:
+                pool.shutdown()
+            raise
+    if follow and not owned:
+        following = asyncio.create_task(
+            follow_embedders(pool, settings.ray.namespace, settings.pool.follow_interval_s),
+            name="follow-embedders",
+        )
     sink = MilvusSink(settings.milvus, dims)
     try:
         yield QuerySide(pool, sink)
@@ -68,8 +87,11 @@ async def open_query_side(
             pool.shutdown()
 
 
-async def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Serve the HTTP API (:mod:`pipeline.search.api`) until SIGINT or SIGTERM."""
+async def serve(
+    settings: Settings, host: str | None = None, port: int | None = None, base: Settings | None = None
+) -> None:
+    """Serve the HTTP API (:mod:`pipeline.search.api`) until SIGINT or SIGTERM.  ``settings`` name the
+    version served, ``base`` (default ``settings``) are the settings as configured."""
     from aiohttp import web
 
     from pipeline.search.api import Api
@@ -77,9 +99,11 @@ async def serve(settings: Settings, host: str | None = None, port: int | None = 
 
     host = host or settings.api.host
     port = settings.api.port if port is None else port
-    async with open_query_side(settings, "serve", follow=True) as side:
+    async with open_query_side(settings, "serve", base, follow=True) as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        runner = Api(settings, side.pool, tokenizer, side.sink).runner()
+        prefix = settings.milvus.collection_prefix
+        follower = VersionFollower(base or settings, side.pool.info, side.sink, prefix)
+        runner = Api(settings, side.pool, tokenizer, side.sink, follow=follower.sink).runner()
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -91,3 +115,4 @@ async def serve(settings: Settings, host: str | None = None, port: int | None = 
             await stop.wait()
         finally:
             await runner.cleanup()
+            follower.close()

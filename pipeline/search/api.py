@@ -124,12 +124,17 @@ class Api:
         tokenizer: TokenCounter,
         sink: MilvusSink,
         profile: Profile | None = None,
+        *,
+        follow: Callable[[], Awaitable[MilvusSink]] | None = None,
     ) -> None:
-        """``sink`` holds the replicas searched (its dims were resolved when the server was assembled)."""
+        """``sink`` holds the replicas searched (its dims were resolved when the server was assembled);
+        with ``follow``, each search reads the replicas it returns instead (the serving version, which
+        `versions switch` moves; a ConfigError from it is answered 503)."""
         self._settings = settings
         self._pool = pool
         self._tokenizer = tokenizer
         self._sink = sink
+        self._follow = follow
         self._model = settings.api.model_name or pool.info.name
         self._profile = profile if profile is not None else load_profile(settings, sink.dims)
         self._created = int(time.time())  # when this server started serving the model
@@ -179,10 +184,14 @@ class Api:
         if task is not None and not isinstance(task, str):
             raise ApiError(400, "'task' must be a string", "task")
         try:
+            sink = await self._follow() if self._follow else self._sink
+        except ConfigError as exc:  # the serving version was made by another model than ours
+            raise ApiError(503, str(exc), code="model_mismatch") from exc
+        try:
             results = await search(
                 self._settings,
                 self._pool,
-                self._sink,
+                sink,
                 queries,
                 dim=_int(body, "dim", 1, self._pool.info.native_dim),
                 top_k=_int(body, "top_k", 1, 1000) or DEFAULT_TOP_K,

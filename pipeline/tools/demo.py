@@ -10,6 +10,7 @@ from pipeline.ingest.produce import produce
 from pipeline.ops import stack
 from pipeline.runtime.assemble import build_runtime
 from pipeline.runtime.run_summary import BUSY
+from pipeline.runtime.versions import serving_settings
 from pipeline.search.replicas import format_results, search
 from pipeline.settings import Settings
 
@@ -52,7 +53,8 @@ async def run_demo(settings: Settings, idle_s: float = 3.0) -> int:
     print(f"== producing the sample corpus from {SAMPLE_CORPUS}")
     await produce(settings.kafka, [SAMPLE_CORPUS])
     print("== starting the embedder pool and ingesting")
-    runtime = await build_runtime(settings)
+    base, settings = settings, await serving_settings(settings)  # the version `versions switch` serves
+    runtime = await build_runtime(settings, base=base)
     try:
         stats = await runtime.new_consumer().run(until_idle_s=idle_s)
         print(
