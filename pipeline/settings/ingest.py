@@ -59,7 +59,6 @@ class KafkaSettings(Section):
     ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_keyfile: Path | None = Field(None, description="Private key of the client certificate.")
 
-
     def sasl_secret(self) -> str | None:
         """The SASL password, from ``sasl_password`` or ``sasl_password_file``."""
         return read_secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password_file")

@@ -48,7 +48,6 @@ class MilvusSettings(Section):
     )
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call.")
 
-
     def token_secret(self) -> str | None:
         """The Milvus token, from ``token`` or ``token_file``."""
         return read_secret(self.token, self.token_file, "milvus.token_file")
