@@ -107,3 +107,12 @@ def test_ours_matches_sentence_transformers_on_the_same_folder(tiny_real: Path) 
     ours = model.embed(TEXTS, (model.native_dim,))[model.native_dim]
     theirs = peer.encode(TEXTS, normalize_embeddings=True)
     assert np.min(np.sum(ours * theirs, axis=1)) >= 0.9999
+
+
+def test_special_token_text_inside_a_document_is_read_as_the_special_token() -> None:
+    """A known limit (README, Not promised): like transformers' default (``split_special_tokens``
+    false), the literal text ``<|endoftext|>`` in a document becomes the EOS id, not its characters."""
+    from workers.model.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(embedding_tokenizer(), max_length=64, pad_token_id=EOS_ID)
+    assert tokenizer.encode(["a<|endoftext|>b<|im_start|>"]) == [[64, EOS_ID, 65, 151644, EOS_ID]]
