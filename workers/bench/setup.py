@@ -158,12 +158,18 @@ _STUB = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "n
 
 
 def sentence_transformer_peer(
-    model: PreTrainedModel, tokenizer: Tokenizer, affixes: Affixes, pooling: PoolingMode, folder: Path
+    model: PreTrainedModel,
+    tokenizer: Tokenizer,
+    affixes: Affixes,
+    pooling: PoolingMode,
+    folder: Path,
+    pad_token: str | None = None,
 ) -> Any:
     """sentence-transformers' own pipeline (id tokenizer, Transformer, Pooling, Normalize) around ``model``.
 
     sentence-transformers loads a stub of the same architecture from ``folder``; its Transformer
     module then gets ``model`` itself, so both sides run the same weights and the same object.
+    ``pad_token``: the tokenizer's PAD as text (default: the id tokenizer's word for ``affixes.pad``).
     """
     from sentence_transformers import SentenceTransformer
 
@@ -181,7 +187,7 @@ def sentence_transformer_peer(
     max_length = int(model.config.max_position_embeddings)
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        pad_token=f"t{affixes.pad}",
+        pad_token=pad_token or f"t{affixes.pad}",
         padding_side="left" if pooling == "last_token" else "right",
         model_max_length=max_length,
     ).save_pretrained(folder)
