@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration up down clean
+.PHONY: demo test lint unit integration up down clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +24,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m pipeline demo
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	$(PY) -m pytest -q -ra --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline workers tests
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) chromium
 	$(PY) -m pytest -q -ra --ignore=tests/integration
+
+# Debian's chromium for the dashboard's browser test (tests/pipeline/ops/test_dashboard_browser.py);
+# nothing to do when `chromium` is on PATH.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends chromium; }
 
 up: $(STAMP)
 	$(PY) -m pipeline up
