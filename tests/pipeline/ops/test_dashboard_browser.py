@@ -90,7 +90,10 @@ async def test_the_actors_page_lists_embedder_0_only_after_login_with_the_token(
     )
     try:
         # The session's other tests may have an embedder-0 of their own: this one is known by its id.
-        [actor] = list_actors(filters=[("name", "=", "embedder-0"), ("ray_namespace", "=", namespace)])
+        # On this cluster by address: left to find one itself, the state API refuses where a machine
+        # runs several.
+        mine = [("name", "=", "embedder-0"), ("ray_namespace", "=", namespace)]
+        [actor] = list_actors(address=ray_cluster.address, filters=mine)
         actor_id = actor.actor_id
         async with headless_chromium() as tab:
             await tab.navigate(f"{url}/#/actors")
