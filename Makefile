@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration up down clean tokenizer
+.PHONY: demo test lint unit integration up down clean tokenizer chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,15 +29,22 @@ demo: $(STAMP)
 tokenizer: $(STAMP)
 	$(PY) -m workers.bench.qwen3_tokenizer
 
-test: $(STAMP) lint tokenizer
+test: $(STAMP) lint tokenizer chromium
 	$(PY) -m pytest -q -ra --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline workers tests
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) tokenizer
+unit: $(STAMP) tokenizer chromium
 	$(PY) -m pytest -q -ra --ignore=tests/integration
+
+# Debian's chromium for the dashboard's browser test (tests/pipeline/ops/test_dashboard_browser.py);
+# nothing to do when `chromium` is on PATH.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends chromium; }
 
 up: $(STAMP)
 	$(PY) -m pipeline up

@@ -110,6 +110,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
             address=stack.ray_address(settings),
             env=stack.ray_client_env(settings),
             dashboard_url=f"http://{processes.HOST}:{settings.stack.dashboard_port}",
+            stack=settings.stack,
         )
     finally:
         stack.down(settings)  # only the head runs in this data folder; also drops its temp-dir link

@@ -17,6 +17,7 @@ from pipeline.ops.processes import (
     require_free,
 )
 from pipeline.ops.stack import milvus_ready
+from pipeline.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +88,4 @@ class RayCluster:
     address: str
     env: dict[str, str]
     dashboard_url: str
+    stack: StackSettings  # what it was started with: `python -m pipeline dashboard` finds its token by it
