@@ -12,6 +12,7 @@ import pytest
 from helpers.kafka_io import assert_all_committed, produce, read_topic
 from helpers.oracle import SHORT_WORDS, StreamOracle, assert_exact
 from helpers.settings import private_settings
+from streams import fault_seed
 
 from pipeline.runtime.assemble import build_runtime
 
@@ -24,7 +25,7 @@ def interleaved_stream(seed: int = 11, events: int = 2000) -> StreamOracle:
     """Upserts of 1–4 chunks (so updates shrink and grow documents), deletes as events and as
     tombstones; then every id gets a long last version, half the ids are deleted after it and
     the other half see it re-delivered (a duplicate changes nothing)."""
-    rng = random.Random(seed)
+    rng = random.Random(fault_seed(seed))
     oracle = StreamOracle()
 
     def upsert(doc_id: str, seq: int, sentences: int) -> None:

@@ -25,6 +25,7 @@ from helpers.fakes import FakeRecord, OnesEmbedder, WordSpans
 from helpers.kafka_io import Record, assert_all_committed, committed_and_end, produce, read_topic
 from helpers.oracle import SHORT_WORDS, StreamOracle, assert_exact
 from helpers.settings import private_settings
+from streams import fault_seed
 
 from pipeline.documents import DocumentWrite, WriteResult
 from pipeline.ingest.chunking import Chunker
@@ -118,7 +119,7 @@ async def _wait_for(condition: Any, timeout_s: float, what: str) -> None:
 async def test_members_join_and_leave_under_load_and_nothing_is_lost(
     kafka_bootstrap: str, milvus_lite_uri: str, minilm_path: Path, ray_session: None
 ) -> None:
-    rng = random.Random(23)
+    rng = random.Random(fault_seed(23))
     oracle = StreamOracle()
     settings = private_settings(
         kafka_bootstrap,

@@ -24,7 +24,7 @@ from harness import WorkerProcess, write_toml
 from helpers.kafka_io import CommitWatcher, assert_all_committed, produce, read_topic
 from helpers.oracle import compare, read_replicas
 from helpers.services import RayCluster
-from streams import mixed_stream
+from streams import fault_seed, mixed_stream
 
 from pipeline.ingest.kafka import ensure_topics
 from pipeline.milvus.sink import MilvusSink
@@ -49,7 +49,7 @@ async def test_sigkilled_worker_loses_and_duplicates_nothing(
     oracle = mixed_stream(SEED, EVENTS)
     config = write_toml(settings, tmp_path / "worker.toml")
     worker = WorkerProcess(config, ray_cluster.address, ray_cluster.env, tmp_path / "logs")
-    rng = random.Random(SEED)
+    rng = random.Random(fault_seed(SEED))
     stretch = len(oracle.records) / (KILLS + 1)
     points = [int(stretch * (k + rng.uniform(0.1, 0.9))) for k in range(KILLS)]
     kill_points: list[tuple[int, int]] = []  # (kill point, events committed) at each kill
