@@ -8,9 +8,10 @@ stay up with its partitions paused and commit nothing; afterwards it must resume
 
 Refusal: on the real Milvus 2.3.5, which refuses JSON over 64 KiB, with our own 64 KiB checks
 lifted so such an event reaches the server: that event goes to the DLQ with the server's
-reason and the rest of the stream lands.  Each refused event follows, in the same unit, a valid
-event of its id: that one is written in its place (issue 12, item 6), as applying the events one by
-one would; before, a unit kept only an id's last event and the refusal lost both.
+reason and the rest of the stream lands.  Each refused event right follows a valid event of its id,
+which the replicas must hold, as applying the events one by one gives (issue 12, item 6).  Whether
+the two share a unit depends on the polls, so the fallback itself is proven by
+tests/faults/test_unit_fallbacks.py and tests/pipeline/ingest/test_fallbacks.py.
 """
 
 from __future__ import annotations
