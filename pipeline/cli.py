@@ -221,6 +221,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         for service in await asyncio.to_thread(stack.down, settings):
             print(service)
         return 0
+    if args.verb == "serve":  # before Milvus or Ray are asked anything: the refusal is immediate
+        from pipeline.search.auth import check_exposure
+
+        check_exposure(settings.api, args.host or settings.api.host)
     if args.verb not in ("up", "down", "demo", "dashboard"):
         from pipeline.ops.stack import with_local_ray
 

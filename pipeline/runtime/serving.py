@@ -91,19 +91,23 @@ async def serve(
     settings: Settings, host: str | None = None, port: int | None = None, base: Settings | None = None
 ) -> None:
     """Serve the HTTP API (:mod:`pipeline.search.api`) until SIGINT or SIGTERM.  ``settings`` name the
-    version served, ``base`` (default ``settings``) are the settings as configured."""
+    version served, ``base`` (default ``settings``) are the settings as configured.  ConfigError, before
+    anything starts, when ``host`` is beyond loopback without API keys (:func:`check_exposure`)."""
     from aiohttp import web
 
     from pipeline.search.api import Api
+    from pipeline.search.auth import check_exposure, warn_if_open
     from workers.model.tokenizer import load_text_tokenizer
 
     host = host or settings.api.host
     port = settings.api.port if port is None else port
+    keys = check_exposure(settings.api, host)  # before Ray or the model: a refusal costs nothing
+    warn_if_open(keys, host)
     async with open_query_side(settings, "serve", base, follow=True) as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         prefix = settings.milvus.collection_prefix
         follower = VersionFollower(base or settings, side.pool.info, side.sink, prefix)
-        runner = Api(settings, side.pool, tokenizer, side.sink, follow=follower.sink).runner()
+        runner = Api(settings, side.pool, tokenizer, side.sink, follow=follower.sink, keys=keys).runner()
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()

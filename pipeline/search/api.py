@@ -12,6 +12,10 @@
   ``routing``: why (e.g. that no profile was measured, so the native replica answered); else null.
 * ``GET /v1/models``, ``GET /health``.
 
+With ``api.keys`` (or ``api.keys_file``) set, every ``/v1`` route needs ``Authorization: Bearer KEY``
+(401 ``invalid_api_key`` without a valid one; 403 when a tenant-bound key's body names another
+``tenant``); ``/health`` stays open.  See :mod:`pipeline.search.auth`.
+
 Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad input (a
 search asking Milvus for more hits than its limit of 16,384 per query among them), 404
 for an unknown model, 413 for a body over ``api.max_body_bytes``, 429 (with Retry-After) when every
@@ -35,6 +39,7 @@ import numpy as np
 from aiohttp import web
 
 from pipeline.milvus.sink import MilvusSink
+from pipeline.search.auth import ApiKeys, require_key
 from pipeline.search.replicas import QueryEmbedder, load_profile, search
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
@@ -126,10 +131,12 @@ class Api:
         profile: Profile | None = None,
         *,
         follow: Callable[[], Awaitable[MilvusSink]] | None = None,
+        keys: ApiKeys | None = None,
     ) -> None:
         """``sink`` holds the replicas searched (its dims were resolved when the server was assembled);
         with ``follow``, each search reads the replicas it returns instead (the serving version, which
-        `versions switch` moves; a ConfigError from it is answered 503)."""
+        `versions switch` moves; a ConfigError from it is answered 503).  ``keys``: who may ask
+        (default: read from ``settings.api``; none configured, anyone)."""
         self._settings = settings
         self._pool = pool
         self._tokenizer = tokenizer
@@ -138,9 +145,11 @@ class Api:
         self._model = settings.api.model_name or pool.info.name
         self._profile = profile if profile is not None else load_profile(settings, sink.dims)
         self._created = int(time.time())  # when this server started serving the model
+        self._keys = keys if keys is not None else ApiKeys.from_settings(settings.api)
 
     def app(self) -> web.Application:
-        middlewares = [_errors, _deadline(self._settings.api.request_timeout_s)]
+        # Keys are checked inside the deadline: a tenant-bound key's body is read within it.
+        middlewares = [_errors, _deadline(self._settings.api.request_timeout_s), require_key(self._keys)]
         app = web.Application(client_max_size=self._settings.api.max_body_bytes, middlewares=middlewares)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/search", self.search)

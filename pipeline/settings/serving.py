@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from pipeline.settings.base import Section
 
@@ -57,4 +57,20 @@ class ApiSettings(Section):
         gt=0,
         description="Longest a request may take; past it the API answers 503 with Retry-After and "
         "cancels the request's work on the embedder actors.",
+    )
+    keys: tuple[SecretStr, ...] = Field(
+        (),
+        description="API keys (never logged): each entry is 'KEY' or 'KEY TENANT' (that key may then only "
+        "ask for that tenant). With any key set, every /v1 route needs 'Authorization: Bearer KEY' (401 "
+        "without a valid one); /health stays open. Checked when serve starts.",
+    )
+    keys_file: Path | None = Field(
+        None,
+        description="File of more API keys, one entry per line as in 'keys' ('KEY' or 'KEY TENANT'); blank "
+        "lines and lines starting with '#' are skipped. Read by serve when it starts.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve without API keys on an address other than loopback (serve refuses it "
+        "otherwise, since /v1/search returns document text); a warning is logged.",
     )
