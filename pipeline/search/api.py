@@ -17,7 +17,8 @@ With ``api.keys`` (or ``api.keys_file``) set, every ``/v1`` route needs ``Author
 ``tenant``); ``/health`` stays open.  See :mod:`pipeline.search.auth`.
 
 Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad input (a
-search asking Milvus for more hits than its limit of 16,384 per query among them), 404
+search asking Milvus for more hits than its limit of 16,384 per query, and an input the model fails on
+even alone, ``input_not_embeddable``, among them), 404
 for an unknown model, 413 for a body over ``api.max_body_bytes``, 429 (with Retry-After) when every
 embedder actor's queue stayed full for ``pool.query_backpressure_s``, 503 (with Retry-After) when the
 pool or Milvus is unavailable or the request ran past ``api.request_timeout_s``.  No request hangs: a
@@ -43,7 +44,7 @@ from pipeline.search.auth import ApiKeys, require_key
 from pipeline.search.replicas import QueryEmbedder, load_profile, search
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
-from workers.errors import Backpressure, ConfigError, InputTooLong, RetriableError
+from workers.errors import Backpressure, ConfigError, InputTooLong, PoisonTexts, RetriableError
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,10 @@ async def _errors(
         return exc.response()
     except InputTooLong as exc:  # OpenAI's answer to an input over the context length
         return ApiError(400, str(exc), "input", "context_length_exceeded").response()
+    except PoisonTexts as exc:  # fails even alone (the model raised, or it crashed the actor): not retriable
+        reasons = "; ".join(list(exc.failed.values())[:3])
+        message = f"the model cannot embed this input: {exc}" + (f" ({reasons})" if reasons else "")
+        return ApiError(400, message, "input", "input_not_embeddable").response()
     except Backpressure as exc:  # the embedders are busy: this client should slow down
         retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return ApiError(429, f"too many requests: {exc}", code="rate_limit_exceeded").response(retry)

@@ -18,7 +18,7 @@ from pipeline.milvus.sink import MilvusSink
 from pipeline.ops import processes
 from pipeline.search.api import Api
 from pipeline.settings import Settings
-from workers.errors import Backpressure
+from workers.errors import Backpressure, FailedInputs
 from workers.model.embedding_model import ModelInfo
 from workers.pool import EmbedderPool
 from workers.settings import PoolSettings
@@ -41,6 +41,8 @@ class BusyEmbedder:
         self.calls += 1
         if self.full:
             raise Backpressure("queue full", retry_after=0.5)
+        if "too big" in texts:  # what the actor raises for a text out of memory even alone
+            raise FailedInputs({texts.index("too big"): "out of memory in the forward pass"})
         try:
             await asyncio.sleep(3600 if "hang" in texts else 0.01)
         except asyncio.CancelledError:
@@ -97,6 +99,12 @@ async def post(url: str, text: str) -> tuple[int, dict[str, Any], float, str | N
 async def test_an_answering_actor_answers(url: str) -> None:
     status, body, _, _ = await post(url, "hello")
     assert status == 200 and len(body["data"][0]["embedding"]) == INFO.native_dim
+
+
+async def test_an_input_the_model_fails_on_alone_is_a_400_naming_why(url: str) -> None:
+    status, body, _, retry_after = await asyncio.wait_for(post(url, "too big"), 20)
+    assert status == 400 and body["error"]["code"] == "input_not_embeddable", body
+    assert "out of memory in the forward pass" in body["error"]["message"] and retry_after is None
 
 
 async def test_full_queues_are_a_429_with_retry_after_within_the_bound(url: str, actor: Any) -> None:
