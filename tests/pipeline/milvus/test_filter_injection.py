@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -125,3 +125,40 @@ def test_the_rescoring_fetch_applies_the_filter_on_the_native_replica(sink: Milv
     rows = sink.fetch(NATIVE, pks, ("metadata",), compile_filter({"metadata.tag": HOSTILE[0]}))
     assert sorted(rows) == [f"{HOSTILE[0]}#{c}" for c in range(CHUNKS)]
     assert sink.fetch(NATIVE, pks, (), compile_filter({"doc_id": INJECTIONS[0]})) == {}
+
+
+class RewritingSink:
+    """The real sink; right after the shortlist search, one document is rewritten out of the filter
+    (a write landing between a funnel's shortlist and its rescoring fetch)."""
+
+    def __init__(self, sink: MilvusSink, rewrite: UpsertDocument) -> None:
+        self.sink, self.rewrite = sink, rewrite
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        hits = self.sink.search(*args, **kwargs)
+        assert not self.sink.write([self.rewrite]).rejected
+        return hits
+
+    def fetch(self, *args: Any, **kwargs: Any) -> Any:
+        return self.sink.fetch(*args, **kwargs)
+
+
+def test_a_row_that_left_the_filter_after_the_shortlist_is_not_returned(milvus_uri: str) -> None:
+    settings = MilvusSettings(
+        uri=milvus_uri, collection_prefix=f"filt_{uuid.uuid4().hex[:8]}", index_type="FLAT"
+    )
+    sink = MilvusSink(settings, (NATIVE, SMALL))
+    sink.ensure_collections()
+    unit = np.ones((1, NATIVE), dtype=np.float32) / np.sqrt(NATIVE)
+    vectors = {d: unit[:, :d] / np.linalg.norm(unit[:, :d]) for d in (NATIVE, SMALL)}
+
+    def document(doc: str, tag: str) -> UpsertDocument:
+        return UpsertDocument(doc, [ChunkRow(doc, 0, doc, {"tag": tag})], vectors)
+
+    try:
+        assert not sink.write([document("moved", "keep"), document("stays", "keep")]).rejected
+        search = ReplicaSearch(cast(MilvusSink, RewritingSink(sink, document("moved", "gone"))), NATIVE)
+        [hits] = search.run(Strategy(SMALL, 2), vectors, 2, where=compile_filter({"metadata.tag": "keep"}))
+        assert [(h.doc_id, h.metadata) for h in hits] == [("stays", {"tag": "keep"})]
+    finally:
+        sink.close()
