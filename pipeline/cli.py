@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -74,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         "(search.profile_path; without one: the native replica)",
     )
     search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
+    search.add_argument(
+        "--filter",
+        type=_json_argument,
+        metavar="JSON",
+        help='only chunks matching this filter, e.g. \'{"metadata.lang": "de", "doc_id": {"nin": ["a"]}}\' '
+        "(README: Filters)",
+    )
     status = verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
     status.add_argument(
         "--watch", action="store_true", help="live view: throughput, lag, pool, rows, dead letters"
@@ -173,13 +181,23 @@ async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_argument(text: str) -> object:
+    """A command-line value parsed as JSON (argparse reports the ValueError as a usage error)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+
+
 async def _search(base: Settings, args: argparse.Namespace) -> int:
+    from pipeline.milvus.filters import parse_filter
     from pipeline.runtime.serving import open_query_side
     from pipeline.runtime.versions import serving_settings
     from pipeline.search.replicas import check_search_size, format_results, search
 
     factor = None if args.funnel is None else (args.funnel or base.search.funnel_factor)
     check_search_size(args.top_k, factor, args.per_document)  # before Ray and the model start
+    parse_filter(args.filter)  # likewise: a bad filter is refused before anything starts
     settings = await serving_settings(base, attempts=1)  # the version `versions switch` made serving
     async with open_query_side(settings, "search", base) as side:
         query = " ".join(args.query)
@@ -195,6 +213,7 @@ async def _search(base: Settings, args: argparse.Namespace) -> int:
             recall_target=args.recall_target,
             latency_budget_ms=args.latency_budget_ms,
             per_document=args.per_document,
+            where=args.filter,
         )
     print(format_results(results))
     return 0

@@ -250,11 +250,12 @@ class MilvusSink:
         vectors: np.ndarray,
         top_k: int,
         output_fields: Collection[str] = ("text", "metadata"),
+        where: str | None = None,
     ) -> list[list[Hit]]:
         """The ``top_k`` nearest chunks (cosine, best first) of each row of ``vectors`` (q, dim).
 
-        ``output_fields`` picks which of "text" and "metadata" to fetch.  ValueError for a ``top_k``
-        outside ``1..MAX_SEARCH_LIMIT``, before Milvus is called.
+        ``output_fields`` picks which of "text" and "metadata" to fetch, ``where`` (a compiled filter) which
+        chunks qualify.  ValueError for a ``top_k`` outside ``1..MAX_SEARCH_LIMIT``, before Milvus is called.
         """
         if not 1 <= top_k <= MAX_SEARCH_LIMIT:
             raise ValueError(f"top_k must be in 1..{MAX_SEARCH_LIMIT} (Milvus' limit), got {top_k}")
@@ -274,6 +275,7 @@ class MilvusSink:
             limit=top_k,
             output_fields=["pk", "doc_id", "chunk_index", *sorted(output_fields)],
             search_params=search_params(self._settings, top_k),
+            **({"filter": where} if where else {}),
         )
         return [
             [
@@ -291,17 +293,17 @@ class MilvusSink:
         ]
 
     def fetch(
-        self, dim: int, pks: Collection[str], output_fields: Collection[str] = ()
+        self, dim: int, pks: Collection[str], output_fields: Collection[str] = (), where: str | None = None
     ) -> dict[str, dict[str, Any]]:
-        """``{pk: row}`` for the chunks of ``pks`` in replica ``dim`` (missing ones left out): each row
-        has ``doc_id``, ``chunk_index``, ``embedding`` (float32 array) and the ``output_fields`` among
+        """``{pk: row}`` for the chunks of ``pks`` in replica ``dim`` that exist and match ``where``: each
+        row has ``doc_id``, ``chunk_index``, ``embedding`` (float32 array) and the ``output_fields`` among
         "text" and "metadata".  Point lookups by primary key: no scan of the replica."""
         if unknown := set(output_fields) - _HIT_FIELDS:
             raise ValueError(f"output_fields may only hold {sorted(_HIT_FIELDS)}, got {sorted(unknown)}")
         name = self.collection_name(dim)
         fields = ["pk", "doc_id", "chunk_index", "embedding", *sorted(output_fields)]
         found: dict[str, dict[str, Any]] = {}
-        for expr in pk_filters(pks):
+        for expr in (f"({pks_in}) and ({where})" if where else pks_in for pks_in in pk_filters(pks)):
             for row in self._read(f"reading {name}", "query", name, filter=expr, output_fields=fields):
                 row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
                 found[row["pk"]] = row

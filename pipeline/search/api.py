@@ -7,9 +7,10 @@
   as given — the caller adds any instruction, as with vLLM — on the pool's query lane.  Token-id inputs
   are refused with a 400 (this server embeds text).
 * ``POST /v1/search`` — ``{"query": str | [str], "top_k", "dim", "funnel_factor", "recall_target",
-  "latency_budget_ms", "task", "per_document"}``: :func:`pipeline.search.replicas.search`, routed as
-  it routes.  Each result names its ``strategy`` and, when a recall target or latency budget picked it,
-  ``routing``: why (e.g. that no profile was measured, so the native replica answered); else null.
+  "latency_budget_ms", "task", "per_document", "filter"}``: :func:`pipeline.search.replicas.search`,
+  routed as it routes; ``filter`` is a :mod:`pipeline.milvus.filters` object (a bad one is a 400).
+  Each result names its ``strategy`` and, when a recall target or latency budget picked it, ``routing``:
+  why (e.g. that no profile was measured, so the native replica answered); else null.
 * ``GET /v1/models``, ``GET /health``.
 
 With ``api.keys`` (or ``api.keys_file``) set, every ``/v1`` route needs ``Authorization: Bearer KEY``
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 from aiohttp import web
 
+from pipeline.milvus.filters import FilterError
 from pipeline.milvus.sink import MilvusSink
 from pipeline.search.auth import ApiKeys, require_key
 from pipeline.search.replicas import QueryEmbedder, load_profile, search
@@ -211,7 +213,10 @@ class Api:
                 latency_budget_ms=_float(body, "latency_budget_ms"),
                 profile=self._profile,
                 per_document=bool(body.get("per_document", False)),
+                where=body.get("filter"),
             )
+        except FilterError as exc:
+            raise ApiError(400, str(exc), "filter") from exc
         except (ConfigError, ValueError) as exc:
             raise ApiError(400, str(exc)) from exc
         data = [

@@ -37,6 +37,18 @@ LIMIT = "hits per query, over Milvus' limit of 16384 per search"
             "or the funnel factor",
         ),
         (["--top-k", "0"], {}, "top_k must be at least 1, got 0"),
+        (
+            ["--filter", '{"text": "x"}'],
+            {},
+            "filter.text: unknown field 'text'; filter on 'doc_id' or 'metadata.<key>[.<key>...]', or "
+            "combine with 'and', 'or', 'not'",
+        ),
+        (
+            ["--filter", '{"doc_id": {"like": "a"}}'],
+            {},
+            "filter.doc_id.like: unknown operator 'like'; the "
+            "operators are eq, ne, gt, gte, lt, lte, in, nin, contains",
+        ),
     ],
 )
 def test_a_search_milvus_cannot_run_exits_2_saying_why(

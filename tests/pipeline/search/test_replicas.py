@@ -42,8 +42,16 @@ class FakeSink:
         self.fetched: list[tuple[int, set[str]]] = []
 
     def search(
-        self, dim: int, vectors: np.ndarray, top_k: int, output_fields: Collection[str] = ()
+        self,
+        dim: int,
+        vectors: np.ndarray,
+        top_k: int,
+        output_fields: Collection[str] = (),
+        where: Any = None,
     ) -> list[list[Hit]]:
+        assert (
+            where is None
+        )  # filters are proven on real Milvus (tests/pipeline/milvus/test_filter_injection.py)
         self.searched.append((dim, top_k))
         pks = sorted(self.full)
         matrix = unit(np.stack([self.full[pk][:dim] for pk in pks]))
@@ -54,7 +62,10 @@ class FakeSink:
             out.append([hit(pks[i], float(scores[i])) for i in order])
         return out
 
-    def fetch(self, dim: int, pks: Collection[str], output_fields: Collection[str] = ()) -> dict[str, Any]:
+    def fetch(
+        self, dim: int, pks: Collection[str], output_fields: Collection[str] = (), where: Any = None
+    ) -> dict[str, Any]:
+        assert where is None
         self.fetched.append((dim, set(pks)))
         return {
             pk: {"doc_id": pk.split("#")[0], "chunk_index": int(pk.split("#")[1]), "embedding": self.full[pk]}
