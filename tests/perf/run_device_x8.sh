@@ -93,7 +93,22 @@ e2e)
     consumers=${CONSUMERS:-$gpus}
     # Cleanup only: a failed `down` is reported, and never changes the script's own exit status.
     stop_stack() { "$python" -m pipeline --config "$config" down >/dev/null 2>&1 || echo "warning: stack down failed" >&2; }
-    trap stop_stack EXIT
+    # Which stage saturates: every 5 s the busiest processes (consumer and embedder actors are
+    # ray::ConsumerActor / ray::EmbedderActor, then milvus and the broker) and, on GPUs, each GPU's use.
+    samplers=()
+    if command -v top >/dev/null; then
+        top -b -c -w 200 -d 5 > >(awk '/^top -/ { n = 0 } ++n <= 20' >"$results/pipeline-$label-top.log") &
+        samplers+=($!)
+    fi
+    if [[ $shape != tiny ]]; then
+        nvidia-smi dmon -s u -d 5 >"$results/pipeline-$label-gpu.log" &
+        samplers+=($!)
+    fi
+    stop_all() {
+        ((${#samplers[@]} == 0)) || kill "${samplers[@]}" 2>/dev/null || true  # may have exited already
+        stop_stack
+    }
+    trap stop_all EXIT
     # 40,000 mixed documents are about 16M tokens: ~30 s for eight compiled 4B actors fed directly.
     "${bench[@]}" --end-to-end --actors "$gpus" --consumer-actors "$consumers" \
         --partitions "${PARTITIONS:-$((2 * consumers))}" --docs "${docs:-40000}" "${max_words[@]}" \
