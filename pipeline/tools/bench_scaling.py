@@ -7,10 +7,10 @@ way ``bench --end-to-end`` times its embedder phase: requests of the consumer's 
 actor keeps the queue depth one actor has).  No Kafka, no Milvus: this measures how the pool scales.
 
 The documents are those of ``bench --end-to-end`` (random one-token words, lognormal lengths), or with
-``--real-text FILE`` the first ``--docs`` documents of that JSONL corpus (``bench --real-text``'s,
-``{"id", "lang", "text"}`` a line) and its last ``--warmup-docs`` for the warm-up, chunked as the
-consumer chunks them.  Every request's reply is checked to hold one unit vector per text for every
-replica dimension.
+``--real-text FILE`` ``--docs`` documents of that JSONL corpus (``bench --real-text``'s, ``{"id", "lang",
+"text"}`` a line; read round and round when it holds fewer) and its last ``--warmup-docs`` for the
+warm-up, chunked as the consumer chunks them.  Every request's reply is checked to hold one unit vector
+per text for every replica dimension.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ async def run_scaling_bench(
     """Time the pool at each actor count (the caller has joined Ray); returns the JSON-ready result."""
     if real_text is not None:
         corpus = [document["text"] for document in read_corpus(real_text)]
-        texts, warmup = corpus[:docs], corpus[-warmup_docs:]
-        docs = len(texts)
+        # Round and round the corpus up to ``docs`` documents: enough work for eight GPUs' timing.
+        texts = [corpus[i % len(corpus)] for i in range(docs)]
+        warmup = corpus[-warmup_docs:]
     else:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         texts = await asyncio.to_thread(make_documents, tokenizer, docs, seed, max_words=max_words)
@@ -151,7 +152,7 @@ async def run_scaling_bench(
         "compiled": settings.model.compile,
         "gpus_per_actor": settings.pool.gpus_per_actor,
         "max_batch_tokens": settings.batching.max_batch_tokens,
-        "workload": f"real text: {real_text}" if real_text is not None else "random one-token words",
+        "workload": f"real text: {real_text}, round and round" if real_text else "random one-token words",
         "docs": docs,
         "runs": runs,
     }
