@@ -314,15 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _configure_logging(args.verbose)
             return bench_pipeline.main(rest, config=args.config)
-        if any(arg == "--real-text" or arg.startswith("--real-text=") for arg in rest):
-            from pipeline.tools import bench_realtext
-
-            return bench_realtext.main(rest, config=args.config)
         if any(arg == "--scaling" or arg.startswith("--scaling=") for arg in rest):
             from pipeline.tools import bench_scaling
 
             _configure_logging(args.verbose)
             return bench_scaling.main(rest, config=args.config)
+        if any(arg == "--real-text" or arg.startswith("--real-text=") for arg in rest):
+            from pipeline.tools import bench_realtext
+
+            return bench_realtext.main(rest, config=args.config)
         # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
         from workers.bench import embedder_bench
 

@@ -35,7 +35,9 @@ from pipeline.ingest.produce import OutgoingRecord, send_records
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.ops import stack
 from pipeline.runtime.assemble import Runtime, build_runtime
+from pipeline.runtime.run_summary import GroupStats
 from pipeline.settings import Settings, load_settings
+from pipeline.tools.bench_members import consume, sized_settings
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
 from workers.pool import EmbedderPool
 from workers.prompts import format_input
@@ -52,6 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-words", type=int, default=2048, help="longest document, in words")
     parser.add_argument("--warmup-docs", type=int, default=256, help="sent to the pool before timing")
     parser.add_argument("--min-seconds", type=float, default=60.0, help="the pipeline must be busy this long")
+    parser.add_argument("--actors", type=int, metavar="N", help="embedder actors (default pool.num_actors)")
+    parser.add_argument(
+        "--consumer-actors",
+        type=int,
+        metavar="M",
+        help="consume with M consumer-group members as Ray actors, as `run --consumer-actors M` does "
+        "(default scaling.consumer_actors; 0: one consumer in this process)",
+    )
+    parser.add_argument(
+        "--partitions", type=int, metavar="P", help="topic partitions (default: kafka.partitions, >= M)"
+    )
     parser.add_argument(
         "--external", action="store_true", help="use the configured services instead of the local stack"
     )
@@ -196,8 +209,13 @@ async def run_pipeline_bench(
     warmup_docs: int = 256,
     min_seconds: float = 60.0,
     keep: bool = False,
+    one_host: bool = True,
 ) -> dict[str, Any]:
-    """Run both phases on the services ``settings`` name; returns the JSON-ready result."""
+    """Run both phases on the services ``settings`` name; returns the JSON-ready result.
+
+    With ``scaling.consumer_actors`` M > 0 the pipeline phase runs M consumer actors (``run
+    --consumer-actors M``); the pool fed directly gets as many tokens in flight as the pipeline's
+    consumers together, and at least ``consumer.max_inflight_tokens`` per embedder actor."""
     settings = bench_settings(settings, uuid.uuid4().hex[:8])
     tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
     texts = await asyncio.to_thread(make_documents, tokenizer, docs, seed, max_words=max_words)
@@ -208,18 +226,18 @@ async def run_pipeline_bench(
         await produce_documents(settings, texts)
         produce_seconds = time.perf_counter() - produce_started
         warm_requests, _ = _requests(runtime, warmup)
-        budget = settings.consumer.max_inflight_tokens
+        members = settings.scaling.consumer_actors
+        budget = settings.consumer.max_inflight_tokens * max(1, members, runtime.pool.size)
         warmup_seconds = await time_embedder(runtime.pool, runtime.dims, budget, warm_requests)
         requests, chunks = _requests(runtime, texts)
         tokens = sum(size for _, size in requests)
         embedder_seconds = await time_embedder(runtime.pool, runtime.dims, budget, requests)
-        stats = await runtime.new_consumer().run(until_idle_s=3.0)
+        stats, busy = await consume(runtime, members, one_host)
         rows = {dim: runtime.sink.count(dim) for dim in runtime.dims}
         if not keep:
             _drop_collections(runtime)
     finally:
         runtime.close()
-    busy = stats.busy_seconds()
     embedder_rate = tokens / embedder_seconds
     pipeline_rate = stats.tokens_embedded / busy if busy > 0 else 0.0
     return {
@@ -234,6 +252,8 @@ async def run_pipeline_bench(
         "pool_actors": runtime.pool.size,
         "replicas": list(runtime.dims),
         "partitions": settings.kafka.partitions,
+        "consumer_actors": members,
+        "embedder_inflight_tokens": budget,
         "max_batch_tokens": settings.batching.max_batch_tokens,
         "max_inflight_tokens": settings.consumer.max_inflight_tokens,
         "docs": docs,
@@ -249,11 +269,15 @@ async def run_pipeline_bench(
         "pipeline": {
             "seconds": busy,
             "tokens_per_s": pipeline_rate,
-            "events_per_s": stats.events_per_second(),
+            "events_per_s": stats.events / busy if busy > 0 else 0.0,
             "events": stats.events,
             "tokens_embedded": stats.tokens_embedded,
             "chunks_written": stats.chunks_written,
             "dead_letters": stats.dead_letters,
+            "members": [
+                {"events": m.events, "tokens_embedded": m.tokens_embedded, "busy_seconds": m.busy_seconds()}
+                for m in (stats.members if isinstance(stats, GroupStats) else ())
+            ],
         },
         "ratio_pipeline_vs_embedder": pipeline_rate / embedder_rate,
         "sustained": busy >= min_seconds,
@@ -280,7 +304,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
     replica misses rows; a short run (under --min-seconds) is reported, not failed.
     """
     args = _parser().parse_args(argv)
-    settings = load_settings(config)
+    settings = sized_settings(load_settings(config), args.actors, args.consumer_actors, args.partitions)
     if not args.external:
         settings = stack.on_local_stack(settings)
         for service in stack.up(settings):
@@ -294,6 +318,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
             warmup_docs=args.warmup_docs,
             min_seconds=args.min_seconds,
             keep=args.keep,
+            one_host=not args.external,
         )
     )
     result = write_result(result, argv, config, args.out)

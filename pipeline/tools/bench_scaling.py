@@ -6,8 +6,11 @@ way ``bench --end-to-end`` times its embedder phase: requests of the consumer's 
 ``consumer.max_inflight_tokens`` per actor in flight (scaling out adds consumers as well as GPUs, so each
 actor keeps the queue depth one actor has).  No Kafka, no Milvus: this measures how the pool scales.
 
-The documents are those of ``bench --end-to-end``: random one-token words, lognormal lengths.  Every
-request's reply is checked to hold one unit vector per text for every replica dimension.
+The documents are those of ``bench --end-to-end`` (random one-token words, lognormal lengths), or with
+``--real-text FILE`` ``--docs`` documents of that JSONL corpus (``bench --real-text``'s, ``{"id", "lang",
+"text"}`` a line; read round and round when it holds fewer) and its last ``--warmup-docs`` for the
+warm-up, chunked as the consumer chunks them.  Every request's reply is checked to hold one unit vector
+per text for every replica dimension.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pipeline.tools.bench_pipeline import (
     time_embedder,
     write_result,
 )
+from pipeline.tools.bench_realtext import read_corpus
 from workers.model.tokenizer import load_text_tokenizer
 from workers.pool import EmbedderPool
 
@@ -58,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-words", type=int, default=2048, help="longest document, in words")
     parser.add_argument("--warmup-docs", type=int, default=256, help="sent to each pool before timing")
+    parser.add_argument(
+        "--real-text", type=Path, metavar="FILE", help="JSONL corpus to embed instead of random words"
+    )
     parser.add_argument("--out", type=Path, default=Path("tests/perf/results/scaling.json"))
     return parser
 
@@ -118,11 +125,20 @@ async def run_scaling_bench(
     seed: int = 0,
     max_words: int = 2048,
     warmup_docs: int = 256,
+    real_text: Path | None = None,
 ) -> dict[str, Any]:
     """Time the pool at each actor count (the caller has joined Ray); returns the JSON-ready result."""
-    tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-    texts = await asyncio.to_thread(make_documents, tokenizer, docs, seed, max_words=max_words)
-    warmup = await asyncio.to_thread(make_documents, tokenizer, warmup_docs, seed + 1, max_words=max_words)
+    if real_text is not None:
+        corpus = [document["text"] for document in read_corpus(real_text)]
+        # Round and round the corpus up to ``docs`` documents: enough work for eight GPUs' timing.
+        texts = [corpus[i % len(corpus)] for i in range(docs)]
+        warmup = corpus[-warmup_docs:]
+    else:
+        tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
+        texts = await asyncio.to_thread(make_documents, tokenizer, docs, seed, max_words=max_words)
+        warmup = await asyncio.to_thread(
+            make_documents, tokenizer, warmup_docs, seed + 1, max_words=max_words
+        )
     runs = []
     for count in counts:
         log.info("timing the pool with %d actor(s)", count)
@@ -136,6 +152,7 @@ async def run_scaling_bench(
         "compiled": settings.model.compile,
         "gpus_per_actor": settings.pool.gpus_per_actor,
         "max_batch_tokens": settings.batching.max_batch_tokens,
+        "workload": f"real text: {real_text}, round and round" if real_text else "random one-token words",
         "docs": docs,
         "runs": runs,
     }
@@ -154,10 +171,11 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
             seed=args.seed,
             max_words=args.max_words,
             warmup_docs=args.warmup_docs,
+            real_text=args.real_text,
         )
     )
     result = write_result(result, argv, config, args.out)
-    print(f"{result['runs'][0]['model']['name']} on {result['device']}, {args.docs} docs:")
+    print(f"{result['runs'][0]['model']['name']} on {result['device']}, {result['docs']} docs:")
     for run in result["runs"]:
         print(
             f"  {run['actors']} actor(s) {run['tokens_per_s']:>10,.0f} tok/s ({run['seconds']:.1f} s) "

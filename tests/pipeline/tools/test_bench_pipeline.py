@@ -17,8 +17,10 @@ from pipeline.settings import (
     KafkaSettings,
     MilvusSettings,
     ReplicaSettings,
+    ScalingSettings,
     Settings,
 )
+from pipeline.tools.bench_members import sized_settings
 from pipeline.tools.bench_pipeline import make_documents, one_token_words, run_pipeline_bench
 from workers.bench.setup import SHAPES, save_random_model
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
@@ -87,3 +89,36 @@ def test_pipeline_and_bare_embedder_embed_the_same_tokens_and_every_row_lands(
     # Both phases embedded the same tokens (checked above), so the ratio of their rates is the
     # inverse ratio of their seconds.
     assert result["ratio_pipeline_vs_embedder"] == pytest.approx(embedder["seconds"] / pipeline["seconds"])
+
+
+def test_consumer_actors_on_several_embedders_land_every_row_and_report_each_member(
+    kafka_bootstrap: str, milvus_lite_uri: str, ray_session: None, tiny_random_path: Path
+) -> None:
+    """`bench --end-to-end --actors 2 --consumer-actors 2`: the pipeline phase runs as a consumer group."""
+    settings = sized_settings(
+        Settings(
+            kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+            model=ModelSettings(name_or_path=str(tiny_random_path)),
+            pool=PoolSettings(cpus_per_actor=0.25),
+            scaling=ScalingSettings(consumer_cpus=0.25),
+            replicas=ReplicaSettings(dims=(8,)),
+            chunking=ChunkingSettings(max_tokens=128),
+            milvus=MilvusSettings(uri=milvus_lite_uri, index_type="FLAT"),
+            consumer=ConsumerSettings(commit_interval_s=0.3),
+        ),
+        actors=2,
+        consumer_actors=2,
+        partitions=None,
+    )
+    result = asyncio.run(run_pipeline_bench(settings, 40, seed=3, max_words=300, warmup_docs=4))
+    assert (result["pool_actors"], result["consumer_actors"], result["partitions"]) == (2, 2, 4)
+    # The pool fed directly had as many tokens in flight as the two consumers together.
+    assert result["embedder_inflight_tokens"] == 2 * settings.consumer.max_inflight_tokens
+    pipeline = result["pipeline"]
+    assert pipeline["events"] == 40 and pipeline["tokens_embedded"] == result["tokens"]
+    assert result["rows_per_replica"] == {dim: result["chunks"] for dim in ("64", "8")}
+    assert result["complete"] is True
+    members = pipeline["members"]
+    assert len(members) == 2 and sum(m["events"] for m in members) == 40
+    # The group's span covers every member's own busy time.
+    assert pipeline["seconds"] >= max(m["busy_seconds"] for m in members) > 0
