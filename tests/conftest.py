@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +135,21 @@ def ray_session(ray_cluster: RayCluster) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_embedder_outlives_its_module() -> Iterator[None]:
+    """Embedder actors are detached by default (they outlive their worker, by design): after each
+    module, this test process kills any it can see, so that one module's actors never hold the session
+    cluster's CPUs while the next one waits for them."""
+    yield
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("embedder-"):
+            with contextlib.suppress(ValueError):  # gone since the listing
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)

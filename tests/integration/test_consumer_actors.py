@@ -45,7 +45,7 @@ async def test_a_killed_consumer_actor_is_restarted_and_nothing_is_lost(
             max_poll_records=20,
         ),
         model=ModelSettings(name_or_path=str(minilm_path)),
-        pool=PoolSettings(num_actors=1, cpus_per_actor=1),
+        pool=PoolSettings(num_actors=1, cpus_per_actor=1, detached=False),
         chunking=ChunkingSettings(max_tokens=64),
         milvus=MilvusSettings(uri=milvus_lite_uri, collection_prefix=f"ca_{run}", index_type="FLAT"),
         ray=RaySettings(namespace=f"ca-{run}"),
