@@ -312,6 +312,7 @@ def _secrets_env(
         "PIPELINE_MILVUS__URI": milvus_uri,
         "PIPELINE_MILVUS__TOKEN": MILVUS_TOKEN,
         "PIPELINE_RAY__ADDRESS": ray_cluster.address,
+        "PIPELINE_POOL__DETACHED": "false",  # its actors die with it: the session's CPUs stay free
         "PIPELINE_RAY__AUTH_TOKEN": ray_token,
         "PIPELINE_STACK__DATA_DIR": str(tmp_path / "stack"),
     }

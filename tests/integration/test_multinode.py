@@ -139,6 +139,8 @@ def test_pipeline_spreads_over_two_nodes_and_loses_nothing(
         "PIPELINE_MILVUS__URI": milvus_lite_uri,
         "PIPELINE_MODEL__NAME_OR_PATH": str(minilm_path),
         "PIPELINE_POOL__CPUS_PER_ACTOR": "1",
+        # Each run's actors die with its driver: a detached one would keep the head's embedder_slot.
+        "PIPELINE_POOL__DETACHED": "false",
         "PIPELINE_POOL__ACTOR_RESOURCES": json.dumps({"embedder_slot": 1}),
         "PIPELINE_SCALING__CONSUMER_CPUS": "0.5",
         "PIPELINE_SCALING__CONSUMER_RESOURCES": json.dumps({"consumer_slot": 1}),
