@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.cli_versions import add_run_options, add_versions_verb, settings_of_verb, versions_verb
+from pipeline.runtime.versions_cli import add_run_options, add_versions_verb, settings_of_verb, versions_verb
 from pipeline.settings import Settings, load_settings
 from workers.errors import ConfigError, InputTooLong, PipelineError
 

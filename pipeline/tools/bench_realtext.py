@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import tempfile
 import time
@@ -152,11 +151,9 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
         flush=True,
     )
 
-    import torch
-
     from workers.bench import realtext_bench
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = realtext_bench.pick_device(args.device)
     model = realtext_bench.load_model(args.random, args.model, device, compile=args.compile)
     workload = realtext_bench.RealTextWorkload(texts, langs, full_context_chunks)
     with tempfile.TemporaryDirectory() as folder:
@@ -170,18 +167,10 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
             folder=Path(folder),
         )
     figures["long_document"] = {**long_document, **(figures["long_document"] or {})}
-    import sentence_transformers
-    import transformers
-
     result = {
         "command": shlex.join(["python", "-m", "pipeline", "bench", *argv]),
         "what": "random weights of the real Qwen3-Embedding shape + the real Qwen3 tokenizer, real text",
-        "device": torch.cuda.get_device_name()
-        if device.startswith("cuda")
-        else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
+        **realtext_bench.environment(device),
         "model": {"name": model.name, "dtype": model.dtype, "packed": model.packed, "compiled": args.compile},
         "max_tokens": max_tokens,
         "max_batch_tokens": args.max_batch_tokens,

@@ -105,7 +105,10 @@ e2e)
         samplers+=($!)
     fi
     stop_all() {
-        ((${#samplers[@]} == 0)) || kill "${samplers[@]}" 2>/dev/null || true  # may have exited already
+        local pid
+        for pid in ${samplers[@]+"${samplers[@]}"}; do  # a sampler that already exited needs no stopping
+            if kill -0 "$pid" 2>/dev/null; then kill "$pid"; fi
+        done
         stop_stack
     }
     trap stop_all EXIT

@@ -48,6 +48,27 @@ class RealTextWorkload:
     long_document: list[str] = field(default_factory=list)
 
 
+def pick_device(requested: str | None) -> str:
+    """``requested``, else CUDA when there is a GPU, else the CPU."""
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def environment(device: str) -> dict[str, str]:
+    """What a result was measured on: the device's name and the versions that make the figures."""
+    import platform
+
+    import sentence_transformers
+    import transformers
+
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+    }
+
+
 def load_model(
     random: str | None,
     path: str | None,
