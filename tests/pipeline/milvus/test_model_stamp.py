@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.model_stamp import UNKNOWN, ModelStamp, check_stamps, stamp_of, weights_digest
+from pipeline.milvus.rows import UNKNOWN_POSITION
 from pipeline.milvus.schema import collection_properties, ensure_replicas
 from pipeline.runtime.versions import (
     fill_settings,
@@ -107,6 +108,7 @@ def lite(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Setti
 
 def _insert(connection: MilvusConnection, name: str, dim: int) -> None:
     row = {"pk": "d#0", "doc_id": "d", "chunk_index": 0, "text": "t", "metadata": {}}
+    row |= {"src_partition": UNKNOWN_POSITION, "src_offset": UNKNOWN_POSITION}  # written by a tool
     row["embedding"] = [1.0] * dim
     connection.call("inserting", "upsert", name, [row])
 
