@@ -37,6 +37,7 @@ from workers.bench.setup import (
     id_tokenizer,
     lognormal_lengths,
     make_documents,
+    random_embedding_model,
     random_qwen3,
     save_random_model,
     sentence_transformer_peer,
@@ -50,7 +51,6 @@ from workers.bench.strategies import (
     single_forward,
 )
 from workers.model.embedding_model import EmbeddingModel, compute_dtype
-from workers.model.tokenizer import TextTokenizer
 from workers.settings import BatchSettings, ModelSettings
 
 MIN_COSINE = 0.999
@@ -194,17 +194,13 @@ def _load(args: argparse.Namespace, device: str) -> tuple[EmbeddingModel, Affixe
         shape = SHAPES[args.random]
         affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
         module = random_qwen3(shape, device, getattr(torch, dtype), args.seed)
-        limit = max(args.max_length, 512)
-        tokenizer = TextTokenizer(
-            id_tokenizer(shape.vocab, affixes), max_length=limit, pad_token_id=shape.eos
-        )
-        model = EmbeddingModel(
-            name=f"random-{args.random}",
-            model=module,
-            tokenizer=tokenizer,
-            pooling="last_token",
+        model = random_embedding_model(
+            args.random,
+            shape,
+            module,
             device=device,
             dtype=dtype,
+            max_length=max(args.max_length, 512),
             packing=args.packing,
             compile=args.compile,
         )

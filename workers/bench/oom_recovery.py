@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from workers.batcher import MicroBatcher
-from workers.bench.setup import SHAPES, Affixes, id_tokenizer, make_documents, random_qwen3
+from workers.bench.setup import SHAPES, Affixes, make_documents, random_embedding_model, random_qwen3
 from workers.errors import ForwardOutOfMemory
-from workers.model.embedding_model import EmbeddingModel, compute_dtype
-from workers.model.tokenizer import TextTokenizer
+from workers.model.embedding_model import compute_dtype
 from workers.settings import BatchSettings
 
 MIN_COSINE = 0.999
@@ -74,16 +73,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = compute_dtype("auto", device)
     affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
     module = random_qwen3(shape, device, getattr(torch, dtype), args.seed)
-    tokenizer = TextTokenizer(
-        id_tokenizer(shape.vocab, affixes), max_length=max(args.length, 512), pad_token_id=shape.eos
-    )
-    model = EmbeddingModel(
-        name=f"random-{args.shape}",
-        model=module,
-        tokenizer=tokenizer,
-        pooling="last_token",
+    model = random_embedding_model(
+        args.shape,
+        shape,
+        module,
         device=device,
         dtype=dtype,
+        max_length=max(args.length, 512),
         packing=args.packing,
     )
     cuda = device.startswith("cuda")

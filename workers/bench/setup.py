@@ -12,14 +12,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
+from workers.model.embedding_model import EmbeddingModel
 from workers.model.pooling import PoolingMode
+from workers.model.tokenizer import TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,35 @@ def random_qwen3(shape: Shape, device: str, dtype: torch.dtype, seed: int = 0) -
         torch.set_default_dtype(default)
     model.config.dtype = dtype
     return model.eval()
+
+
+def random_embedding_model(
+    name: str,
+    shape: Shape,
+    module: PreTrainedModel,
+    *,
+    device: str,
+    dtype: Literal["bfloat16", "float32"],
+    max_length: int,
+    packing: Literal["auto", "on", "off"],
+    compile: bool = False,
+) -> EmbeddingModel:
+    """``module`` (random weights of ``shape``, e.g. :func:`random_qwen3`) as an EmbeddingModel that reads
+    id-level text (:func:`id_tokenizer`), appends EOS and pools it, as Qwen3-Embedding does."""
+    affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
+    tokenizer = TextTokenizer(
+        id_tokenizer(shape.vocab, affixes), max_length=max_length, pad_token_id=shape.eos
+    )
+    return EmbeddingModel(
+        name=f"random-{name}",
+        model=module,
+        tokenizer=tokenizer,
+        pooling="last_token",
+        device=device,
+        dtype=dtype,
+        packing=packing,
+        compile=compile,
+    )
 
 
 def lognormal_lengths(
