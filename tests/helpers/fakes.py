@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workers.model.embedding_model import EmbeddingModel, ModelInfo
+
 
 class WordSpans:
     """Whitespace tokenizer: one token per word."""
@@ -30,3 +32,20 @@ class FakeRecord:
     key: bytes | None
     value: bytes | None
     timestamp: int = 1_700_000_000_000
+
+
+class ModelQueryPool:
+    """A query pool in this process: the model embeds the raw queries (no instruction, as MiniLM takes
+    them), without the Ray hop; enough for API tests that are not about the pool."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        self.model = model
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info()
+
+    async def embed_queries(
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+    ) -> dict[int, np.ndarray]:
+        return self.model.embed(queries, dims)

@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 from aiohttp import web
+from helpers.fakes import ModelQueryPool
 
 from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.milvus.sink import MilvusSink
 from pipeline.search.api import Api
 from pipeline.settings import MilvusSettings, Settings
-from workers.model.embedding_model import EmbeddingModel, ModelInfo
+from workers.model.embedding_model import EmbeddingModel
 from workers.settings import ModelSettings
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -33,22 +33,6 @@ DOCS = {  # doc id: (text, metadata)
         {"lang": HOSTILE, "year": 2020},
     ),
 }
-
-
-class LocalPool:
-    """Queries embedded in this process (MiniLM takes the raw query)."""
-
-    def __init__(self, model: EmbeddingModel) -> None:
-        self.model = model
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.model.info()
-
-    async def embed_queries(
-        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
-    ) -> dict[int, np.ndarray]:
-        return self.model.embed(queries, dims)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +56,7 @@ def filled(minilm_path: Any, milvus_lite_uri: str) -> Iterator[tuple[Settings, E
 @pytest.fixture
 async def api(filled: tuple[Settings, EmbeddingModel, MilvusSink]) -> AsyncIterator[str]:
     settings, model, sink = filled
-    runner = web.AppRunner(Api(settings, LocalPool(model), model.tokenizer, sink).app())
+    runner = web.AppRunner(Api(settings, ModelQueryPool(model), model.tokenizer, sink).app())
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]

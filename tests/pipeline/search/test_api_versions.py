@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 from aiohttp import web
+from helpers.fakes import ModelQueryPool
 
 from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.milvus.connection import MilvusConnection
@@ -18,27 +18,11 @@ from pipeline.runtime.version_follower import VersionFollower
 from pipeline.runtime.versions import prepare_replicas, set_serving, version_settings
 from pipeline.search.api import Api
 from pipeline.settings import MilvusSettings, ReplicaSettings, Settings
-from workers.model.embedding_model import EmbeddingModel, ModelInfo
+from workers.model.embedding_model import EmbeddingModel
 from workers.settings import ModelSettings
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DIMS = (384, 64)
-
-
-class LocalPool:
-    """Queries embedded in this process (no instruction: MiniLM takes the raw query)."""
-
-    def __init__(self, model: EmbeddingModel) -> None:
-        self.model = model
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.model.info()
-
-    async def embed_queries(
-        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
-    ) -> dict[int, np.ndarray]:
-        return self.model.embed(queries, dims)
 
 
 def _fill(settings: Settings, model: EmbeddingModel, doc: str, text: str) -> None:
@@ -67,7 +51,9 @@ async def test_the_api_follows_a_switch_and_refuses_a_version_of_another_model(t
     connection = MilvusConnection(base.milvus)
     sink = MilvusSink(base.milvus, DIMS)
     follower = VersionFollower(base, model.info(), sink, "docs", interval_s=0.0)
-    runner = web.AppRunner(Api(base, LocalPool(model), model.tokenizer, sink, follow=follower.sink).app())
+    runner = web.AppRunner(
+        Api(base, ModelQueryPool(model), model.tokenizer, sink, follow=follower.sink).app()
+    )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
