@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.runtime.versions_cli import add_run_options, add_versions_verb, settings_of_verb, versions_verb
-from pipeline.settings import Settings, load_settings
+from pipeline.search.search_cli import add_search_verb, search_verb
+from pipeline.settings import load_settings
+from pipeline.tools.eval_cli import add_eval_recall_verb, eval_recall_verb
 from workers.errors import ConfigError, InputTooLong, PipelineError
 
 log = logging.getLogger("pipeline")
@@ -46,49 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     produce = verbs.add_parser("produce", help="send JSONL events or .txt/.md documents to the topic")
     produce.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     produce.add_argument("--topic", help="topic to send to (default: kafka.topic)")
-    search = verbs.add_parser("search", help="search a dimension replica, by funnel, or as routing picks")
-    search.add_argument("query", nargs="+")
-    search.add_argument("--dim", type=int, help="replica dimension (default: the model's native one)")
-    search.add_argument("--top-k", type=int, default=5)
-    search.add_argument(
-        "--instruction", help="query task for instruction-aware models (Qwen3); default: search.default_task"
-    )
-    search.add_argument(
-        "--funnel",
-        type=int,
-        nargs="?",
-        const=0,
-        metavar="FACTOR",
-        help="funnel search: shortlist top-k × FACTOR (default search.funnel_factor) on --dim (default "
-        "the smallest replica), re-score with the full-dimension vectors",
-    )
-    search.add_argument(
-        "--recall-target",
-        type=float,
-        help="let routing pick the fastest strategy reaching it, by the measured profile "
-        "(search.profile_path; without one: the native replica)",
-    )
-    search.add_argument(
-        "--latency-budget-ms",
-        type=float,
-        help="let routing pick the best strategy within it, by the measured profile "
-        "(search.profile_path; without one: the native replica)",
-    )
-    search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
-    search.add_argument(
-        "--filter",
-        type=_json_argument,
-        metavar="JSON",
-        help='only chunks matching this filter, e.g. \'{"metadata.lang": "de", "doc_id": {"nin": ["a"]}}\' '
-        "(README: Filters)",
-    )
+    add_search_verb(verbs)
     status = verbs.add_parser("status", help="broker, Milvus, Ray, consumer lag and rows per replica")
     status.add_argument(
         "--watch", action="store_true", help="live view: throughput, lag, pool, rows, dead letters"
     )
     status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh period")
     status.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
-    _add_eval_recall(verbs)
+    add_eval_recall_verb(verbs)
     serve = verbs.add_parser("serve", help="HTTP API: OpenAI-compatible /v1/embeddings and /v1/search")
     serve.add_argument("--host", help="listen address (default api.host)")
     serve.add_argument("--port", type=int, help="listen port (default api.port)")
@@ -111,112 +77,6 @@ def _parser() -> argparse.ArgumentParser:
         "real multilingual text through the real tokenizer (see --help)",
     )
     return parser
-
-
-def _add_eval_recall(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    evaluate = verbs.add_parser(
-        "eval-recall", help="recall@k and latency of every replica and of funnel mode on a real corpus"
-    )
-    corpus = evaluate.add_mutually_exclusive_group()
-    corpus.add_argument("--man-dir", type=Path, help="manual pages root (default /usr/share/man)")
-    corpus.add_argument("--text-dir", type=Path, help="a folder of plain text files instead of manual pages")
-    evaluate.add_argument("--sections", default="158", help="manual sections to read (default 158)")
-    evaluate.add_argument("--lang", help="translation folder under the manual root, e.g. fr, de, zh_CN")
-    evaluate.add_argument(
-        "--exclude", action="append", default=[], metavar="GLOB", help="skip pages whose file name matches"
-    )
-    evaluate.add_argument("--max-docs", type=int, default=1000, help="documents to index (seeded sample)")
-    evaluate.add_argument("--queries", type=Path, help="query file (default: the bundled sample queries)")
-    evaluate.add_argument(
-        "--title-queries", type=int, default=50, help="also query the title lines of this many documents"
-    )
-    evaluate.add_argument(
-        "--factors", default="10,20,50", help="funnel factors, comma-separated (default 10,20,50)"
-    )
-    evaluate.add_argument("--top-k", type=int, default=10)
-    evaluate.add_argument(
-        "--prefix",
-        default="recall",
-        help="collection prefix of eval-recall's own replicas, dropped and rebuilt (refused when it is "
-        "milvus.collection_prefix or holds collections eval-recall did not create)",
-    )
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument(
-        "--reuse-index", action="store_true", help="measure on the collections a previous run built"
-    )
-    evaluate.add_argument(
-        "--out", type=Path, default=Path("recall-results"), help="folder for recall.json/.md/.png"
-    )
-
-
-async def _eval_recall(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.tools.eval_recall import SAMPLE_QUERIES, EvalOptions, render_table, run_eval
-
-    options = EvalOptions(
-        out_dir=args.out,
-        man_dir=args.man_dir,
-        sections=args.sections,
-        lang=args.lang,
-        exclude=tuple(args.exclude),
-        max_docs=args.max_docs,
-        text_dir=args.text_dir,
-        queries_file=args.queries or SAMPLE_QUERIES,
-        title_queries=args.title_queries,
-        factors=tuple(int(f) for f in args.factors.split(",") if f.strip()),
-        top_k=args.top_k,
-        collection_prefix=args.prefix,
-        seed=args.seed,
-        reuse_index=args.reuse_index,
-    )
-    from pipeline.runtime.serving import open_query_side
-    from pipeline.tools.eval_collections import claim_prefix
-
-    # run_eval checks this too; here a refused prefix costs no pool start (a model load per GPU).
-    scratch = settings.milvus.model_copy(update={"collection_prefix": args.prefix})
-    await asyncio.to_thread(claim_prefix, scratch, settings.milvus.collection_prefix)
-    async with open_query_side(settings, "eval", check_replicas=False) as side:
-        report = await run_eval(settings, side.pool, side.sink.dims, options)
-    print(render_table(report))
-    print(f"written: {args.out}/recall.json, recall.md, recall.png")
-    return 0
-
-
-def _json_argument(text: str) -> object:
-    """A command-line value parsed as JSON (argparse reports the ValueError as a usage error)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-
-
-async def _search(base: Settings, args: argparse.Namespace) -> int:
-    from pipeline.milvus.filters import parse_filter
-    from pipeline.runtime.serving import open_query_side
-    from pipeline.runtime.versions import serving_settings
-    from pipeline.search.replicas import check_search_size, format_results, search
-
-    factor = None if args.funnel is None else (args.funnel or base.search.funnel_factor)
-    check_search_size(args.top_k, factor, args.per_document)  # before Ray and the model start
-    parse_filter(args.filter)  # likewise: a bad filter is refused before anything starts
-    settings = await serving_settings(base, attempts=1)  # the version `versions switch` made serving
-    async with open_query_side(settings, "search", base) as side:
-        query = " ".join(args.query)
-        results = await search(
-            settings,
-            side.pool,
-            side.sink,
-            [query],
-            args.dim,
-            args.top_k,
-            args.instruction,
-            funnel_factor=factor,
-            recall_target=args.recall_target,
-            latency_budget_ms=args.latency_budget_ms,
-            per_document=args.per_document,
-            where=args.filter,
-        )
-    print(format_results(results))
-    return 0
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
@@ -264,14 +124,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await produce(settings.kafka, args.paths, args.topic)
         return 0
     if args.verb == "search":
-        return await _search(settings, args)
+        return await search_verb(settings, args)
     if args.verb == "serve":
         from pipeline.runtime.serving import serve
 
         await serve(settings, args.host, args.port, base)
         return 0
     if args.verb == "eval-recall":
-        return await _eval_recall(settings, args)
+        return await eval_recall_verb(settings, args)
     if args.verb == "status":
         from pipeline.ops.status import collect_status
 

@@ -11,7 +11,10 @@
 # and compressed: about 55 MB.  On the device, `source tests/perf/device_env.sh` unpacks and uses it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-python=${PYTHON:-python3}
+# The project's venv (make .venv/.installed) when there is one: the corpus builder imports `pipeline`.
+default_python=python3
+[[ -x .venv/bin/python ]] && default_python=.venv/bin/python
+python=${PYTHON:-$default_python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 platforms=()
@@ -22,7 +25,7 @@ done
 target=(--only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}")
 if [[ ${1:-} == realtext ]]; then
     [[ -f .cache/qwen3-tokenizer/tokenizer.json ]] || "$python" -m workers.bench.qwen3_tokenizer
-    [[ -f .cache/realtext-corpus.jsonl ]] || "$python" tests/perf/build_realtext_corpus.py
+    [[ -f .cache/realtext-corpus.jsonl ]] || PYTHONPATH=$PWD "$python" tests/perf/build_realtext_corpus.py
     grep -E '^(pydantic|pydantic-core|pydantic-settings|annotated-types|typing-extensions|typing-inspection|python-dotenv)==' \
         tests/perf/device-requirements.txt >"$work/requirements.txt"
     "$python" -m pip download -q --no-deps "${target[@]}" -d "$work/wheels" -r "$work/requirements.txt"
