@@ -169,7 +169,7 @@ class Chunker:
 
     Guarantees, for any text: each chunk holds 1..``max_tokens`` tokens as counted by the
     tokenizer on the chunk's own text, at most ``max_chars`` characters, is neither empty nor
-    starts or ends with whitespace; chunks follow the document in order and, without overlap,
+    starts or ends with whitespace; a text that fits both limits whole is one chunk; chunks follow the document in order and, without overlap,
     their concatenation is the document minus whitespace at chunk boundaries (a character the
     tokenizer yields no token for may be dropped only where it forms a chunk of its own); the
     result depends on the text alone.  With ``overlap_tokens`` every chunk but the first starts
@@ -304,6 +304,10 @@ class Chunker:
         )
         if widest <= pos:
             return None
+        if pos == 0 and widest >= n:
+            # The whole text fits: headings choose where to cut a text that must be cut, they do not
+            # split one that fits (a 32k-token document under max_tokens=32768 is one input).
+            return n
         room = cum[first] + budget - cum[pos]
         earliest = max(pos + 1, bisect_left(cum, cum[pos] + max(1, room // 4)))
         last_candidate = min(widest, n - 1)

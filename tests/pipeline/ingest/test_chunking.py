@@ -105,10 +105,16 @@ def test_headings_start_chunks() -> None:
 
 
 def test_small_sections_are_packed_until_a_quarter_of_the_budget() -> None:
-    text = "\n\n".join(f"# H{i}\n\nshort text {i}" for i in range(8))  # 5 tokens a section
-    chunks = split(text, 64)  # a heading cuts once the chunk holds >= 16 tokens
+    text = "\n\n".join(f"# H{i}\n\nshort text {i}" for i in range(16))  # 5 tokens a section
+    chunks = split(text, 64)  # 80 tokens: cut, and a heading cuts once the chunk holds >= 16 tokens
     assert all(chunk.text.startswith("# H") for chunk in chunks)
-    assert [chunk.token_count for chunk in chunks] == [20, 20]
+    assert [chunk.token_count for chunk in chunks] == [20, 20, 20, 20]
+
+
+def test_a_text_that_fits_is_one_chunk_whatever_its_headings() -> None:
+    text = "\n\n".join(f"# H{i}\n\nshort text {i}" for i in range(8))  # 40 tokens, 8 sections
+    assert split(text, 64) == [Chunk(text, 0, 40)]
+    assert len(split(text, 39)) > 1
 
 
 def test_paragraphs_are_packed_up_to_the_budget() -> None:
@@ -161,7 +167,7 @@ def test_emoji_and_mixed_scripts_with_minilm() -> None:
 def test_code_block_comments_are_not_headings() -> None:
     code = "```python\n# step one\nx = 1\n\n# step two\ny = 2\n```"
     text = f"# Guide\n\n{paragraph('intro', 60)}\n\n{code}\n\n# Next\n\n{paragraph('next', 5)}"
-    chunks = split(text, 200)
+    chunks = split(text, 136)  # 140 tokens in all: it must be cut
     assert [chunk.text.split("\n")[0] for chunk in chunks] == ["# Guide", "# Next"]
     assert code in chunks[0].text
 

@@ -145,9 +145,9 @@ def test_property_random_unicode_chunks_fit_and_cover(
 def test_a_32000_token_document_is_split_at_512_and_one_model_input_at_the_full_context() -> None:
     full = TextTokenizer(embedding_tokenizer(), max_length=32768, pad_token_id=EOS_ID)
     text = ""
-    # No markdown headings: a heading ends a chunk once it holds a quarter of its room (by design),
-    # so a 32K-token markdown document with sections is several chunks even at the full context.
-    block = re.sub(r"^#+ ", "", "\n\n".join([ZH, JA, MIXED]), flags=re.MULTILINE)
+    # With its markdown headings: they choose where a text that must be cut is cut, and this one fits.
+    block = "\n\n".join([ZH, JA, MIXED])
+    assert re.search(r"^#+ ", block, flags=re.MULTILINE)
     while full.count_tokens(text) < 32000:
         text += f"\n\nPart {len(text)}\n\n" + block
     spans = full.token_spans(text)
