@@ -94,6 +94,7 @@ class EmbedderActor:
             log.warning("%s restarted by Ray after the previous process died", self._name)
             self._metrics.restarted()
         self._inflight = 0
+        self._tokenize_s = 0.0  # summed over requests; they tokenize side by side in the executor
         # A one-word input: a text is blamed for failing alone only if this still embeds right after.
         probe_ids = self._model.encode_ids(["ok"])
         self._batcher = MicroBatcher(
@@ -141,7 +142,9 @@ class EmbedderActor:
         loop = asyncio.get_running_loop()
         self._inflight += 1
         try:
+            started = time.perf_counter()
             ids = await loop.run_in_executor(self._tokenize, self._model.encode_ids, texts)
+            self._tokenize_s += time.perf_counter() - started
             self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
             result = await self._batcher.submit(ids, dims, priority=priority)
         finally:
@@ -157,6 +160,7 @@ class EmbedderActor:
             "pid": os.getpid(),
             "device": self._info.device,
             "load_s": round(self._load_s, 3),
+            "tokenize_seconds": self._tokenize_s,
             **dataclasses.asdict(self._batcher.stats()),
         }
 

@@ -169,12 +169,13 @@ class Chunker:
 
     Guarantees, for any text: each chunk holds 1..``max_tokens`` tokens as counted by the
     tokenizer on the chunk's own text, at most ``max_chars`` characters, is neither empty nor
-    starts or ends with whitespace; a text that fits both limits whole is one chunk; chunks follow the document in order and, without overlap,
-    their concatenation is the document minus whitespace at chunk boundaries (a character the
-    tokenizer yields no token for may be dropped only where it forms a chunk of its own); the
-    result depends on the text alone.  With ``overlap_tokens`` every chunk but the first starts
-    with up to that many tokens from the end of the previous one, beginning at a word where one
-    is near, unless it starts at a heading.  A text without tokens (e.g. only whitespace) gives ``[]``.
+    starts or ends with whitespace; a text that fits both limits whole is one chunk; chunks follow
+    the document in order and, without overlap, their concatenation is the document minus
+    whitespace at chunk boundaries (a character the tokenizer yields no token for may be dropped
+    only where it forms a chunk of its own); the result depends on the text alone.  With
+    ``overlap_tokens`` every chunk but the first starts with up to that many tokens from the end of
+    the previous one, beginning at a word where one is near, unless it starts at a heading.  A text
+    without tokens (e.g. only whitespace) gives ``[]``.
     """
 
     def __init__(

@@ -141,10 +141,13 @@ class IngestConsumer:
             while not stop.is_set():
                 if self._fatal.done():
                     self._fatal.result()
+                polled = time.perf_counter()
                 try:
                     batches = await self._consumer.getmany(timeout_ms=100)
                 except DECODE_ERRORS as exc:
                     raise await decoding.locate(self._consumer, exc) from exc
+                if any(batches.values()):  # an empty poll waited on nothing but an idle topic
+                    self.stats.add_stage_time("poll", time.perf_counter() - polled)
                 if self.stats.first_record_at is None and any(batches.values()):
                     self.stats.first_record_at = time.monotonic()
                 for tp, records in batches.items():
@@ -186,11 +189,13 @@ class IngestConsumer:
             offsets = {tp: o for tp, o in offsets.items() if tp in only}
         if not offsets:
             return
+        started = time.perf_counter()
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:  # e.g. a rebalance in progress: the next round retries
             log.warning("commit of %s failed: %s", offsets, exc)
             return
+        self.stats.add_stage_time("commit", time.perf_counter() - started)
         self._tracker.mark_committed(offsets)
         self._latency.committed(offsets)
         self.stats.commits += 1

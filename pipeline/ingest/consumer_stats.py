@@ -6,7 +6,12 @@ units written and acknowledged); summed over members by the runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+STAGES = ("poll", "parse", "chunk", "embed", "write", "commit")
+"""The stages a member times: waiting on the broker for records (``poll``), parsing events, chunking
+and counting their tokens, awaiting the embedder pool (tokenization and forward passes happen in the
+actors), writing every replica, committing offsets."""
 
 
 @dataclass
@@ -24,6 +29,13 @@ class ConsumerStats:
     commits: int = 0
     first_record_at: float | None = None
     last_ack_at: float | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each stage (:data:`STAGES`, and ``write:<collection>`` per replica), summed
+    over every unit: stages of different units overlap, so a stage can exceed the busy time."""
+
+    def add_stage_time(self, stage: str, seconds: float) -> None:
+        """Count ``seconds`` more spent in ``stage``."""
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
     def busy_seconds(self) -> float:
         """Time from the first record polled to the last unit acknowledged."""

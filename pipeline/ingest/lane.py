@@ -117,9 +117,11 @@ class LaneRunner:
                 self._settings.model,
                 self._special_tokens,
             )
+            self.stats.add_stage_time("parse", unit.parse_seconds)
+            self.stats.add_stage_time("chunk", unit.chunk_seconds)
             self._tracker.track(tp, lane.epoch, unit.offsets)
             self._latency.dispatched(tp, unit.offsets[-1] + 1, [r.timestamp for r in part])
-            embedding = asyncio.create_task(self._embedder.embed(unit)) if unit.texts else None
+            embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
             self._flow.dispatched(unit.tokens)
             lane.units.append((unit, embedding))
             lane.arrived.set()
@@ -169,19 +171,29 @@ class LaneRunner:
             if fallbacks is None:
                 return chunks
             lane.sending = False  # nothing of the unit is in Milvus while its fallbacks are embedded
-            vectors = await self._embedder.embed(fallbacks)
+            vectors = await self._embed(fallbacks)
             unit = fallbacks
+
+    async def _embed(self, unit: WorkUnit) -> dict[int, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            return await self._embedder.embed(unit)
+        finally:
+            self.stats.add_stage_time("embed", time.perf_counter() - started)
 
     async def _send(self, lane: Lane, writes: list[DocumentWrite]) -> WriteResult:
         """One attempt of a write, unless the lane was closed: then nothing is sent any more."""
         if lane.revoked:
             raise LaneRevoked(f"{lane.tp.topic}[{lane.tp.partition}] was revoked; its write is dropped")
         lane.sending = True
+        started = time.perf_counter()
         try:
             return await asyncio.to_thread(self._sink.write, writes)
         except Exception:
             lane.sending = False
             raise
+        finally:
+            self.stats.add_stage_time("write", time.perf_counter() - started)
 
     async def _write_once(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
         writes = unit.writes(vectors)

@@ -7,6 +7,7 @@ others are set aside (as fallbacks) before anything is embedded.  Nothing here t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -152,6 +153,9 @@ class WorkUnit:
     texts: list[str] = field(default_factory=list)
     tokens: int = 0
     oldest_timestamp_ms: int | None = None
+    parse_seconds: float = 0.0
+    chunk_seconds: float = 0.0
+    """Time :func:`build_unit` spent parsing the records, and chunking (and counting) the texts."""
     planner: _Planner | None = field(default=None, repr=False)
     fallbacks: WorkUnit | None = field(default=None, repr=False)
 
@@ -255,6 +259,7 @@ def build_unit(
     if records:
         unit.oldest_timestamp_ms = min(r.timestamp for r in records)
     by_id: dict[str, Candidates] = {}
+    started = time.perf_counter()
     for record in records:
         try:
             event = parse_event(record.key, record.value)
@@ -264,6 +269,8 @@ def build_unit(
         candidates = by_id.pop(event.id, [])  # re-insert so dict order follows the id's last offset
         candidates.append((event, record))
         by_id[event.id] = candidates
+    parsed = time.perf_counter()
     for candidates in by_id.values():
         unit.tokens += planner.plan(unit, candidates)
+    unit.parse_seconds, unit.chunk_seconds = parsed - started, time.perf_counter() - parsed
     return unit

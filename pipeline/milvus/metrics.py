@@ -20,8 +20,16 @@ SPECS: tuple[MetricSpec, ...] = (WRITE_SECONDS,)
 """Every metric the Milvus side records."""
 
 _write_seconds = WRITE_SECONDS.histogram()
+_seconds_by_replica: dict[str, float] = {}
 
 
 def replica_written(replica: str, seconds: float) -> None:
     """One write batch reached ``replica`` in ``seconds``."""
     _write_seconds.observe(seconds, tags={"replica": replica})
+    _seconds_by_replica[replica] = _seconds_by_replica.get(replica, 0.0) + seconds
+
+
+def replica_write_seconds() -> dict[str, float]:
+    """Seconds this process has spent writing to each replica so far (``bench`` reports the
+    difference over its pipeline phase)."""
+    return dict(_seconds_by_replica)

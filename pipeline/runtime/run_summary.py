@@ -61,6 +61,15 @@ class GroupStats:
     def commits(self) -> int:
         return sum(m.commits for m in self.members)
 
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Each stage's seconds summed over the members (see :attr:`ConsumerStats.stage_seconds`)."""
+        totals: dict[str, float] = {}
+        for member in self.members:
+            for stage, seconds in member.stage_seconds.items():
+                totals[stage] = totals.get(stage, 0.0) + seconds
+        return totals
+
     def busiest_member_seconds(self) -> float:
         """The longest busy time any member measured on its own clock (0.0 when none had work).
 

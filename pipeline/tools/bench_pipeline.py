@@ -9,9 +9,11 @@ chunks, so their tokens/s compare the pipeline around the embedder with the embe
   :class:`~pipeline.ingest.consumer.IngestConsumer`: poll, parse, chunk, embed, upsert into every replica,
   commit.  Its time runs from the first record polled to the last unit acknowledged.
 
-The documents are random words that the model's tokenizer reads as one token each, with lognormal
-lengths (median 300, sigma 0.8, clipped to 8..2048 words: the workload of ``bench``).  Afterwards
-every replica must hold one row per chunk; the result says whether it does.
+The documents are random words that the model's tokenizer reads as one token each (lognormal lengths:
+the workload of ``bench``), or with ``--real-text FILE`` the documents of a real-text corpus
+(:mod:`pipeline.tools.bench_documents`).  Afterwards every replica must hold one row per chunk; the
+result says whether it does, and where the pipeline phase spent its time
+(:mod:`pipeline.tools.bench_breakdown`).
 """
 
 from __future__ import annotations
@@ -28,17 +30,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.ingest.chunking import Chunker
-from pipeline.ingest.produce import OutgoingRecord, send_records
 from pipeline.milvus.connection import MilvusConnection
+from pipeline.milvus.metrics import replica_write_seconds
 from pipeline.ops import stack
 from pipeline.runtime.assemble import Runtime, build_runtime
 from pipeline.runtime.run_summary import GroupStats
 from pipeline.settings import Settings, load_settings
+from pipeline.tools.bench_breakdown import actor_counters, breakdown, difference, render
+from pipeline.tools.bench_documents import bench_texts, produce_documents
 from pipeline.tools.bench_members import consume, sized_settings
-from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
 from workers.pool import EmbedderPool
 from workers.prompts import format_input
 from workers.settings import ModelSettings
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--end-to-end", action="store_true", required=True)
     parser.add_argument("--docs", type=int, default=4096, help="documents in the workload")
+    parser.add_argument(
+        "--real-text",
+        type=Path,
+        metavar="FILE",
+        help="JSONL corpus (bench --real-text's) to send, round and round, instead of random words",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-words", type=int, default=2048, help="longest document, in words")
     parser.add_argument("--warmup-docs", type=int, default=256, help="sent to the pool before timing")
@@ -71,41 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep the bench topic's collections")
     parser.add_argument("--out", type=Path, default=Path("tests/perf/results/pipeline.json"))
     return parser
-
-
-def one_token_words(tokenizer: TextTokenizer, count: int, seed: int) -> list[str]:
-    """Up to ``count`` distinct alphanumeric words that ``tokenizer`` reads as exactly one token."""
-    vocab = tokenizer.vocabulary_size
-    rng = np.random.default_rng(seed)
-    words: dict[str, None] = {}
-    for token in rng.permutation(vocab)[: max(count * 8, 1024)]:
-        word = tokenizer.decode([int(token)]).strip()
-        if word.isalnum() and tokenizer.count_tokens(word) == 1:
-            words[word] = None
-            if len(words) == count:
-                break
-    if not words:
-        raise ValueError("the tokenizer has no one-token alphanumeric words to build documents from")
-    return list(words)
-
-
-def make_documents(tokenizer: TextTokenizer, count: int, seed: int, *, max_words: int = 2048) -> list[str]:
-    """``count`` texts of random one-token words, lognormal lengths (median 300, sigma 0.8, 8..max)."""
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(np.rint(rng.lognormal(np.log(300), 0.8, size=count)), 8, max_words).astype(int)
-    words = np.array(one_token_words(tokenizer, 4096, seed))
-    return [" ".join(rng.choice(words, size=int(n))) for n in lengths]
-
-
-async def produce_documents(settings: Settings, texts: Sequence[str]) -> None:
-    """Send one upsert event per text to the event topic (ids ``doc-{i}``), all acknowledged."""
-    records = (
-        OutgoingRecord(
-            f"doc-{i}".encode(), json.dumps({"op": "upsert", "id": f"doc-{i}", "text": text}).encode()
-        )
-        for i, text in enumerate(texts)
-    )
-    await send_records(settings.kafka, records)
 
 
 def embed_requests(
@@ -210,6 +182,7 @@ async def run_pipeline_bench(
     min_seconds: float = 60.0,
     keep: bool = False,
     one_host: bool = True,
+    real_text: Path | None = None,
 ) -> dict[str, Any]:
     """Run both phases on the services ``settings`` name; returns the JSON-ready result.
 
@@ -217,9 +190,9 @@ async def run_pipeline_bench(
     --consumer-actors M``); the pool fed directly gets as many tokens in flight as the pipeline's
     consumers together, and at least ``consumer.max_inflight_tokens`` per embedder actor."""
     settings = bench_settings(settings, uuid.uuid4().hex[:8])
-    tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-    texts = await asyncio.to_thread(make_documents, tokenizer, docs, seed, max_words=max_words)
-    warmup = await asyncio.to_thread(make_documents, tokenizer, warmup_docs, seed + 1, max_words=max_words)
+    texts, warmup = await bench_texts(
+        settings, docs, warmup_docs, seed=seed, max_words=max_words, real_text=real_text
+    )
     runtime = await build_runtime(settings)
     try:
         produce_started = time.perf_counter()
@@ -232,7 +205,15 @@ async def run_pipeline_bench(
         requests, chunks = _requests(runtime, texts)
         tokens = sum(size for _, size in requests)
         embedder_seconds = await time_embedder(runtime.pool, runtime.dims, budget, requests)
+        actors_before, replicas_before = await actor_counters(runtime.pool), replica_write_seconds()
         stats, busy = await consume(runtime, members, one_host)
+        where = breakdown(
+            busy,
+            stats.stage_seconds,
+            None if members else difference(replica_write_seconds(), replicas_before),
+            difference(await actor_counters(runtime.pool), actors_before),
+            runtime.pool.size,
+        )
         rows = {dim: runtime.sink.count(dim) for dim in runtime.dims}
         if not keep:
             _drop_collections(runtime)
@@ -256,6 +237,7 @@ async def run_pipeline_bench(
         "embedder_inflight_tokens": budget,
         "max_batch_tokens": settings.batching.max_batch_tokens,
         "max_inflight_tokens": settings.consumer.max_inflight_tokens,
+        "workload": f"real text: {real_text}, round and round" if real_text else "random one-token words",
         "docs": docs,
         "chunks": chunks,
         "tokens": tokens,
@@ -280,6 +262,7 @@ async def run_pipeline_bench(
             ],
         },
         "ratio_pipeline_vs_embedder": pipeline_rate / embedder_rate,
+        "breakdown": where,
         "sustained": busy >= min_seconds,
         "rows_per_replica": {str(dim): n for dim, n in rows.items()},
         "complete": all(n == chunks for n in rows.values()) and stats.tokens_embedded == tokens,
@@ -319,6 +302,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
             min_seconds=args.min_seconds,
             keep=args.keep,
             one_host=not args.external,
+            real_text=args.real_text,
         )
     )
     result = write_result(result, argv, config, args.out)
@@ -330,6 +314,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
         f"  whole pipeline {pipeline['tokens_per_s']:>10,.0f} tok/s ({pipeline['seconds']:.1f} s busy, "
         f"{pipeline['events_per_s']:.1f} events/s)\n"
         f"  ratio {result['ratio_pipeline_vs_embedder']:.1%}; every replica complete: {result['complete']}\n"
+        f"{render(result['breakdown'])}\n"
         f"written to {args.out}"
     )
     return 0 if result["complete"] else 1

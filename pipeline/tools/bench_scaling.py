@@ -29,14 +29,8 @@ import numpy as np
 from pipeline.runtime.assemble import make_chunker, start_pool
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings, load_settings
-from pipeline.tools.bench_pipeline import (
-    embed_requests,
-    gpu_name,
-    make_documents,
-    time_embedder,
-    write_result,
-)
-from pipeline.tools.bench_realtext import read_corpus
+from pipeline.tools.bench_documents import bench_texts
+from pipeline.tools.bench_pipeline import embed_requests, gpu_name, time_embedder, write_result
 from workers.model.tokenizer import load_text_tokenizer
 from workers.pool import EmbedderPool
 
@@ -128,17 +122,10 @@ async def run_scaling_bench(
     real_text: Path | None = None,
 ) -> dict[str, Any]:
     """Time the pool at each actor count (the caller has joined Ray); returns the JSON-ready result."""
-    if real_text is not None:
-        corpus = [document["text"] for document in read_corpus(real_text)]
-        # Round and round the corpus up to ``docs`` documents: enough work for eight GPUs' timing.
-        texts = [corpus[i % len(corpus)] for i in range(docs)]
-        warmup = corpus[-warmup_docs:]
-    else:
-        tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        texts = await asyncio.to_thread(make_documents, tokenizer, docs, seed, max_words=max_words)
-        warmup = await asyncio.to_thread(
-            make_documents, tokenizer, warmup_docs, seed + 1, max_words=max_words
-        )
+    # Real text goes round and round the corpus up to ``docs`` documents: work for eight GPUs' timing.
+    texts, warmup = await bench_texts(
+        settings, docs, warmup_docs, seed=seed, max_words=max_words, real_text=real_text
+    )
     runs = []
     for count in counts:
         log.info("timing the pool with %d actor(s)", count)

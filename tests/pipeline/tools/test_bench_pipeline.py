@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.ingest.consumer_stats import STAGES
 from pipeline.settings import (
     ChunkingSettings,
     ConsumerSettings,
@@ -20,8 +21,9 @@ from pipeline.settings import (
     ScalingSettings,
     Settings,
 )
+from pipeline.tools.bench_documents import make_documents, one_token_words
 from pipeline.tools.bench_members import sized_settings
-from pipeline.tools.bench_pipeline import make_documents, one_token_words, run_pipeline_bench
+from pipeline.tools.bench_pipeline import run_pipeline_bench
 from workers.bench.setup import SHAPES, save_random_model
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
 from workers.settings import ModelSettings, PoolSettings
@@ -89,6 +91,16 @@ def test_pipeline_and_bare_embedder_embed_the_same_tokens_and_every_row_lands(
     # Both phases embedded the same tokens (checked above), so the ratio of their rates is the
     # inverse ratio of their seconds.
     assert result["ratio_pipeline_vs_embedder"] == pytest.approx(embedder["seconds"] / pipeline["seconds"])
+    # Where the pipeline phase's time went: every stage measured, every replica's writes, and the
+    # actors' side of the same phase (they forwarded exactly the pipeline's tokens).
+    where = result["breakdown"]
+    assert set(where["consumer"]) == set(STAGES)
+    assert all(figure["seconds"] > 0 for figure in where["consumer"].values())
+    assert sorted(int(name.rsplit("_", 1)[1]) for name in where["replicas"]) == [8, 32, 64]
+    assert all(f["seconds"] > 0 for f in where["replicas"].values())
+    assert where["actors"]["tokens"] == result["tokens"] and where["actors"]["batches"] > 0
+    assert where["actors"]["tokenize_seconds"] > 0 and 0 < where["actors"]["gpu_busy"] < 1
+    assert where["consumer"]["write"]["seconds"] >= max(f["seconds"] for f in where["replicas"].values())
 
 
 def test_consumer_actors_on_several_embedders_land_every_row_and_report_each_member(
