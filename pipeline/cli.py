@@ -164,33 +164,39 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    """``bench``: its options belong to the benchmark that ``rest`` picks (see the parser)."""
+    if "--end-to-end" in rest:
+        from pipeline.tools import bench_pipeline
+
+        _configure_logging(args.verbose)
+        return bench_pipeline.main(rest, config=args.config)
+    if any(arg == "--scaling" or arg.startswith("--scaling=") for arg in rest):
+        from pipeline.tools import bench_scaling
+
+        _configure_logging(args.verbose)
+        return bench_scaling.main(rest, config=args.config)
+    if any(arg == "--real-text" or arg.startswith("--real-text=") for arg in rest):
+        from pipeline.tools import bench_realtext
+
+        return bench_realtext.main(rest, config=args.config)
+    # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
+    from workers.bench import embedder_bench
+
+    return embedder_bench.main(rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad configuration or input, 1 for other failures)."""
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if args.verb == "bench":
-        if "--end-to-end" in rest:
-            from pipeline.tools import bench_pipeline
-
-            _configure_logging(args.verbose)
-            return bench_pipeline.main(rest, config=args.config)
-        if any(arg == "--scaling" or arg.startswith("--scaling=") for arg in rest):
-            from pipeline.tools import bench_scaling
-
-            _configure_logging(args.verbose)
-            return bench_scaling.main(rest, config=args.config)
-        if any(arg == "--real-text" or arg.startswith("--real-text=") for arg in rest):
-            from pipeline.tools import bench_realtext
-
-            return bench_realtext.main(rest, config=args.config)
-        # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
-        from workers.bench import embedder_bench
-
-        return embedder_bench.main(rest)
-    if rest:
+    if rest and args.verb != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    _configure_logging(args.verbose)
+    if args.verb != "bench":
+        _configure_logging(args.verbose)
     try:
+        if args.verb == "bench":
+            return _bench(args, rest)
         return asyncio.run(_dispatch(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -106,9 +106,12 @@ class EmbedderActor:
             probe=lambda: self._model.embed_ids(probe_ids, (self._info.native_dim,)),
             on_broken=self._exit_broken,
         )
-        # Tokenization gets its own single thread: it overlaps the forward pass on the batcher's
-        # thread, and the model is not promised to be thread-safe beyond that split.
-        self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        # Tokenization gets its own threads: they overlap the forward pass on the batcher's thread.
+        # Only the tokenizer runs on them (the Rust tokenizer encodes from many threads at once);
+        # the model itself stays on the batcher's one thread.
+        self._tokenize = ThreadPoolExecutor(
+            max_workers=batch_settings.tokenize_threads, thread_name_prefix="tokenize"
+        )
         self._logged_at = time.monotonic()
         self._logged = self._batcher.stats()
 

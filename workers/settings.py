@@ -97,6 +97,14 @@ class BatchSettings(BaseModel):
         ge=64,
         description="Tokens of queries an actor accepts before it refuses more with Backpressure.",
     )
+    tokenize_threads: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads each actor tokenizes requests on, beside its forward passes. The Rust "
+        "tokenizer releases the GIL, so they run in parallel: with a small model on a fast GPU one "
+        "thread cannot tokenize as fast as the GPU embeds (bench --real-text reports the GPU-busy share).",
+    )
 
 
 class PoolSettings(BaseModel):

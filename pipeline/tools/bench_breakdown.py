@@ -45,7 +45,7 @@ def breakdown(
     """The JSON-ready breakdown: each stage's seconds and share of ``busy_seconds``.
 
     ``replica_seconds`` is None when the consumers ran in other processes (consumer actors): their
-    per-replica times are not visible here.  ``gpu_busy`` is the actors' forward seconds over the busy
+    per-replica times are not visible here.  ``forward_busy`` is the actors' forward seconds over the busy
     time and the actors: 1.0 means every actor ran a forward pass the whole time."""
     busy = max(busy_seconds, 1e-9)
     stages = {name: {"seconds": s, "share": s / busy} for name, s in sorted(stage_seconds.items())}
@@ -59,7 +59,7 @@ def breakdown(
         "forward_seconds": actors.get("forward_seconds", 0.0),
         "tokens": int(actors.get("tokens", 0.0)),
         "batches": int(actors.get("batches", 0.0)),
-        "gpu_busy": actors.get("forward_seconds", 0.0) / (busy * max(1, pool_size)),
+        "forward_busy": actors.get("forward_seconds", 0.0) / (busy * max(1, pool_size)),
     }
     return result
 
@@ -75,6 +75,6 @@ def render(result: Mapping[str, Any]) -> str:
     lines.append(
         f"    {'actors: tokenize':<28} {actors['tokenize_seconds']:>8.1f} s\n"
         f"    {'actors: forward passes':<28} {actors['forward_seconds']:>8.1f} s  "
-        f"(GPU busy {actors['gpu_busy']:.1%} of the busy time)"
+        f"(model busy {actors['forward_busy']:.1%} of the busy time)"
     )
     return "\n".join(lines)

@@ -10,6 +10,15 @@ if [[ -f .devsite/realtext.tar.xz && ! -f .cache/realtext-corpus.jsonl ]]; then
     xz -dc .devsite/realtext.tar.xz | tar -C /tmp/realtext -xf - || return 1
     cp -r /tmp/realtext/site/. /tmp/site/ && cp -r /tmp/realtext/cache/. .cache/ || return 1
 fi
+# The GPU's short name for result files, so that a figure names its card ("cpu": no nvidia-smi).
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1) || gpu_name=""
+case $gpu_name in
+*H200*) GPU_TAG=h200 ;;
+*H100*) GPU_TAG=h100 ;;
+"") GPU_TAG=cpu ;;
+*) GPU_TAG=gpu ;;
+esac
+export GPU_TAG
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p /tmp/site-bin
 printf '#!/bin/sh\nexec python3 -c "import sys; from ray.scripts.scripts import main; sys.argv[0] = \\"ray\\"; sys.exit(main())" "$@"\n' >/tmp/site-bin/ray

@@ -10,7 +10,7 @@
 # ".devsite") or .whl/ when the machine lacks it.
 set -euo pipefail
 if ! python3 -c 'import pydantic' 2>/dev/null; then
-    if [[ -f .devsite/site.tar.xz ]]; then
+    if [[ -f .devsite/site.tar.xz || -f .devsite/realtext.tar.xz ]]; then
         source tests/perf/device_env.sh
     elif compgen -G ".whl/*.whl" >/dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl

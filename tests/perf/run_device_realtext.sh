@@ -18,8 +18,8 @@ smoke)
     python3 -c 'import torch, transformers, sentence_transformers as st; print(torch.__version__, transformers.__version__, st.__version__)'
     "${bench[@]}" --random qwen3-0.6b --limit-docs 4 --out "$results/realtext-smoke.json"
     ;;
-0.6b) "${bench[@]}" --random qwen3-0.6b "${compiled[@]}" --out "$results/realtext-qwen3-0.6b-h200.json" ;;
-4b) "${bench[@]}" --random qwen3-4b "${compiled[@]}" --out "$results/realtext-qwen3-4b-h200.json" ;;
-8b) "${bench[@]}" --random qwen3-8b "${compiled[@]}" --out "$results/realtext-qwen3-8b-h200.json" ;;
+0.6b) "${bench[@]}" --random qwen3-0.6b "${compiled[@]}" --out "$results/realtext-qwen3-0.6b-$GPU_TAG.json" ;;
+4b) "${bench[@]}" --random qwen3-4b "${compiled[@]}" --out "$results/realtext-qwen3-4b-$GPU_TAG.json" ;;
+8b) "${bench[@]}" --random qwen3-8b "${compiled[@]}" --out "$results/realtext-qwen3-8b-$GPU_TAG.json" ;;
 *) echo "unknown step $1" >&2; exit 2 ;;
 esac

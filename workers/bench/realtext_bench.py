@@ -3,7 +3,7 @@
 :mod:`pipeline.tools.bench_realtext` chunks the corpus with the project's chunker and hands the
 chunks here.  Both sides get *text*: the tokenizer's time is inside every timed pass.  Ours runs
 as an embedder actor does (:class:`~workers.actor.EmbedderActor`): requests of 32 texts, tokenized
-on one host thread while earlier requests' forward passes run, merged by the
+on ``batching.tokenize_threads`` host threads while earlier requests' forward passes run, merged by the
 :class:`~workers.batcher.MicroBatcher`.  The peer is ``SentenceTransformer.encode(batch_size=32)``
 on the very same model object and the same tokenizer.
 
@@ -154,7 +154,7 @@ class NvmlSampler:
 
 
 def ours(model: EmbeddingModel, budget: int, clock: ForwardClock) -> Callable[[list[str]], np.ndarray]:
-    """Texts to vectors the way an embedder actor does it (one tokenizer thread, the batcher)."""
+    """Texts to vectors the way an embedder actor does it (its tokenizer threads, the batcher)."""
     settings = BatchSettings(max_batch_tokens=budget, max_queued_tokens=2**62)
     forward = clock.wrap(model.embed_ids)
 
@@ -167,7 +167,7 @@ def ours(model: EmbeddingModel, budget: int, clock: ForwardClock) -> Callable[[l
             ids = await loop.run_in_executor(tokenize, model.encode_ids, chunk)
             return await batcher.submit(ids, dims)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as tokenize:
+        with ThreadPoolExecutor(settings.tokenize_threads, thread_name_prefix="tokenize") as tokenize:
             try:
                 requests = [texts[i : i + REQUEST_TEXTS] for i in range(0, len(texts), REQUEST_TEXTS)]
                 results = await asyncio.gather(*(request(r) for r in requests))

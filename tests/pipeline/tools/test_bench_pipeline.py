@@ -99,7 +99,7 @@ def test_pipeline_and_bare_embedder_embed_the_same_tokens_and_every_row_lands(
     assert sorted(int(name.rsplit("_", 1)[1]) for name in where["replicas"]) == [8, 32, 64]
     assert all(f["seconds"] > 0 for f in where["replicas"].values())
     assert where["actors"]["tokens"] == result["tokens"] and where["actors"]["batches"] > 0
-    assert where["actors"]["tokenize_seconds"] > 0 and 0 < where["actors"]["gpu_busy"] < 1
+    assert where["actors"]["tokenize_seconds"] > 0 and 0 < where["actors"]["forward_busy"] < 1
     assert where["consumer"]["write"]["seconds"] >= max(f["seconds"] for f in where["replicas"].values())
 
 
