@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cuda = device.startswith("cuda")
     if cuda and args.memory_gb:
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total), device)
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, args.memory_gb * 2**30 / total), torch.device(device).index or 0
+        )
     if args.inject_oom_above:
         _inject_oom(module, args.inject_oom_above)
     documents = make_documents(np.full(args.texts, args.length), shape.vocab, affixes, args.seed)
