@@ -116,6 +116,7 @@ class LaneRunner:
                 self._chunker,
                 self._settings.model,
                 self._special_tokens,
+                self._settings.milvus.tenant_field,
             )
             self._tracker.track(tp, lane.epoch, unit.offsets)
             self._latency.dispatched(tp, unit.offsets[-1] + 1, [r.timestamp for r in part])
