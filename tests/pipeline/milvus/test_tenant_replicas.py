@@ -16,7 +16,8 @@ import pytest
 
 from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.milvus.filters import compile_filter
-from pipeline.milvus.schema import count_rows
+from pipeline.milvus.model_stamp import ModelStamp
+from pipeline.milvus.schema import collection_properties, count_rows
 from pipeline.milvus.sink import MilvusSink
 from pipeline.milvus.tenants import (
     TENANT_FIELD,
@@ -27,9 +28,10 @@ from pipeline.milvus.tenants import (
     scoped,
     tenant_condition,
 )
+from pipeline.runtime.versions import fill_settings, prepare_replicas, readable_replicas
 from pipeline.search.replicas import ReplicaSearch
 from pipeline.search.routing import Strategy
-from pipeline.settings import MilvusSettings
+from pipeline.settings import MilvusSettings, Settings
 from workers.errors import ConfigError
 
 NATIVE, SMALL, CHUNKS = 16, 4, 2
@@ -215,3 +217,25 @@ def test_a_search_names_a_tenant_exactly_when_the_deployment_has_tenants() -> No
     assert (
         scoped("c", None) == "c" and scoped(None, "w") == "w" and scoped("c", "a or b") == "(c) and (a or b)"
     )
+
+
+def test_a_new_version_gets_tenants_and_the_model_stamp(milvus_uri: str) -> None:
+    # `run --into-version 2` creates its replicas through prepare_replicas: stamped and with tenants.
+    base = Settings.model_validate(
+        {"milvus": settings(milvus_uri, f"ver_{uuid.uuid4().hex[:8]}").model_dump()}
+    )
+    target = fill_settings(base, 2)
+    stamp = ModelStamp("m", "r", "mean", "matryoshka-cut-then-l2", NATIVE, "{instruction}{text}")
+    prepare_replicas(base, target, stamp, (NATIVE, SMALL))
+    readable_replicas(base, target, stamp, (NATIVE, SMALL))  # what search and serve check
+    sink = MilvusSink(target.milvus, (NATIVE, SMALL))
+    try:
+        name = sink.collection_name(NATIVE)
+        assert name.endswith(f"_v2_{NATIVE}")
+        assert ModelStamp.from_properties(collection_properties(sink._milvus, name)) == stamp
+        assert collection_properties(sink._milvus, name)[TENANT_PROPERTY] == "org"
+        assert not sink.write([write("v", "acme", 9)]).rejected
+        assert found(sink, "acme") == {s.name: {"v"} for s in STRATEGIES}
+        assert found(sink, "globex") == {s.name: set() for s in STRATEGIES}
+    finally:
+        sink.close()
