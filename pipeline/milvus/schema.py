@@ -183,8 +183,11 @@ def check_tenancy(name: str, info: Mapping[str, Any], tenant: str | None) -> Non
         "re-ingest into collections made for it (a new milvus.collection_prefix, a new kafka.group_id "
         "with kafka.auto_offset_reset = 'earliest'; or `run --into-version N`), then drop these"
     )
-    if field is not None and not field.get("is_partition_key"):
-        problem = f"its {TENANT_FIELD!r} field is not the partition key"
+    if field is not None and (not field.get("is_partition_key") or recorded is None):
+        problem = (
+            f"its {TENANT_FIELD!r} field is not this project's (not the partition key, or no record of the "
+            f"metadata key that fills it). Drop it or use another milvus.collection_prefix"
+        )
     elif tenant and field is None:
         problem = (
             f"it was made without tenants, but milvus.tenant_field is {tenant!r}: its rows carry no "
