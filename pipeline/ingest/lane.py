@@ -116,6 +116,7 @@ class LaneRunner:
                 self._chunker,
                 self._settings.model,
                 self._special_tokens,
+                self._settings.milvus.tenant_field,
             )
             self.stats.add_stage_time("parse", unit.parse_seconds)
             self.stats.add_stage_time("chunk", unit.chunk_seconds)

@@ -33,6 +33,10 @@ Raised by :func:`pipeline.ingest.events.parse_event` (the record breaks the even
 
 Raised after parsing:
 
+* ``missing_tenant`` — :func:`pipeline.ingest.units.build_unit`, with tenants (``milvus.tenant_field``
+  set): an upsert whose metadata has no usable tenant at that key (absent, not a string, empty, or over
+  1024 UTF-8 bytes).  Never given a default tenant.
+
 * ``unchunkable`` — :func:`pipeline.ingest.units.build_unit`: characters the tokenizer cannot separate
   hold more tokens than a chunk may.
 * ``no_tokens`` — :func:`pipeline.ingest.units.build_unit`: the text tokenizes to nothing.
@@ -76,6 +80,7 @@ class ReasonCode(StrEnum):
     LONE_SURROGATE = "lone_surrogate"
     BAD_METADATA = "bad_metadata"
     INVALID_EVENT = "invalid_event"
+    MISSING_TENANT = "missing_tenant"
     UNCHUNKABLE = "unchunkable"
     NO_TOKENS = "no_tokens"
     EMBEDDER_CRASH = "embedder_crash"

@@ -20,6 +20,7 @@ from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, SourcePo
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.events import DocumentEvent, parse_event
 from pipeline.ingest.reasons import InvalidEvent, ReasonCode
+from pipeline.milvus.tenants import tenant_of
 from workers.errors import PoisonInput
 from workers.prompts import format_input
 from workers.settings import ModelSettings
@@ -251,9 +252,12 @@ def build_unit(
     chunker: Chunker,
     model: ModelSettings,
     special_tokens: int = 0,
+    tenant_field: str | None = None,
 ) -> WorkUnit:
     """Parse ``records`` (one partition, increasing offsets) into a unit; bad events become dead
-    letters, and of each id the last event that can be chunked is planned (see :class:`WorkUnit`)."""
+    letters, and of each id the last event that can be chunked is planned (see :class:`WorkUnit`).
+    With ``tenant_field`` (``milvus.tenant_field``) an upsert without a usable tenant in its metadata is
+    a bad event (``missing_tenant``), before anything is embedded."""
     planner = _Planner(chunker, model, special_tokens)
     unit = WorkUnit(tp=tp, epoch=epoch, offsets=[r.offset for r in records], planner=planner)
     if records:
@@ -263,6 +267,8 @@ def build_unit(
     for record in records:
         try:
             event = parse_event(record.key, record.value)
+            if tenant_field is not None and event.op == "upsert":
+                _check_tenant(event, tenant_field)
         except InvalidEvent as exc:
             unit.dead_letters.append(_dead_letter(tp, record, exc.reason, exc.code))
             continue
@@ -274,3 +280,10 @@ def build_unit(
         unit.tokens += planner.plan(unit, candidates)
     unit.parse_seconds, unit.chunk_seconds = parsed - started, time.perf_counter() - parsed
     return unit
+
+
+def _check_tenant(event: DocumentEvent, tenant_field: str) -> None:
+    try:
+        tenant_of(event.metadata, tenant_field)
+    except ValueError as exc:
+        raise InvalidEvent(str(exc), ReasonCode.MISSING_TENANT) from exc

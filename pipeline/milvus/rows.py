@@ -3,7 +3,8 @@
 :func:`plan_write` is the sink's poison check: before anything is sent, it rejects a
 write that breaks a limit of the replica schema or of Milvus (ids and texts longer than
 their VARCHAR, metadata that is not a JSON object within Milvus' JSON limit, vectors of
-the wrong shape, non-finite or all zeros).  Accepted writes become the rows of
+the wrong shape, non-finite or all zeros; with tenants, metadata without a usable tenant).
+Accepted writes become the rows of
 :func:`upsert_calls`, in calls small enough for one request, and the delete filters of
 :func:`stale_chunk_filters` for the documents that :func:`first_stale_pks` finds stale chunks of.
 """
@@ -21,6 +22,7 @@ from pipeline.documents import ChunkRow, SourcePosition
 from pipeline.milvus.errors import poison, show
 from pipeline.milvus.expr import any_of, in_lists
 from pipeline.milvus.schema import DOC_ID_MAX_BYTES, TEXT_MAX_BYTES
+from pipeline.milvus.tenants import TENANT_FIELD, tenant_of
 
 METADATA_MAX_BYTES = 65536  # Milvus' JSON field limit
 _MAX_EXPR_IDS = 1000
@@ -40,6 +42,7 @@ class Plan:
     vectors: Mapping[int, np.ndarray]  # dim -> float32 (len(texts), dim); empty without texts
     row_bytes: tuple[int, ...]  # estimated payload of each row, vector excluded
     source: SourcePosition | None = None  # the event it was made from, stored on every row
+    tenant: str | None = None  # with tenants (milvus.tenant_field): every row's; None for a delete
 
 
 def plan_write(
@@ -49,10 +52,13 @@ def plan_write(
     vectors: Mapping[int, np.ndarray],
     dims: Sequence[int],
     source: SourcePosition | None = None,
+    tenant_field: str | None = None,
 ) -> Plan:
-    """The write that leaves ``doc_id`` with exactly ``chunks`` (none: a delete) as a plan.
+    """The write that leaves ``doc_id`` with exactly ``chunks`` (none: a delete) as a plan; with
+    ``tenant_field`` (``milvus.tenant_field``) its rows carry the tenant of their metadata.
 
-    Raises PoisonInput naming the document when Milvus could never take the write.
+    Raises PoisonInput naming the document when Milvus could never take the write, or when, with
+    ``tenant_field``, a chunk's metadata has no usable tenant or the chunks' tenants differ.
     """
     doc_id_bytes = _utf8_len(doc_id, doc_id, "the document id")
     if doc_id_bytes > DOC_ID_MAX_BYTES:
@@ -60,6 +66,7 @@ def plan_write(
     texts: list[str] = []
     metadata: list[str] = []
     row_bytes: list[int] = []
+    tenants: set[str] = set()
     for position, chunk in enumerate(chunks):
         if chunk.doc_id != doc_id or chunk.chunk_index != position:
             raise poison(doc_id, f"chunk {position} is chunk {chunk.chunk_index} of {show(chunk.doc_id)}")
@@ -68,6 +75,11 @@ def plan_write(
             raise poison(doc_id, f"chunk {position} has {text_bytes} UTF-8 bytes, over {TEXT_MAX_BYTES}")
         if not isinstance(chunk.metadata, dict):
             raise poison(doc_id, "metadata must be a JSON object")
+        if tenant_field is not None:
+            try:
+                tenants.add(tenant_of(chunk.metadata, tenant_field))
+            except ValueError as exc:
+                raise poison(doc_id, str(exc)) from exc
         try:
             meta = json.dumps(chunk.metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
@@ -92,14 +104,18 @@ def plan_write(
         if (~array.any(axis=1)).any():
             raise poison(doc_id, f"a {dim}-d vector is all zeros (no cosine direction)")
         arrays[dim] = array
-    return Plan(index, doc_id, tuple(texts), tuple(metadata), arrays, tuple(row_bytes), source)
+    if len(tenants) > 1:
+        raise poison(doc_id, f"its chunks name {len(tenants)} tenants; a document has one")
+    tenant = tenants.pop() if tenants else None
+    return Plan(index, doc_id, tuple(texts), tuple(metadata), arrays, tuple(row_bytes), source, tenant)
 
 
 def upsert_calls(
     plans: Sequence[Plan], dim: int, max_rows: int, max_bytes: int
 ) -> Iterator[tuple[list[Plan], list[dict[str, Any]]]]:
     """The replica-``dim`` rows of ``plans``, in order, cut into calls of at most ``max_rows``
-    rows and about ``max_bytes`` (a larger row goes alone), each with the plans it touches."""
+    rows and about ``max_bytes`` (a larger row goes alone), each with the plans it touches.  A plan
+    with a tenant gives its rows the ``tenant`` field."""
     call_plans: list[Plan] = []
     rows: list[dict[str, Any]] = []
     size = 0
@@ -113,18 +129,19 @@ def upsert_calls(
                 call_plans, rows, size = [], [], 0
             if not call_plans or call_plans[-1] is not plan:
                 call_plans.append(plan)
-            rows.append(
-                {
-                    "pk": chunk_pk(plan.doc_id, i),
-                    "doc_id": plan.doc_id,
-                    "chunk_index": i,
-                    "text": text,
-                    "metadata": meta,  # pymilvus sends a str as ready-made JSON
-                    "embedding": vectors[i].tolist(),
-                    "src_partition": source.partition,
-                    "src_offset": source.offset,
-                }
-            )
+            row: dict[str, Any] = {
+                "pk": chunk_pk(plan.doc_id, i),
+                "doc_id": plan.doc_id,
+                "chunk_index": i,
+                "text": text,
+                "metadata": meta,  # pymilvus sends a str as ready-made JSON
+                "embedding": vectors[i].tolist(),
+                "src_partition": source.partition,
+                "src_offset": source.offset,
+            }
+            if plan.tenant is not None:
+                row[TENANT_FIELD] = plan.tenant
+            rows.append(row)
             size += row_size
     if rows:
         yield call_plans, rows

@@ -4,7 +4,9 @@ Replica ``{prefix}_{dim}`` has the fields ``pk`` (VARCHAR primary key, no auto i
 ``doc_id``, ``chunk_index``, ``text``, ``metadata`` (JSON), ``embedding``
 (FLOAT_VECTOR of ``dim``) and the source position of the write (``src_partition``,
 ``src_offset``: see :mod:`pipeline.milvus.positions`), Strong consistency, and one COSINE index of
-``milvus.index_type`` on ``embedding``.
+``milvus.index_type`` on ``embedding``.  With ``milvus.tenant_field`` set it also has ``tenant``
+(VARCHAR, Milvus' partition key; see :mod:`pipeline.milvus.tenants`) and records the metadata key that
+fills it in the collection property ``embedstream.tenant_field``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pymilvus import CollectionSchema, DataType, MilvusClient
 from pymilvus.milvus_client import IndexParams
 
 from pipeline.milvus.connection import MilvusConnection
+from pipeline.milvus.tenants import TENANT_FIELD, TENANT_MAX_BYTES, TENANT_PROPERTY
 from pipeline.settings import MilvusSettings
 from workers.errors import ConfigError, PipelineError
 
@@ -41,13 +44,15 @@ def ensure_replicas(
 
     ``properties``: collection properties set on the replicas this call creates (existing ones
     keep theirs); a tool marks the collections it owns this way (see :func:`collection_properties`).
-    Raises ConfigError when an existing collection does not match the schema, metric or
-    index type of ``settings``.
+    Raises ConfigError when an existing collection does not match the schema (tenants included),
+    metric or index type of ``settings``, before anything is written.
     """
+    tenant = settings.tenant_field
+    marks = {**(properties or {}), **({TENANT_PROPERTY: tenant} if tenant else {})}
     for dim, name in names.items():
         if not connection.call(f"looking up {name}", "has_collection", name):
-            _create(connection, name, dim, properties or {})
-        check_schema(name, dim, connection.call(f"describing {name}", "describe_collection", name))
+            _create(connection, name, dim, marks, tenant)
+        check_schema(name, dim, connection.call(f"describing {name}", "describe_collection", name), tenant)
         indexes = connection.call(f"listing indexes of {name}", "list_indexes", name, "embedding")
         if indexes:
             index = connection.call(f"describing the index of {name}", "describe_index", name, indexes[0])
@@ -80,7 +85,9 @@ def collection_properties(connection: MilvusConnection, name: str) -> dict[str, 
     return {str(key): str(value) for key, value in (info.get("properties") or {}).items()}
 
 
-def _create(connection: MilvusConnection, name: str, dim: int, properties: Mapping[str, str]) -> None:
+def _create(
+    connection: MilvusConnection, name: str, dim: int, properties: Mapping[str, str], tenant: str | None
+) -> None:
     # Without properties the call stays what it always was (older servers may not take any).
     marked: dict[str, Any] = {"properties": dict(properties)} if properties else {}
     try:
@@ -88,7 +95,7 @@ def _create(connection: MilvusConnection, name: str, dim: int, properties: Mappi
             f"creating {name}",
             "create_collection",
             name,
-            schema=replica_schema(dim),
+            schema=replica_schema(dim, tenant),
             consistency_level=CONSISTENCY,
             **marked,
         )
@@ -100,9 +107,10 @@ def _create(connection: MilvusConnection, name: str, dim: int, properties: Mappi
     logger.info("created Milvus collection %s (dim %d)", name, dim)
 
 
-def _fields(dim: int) -> dict[str, tuple[DataType, dict[str, int]]]:
-    """Type and type parameters of every field of replica ``dim``, in schema order."""
-    return {
+def _fields(dim: int, tenant: str | None = None) -> dict[str, tuple[DataType, dict[str, int]]]:
+    """Type and type parameters of every field of replica ``dim`` (with tenants: ``tenant`` set), in
+    schema order."""
+    fields = {
         "pk": (DataType.VARCHAR, {"max_length": PK_MAX_BYTES}),
         "doc_id": (DataType.VARCHAR, {"max_length": DOC_ID_MAX_BYTES}),
         "chunk_index": (DataType.INT64, {}),
@@ -113,21 +121,28 @@ def _fields(dim: int) -> dict[str, tuple[DataType, dict[str, int]]]:
         "src_partition": (DataType.INT64, {}),
         "src_offset": (DataType.INT64, {}),
     }
+    if tenant:
+        fields[TENANT_FIELD] = (DataType.VARCHAR, {"max_length": TENANT_MAX_BYTES})
+    return fields
 
 
-def replica_schema(dim: int) -> CollectionSchema:
-    """The schema of replica ``dim``: primary key ``pk``, no auto id, no dynamic fields."""
+def replica_schema(dim: int, tenant: str | None = None) -> CollectionSchema:
+    """The schema of replica ``dim``: primary key ``pk``, no auto id, no dynamic fields; with ``tenant``
+    (the metadata key, ``milvus.tenant_field``) a ``tenant`` field that is the partition key."""
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    for name, (dtype, params) in _fields(dim).items():
-        schema.add_field(name, dtype, is_primary=name == "pk", **params)
+    for name, (dtype, params) in _fields(dim, tenant).items():
+        keyed = {"is_partition_key": True} if name == TENANT_FIELD else {}
+        schema.add_field(name, dtype, is_primary=name == "pk", **keyed, **params)
     return schema
 
 
-def check_schema(name: str, dim: int, info: Mapping[str, Any]) -> None:
+def check_schema(name: str, dim: int, info: Mapping[str, Any], tenant: str | None = None) -> None:
     """Raise ConfigError unless collection ``name`` (``describe_collection`` output ``info``)
-    can hold replica ``dim``: the same fields and types, VARCHARs at least as long."""
+    can hold replica ``dim``: the same fields and types, VARCHARs at least as long, and tenants as
+    ``tenant`` (``milvus.tenant_field``) says: none, or a ``tenant`` partition key filled from that key."""
+    check_tenancy(name, info, tenant)
     fields = {f["name"]: f for f in info["fields"]}
-    expected = _fields(dim)
+    expected = _fields(dim, tenant)
     problems = [f"unexpected field {n!r}" for n in fields.keys() - expected.keys()]
     for field_name, (dtype, params) in expected.items():
         field = fields.get(field_name)
@@ -156,6 +171,41 @@ def check_schema(name: str, dim: int, info: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"Milvus collection {name} does not match the replica schema: {'; '.join(problems)}. {hint}"
         )
+
+
+def check_tenancy(name: str, info: Mapping[str, Any], tenant: str | None) -> None:
+    """Raise ConfigError, saying what to do, when collection ``name`` was made with other tenants than
+    ``tenant`` asks for: with tenants and now without, without and now with, or from another key."""
+    field = next((f for f in info["fields"] if f["name"] == TENANT_FIELD), None)
+    recorded = (info.get("properties") or {}).get(TENANT_PROPERTY)
+    made_with = recorded if field is not None else None
+    fresh = (
+        "re-ingest into collections made for it (a new milvus.collection_prefix, a new kafka.group_id "
+        "with kafka.auto_offset_reset = 'earliest'; or `run --into-version N`), then drop these"
+    )
+    if field is not None and (not field.get("is_partition_key") or recorded is None):
+        problem = (
+            f"its {TENANT_FIELD!r} field is not this project's (not the partition key, or no record of the "
+            f"metadata key that fills it). Drop it or use another milvus.collection_prefix"
+        )
+    elif tenant and field is None:
+        problem = (
+            f"it was made without tenants, but milvus.tenant_field is {tenant!r}: its rows carry no "
+            f"tenant to confine searches by. Unset milvus.tenant_field to use it as it is, or {fresh}"
+        )
+    elif not tenant and field is not None:
+        problem = (
+            f"it was made with tenants (metadata key {made_with!r}), but milvus.tenant_field is unset, "
+            f"which would let every search see every tenant. Set milvus.tenant_field = {made_with!r}"
+        )
+    elif tenant and made_with != tenant:
+        problem = (
+            f"its tenants come from metadata key {made_with!r}, but milvus.tenant_field is {tenant!r}. "
+            f"Set it back to {made_with!r}, or {fresh}"
+        )
+    else:
+        return
+    raise ConfigError(f"Milvus collection {name} does not match the tenant settings: {problem}.")
 
 
 def index_params(settings: MilvusSettings) -> IndexParams:

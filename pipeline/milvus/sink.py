@@ -30,28 +30,19 @@ their own writes.  Searches therefore wait for the server's latest time tick.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline.documents import DocumentWrite, Hit, UpsertDocument, WriteResult
-from pipeline.milvus import metrics
+from pipeline.documents import DocumentWrite, Hit, WriteResult
 from pipeline.milvus.connection import MilvusConnection
-from pipeline.milvus.errors import CollectionNotLoaded, SinkUnavailable, poison, show
-from pipeline.milvus.positions import superseded
-from pipeline.milvus.rows import (
-    Plan,
-    first_stale_pks,
-    pk_filters,
-    plan_write,
-    stale_chunk_filters,
-    upsert_calls,
-)
+from pipeline.milvus.errors import CollectionNotLoaded, SinkUnavailable
+from pipeline.milvus.rows import pk_filters
 from pipeline.milvus.schema import CONSISTENCY, count_rows, ensure_replicas, search_params
+from pipeline.milvus.tenants import check_tenant, prunes_by_key, scoped, tenant_condition
+from pipeline.milvus.writes import ReplicaWriter
 from pipeline.settings import MilvusSettings
-from workers.errors import PipelineError, PoisonInput
 
 _QUERY_PAGE = 1000
 _HIT_FIELDS = frozenset({"text", "metadata"})
@@ -79,6 +70,15 @@ class MilvusSink:
         self._max_rows = settings.max_call_rows if max_call_rows is None else max_call_rows
         self._max_bytes = settings.max_call_bytes if max_call_bytes is None else max_call_bytes
         self._milvus = MilvusConnection(settings)
+        self._writer = ReplicaWriter(
+            self._milvus,
+            self._dims,
+            self.collection_name,
+            self._max_rows,
+            self._max_bytes,
+            settings.tenant_field,
+        )
+        self._prunes: bool | None = None  # whether the server finds every row by a partition-key equality
         self._reload = False  # a call failed transiently: load the replicas before the next write
 
     @property
@@ -105,7 +105,7 @@ class MilvusSink:
         replica is missing, PipelineError when Milvus fails otherwise.  Concurrent calls must
         not share documents (the consumer writes each partition from one task).
         """
-        return self._on_loaded_replicas(lambda: self._write(writes))
+        return self._on_loaded_replicas(lambda: self._writer.write(writes))
 
     def _on_loaded_replicas(self, operation: Callable[[], _T]) -> _T:
         """``operation()`` on loaded replicas: after a transient failure the next call loads them first
@@ -126,113 +126,6 @@ class MilvusSink:
             self._reload = True
             raise
 
-    def _write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
-        rejected: dict[int, PoisonInput] = {}
-        candidates: dict[str, list[Plan]] = {}  # valid writes per document, in order
-        for index, document_write in enumerate(writes):
-            # A delete leaves its document without chunks, like an upsert of none.
-            chunks, vectors = (
-                (document_write.chunks, document_write.vectors)
-                if isinstance(document_write, UpsertDocument)
-                else ((), {})
-            )
-            try:
-                plan = plan_write(
-                    index, document_write.doc_id, chunks, vectors, self._dims, document_write.source
-                )
-            except PoisonInput as exc:
-                rejected[index] = exc
-                continue
-            candidates.setdefault(plan.doc_id, []).append(plan)
-        applied: set[str] = set()
-        older: set[str] = set()
-        rows = 0
-        # Each round sends the latest remaining write of each document; a write Milvus
-        # refuses drops out and that document's previous write is sent next round.
-        while candidates:
-            latest = [plans[-1] for plans in candidates.values()]
-            refused = self._apply(latest, older)
-            for plan in latest:
-                if plan.doc_id in refused:
-                    rejected[candidates[plan.doc_id].pop().index] = refused[plan.doc_id]
-                else:
-                    applied.add(plan.doc_id)
-                    rows += len(plan.texts)
-            candidates = {d: candidates[d] for d in refused if candidates[d]}
-        return WriteResult(rejected=rejected, documents=len(applied), rows=rows, superseded=frozenset(older))
-
-    def _apply(self, plans: Sequence[Plan], older: set[str]) -> dict[str, PoisonInput]:
-        """Write one plan per document to every replica; returns the documents Milvus refused.
-
-        A replica that holds a newer write of a document than its plan's is left alone for that
-        document, which is added to ``older`` (the read is part of every attempt, retries included).
-
-        A refused document is left as it was, except that one too large for a single call
-        may keep the rows of its calls that went through (its next write repairs it).
-        Refusals are only expected in the first replica: the replicas differ only in vector
-        width, which was validated.
-        """
-        refused: dict[str, PoisonInput] = {}
-        for replica, dim in enumerate(self._dims):
-            name = self.collection_name(dim)
-            started = time.perf_counter()
-            newer = superseded(self._milvus, name, [p for p in plans if p.doc_id not in refused])
-            older |= newer
-            live = [p for p in plans if p.doc_id not in refused and p.doc_id not in newer]
-            upserts = [p for p in live if p.texts]
-            for call_plans, rows in upsert_calls(upserts, dim, self._max_rows, self._max_bytes):
-                try:
-                    self._milvus.call(f"upserting into {name}", "upsert", name, rows, refusable=True)
-                except PoisonInput as exc:
-                    outcome = (
-                        {call_plans[0].doc_id: exc}
-                        if len(call_plans) == 1
-                        else self._isolate(name, call_plans, dim)
-                    )
-                    if outcome and replica:
-                        raise PipelineError(
-                            f"{name} refused documents that {self.collection_name(self._dims[0])} "
-                            f"accepted ({', '.join(map(show, outcome))}): {exc}"
-                        ) from exc
-                    refused.update({d: poison(d, str(e)) for d, e in outcome.items()})
-            # Every document drops its chunks from its new chunk count on (all of them for a
-            # delete).  Only documents that have such chunks get a delete: a delete by doc_id
-            # scans the collection, a lookup by primary key does not.
-            stale = self._with_stale_chunks(name, [p for p in live if p.doc_id not in refused])
-            for expr in stale_chunk_filters(stale):
-                self._milvus.call(
-                    f"deleting from {name}", "delete", name, filter=expr, consistency_level=CONSISTENCY
-                )
-            metrics.replica_written(name, time.perf_counter() - started)
-        return refused
-
-    def _with_stale_chunks(self, name: str, plans: Sequence[Plan]) -> list[Plan]:
-        """The plans whose document has a chunk at or past its new chunk count in ``name``."""
-        first_stale = first_stale_pks(plans)
-        found: set[str] = set()
-        for expr in pk_filters(first_stale):
-            rows = self._milvus.call(
-                f"reading {name}",
-                "query",
-                name,
-                filter=expr,
-                output_fields=["pk"],
-                consistency_level=CONSISTENCY,
-            )
-            found.update(row["pk"] for row in rows)
-        return [plan for pk, plan in first_stale.items() if pk in found]
-
-    def _isolate(self, name: str, plans: Sequence[Plan], dim: int) -> dict[str, PoisonInput]:
-        """Upsert ``plans`` one document at a time; returns the ones Milvus refuses."""
-        refused: dict[str, PoisonInput] = {}
-        for plan in plans:
-            try:
-                for _, rows in upsert_calls([plan], dim, self._max_rows, self._max_bytes):
-                    self._milvus.call(f"upserting into {name}", "upsert", name, rows, refusable=True)
-            except PoisonInput as exc:
-                refused[plan.doc_id] = exc
-        return refused
-
     # ----------------------------------------------------------------------- reads
 
     def _read(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -251,12 +144,16 @@ class MilvusSink:
         top_k: int,
         output_fields: Collection[str] = ("text", "metadata"),
         where: str | None = None,
+        tenant: str | None = None,
     ) -> list[list[Hit]]:
         """The ``top_k`` nearest chunks (cosine, best first) of each row of ``vectors`` (q, dim).
 
         ``output_fields`` picks which of "text" and "metadata" to fetch, ``where`` (a compiled filter) which
-        chunks qualify.  ValueError for a ``top_k`` outside ``1..MAX_SEARCH_LIMIT``, before Milvus is called.
+        chunks qualify.  With tenants (``milvus.tenant_field``) ``tenant`` is required and only its chunks
+        qualify (:meth:`confine`).  ValueError for a ``top_k`` outside ``1..MAX_SEARCH_LIMIT``, and
+        TenantRequired, before Milvus is called.
         """
+        where = self.confine(where, tenant)
         if not 1 <= top_k <= MAX_SEARCH_LIMIT:
             raise ValueError(f"top_k must be in 1..{MAX_SEARCH_LIMIT} (Milvus' limit), got {top_k}")
         queries = np.asarray(vectors, dtype=np.float32)
@@ -293,11 +190,18 @@ class MilvusSink:
         ]
 
     def fetch(
-        self, dim: int, pks: Collection[str], output_fields: Collection[str] = (), where: str | None = None
+        self,
+        dim: int,
+        pks: Collection[str],
+        output_fields: Collection[str] = (),
+        where: str | None = None,
+        tenant: str | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """``{pk: row}`` for the chunks of ``pks`` in replica ``dim`` that exist and match ``where``: each
-        row has ``doc_id``, ``chunk_index``, ``embedding`` (float32 array) and the ``output_fields`` among
-        "text" and "metadata".  Point lookups by primary key: no scan of the replica."""
+        """``{pk: row}`` for the chunks of ``pks`` in replica ``dim`` that exist and match ``where`` (and
+        belong to ``tenant``, required with tenants, as for :meth:`search`): each row has ``doc_id``,
+        ``chunk_index``, ``embedding`` (float32 array) and the ``output_fields`` among "text" and
+        "metadata".  Point lookups by primary key: no scan of the replica."""
+        where = self.confine(where, tenant)
         if unknown := set(output_fields) - _HIT_FIELDS:
             raise ValueError(f"output_fields may only hold {sorted(_HIT_FIELDS)}, got {sorted(unknown)}")
         name = self.collection_name(dim)
@@ -308,6 +212,18 @@ class MilvusSink:
                 row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
                 found[row["pk"]] = row
         return found
+
+    def confine(self, where: str | None, tenant: str | None) -> str | None:
+        """``where`` confined to ``tenant``'s rows when the replicas have tenants (TenantRequired without
+        one; ValueError for a tenant when they have none): see :mod:`pipeline.milvus.tenants`.  The first
+        call asks the server its version (whether a partition-key equality finds every row)."""
+        tenant = check_tenant(self._settings.tenant_field, tenant)
+        if tenant is None:
+            return where
+        if self._prunes is None:
+            version = self._read("asking the server version", "get_server_version")
+            self._prunes = prunes_by_key(str(version))
+        return scoped(tenant_condition(tenant, prunes=self._prunes), where)
 
     def fetch_all(self, dim: int) -> list[dict[str, Any]]:
         """Every row of replica ``dim`` with its vector (a list of floats), sorted by pk.

@@ -9,6 +9,8 @@
 * ``POST /v1/search`` — ``{"query": str | [str], "top_k", "dim", "funnel_factor", "recall_target",
   "latency_budget_ms", "task", "per_document", "filter"}``: :func:`pipeline.search.replicas.search`,
   routed as it routes; ``filter`` is a :mod:`pipeline.milvus.filters` object (a bad one is a 400).
+  With tenants (``milvus.tenant_field``) each search is confined to one tenant: ``tenant`` in the body,
+  else the API key's bound tenant; neither is a 400 ``tenant_required``.
   Each result names its ``strategy`` and, when a recall target or latency budget picked it, ``routing``:
   why (e.g. that no profile was measured, so the native replica answered); else null.
 * ``GET /v1/models``, ``GET /health``.
@@ -42,7 +44,8 @@ from aiohttp import web
 
 from pipeline.milvus.filters import FilterError
 from pipeline.milvus.sink import MilvusSink
-from pipeline.search.auth import ApiKeys, require_key
+from pipeline.milvus.tenants import TenantRequired
+from pipeline.search.auth import TENANT, ApiKeys, require_key
 from pipeline.search.replicas import QueryEmbedder, load_profile, search
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
@@ -214,9 +217,13 @@ class Api:
                 profile=self._profile,
                 per_document=bool(body.get("per_document", False)),
                 where=body.get("filter"),
+                # A key bound to a tenant got a 403 for a body naming another (auth.require_key).
+                tenant=body["tenant"] if body.get("tenant") is not None else request[TENANT],
             )
         except FilterError as exc:
             raise ApiError(400, str(exc), "filter") from exc
+        except TenantRequired as exc:
+            raise ApiError(400, str(exc), "tenant", "tenant_required") from exc
         except (ConfigError, ValueError) as exc:
             raise ApiError(400, str(exc)) from exc
         data = [

@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.documents import Hit
 from pipeline.milvus.filters import parse_filter
 from pipeline.milvus.sink import MAX_SEARCH_LIMIT, MilvusSink
+from pipeline.milvus.tenants import check_tenant
 from pipeline.search.routing import Choice, Profile, Strategy, route
 from pipeline.settings import Settings
 from workers.errors import ConfigError
@@ -133,17 +134,21 @@ class ReplicaSearch:
         top_k: int,
         output_fields: Collection[str] = _HIT_FIELDS,
         where: str | None = None,
+        tenant: str | None = None,
     ) -> list[list[Hit]]:
         """``top_k`` hits per query; ``vectors`` holds the queries cut to ``strategy.dim`` (and to the
-        native dimension for a funnel).  ``where`` (a compiled filter) is applied inside Milvus on the
-        searched replica and, for a funnel, again on the rescoring fetch from the native replica, so
-        that no hit outside it is returned even if a row changed between the two reads."""
+        native dimension for a funnel).  ``where`` (a compiled filter) and ``tenant`` (required with
+        tenants) are applied inside Milvus on the searched replica and, for a funnel, again on the
+        rescoring fetch from the native replica, so that no hit outside them is returned even if a row
+        changed between the two reads."""
         if strategy.funnel_factor is None:
-            return self._sink.search(strategy.dim, vectors[strategy.dim], top_k, output_fields, where)
+            return self._sink.search(
+                strategy.dim, vectors[strategy.dim], top_k, output_fields, where, tenant=tenant
+            )
         limit = top_k * strategy.funnel_factor
-        shortlists = self._sink.search(strategy.dim, vectors[strategy.dim], limit, (), where)
+        shortlists = self._sink.search(strategy.dim, vectors[strategy.dim], limit, (), where, tenant=tenant)
         pks = {hit.pk for hits in shortlists for hit in hits}
-        rows = self._sink.fetch(self._native, pks, output_fields, where) if pks else {}
+        rows = self._sink.fetch(self._native, pks, output_fields, where, tenant=tenant) if pks else {}
         full = {pk: row["embedding"] for pk, row in rows.items()}
         ranked = rescore(vectors[self._native], [[h.pk for h in hits] for hits in shortlists], full, top_k)
         return [
@@ -242,14 +247,17 @@ async def search(
     profile: Profile | None = None,
     per_document: bool = False,
     where: object = None,
+    tenant: str | None = None,
 ) -> list[QueryResult]:
     """Embed ``queries`` as queries (task ``instruction``, else the collection's default task) and return
     the ``top_k`` hits of each in ``sink``'s replicas by the strategy :func:`pick_strategy` picks,
     among the chunks matching filter ``where`` (:mod:`pipeline.milvus.filters`, parsed JSON; None:
-    all).  Served latencies are folded into ``profile`` when one is given.  ValueError (FilterError
-    for a bad filter) / ConfigError for a request that cannot be served (e.g. over Milvus' limit),
-    before anything is embedded or searched."""
+    all) and, with tenants, belonging to ``tenant`` (:mod:`pipeline.milvus.tenants`).  Served latencies
+    are folded into ``profile`` when one is given.  ValueError (FilterError for a bad filter,
+    TenantRequired for a missing tenant) / ConfigError for a request that cannot be served (e.g. over
+    Milvus' limit), before anything is embedded or searched."""
     expr = parse_filter(where)
+    tenant = check_tenant(settings.milvus.tenant_field, tenant)
     dims = sink.dims
     choice = pick_strategy(
         settings,
@@ -269,7 +277,7 @@ async def search(
     limit = search_size(top_k, per_document=per_document)
     started = time.perf_counter()
     hits = await asyncio.to_thread(
-        ReplicaSearch(sink, max(dims)).run, strategy, vectors, limit, _HIT_FIELDS, expr
+        ReplicaSearch(sink, max(dims)).run, strategy, vectors, limit, _HIT_FIELDS, expr, tenant
     )
     if profile is not None:
         profile.observe(strategy, (time.perf_counter() - started) * 1000 / max(1, len(queries)))

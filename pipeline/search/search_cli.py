@@ -46,6 +46,9 @@ def add_search_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help='only chunks matching this filter, e.g. \'{"metadata.lang": "de", "doc_id": {"nin": ["a"]}}\' '
         "(README: Filters)",
     )
+    search.add_argument(
+        "--tenant", help="the tenant to search (required when milvus.tenant_field is set; README: Tenants)"
+    )
 
 
 def json_argument(text: str) -> object:
@@ -59,6 +62,7 @@ def json_argument(text: str) -> object:
 async def search_verb(base: Settings, args: argparse.Namespace) -> int:
     """Embeds the query, searches as the options say and prints the hits; 0 on success."""
     from pipeline.milvus.filters import parse_filter
+    from pipeline.milvus.tenants import check_tenant
     from pipeline.runtime.serving import open_query_side
     from pipeline.runtime.versions import serving_settings
     from pipeline.search.replicas import check_search_size, format_results, search
@@ -66,6 +70,7 @@ async def search_verb(base: Settings, args: argparse.Namespace) -> int:
     factor = None if args.funnel is None else (args.funnel or base.search.funnel_factor)
     check_search_size(args.top_k, factor, args.per_document)  # before Ray and the model start
     parse_filter(args.filter)  # likewise: a bad filter is refused before anything starts
+    check_tenant(base.milvus.tenant_field, args.tenant)  # and a missing tenant
     settings = await serving_settings(base, attempts=1)  # the version `versions switch` made serving
     async with open_query_side(settings, "search", base) as side:
         query = " ".join(args.query)
@@ -82,6 +87,7 @@ async def search_verb(base: Settings, args: argparse.Namespace) -> int:
             latency_budget_ms=args.latency_budget_ms,
             per_document=args.per_document,
             where=args.filter,
+            tenant=args.tenant,
         )
     print(format_results(results))
     return 0

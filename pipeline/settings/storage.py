@@ -31,6 +31,14 @@ class MilvusSettings(Section):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Replica collections are '{prefix}_{dim}'.",
     )
+    tenant_field: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="Metadata key naming each document's tenant (unset: no tenants). With it, every "
+        "replica gets a 'tenant' partition-key field filled from that key, an event without a non-empty "
+        "string there is dead-lettered (missing_tenant), and every search must name one tenant and sees "
+        "only its rows. Fixed for the life of the collections: changing it means a new collection_prefix.",
+    )
     index_type: Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"] = Field("HNSW", description="Vector index.")
     hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW graph degree.")
     hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build-time candidate list size.")

@@ -209,11 +209,11 @@ async def run_eval(
     collections are dropped and rebuilt (or, with ``reuse_index``, read).  Before anything else it
     refuses (ConfigError) a prefix that is not eval-recall's own
     (:func:`pipeline.tools.eval_collections.claim_prefix`): it never drops what it did not create.
+    Its collections have no tenants (its corpus has none), whatever ``milvus.tenant_field`` says.
     """
     production_prefix = settings.milvus.collection_prefix
-    settings = settings.model_copy(
-        update={"milvus": settings.milvus.model_copy(update={"collection_prefix": options.collection_prefix})}
-    )
+    scratch = {"collection_prefix": options.collection_prefix, "tenant_field": None}
+    settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update=scratch)})
     await asyncio.to_thread(claim_prefix, settings.milvus, production_prefix)
     corpus, documents = await asyncio.to_thread(load_corpus, options)
     queries = load_queries(options, documents)

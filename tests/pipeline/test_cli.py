@@ -49,6 +49,17 @@ LIMIT = "hits per query, over Milvus' limit of 16384 per search"
             "filter.doc_id.like: unknown operator 'like'; the "
             "operators are eq, ne, gt, gte, lt, lte, in, nin, contains",
         ),
+        (
+            [],
+            {"PIPELINE_MILVUS__TENANT_FIELD": "org"},
+            "every search must name its tenant (milvus.tenant_field is 'org'): search --tenant T, 'tenant' "
+            "in the /v1/search body, or an API key bound to a tenant",
+        ),
+        (
+            ["--tenant", "acme"],
+            {},
+            "this deployment has no tenants (milvus.tenant_field is unset), so a search cannot name one",
+        ),
     ],
 )
 def test_a_search_milvus_cannot_run_exits_2_saying_why(

@@ -178,3 +178,31 @@ def test_documents_with_a_poison_text_become_dead_letters_and_the_texts_close_up
     assert [w.doc_id for w in writes] == ["x", "z", "w"]
     w = writes[2]
     assert isinstance(w, UpsertDocument) and w.vectors[4].tolist() == [[8, 9, 10, 11]]
+
+
+def test_with_tenants_an_upsert_without_a_usable_tenant_is_a_dead_letter_and_never_defaulted() -> None:
+    records = [
+        _rec(0, id="a", text="kept", metadata={"org": "acme"}),
+        _rec(1, id="b", text="none"),
+        _rec(2, id="c", text="number", metadata={"org": 7}),
+        _rec(3, id="d", text="empty", metadata={"org": ""}),
+        _rec(4, id="e", text="nested", metadata={"x": {"org": "acme"}}),
+        _rec(5, id="f", text="long", metadata={"org": "é" * 513}),  # 1026 UTF-8 bytes
+        _rec(6, id="a", text="later without", metadata={"lang": "de"}),  # "a"'s earlier event stands
+        _rec(7, op="delete", id="g"),  # a delete carries no metadata and needs no tenant
+    ]
+    unit = build_unit(TP, 0, records, Chunker(WordSpans(), max_tokens=8), ModelSettings(), tenant_field="org")
+    assert [(d.offset, d.code) for d in unit.dead_letters] == [
+        (offset, ReasonCode.MISSING_TENANT) for offset in (1, 2, 3, 4, 5, 6)
+    ]
+    reasons = [d.reason for d in unit.dead_letters]
+    assert "no 'org'" in reasons[0] and "is a int" in reasons[1] and "is empty" in reasons[2]
+    assert "1026 UTF-8 bytes" in reasons[4]
+    writes = unit.writes({8: np.ones((len(unit.texts), 8), dtype=np.float32)})
+    assert [(type(w).__name__, w.doc_id) for w in writes] == [
+        ("UpsertDocument", "a"),
+        ("DeleteDocument", "g"),
+    ]
+    # Without tenants the same events are all planned.
+    plain = build_unit(TP, 0, records, Chunker(WordSpans(), max_tokens=8), ModelSettings())
+    assert not plain.dead_letters

@@ -48,10 +48,10 @@ class FakeSink:
         top_k: int,
         output_fields: Collection[str] = (),
         where: Any = None,
+        tenant: str | None = None,
     ) -> list[list[Hit]]:
-        assert (
-            where is None
-        )  # filters are proven on real Milvus (tests/pipeline/milvus/test_filter_injection.py)
+        # Filters and tenants are proven on real Milvus (test_filter_injection.py, test_tenant_isolation.py).
+        assert where is None and tenant is None
         self.searched.append((dim, top_k))
         pks = sorted(self.full)
         matrix = unit(np.stack([self.full[pk][:dim] for pk in pks]))
@@ -63,9 +63,14 @@ class FakeSink:
         return out
 
     def fetch(
-        self, dim: int, pks: Collection[str], output_fields: Collection[str] = (), where: Any = None
+        self,
+        dim: int,
+        pks: Collection[str],
+        output_fields: Collection[str] = (),
+        where: Any = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
-        assert where is None
+        assert where is None and tenant is None
         self.fetched.append((dim, set(pks)))
         return {
             pk: {"doc_id": pk.split("#")[0], "chunk_index": int(pk.split("#")[1]), "embedding": self.full[pk]}
