@@ -5,8 +5,9 @@
 # realtext`, then carry `.devsite`.  Argument: smoke, 0.6b, 4b, 8b, fp8-smoke or 4b-fp8; each fits one
 # device call (< 9 min).  4b-fp8 (`--dtype fp8`, workers/bench/fp8_bench.py): ours compiled in bf16 and in
 # FP8 on the same 4B weights (FP8_BF16_BLOCKS leading blocks kept in bf16, default 0), tokens/s, every
-# chunk's cosine, top-10 agreement of 200 corpus queries, and an eager sweep of the cosines over 0, 2, 4,
-# 8, 12 bf16 blocks (512 chunks); about 5 minutes (two compilations of ~100 s).  fp8-smoke: the same on
+# chunk's cosine, top-10 agreement of 200 corpus queries, and an eager sweep of the cosines over 0, 1, 2, 4,
+# 8, 12 bf16 blocks and of bf16 against float32 (512 chunks); about 6 minutes (two compilations of
+# ~100 s).  fp8-smoke: the same on
 # 0.6B, 4 documents a language, eager, in about a minute.  On a CPU both stop at the refusal (exit 2).
 # Results go to $OUT when set (the device tool), else to tests/perf/results.
 set -euo pipefail
@@ -29,7 +30,7 @@ smoke)
 8b) "${bench[@]}" --random qwen3-8b "${compiled[@]}" --out "$results/realtext-qwen3-8b-h200.json" ;;
 fp8-smoke) "${bench[@]}" --random qwen3-0.6b "${fp8[@]}" --limit-docs 4 --fp8-sweep 0,2 --out "$results/realtext-smoke-fp8.json" ;;
 4b-fp8)
-    "${bench[@]}" --random qwen3-4b "${fp8[@]}" "${compiled[@]}" --accuracy-sample 512 --fp8-sweep 0,2,4,8,12 \
+    "${bench[@]}" --random qwen3-4b "${fp8[@]}" "${compiled[@]}" --accuracy-sample 512 --fp8-sweep 0,1,2,4,8,12 \
         --out "$results/realtext-qwen3-4b-fp8-h200.json"
     ;;
 *) echo "unknown step $1" >&2; exit 2 ;;

@@ -161,7 +161,9 @@ def blocks_sweep(
     """Cosines against bf16 of FP8 twins keeping the first N blocks in bf16, for each N of ``blocks``.
 
     Eager (no compile: seconds, not minutes, a twin) on ``sample`` chunks, against an eager bf16
-    forward of the same network, so the cosines hold FP8's error alone.
+    forward of the same network, so the cosines hold FP8's error alone.  The first row
+    (``bf16_blocks`` None) is bf16 itself against a float32 copy (padded: the packed kernel is
+    bf16-only): how far this network carries rounding errors, the floor FP8's figures scale from.
     """
     rng = np.random.default_rng(seed)
     chosen = [texts[i] for i in rng.choice(len(texts), min(sample, len(texts)), replace=False)]
@@ -176,7 +178,24 @@ def blocks_sweep(
         packing="on" if bf16.packed else "off",
     )
     reference = ours(eager, budget, clock)(chosen)
-    rows = []
+    full = EmbeddingModel(
+        name=bf16.name,
+        model=copy.deepcopy(bf16.module).float(),
+        tokenizer=bf16.tokenizer,
+        pooling=bf16.pooling,
+        device=bf16.device,
+        dtype="float32",
+    )
+    rows = [
+        {
+            "bf16_blocks": None,
+            "what": "bf16 vs float32",
+            **cosine_figures(reference, ours(full, budget, clock)(chosen)),
+        }
+    ]
+    print(f"  bf16 vs float32: {rows[-1]}", flush=True)
+    del full
+    bf16.release_memory()
     for count in blocks:
         twin, layers = fp8_twin(bf16, compile=False, bf16_blocks=count, allow_cpu=allow_cpu)
         vectors = ours(twin, budget, clock)(chosen)
