@@ -7,8 +7,8 @@
 # FP8 on the same 4B weights (FP8_BF16_BLOCKS leading blocks kept in bf16, default 0), tokens/s, every
 # chunk's cosine, top-10 agreement of 200 corpus queries, and an eager sweep of the cosines over 0, 1, 2, 4,
 # 8, 12 bf16 blocks and of bf16 against float32 (512 chunks); about 6 minutes (two compilations of
-# ~100 s).  fp8-smoke: the same on
-# 0.6B, 4 documents a language, eager, in about a minute.  On a CPU both stop at the refusal (exit 2).
+# ~100 s).  fp8-smoke: the same on 0.6B, 4 documents a language, eager, in about a minute.  On a CPU
+# both stop at the refusal (exit 2).
 # Results go to $OUT when set (the device tool), else to tests/perf/results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
