@@ -56,7 +56,12 @@ def corpus_queries(documents: Sequence[Mapping[str, str]], count: int = QUERIES)
 
 
 def fp8_twin(
-    model: EmbeddingModel, *, compile: bool, bf16_blocks: int = 0, allow_cpu: bool = False
+    model: EmbeddingModel,
+    *,
+    compile: bool,
+    bf16_blocks: int = 0,
+    allow_cpu: bool = False,
+    fast_accumulation: bool = True,
 ) -> tuple[EmbeddingModel, dict[str, Any]]:
     """A copy of ``model``'s network with FP8 linears, as an EmbeddingModel on the same device, and what
     was quantized.  ConfigError off a GPU with FP8 unless ``allow_cpu`` (torch's CPU ``_scaled_mm``:
@@ -64,7 +69,7 @@ def fp8_twin(
     if not allow_cpu:
         require_fp8(model.device)
     module = copy.deepcopy(model.module)
-    summary = use_fp8_linears(module, bf16_blocks=bf16_blocks)
+    summary = use_fp8_linears(module, bf16_blocks=bf16_blocks, fast_accumulation=fast_accumulation)
     twin = EmbeddingModel(
         name=f"{model.name} fp8",
         model=module,
@@ -75,7 +80,12 @@ def fp8_twin(
         packing="on" if model.packed else "off",
         compile=compile,
     )
-    layers = {"quantized": summary.quantized, "kept": list(summary.kept), "bf16_blocks": bf16_blocks}
+    layers = {
+        "quantized": summary.quantized,
+        "kept": list(summary.kept),
+        "bf16_blocks": bf16_blocks,
+        "fast_accumulation": fast_accumulation,
+    }
     return twin, layers
 
 
@@ -196,12 +206,16 @@ def blocks_sweep(
     print(f"  bf16 vs float32: {rows[-1]}", flush=True)
     del full
     bf16.release_memory()
-    for count in blocks:
-        twin, layers = fp8_twin(bf16, compile=False, bf16_blocks=count, allow_cpu=allow_cpu)
-        vectors = ours(twin, budget, clock)(chosen)
-        rows.append(
-            {"bf16_blocks": count, "fp8_linears": layers["quantized"], **cosine_figures(vectors, reference)}
+    # The first count once more with torch._scaled_mm's float32 promotion (no fast accumulation):
+    # what the tensor cores' own accumulator costs in accuracy.
+    variants = [(count, True) for count in blocks] + [(count, False) for count in blocks[:1]]
+    for count, fast in variants:
+        twin, layers = fp8_twin(
+            bf16, compile=False, bf16_blocks=count, allow_cpu=allow_cpu, fast_accumulation=fast
         )
+        vectors = ours(twin, budget, clock)(chosen)
+        row = {"bf16_blocks": count, "fast_accumulation": fast, "fp8_linears": layers["quantized"]}
+        rows.append({**row, **cosine_figures(vectors, reference)})
         print(f"  fp8 with {count} bf16 blocks: {rows[-1]}", flush=True)
         del twin
         bf16.release_memory()

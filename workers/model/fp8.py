@@ -41,6 +41,8 @@ def require_fp8(device: str) -> None:
     )
     if not device.startswith("cuda"):
         raise ConfigError(f"{need}; this embedder runs on {device!r}. Use model.dtype = 'auto' there.")
+    if torch.version.hip:
+        raise ConfigError(f"{need}; this torch is a ROCm build, whose FP8 path is not built here.")
     capability = torch.cuda.get_device_capability(device)
     if capability < FP8_CAPABILITY:
         name = torch.cuda.get_device_name(device)

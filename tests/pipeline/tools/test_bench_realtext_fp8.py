@@ -61,7 +61,12 @@ def test_fp8_run_on_cpu_reports_speed_cosines_and_neighbours(tmp_path: Path) -> 
     args += ["--long-doc-tokens", "0", "--warmup-chunks", "2", "--accuracy-sample", "8", "--fp8-sweep", "0,1"]
     assert bench_realtext.main([*args, "--max-tokens", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["fp8_layers"] == {"quantized": 14, "kept": [], "bf16_blocks": 0}  # 2 blocks x 7 linears
+    assert result["fp8_layers"] == {
+        "quantized": 14,
+        "kept": [],
+        "bf16_blocks": 0,
+        "fast_accumulation": True,
+    }  # 2 blocks x 7 linears
     bf16, fp8 = result["strategies"]["ours_bf16"], result["strategies"]["ours_fp8"]
     assert bf16["tokens_per_s"] > 0 and fp8["speedup_vs_bf16"] == fp8["tokens_per_s"] / bf16["tokens_per_s"]
     cosine = result["cosine_fp8_vs_bf16"]
@@ -72,8 +77,9 @@ def test_fp8_run_on_cpu_reports_speed_cosines_and_neighbours(tmp_path: Path) -> 
     assert 0.0 < neighbours["mean_overlap"] <= 1.0
     sweep = result["fp8_bf16_blocks_sweep"]
     assert sweep[0]["what"] == "bf16 vs float32" and sweep[0]["vectors"] == 8
-    fp8_rows = [(row["bf16_blocks"], row["fp8_linears"], row["vectors"]) for row in sweep[1:]]
-    assert fp8_rows == [(0, 14, 8), (1, 7, 8)]
+    fp8_rows = [(row["bf16_blocks"], row["fast_accumulation"], row["fp8_linears"]) for row in sweep[1:]]
+    assert fp8_rows == [(0, True, 14), (1, True, 7), (0, False, 14)]
+    assert all(row["vectors"] == 8 and row["min"] > 0.95 for row in sweep)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

@@ -157,6 +157,9 @@ def test_fp8_is_refused_on_a_gpu_older_than_ada(monkeypatch: pytest.MonkeyPatch)
         compute_dtype("fp8", "cuda")
     monkeypatch.setattr(fp8.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert compute_dtype("fp8", "cuda:0") == "bfloat16"
+    monkeypatch.setattr(fp8.torch.version, "hip", "6.4")
+    with pytest.raises(ConfigError, match="ROCm build"):
+        compute_dtype("fp8", "cuda")
 
 
 def _has_fp8_gpu() -> bool:
