@@ -82,6 +82,24 @@ def test_fp8_run_on_cpu_reports_speed_cosines_and_neighbours(tmp_path: Path) -> 
     assert all(row["vectors"] == 8 and row["min"] > 0.95 for row in sweep)
 
 
+def test_a_failed_timed_comparison_keeps_the_sweep_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.bench import fp8_bench
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("inductor failed on _scaled_mm")
+
+    monkeypatch.setattr(fp8_bench, "compare", broken)
+    out = tmp_path / "fp8.json"
+    args = ["--real-text", str(_corpus(tmp_path)), "--random", "tiny-real", "--dtype", "fp8", "--fp8-on-cpu"]
+    args += ["--long-doc-tokens", "0", "--accuracy-sample", "4", "--fp8-sweep", "0", "--limit-docs", "1"]
+    assert bench_realtext.main([*args, "--out", str(out)]) == 1
+    result = json.loads(out.read_text())
+    assert result["error"] == "RuntimeError: inductor failed on _scaled_mm"
+    assert [row["bf16_blocks"] for row in result["fp8_bf16_blocks_sweep"]] == [None, 0, 0]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_fp8_run_is_refused_without_an_fp8_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--real-text", str(tmp_path / "never-read.jsonl"), "--random", "tiny-real", "--dtype", "fp8"]
