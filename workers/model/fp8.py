@@ -18,6 +18,7 @@ refuses fp8 off such a GPU (:func:`require_fp8`), since there it would be slower
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,8 @@ FP8_CAPABILITY = (8, 9)
 """Lowest CUDA compute capability with FP8 tensor cores (Ada 8.9; Hopper is 9.0)."""
 _AMAX_FLOOR = 1e-12  # an all-zero row gets this scale instead of a division by zero
 _ALIGNMENT = 16  # K and N of torch._scaled_mm
+
+log = logging.getLogger(__name__)
 
 
 def require_fp8(device: str) -> None:
@@ -170,4 +173,6 @@ def use_fp8_linears(model: nn.Module, *, bf16_blocks: int = 0, fast_accumulation
             parent = block.get_submodule(parent_name) if parent_name else block
             setattr(parent, attribute, Fp8Linear.from_linear(linear, fast_accumulation=fast_accumulation))
             quantized += 1
+    if kept:
+        log.warning("fp8: %d linear(s) keep their dtype, sizes not multiples of 16: %s", len(kept), kept[:8])
     return Fp8Summary(quantized=quantized, kept=tuple(kept))
