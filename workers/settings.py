@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Pooling = Literal["auto", "last_token", "mean", "cls"]
-DType = Literal["auto", "bfloat16", "float32"]
+DType = Literal["auto", "bfloat16", "float32", "fp8"]
 
 
 class ModelSettings(BaseModel):
@@ -38,7 +38,17 @@ class ModelSettings(BaseModel):
     dtype: DType = Field(
         "auto",
         description="Compute dtype. 'auto' = bfloat16 on GPU, float32 on CPU. float16 is not offered: "
-        "Qwen3-Embedding-8B overflows to NaN in fp16.",
+        "Qwen3-Embedding-8B overflows to NaN in fp16. 'fp8': the transformer blocks' linear layers in "
+        "float8 e4m3 (weights scaled per output channel, activations per token, torch._scaled_mm), the "
+        "rest in bfloat16; needs a GPU with FP8 tensor cores (CUDA compute capability >= 8.9, e.g. "
+        "H100/H200/L4) and is refused elsewhere. Vectors stay close to bf16's, not equal.",
+    )
+    fp8_bf16_blocks: int = Field(
+        0,
+        ge=0,
+        description="With dtype 'fp8': how many leading transformer blocks keep their bfloat16 linears. "
+        "Rounding errors of the first blocks grow the most on their way through the rest, so keeping "
+        "a few in bf16 buys accuracy for a little speed.",
     )
     instruction_template: str = Field(
         "Instruct: {instruction}\nQuery:{text}",

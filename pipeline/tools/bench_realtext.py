@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-doc-tokens", type=int, default=32000, help="0: no long document")
     parser.add_argument("--limit-docs", type=int, help="first N documents of each language only")
     parser.add_argument("--device", help="default: cuda when available")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "fp8"),
+        default="auto",
+        help="fp8: ours in bf16 and in FP8 on the same weights, speed and agreement "
+        "(workers.bench.fp8_bench); no peer, no per-language passes, no long document",
+    )
+    parser.add_argument(
+        "--fp8-sweep",
+        default="",
+        metavar="N,N,...",
+        help="with --dtype fp8: also the cosines of FP8 with N leading blocks in bf16, for each N "
+        "(eager, on --accuracy-sample chunks)",
+    )
+    parser.add_argument("--fp8-bf16-blocks", type=int, default=0, help="model.fp8_bf16_blocks of the FP8 run")
+    parser.add_argument(
+        "--fp8-on-cpu",
+        action="store_true",
+        help="run FP8 through torch's CPU _scaled_mm instead of refusing (checks the plumbing; no speed-up)",
+    )
     parser.add_argument(
         "--out", type=Path, help="JSON result (default tests/perf/results/realtext-<model>.json)"
     )
@@ -120,9 +141,76 @@ def _chunking_tokenizer(args: argparse.Namespace) -> TextTokenizer:
     return load_text_tokenizer(ModelSettings(name_or_path=args.model, max_length=CONTEXT))
 
 
+def _figures(args: argparse.Namespace, model: Any, workload: Any, folder: Path) -> dict[str, Any]:
+    """Ours and the peer on the workload, ours per language, the long document."""
+    from workers.bench import realtext_bench
+
+    return realtext_bench.run(
+        model,
+        workload,
+        budget=args.max_batch_tokens,
+        strategies=args.strategies.split(","),
+        warmup=args.warmup_chunks,
+        accuracy_sample=args.accuracy_sample,
+        folder=folder,
+    )
+
+
+def _fp8_figures(
+    args: argparse.Namespace, model: Any, documents: Sequence[dict[str, str]], texts: list[str]
+) -> dict[str, Any]:
+    """Ours in bf16 and in FP8 on the same weights: the eager sweep first (no compilation), then the
+    timed comparison.  A failure of the latter is recorded under "error" (the device run gets one
+    try, and the sweep's figures are worth keeping); main then exits 1."""
+    import traceback
+
+    from workers.bench import fp8_bench
+
+    figures: dict[str, Any] = {}
+    if args.fp8_sweep:
+        figures["fp8_bf16_blocks_sweep"] = fp8_bench.blocks_sweep(
+            model,
+            texts,
+            [int(n) for n in args.fp8_sweep.split(",")],
+            sample=args.accuracy_sample,
+            budget=args.max_batch_tokens,
+            allow_cpu=args.fp8_on_cpu,
+        )
+    try:
+        twin, figures["fp8_layers"] = fp8_bench.fp8_twin(
+            model, compile=args.compile, bf16_blocks=args.fp8_bf16_blocks, allow_cpu=args.fp8_on_cpu
+        )
+        queries = fp8_bench.corpus_queries(documents)
+        figures.update(
+            fp8_bench.compare(
+                model, twin, texts, queries, budget=args.max_batch_tokens, warmup=args.warmup_chunks
+            )
+        )
+    except Exception as exc:  # recorded and turned into exit 1, never dropped
+        traceback.print_exc()
+        figures["error"] = f"{type(exc).__name__}: {exc}"
+        return figures
+    print(
+        f"  fp8 x{figures['strategies']['ours_fp8']['speedup_vs_bf16']:.2f} of bf16; cosine "
+        f"{figures['cosine_fp8_vs_bf16']}; neighbours {figures['neighbours_fp8_vs_bf16']}",
+        flush=True,
+    )
+    return figures
+
+
 def main(argv: Sequence[str], config: Path | None = None) -> int:
     """CLI entry: chunk, run, write the JSON, print the figures; exit 1 when a check fails."""
     args = _parser().parse_args(argv)
+    if args.dtype == "fp8" and not args.fp8_on_cpu:
+        from workers.bench.realtext_bench import pick_device
+        from workers.errors import ConfigError
+        from workers.model.fp8 import require_fp8
+
+        try:
+            require_fp8(pick_device(args.device))  # before minutes of chunking and loading
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
     settings = load_settings(config)
     max_tokens = args.max_tokens or settings.chunking.max_tokens or DEFAULT_CHUNK_TOKENS
     tokenizer = _chunking_tokenizer(args)
@@ -156,17 +244,12 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
     device = realtext_bench.pick_device(args.device)
     model = realtext_bench.load_model(args.random, args.model, device, compile=args.compile)
     workload = realtext_bench.RealTextWorkload(texts, langs, full_context_chunks)
-    with tempfile.TemporaryDirectory() as folder:
-        figures = realtext_bench.run(
-            model,
-            workload,
-            budget=args.max_batch_tokens,
-            strategies=args.strategies.split(","),
-            warmup=args.warmup_chunks,
-            accuracy_sample=args.accuracy_sample,
-            folder=Path(folder),
-        )
-    figures["long_document"] = {**long_document, **(figures["long_document"] or {})}
+    if args.dtype == "fp8":
+        figures = _fp8_figures(args, model, documents, texts)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            figures = _figures(args, model, workload, Path(folder))
+        figures["long_document"] = {**long_document, **(figures["long_document"] or {})}
     result = {
         "command": shlex.join(["python", "-m", "pipeline", "bench", *argv]),
         "what": "random weights of the real Qwen3-Embedding shape + the real Qwen3 tokenizer, real text",
@@ -179,10 +262,12 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
         **figures,
     }
     name = args.random or Path(args.model).name
-    out: Path = args.out or Path("tests/perf/results") / f"realtext-{name}.json"
+    suffix = "-fp8" if args.dtype == "fp8" else ""
+    out: Path = args.out or Path("tests/perf/results") / f"realtext-{name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"written to {out}")
-    long = figures["long_document"]
+    long = figures.get("long_document")
     ok = not long or (long.get("parts_cover_text") and long.get("chunks_at_full_context") == 1)
+    ok = ok and "error" not in figures
     return 0 if ok else 1

@@ -66,7 +66,13 @@ def resolve_pooling(requested: Pooling, files: ModelFiles, model_type: str) -> P
 
 
 def compute_dtype(requested: DType, device: str) -> Literal["bfloat16", "float32"]:
-    """The dtype to run in: 'auto' is bfloat16 on a GPU and float32 elsewhere (never float16)."""
+    """The dtype to load and run in: 'auto' is bfloat16 on a GPU and float32 elsewhere (never float16);
+    'fp8' is bfloat16 around FP8 linears, and a ConfigError on a device without FP8 tensor cores."""
+    if requested == "fp8":
+        from workers.model.fp8 import require_fp8
+
+        require_fp8(device)
+        return "bfloat16"
     if requested != "auto":
         return requested
     return "bfloat16" if device.startswith("cuda") else "float32"
@@ -144,6 +150,10 @@ class EmbeddingModel:
             raise ConfigError(f"cannot load model {settings.name_or_path!r}: {exc}") from exc
         adapter = merge_lora(model, Path(settings.lora_path)).label() if settings.lora_path else None
         model.to(device).eval()
+        if settings.dtype == "fp8":
+            from workers.model.fp8 import use_fp8_linears
+
+            use_fp8_linears(model, bf16_blocks=settings.fp8_bf16_blocks)
         pooling = resolve_pooling(settings.pooling, files, model.config.model_type)
         return cls(
             name=settings.name_or_path,
@@ -151,7 +161,7 @@ class EmbeddingModel:
             tokenizer=tokenizer,
             pooling=pooling,
             device=device,
-            dtype=dtype,
+            dtype="fp8" if settings.dtype == "fp8" else dtype,
             packing=settings.packing,
             compile=settings.compile,
             adapter=adapter,
@@ -179,7 +189,7 @@ class EmbeddingModel:
 
     @property
     def dtype(self) -> str:
-        """Compute dtype ("bfloat16" or "float32")."""
+        """Compute dtype: "bfloat16", "float32", or "fp8" (e4m3 linears, bfloat16 around them)."""
         return self._dtype
 
     @property
