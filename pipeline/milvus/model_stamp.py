@@ -150,8 +150,8 @@ def check_stamps(
             raise ConfigError(
                 f"Milvus collection {name} was made by {recorded.describe()}, but the loaded model is "
                 f"{stamp.describe()} ({'; '.join(differences)}). Vectors of two models cannot share a "
-                f"collection. To keep the old model, set model.name_or_path (and model.pooling) back; "
-                f"to move to the new one, {fix}"
+                f"collection. To keep the old model, set model.name_or_path (and model.pooling, "
+                f"model.adapter) back; to move to the new one, {fix}"
             )
 
 
