@@ -106,3 +106,21 @@ def test_adapter_settings_are_checked(adapters: dict[str, Path]) -> None:
         ModelSettings(adapters={"legal": str(adapters["legal"])}, adapter="medical")
     with pytest.raises(ValueError, match="adapter name"):
         ModelSettings(adapters={"a:b": str(adapters["legal"])})
+
+
+@pytest.mark.slow  # about a minute of tracing on two CPU cores
+def test_a_compiled_model_switches_adapters_between_passes(
+    tiny_qwen3_path: Path, adapters: dict[str, Path], multi: EmbeddingModel
+) -> None:
+    """Dynamo guards on the active adapter: one graph per adapter, none reused for another.  (On CUDA
+    the model compiles with inductor; aot_eager traces the same graphs without a C++ build here.)"""
+    import torch
+    from torch._dynamo.utils import counters
+
+    compiled = load(tiny_qwen3_path, adapters={name: str(path) for name, path in adapters.items()})
+    torch._dynamo.reset()
+    counters.clear()
+    compiled._forward = torch.compile(compiled.module, dynamic=True, backend="aot_eager")
+    for adapter in [None, "legal", "medical", "legal", None, "medical"]:
+        np.testing.assert_allclose(vectors(compiled, adapter), vectors(multi, adapter), atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 3
