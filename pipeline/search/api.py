@@ -196,8 +196,7 @@ class Api:
         encoding = body.get("encoding_format") or "float"
         if encoding not in _ENCODINGS:
             raise ApiError(400, f"'encoding_format' must be one of {list(_ENCODINGS)}", "encoding_format")
-        embedder = self._pool if adapter is None else with_adapter(self._pool, adapter)
-        vectors = (await embedder.embed_queries(texts, (dim,), None))[dim]
+        vectors = (await with_adapter(self._pool, adapter).embed_queries(texts, (dim,), None))[dim]
         # Counting the tokens of up to api.max_inputs texts takes a while: not on the event loop.
         tokens = sum(len(ids) for ids in await asyncio.to_thread(self._tokenizer.encode, texts))
         data = [
