@@ -123,25 +123,30 @@ class EmbedderActor:
         """The settings this actor loaded its model with (a worker joining it checks they are its own)."""
         return self._model_settings
 
-    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
-        """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order.
+    async def embed(
+        self, texts: list[str], dims: tuple[int, ...], adapter: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order, computed with the
+        LoRA adapter ``adapter`` of ``model.adapters`` (None: the base model).
 
-        Raises ConfigError for dims outside ``1..native_dim``, Backpressure when the queue is full.
+        Raises ConfigError for dims outside ``1..native_dim``, UnknownAdapter for an adapter not
+        loaded, Backpressure when the queue is full.
         """
-        return await self._embed(texts, dims, priority=False)
+        return await self._embed(texts, dims, priority=False, adapter=adapter)
 
     async def embed_queries(
-        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None, adapter: str | None = None
     ) -> dict[int, np.ndarray]:
         """Like :meth:`embed`, for search queries: formatted with ``task`` the way the model expects
         (:func:`~workers.settings.format_query`) and batched in the query lane, ahead of ingestion."""
         texts = [format_query(self._model_settings, self._info.model_type, q, task) for q in queries]
-        return await self._embed(texts, dims, priority=True)
+        return await self._embed(texts, dims, priority=True, adapter=adapter)
 
     async def _embed(
-        self, texts: list[str], dims: tuple[int, ...], *, priority: bool
+        self, texts: list[str], dims: tuple[int, ...], *, priority: bool, adapter: str | None
     ) -> dict[int, np.ndarray]:
         validate_dims(dims, self._info.native_dim)
+        self._model.check_adapter(adapter)
         loop = asyncio.get_running_loop()
         self._inflight += 1
         try:
@@ -149,7 +154,7 @@ class EmbedderActor:
             ids = await loop.run_in_executor(self._tokenize, self._model.encode_ids, texts)
             self._tokenize_s += time.perf_counter() - started
             self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
-            result = await self._batcher.submit(ids, dims, priority=priority)
+            result = await self._batcher.submit(ids, dims, priority=priority, adapter=adapter)
         finally:
             self._inflight -= 1
             self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)

@@ -21,6 +21,12 @@ and not yet handed to a forward pass.  It guarantees:
   ``priority_share`` of its budget; a waiting query makes the next batch due at once.  See
   :mod:`workers.query_lane` for what that guarantees queries and ingestion.
 * Texts whose caller gave up are skipped when batches form (their tokens leave the counts then).
+* A batch holds texts of one LoRA adapter only (each text names one, or None for the base model).  A
+  window is sorted by adapter, then length, so each adapter's texts of a window are contiguous; a batch
+  ends where the adapter changes.  Led by a query, a batch takes that query's adapter; when the next
+  query and the next ingestion text name different adapters, batches led by queries and batches led
+  by ingestion alternate, so neither waits more than one batch of the other for its adapter's turn.
+  Without adapters (all None) batches form exactly as described above.
 
 Not thread-safe: used from the batcher's event loop only.
 """
@@ -57,6 +63,7 @@ class BatchQueue(Generic[ItemT]):
         self._queries: QueryLane[ItemT] = QueryLane(settings.max_priority_tokens)
         self._ready_since = math.inf  # arrival time of the oldest text in `_ready` (or older)
         self._waiting_tokens = 0
+        self._query_led = False  # whether the last batch was led by a query (to alternate adapters)
         self.rejected = 0
         """Requests refused with Backpressure since creation."""
 
@@ -116,7 +123,8 @@ class BatchQueue(Generic[ItemT]):
 
     def take_batch(self) -> list[ItemT]:
         """Queries first (up to their share of the budget), then the front of the sorted ingestion
-        run, sealing new windows as needed; queries again if ingestion left room."""
+        run, sealing new windows as needed; queries again if ingestion left room.  All of one adapter:
+        see the module docstring for which."""
         budget = self.budget.current
         batch: list[ItemT] = []
         longest = total = 0
@@ -131,40 +139,52 @@ class BatchQueue(Generic[ItemT]):
             batch.append(item)
             longest, total = max(longest, len(item.ids)), total + len(item.ids)
 
+        def next_query() -> ItemT | None:
+            query = self._queries.next_live()
+            return query if query is not None and query.adapter == adapter else None
+
+        head, query = self._ingestion_head(), self._queries.next_live()
+        led_by_query = query is not None and (
+            head is None or head.adapter == query.adapter or not self._query_led
+        )
+        adapter = query.adapter if led_by_query and query is not None else head.adapter if head else None
+        self._query_led = led_by_query
         query_budget = self._settings.priority_share * budget
-        while (query := self._queries.next_live()) is not None and fits(query):
+        while (query := next_query()) is not None and fits(query):
             if batch and total + len(query.ids) > query_budget:
                 break
             add(self._queries.pop())
-        while True:
-            if not self._ready:
-                if not self._pending:
-                    break
-                self._seal_window()
-                continue
-            item = self._ready[0]
-            size = len(item.ids)
-            if item.abandoned():
-                self._ready.popleft()
-                self._waiting_tokens -= size
-                continue
-            if not fits(item):
-                break
+        while (item := self._ingestion_head()) is not None and item.adapter == adapter and fits(item):
             self._ready.popleft()
-            self._waiting_tokens -= size
+            self._waiting_tokens -= len(item.ids)
             add(item)
         if not self._ready:
             self._ready_since = math.inf
-            # Ingestion left room: more queries may take it.
-            while (query := self._queries.next_live()) is not None and fits(query):
+        if not self._ready or self._ready[0].adapter != adapter:
+            # Ingestion of this adapter left room: more queries of it may take it.
+            while (query := next_query()) is not None and fits(query):
                 add(self._queries.pop())
         return batch
+
+    def _ingestion_head(self) -> ItemT | None:
+        """The next live ingestion text (abandoned ones in front dropped, windows sealed), or None."""
+        while True:
+            if not self._ready:
+                if not self._pending:
+                    return None
+                self._seal_window()
+                continue
+            item = self._ready[0]
+            if not item.abandoned():
+                return item
+            self._ready.popleft()
+            self._waiting_tokens -= len(item.ids)
 
     def _seal_window(self) -> None:
         count = min(self._settings.sort_window, len(self._pending))
         window = [self._pending.popleft() for _ in range(count)]
         self._ready_since = min(self._ready_since, window[0].enqueued)
-        self._ready.extend(sorted(window, key=lambda item: len(item.ids)))
+        self._ready.extend(sorted(window, key=lambda item: (item.adapter or "", len(item.ids))))
 
     def drain(self) -> list[ItemT]:
         """Remove and return every waiting text."""

@@ -7,6 +7,8 @@ backpressure, sorted windows, the token budget, when a batch is due, queries fir
 It guarantees:
 
 * Results come back in input order, as ``{dim: float32 (len(ids), dim)}``.
+* A batch never mixes LoRA adapters: each request names one (or none, the base model) and its texts
+  run only in batches of that adapter (:mod:`workers.batch_queue` groups them).
 * Requests may ask for different dimension sets: a batch is run once for the union of its requests' dims
   and each request keeps its own (the forward pass is the same; only the cheap cut + normalize repeats).
 * A failing forward pass fails no request on the spot: the batch is split in halves and each half runs
@@ -31,22 +33,23 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from workers.batch_items import Item, Request
 from workers.batch_queue import BatchQueue
 from workers.batcher_stats import BatcherStats, ForwardCounters
-from workers.errors import EmbedderUnavailable, FailedInputs, ForwardOutOfMemory, PipelineError
+from workers.errors import EmbedderUnavailable, ForwardOutOfMemory, PipelineError
 from workers.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
 FailureCause = Literal["oom", "error"]
 
-RunBatch = Callable[[list[Sequence[int]], tuple[int, ...]], Mapping[int, np.ndarray]]
-"""``run_batch(ids, dims)`` → ``{dim: float32 array (len(ids), dim)}``, rows in the order of ``ids``."""
+RunBatch = Callable[[list[Sequence[int]], tuple[int, ...], str | None], Mapping[int, np.ndarray]]
+"""``run_batch(ids, dims, adapter)`` → ``{dim: float32 array (len(ids), dim)}``, rows in the order of
+``ids``, computed with LoRA adapter ``adapter`` (None: the base model)."""
 
 OnBatch = Callable[[int, int, float], None]
 """``on_batch(tokens, padded_tokens, seconds)`` after each successful forward pass (metrics hook)."""
@@ -54,40 +57,6 @@ OnBatch = Callable[[int, int, float], None]
 OnFailure = Callable[[FailureCause, bool, int], None]
 """``on_failure(cause, alone, budget)`` after each failed forward pass: ``alone`` when it held one text
 (which then fails), else its batch is split; ``budget`` is the token budget from now on (metrics hook)."""
-
-
-@dataclass(eq=False)
-class _Request:
-    dims: tuple[int, ...]
-    future: asyncio.Future[dict[int, np.ndarray]]
-    out: dict[int, np.ndarray]
-    remaining: int
-    failed: dict[int, str] = field(default_factory=dict)  # row -> why the model fails on it alone
-
-    def fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
-
-    def row_done(self) -> None:
-        """One more row has its vector or its failure; the last one completes the request."""
-        self.remaining -= 1
-        if self.remaining == 0 and not self.future.done():
-            if self.failed:
-                self.future.set_exception(FailedInputs(self.failed))
-            else:
-                self.future.set_result(self.out)
-
-
-@dataclass(eq=False, slots=True)
-class _Item:
-    request: _Request
-    row: int
-    ids: Sequence[int]
-    enqueued: float
-
-    def abandoned(self) -> bool:
-        """The caller gave up, or another text of its request failed."""
-        return self.request.future.done()
 
 
 def _chained(error: PipelineError, cause: BaseException) -> PipelineError:
@@ -120,8 +89,8 @@ class MicroBatcher:
         self._probe = probe
         self._on_broken = on_broken
         self._packed = packed
-        self._queue: BatchQueue[_Item] = BatchQueue(settings, packed=packed)
-        self._running: list[_Item] = []
+        self._queue: BatchQueue[Item] = BatchQueue(settings, packed=packed)
+        self._running: list[Item] = []
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-forward")
         self._task: asyncio.Task[None] | None = None
@@ -130,9 +99,16 @@ class MicroBatcher:
         self._budget = self._queue.budget
 
     async def submit(
-        self, ids: Sequence[Sequence[int]], dims: tuple[int, ...], *, priority: bool = False
+        self,
+        ids: Sequence[Sequence[int]],
+        dims: tuple[int, ...],
+        *,
+        priority: bool = False,
+        adapter: str | None = None,
     ) -> dict[int, np.ndarray]:
         """Embed tokenized texts; returns ``{dim: float32 (len(ids), dim)}`` with rows in input order.
+
+        ``adapter``: the LoRA adapter they run with (handed to ``run_batch``; a batch never mixes two).
 
         ``priority=True`` puts them in the query lane (:mod:`workers.query_lane`) instead of the
         ingestion queue.  Raises :class:`~workers.errors.Backpressure` at once when accepting ``ids``
@@ -155,14 +131,15 @@ class MicroBatcher:
             # Started lazily: the owner (a Ray actor's __init__) may run before its event loop does.
             self._task = loop.create_task(self._loop(), name="micro-batcher")
             self._task.add_done_callback(self._on_loop_done)
-        request = _Request(
+        request = Request(
             dims=dims,
             future=loop.create_future(),
             out={dim: np.empty((len(ids), dim), dtype=np.float32) for dim in dims},
             remaining=len(ids),
+            adapter=adapter,
         )
         now = loop.time()
-        self._queue.add((_Item(request, row, seq, now) for row, seq in enumerate(ids)), tokens, priority)
+        self._queue.add((Item(request, row, seq, now) for row, seq in enumerate(ids)), tokens, priority)
         self._arrived.set()
         # A cancelled caller cancels the future; its texts are then skipped when batches form.
         return await request.future
@@ -208,17 +185,17 @@ class MicroBatcher:
             if batch:
                 await self._execute(batch)
 
-    def _take_batch(self) -> list[_Item]:
+    def _take_batch(self) -> list[Item]:
         """The next batch, cut by the queue (module :mod:`workers.batch_queue`)."""
         return self._queue.take_batch()
 
-    async def _execute(self, batch: list[_Item]) -> None:
+    async def _execute(self, batch: list[Item]) -> None:
         """Run ``batch``, splitting it on failure; hand each row to its request (module docstring)."""
         self._running = batch  # left in place if cancelled, so that close() fails these requests too
         await self._run(batch)
         self._running = []
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, batch: list[Item]) -> None:
         batch = [item for item in batch if not item.abandoned()]
         if not batch or self._stopped is not None:
             return
@@ -235,7 +212,8 @@ class MicroBatcher:
             return
         started = loop.time()
         try:
-            out = await loop.run_in_executor(self._executor, self._run_batch, ids, dims)
+            adapter = batch[0].adapter  # the queue cut the batch to one adapter
+            out = await loop.run_in_executor(self._executor, self._run_batch, ids, dims, adapter)
         except Exception as exc:
             await self._failed(batch, padded, exc)
             return
@@ -252,7 +230,7 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(tokens, padded, elapsed)
 
-    async def _failed(self, batch: list[_Item], padded: int, exc: Exception) -> None:
+    async def _failed(self, batch: list[Item], padded: int, exc: Exception) -> None:
         """A forward pass over ``batch`` raised ``exc``: split it and run the halves, or blame its text."""
         self._counters.failed += 1
         oom = isinstance(exc, ForwardOutOfMemory)

@@ -21,6 +21,10 @@ class ConfigError(PipelineError):
     """The configuration cannot work (e.g. a replica wider than the model). Fix it and restart."""
 
 
+class UnknownAdapter(ConfigError):
+    """A request named a LoRA adapter the model did not load (``model.adapters``): bad input, not retried."""
+
+
 class RetriableError(PipelineError):
     """A transient failure: the same call may succeed after ``retry_after`` seconds."""
 

@@ -15,18 +15,17 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray import ObjectRef
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from workers.actor import EmbedderActor
-from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
+from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts, UnknownAdapter
 from workers.model.embedding_model import ModelInfo
 from workers.model.matryoshka import validate_dims
 from workers.poison import KillsActors, embed_isolating
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 from workers.sharing import join_embedders
-from workers.slots import Slot, Slots
+from workers.slots import Slot, Slots, call_slot
 from workers.spawn import EmbeddersRunning, find_embedders, kill_embedders, start_embedders
 
 log = logging.getLogger(__name__)
@@ -79,14 +78,15 @@ class EmbedderPool:
         (:func:`workers.spawn.start_embedders` says how many, where, and what it raises)."""
         namespace = namespace or ray.get_runtime_context().namespace
         for _ in range(2):  # twice: a worker starting at the same time may take the names first
-            found = await join_embedders(model, pool, namespace) if pool.detached else None
+            # The actors load what every worker shares; model.adapter is each request's choice.
+            found = await join_embedders(model.loaded(), pool, namespace) if pool.detached else None
             if found is not None:
                 joined = cls(list(found.ready.values()), found.info, pool, indices=list(found.ready))
                 joined.not_attached = dict(found.not_ready)
                 return joined
             try:
                 handles, info = await start_embedders(
-                    model, batching, pool, namespace=namespace, actor_class=actor_class
+                    model.loaded(), batching, pool, namespace=namespace, actor_class=actor_class
                 )
             except EmbeddersRunning:
                 if not pool.detached:
@@ -158,8 +158,12 @@ class EmbedderPool:
             await asyncio.sleep(0.02)
         return slot.index, slot.handle
 
-    async def embed(self, texts: Sequence[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
-        """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order.
+    async def embed(
+        self, texts: Sequence[str], dims: tuple[int, ...], adapter: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order, computed with the
+        LoRA adapter ``adapter`` of ``model.adapters`` (None: the base model; UnknownAdapter, before
+        anything is sent, for one the actors did not load).
 
         Retries on another actor when an actor dies or is restarting, up to ``max_attempts`` tries,
         then raises EmbedderUnavailable from the last failure.  Once every actor has failed, tries wait
@@ -179,23 +183,30 @@ class EmbedderPool:
         Raises ConfigError for dims outside ``1..native_dim``; other errors of the actor propagate.
         The arrays may be read-only (zero-copy from Ray's object store).
         """
-        return await self._embed(texts, dims, query_task=None)
+        return await self._embed(texts, dims, query_task=None, adapter=adapter)
 
     async def embed_queries(
-        self, queries: Sequence[str], dims: tuple[int, ...], task: str | None = None
+        self,
+        queries: Sequence[str],
+        dims: tuple[int, ...],
+        task: str | None = None,
+        adapter: str | None = None,
     ) -> dict[int, np.ndarray]:
         """Like :meth:`embed`, for search queries on the same actors: each actor formats them for its
         model (Qwen3-Embedding: ``Instruct: {task}\\nQuery:{q}``; others: the raw query) and batches
         them in its query lane, ahead of ingestion texts but never starving them."""
-        return await self._embed(queries, dims, query_task=task or "")
+        return await self._embed(queries, dims, query_task=task or "", adapter=adapter)
 
     async def _embed(
-        self, texts: Sequence[str], dims: tuple[int, ...], query_task: str | None
+        self, texts: Sequence[str], dims: tuple[int, ...], query_task: str | None, adapter: str | None
     ) -> dict[int, np.ndarray]:
         """``embed`` (``query_task`` None) or ``embed_queries`` (a task, "" for none), with retries."""
         validate_dims(dims, self._info.native_dim)
+        if adapter is not None and adapter not in self._info.adapters:
+            loaded = sorted(self._info.adapters)
+            raise UnknownAdapter(f"no LoRA adapter {adapter!r} is loaded by the embedder actors ({loaded})")
         texts = list(texts)
-        request = partial(self._embed_request, dims=dims, query_task=query_task)
+        request = partial(self._embed_request, dims=dims, query_task=query_task, adapter=adapter)
         vectors, crashed, failed = await embed_isolating(request, texts, dims, alone=False)
         if crashed or failed:
             raise PoisonTexts(
@@ -206,7 +217,12 @@ class EmbedderPool:
         return vectors
 
     async def _embed_request(
-        self, texts: list[str], dims: tuple[int, ...], query_task: str | None, alone: bool
+        self,
+        texts: list[str],
+        dims: tuple[int, ...],
+        query_task: str | None,
+        alone: bool,
+        adapter: str | None = None,
     ) -> dict[int, np.ndarray]:
         """One request, retried as :meth:`embed` says; raises KillsActors when it crashes actors alone."""
         attempt = crashes = 0
@@ -218,7 +234,9 @@ class EmbedderPool:
                 if reserved:
                     await self._slots.until_ready(slot)
                     answered = True
-                result = await self._call(slot, texts, dims, query_task)
+                result = await call_slot(
+                    slot, texts, dims, query_task, adapter, self._settings.call_timeout_s
+                )
             except Backpressure as exc:
                 if query_task is not None and waited + exc.retry_after > self._settings.query_backpressure_s:
                     # A query is someone waiting: past the bound, say so and when to come back.
@@ -275,26 +293,3 @@ class EmbedderPool:
             self.shutdown()
         else:
             log.info("leaving %d detached embedder actors running for the next worker", self.size)
-
-    async def _call(
-        self, slot: Slot, texts: list[str], dims: tuple[int, ...], query_task: str | None = None
-    ) -> dict[int, np.ndarray]:
-        """One embed call on ``slot``; TimeoutError after ``call_timeout_s`` (the Ray task is cancelled)."""
-        cost = sum(len(text) for text in texts)
-        slot.outstanding += cost
-        slot.calls += 1
-        slot.in_flight += 1
-        ref: ObjectRef[dict[int, np.ndarray]] = (
-            slot.handle.embed.remote(texts, dims)
-            if query_task is None
-            else slot.handle.embed_queries.remote(texts, dims, query_task or None)
-        )
-        try:
-            async with asyncio.timeout(self._settings.call_timeout_s):
-                return await ref
-        except (asyncio.CancelledError, TimeoutError):
-            ray.cancel(ref)  # the actor drops the texts instead of embedding them for nobody
-            raise
-        finally:
-            slot.outstanding -= cost
-            slot.in_flight -= 1

@@ -27,6 +27,9 @@ class _Queued(Protocol):
     @property
     def enqueued(self) -> float: ...
 
+    @property
+    def adapter(self) -> str | None: ...
+
     def abandoned(self) -> bool: ...
 
 

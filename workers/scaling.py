@@ -47,7 +47,7 @@ class PoolScaler:
         retiring: Sequence[Retiring] = (),
     ) -> None:
         self._pool = pool
-        self._model = model
+        self._model = model.loaded()  # what actors load: not the pipeline's choice of adapter
         self._batching = batching
         self._settings = settings
         self._namespace = namespace

@@ -6,12 +6,15 @@ process-wide settings that read the environment and TOML files.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Pooling = Literal["auto", "last_token", "mean", "cls"]
 DType = Literal["auto", "bfloat16", "float32", "fp8"]
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""What a LoRA adapter may be named: it appears in API model ids (``base:name``) and collection properties."""
 
 
 class ModelSettings(BaseModel):
@@ -61,6 +64,21 @@ class ModelSettings(BaseModel):
         "merged into the weights at load: no cost per token. DoRA, trained biases and extra trained "
         "modules are refused. The adapter's digest is part of the model's identity.",
     )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Unmerged LoRA adapters every actor loads beside the base model, name -> PEFT adapter "
+        'folder (JSON object in env), e.g. {"legal": "/adapters/legal"}. The base weights load once; each '
+        "batch runs with one adapter (texts are grouped by adapter), at the cost of the adapter's rank per "
+        "targeted layer. Names: letters, digits, '_' and '-'. An adapter that does not fit the model is "
+        "refused at load.",
+    )
+    adapter: str | None = Field(
+        None,
+        description="The adapter of model.adapters this pipeline embeds its documents with (recorded with "
+        "its collections, whose queries are then embedded with it too). Unset: ingestion uses the base "
+        "model, and a search follows what its collections record. Not part of what actors load: workers "
+        "of several collection prefixes with different adapters share one namespace's actors.",
+    )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folder.")
     compile: bool = Field(
         False,
@@ -74,6 +92,21 @@ class ModelSettings(BaseModel):
         "packs on any device (one attention call per text off CUDA); models without a packed path "
         "(see workers.model.packing) always run padded.",
     )
+
+    @model_validator(mode="after")
+    def _adapter_is_loaded(self) -> ModelSettings:
+        for name in self.adapters:
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(f"adapter name {name!r}: use letters, digits, '_' and '-' (at most 64)")
+        if self.adapter is not None and self.adapter not in self.adapters:
+            raise ValueError(
+                f"model.adapter {self.adapter!r} is not one of model.adapters {sorted(self.adapters)}"
+            )
+        return self
+
+    def loaded(self) -> ModelSettings:
+        """What the actors load: these settings without :attr:`adapter` (a choice of each request)."""
+        return self.model_copy(update={"adapter": None})
 
 
 class BatchSettings(BaseModel):

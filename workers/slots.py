@@ -11,6 +11,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
+import ray
+from ray import ObjectRef
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
@@ -106,3 +109,36 @@ class Slots:
         """Nothing while some actor is not avoided, else until the first one's avoidance ends."""
         now = time.monotonic()
         return max(0.0, min(slot.avoid_until for slot in self.items) - now)
+
+
+async def call_slot(
+    slot: Slot,
+    texts: list[str],
+    dims: tuple[int, ...],
+    query_task: str | None,
+    adapter: str | None,
+    timeout_s: float,
+) -> dict[int, np.ndarray]:
+    """One embed call on ``slot`` (``embed_queries`` when ``query_task`` is not None, "" for no task),
+    with LoRA adapter ``adapter``; TimeoutError after ``timeout_s`` (the Ray task is cancelled then, as
+    when the caller is: the actor drops the texts instead of embedding them for nobody)."""
+    cost = sum(len(text) for text in texts)
+    slot.outstanding += cost
+    slot.calls += 1
+    slot.in_flight += 1
+    # The adapter travels only when one is named: a base call stays what it was on the wire.
+    extra = () if adapter is None else (adapter,)
+    ref: ObjectRef[dict[int, np.ndarray]] = (
+        slot.handle.embed.remote(texts, dims, *extra)
+        if query_task is None
+        else slot.handle.embed_queries.remote(texts, dims, query_task or None, *extra)
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await ref
+    except (asyncio.CancelledError, TimeoutError):
+        ray.cancel(ref)
+        raise
+    finally:
+        slot.outstanding -= cost
+        slot.in_flight -= 1

@@ -53,7 +53,15 @@ class ModelStamp:
     instruction_template: str
     """How a document's instruction is joined to its text (it changes the vectors of such documents)."""
     adapter: str = ""
-    """The LoRA adapter applied on top of the model, if any."""
+    """The LoRA adapter merged into the model's weights (``path@digest``), if any."""
+    named_adapter: str = ""
+    """The unmerged LoRA adapter of ``model.adapters`` the vectors were made with, ``name@digest``, if any:
+    queries of the replica are embedded with it (:func:`recorded_adapter`)."""
+
+    @property
+    def adapter_name(self) -> str | None:
+        """The name of :attr:`named_adapter` (None for the base model)."""
+        return self.named_adapter.rsplit("@", 1)[0] if self.named_adapter else None
 
     def properties(self) -> dict[str, str]:
         """The collection properties that record this stamp."""
@@ -79,6 +87,7 @@ class ModelStamp:
 
     def describe(self) -> str:
         adapter = f", adapter {self.adapter}" if self.adapter else ""
+        adapter += f", LoRA adapter {self.named_adapter}" if self.named_adapter else ""
         return (
             f"{self.model} (revision {self.revision[:16]}, {self.pooling} pooling, native dim "
             f"{self.native_dim}{adapter})"
@@ -141,13 +150,36 @@ def check_stamps(
             raise ConfigError(
                 f"Milvus collection {name} was made by {recorded.describe()}, but the loaded model is "
                 f"{stamp.describe()} ({'; '.join(differences)}). Vectors of two models cannot share a "
-                f"collection. To keep the old model, set model.name_or_path (and model.pooling) back; "
-                f"to move to the new one, {fix}"
+                f"collection. To keep the old model, set model.name_or_path (and model.pooling, "
+                f"model.adapter) back; to move to the new one, {fix}"
             )
 
 
-def stamp_of(info: ModelInfo, model: ModelSettings) -> ModelStamp:
-    """The stamp of the model the actors loaded (``info``) with the settings that frame its inputs."""
+def recorded_adapter(connection: MilvusConnection, names: Mapping[int, str]) -> str | None:
+    """The name of the LoRA adapter the first stamped replica of ``names`` that exists records (None: the
+    base model, or no stamp): what its queries are embedded with when ``model.adapter`` is unset.  Replicas
+    that record different adapters are refused afterwards by :func:`check_stamps`."""
+    for name in names.values():
+        if connection.call(f"looking up {name}", "has_collection", name):
+            recorded = ModelStamp.from_properties(collection_properties(connection, name))
+            if recorded is not None:
+                return recorded.adapter_name
+    return None
+
+
+def stamp_of(info: ModelInfo, model: ModelSettings, adapter: str | None = None) -> ModelStamp:
+    """The stamp of the model the actors loaded (``info``) with the settings that frame its inputs, its
+    vectors made with LoRA adapter ``adapter`` (None: none); ConfigError when the actors lack it."""
+    named = ""
+    if adapter is not None:
+        loaded: dict[str, str] = getattr(info, "adapters", {})  # absent from an older actor's ModelInfo
+        label = loaded.get(adapter)
+        if label is None:
+            raise ConfigError(
+                f"LoRA adapter {adapter!r} is not loaded by the embedder actors (they load "
+                f"{sorted(loaded)}): add it to model.adapters"
+            )
+        named = f"{adapter}@{label.rsplit('@', 1)[-1]}"
     try:
         revision = weights_digest(resolve_model_files(info.name).path)
     except ConfigError:
@@ -160,4 +192,5 @@ def stamp_of(info: ModelInfo, model: ModelSettings) -> ModelStamp:
         native_dim=info.native_dim,
         instruction_template=model.instruction_template,
         adapter=str(getattr(info, "adapter", None) or ""),  # ModelInfo.adapter, where this version has it
+        named_adapter=named,
     )

@@ -24,6 +24,7 @@ from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.runtime.versions import prepare_replicas
 from pipeline.settings import Settings
 from workers.actor import EmbedderActor
+from workers.adapter_view import with_adapter
 from workers.errors import ConfigError
 from workers.model.embedding_model import ModelInfo
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
@@ -48,8 +49,9 @@ class Runtime:
 
     def new_consumer(self) -> IngestConsumer:
         """A fresh consumer-group member that shares this runtime's pool and sink."""
+        embedder = with_adapter(self.pool, self.settings.model.adapter)  # this pipeline's adapter
         return IngestConsumer(
-            self.settings, self.pool, self.sink, self.chunker, self.dims, self.special_tokens
+            self.settings, embedder, self.sink, self.chunker, self.dims, self.special_tokens
         )
 
     def close(self) -> None:
@@ -157,7 +159,7 @@ async def build_runtime(
         await topics
         chunker = make_chunker(settings, tokenizer, pool.info)
         sink = MilvusSink(settings.milvus, dims)
-        stamp = stamp_of(pool.info, settings.model)
+        stamp = stamp_of(pool.info, settings.model, settings.model.adapter)
         prepare = partial(prepare_replicas, base or settings, settings, stamp, dims, adopt=adopt)
         await _ensure_replicas(sink, settings, prepare)
     except BaseException as exc:

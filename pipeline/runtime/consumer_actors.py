@@ -30,6 +30,7 @@ from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import Runtime, make_chunker
 from pipeline.runtime.run_summary import BUSY, GroupStats
 from pipeline.settings import Settings, load_settings
+from workers.adapter_view import with_adapter
 from workers.errors import ConfigError
 from workers.model.embedding_model import ModelInfo
 from workers.model.tokenizer import load_text_tokenizer
@@ -74,8 +75,9 @@ class ConsumerActor:
         busy time, measured on this process's clock."""
         sink = MilvusSink(self._settings.milvus, self._dims)
         self._stop = asyncio.Event()
+        embedder = with_adapter(self._pool, self._settings.model.adapter)  # this pipeline's adapter
         consumer = IngestConsumer(
-            self._settings, self._pool, sink, self._chunker, self._dims, self._special_tokens
+            self._settings, embedder, sink, self._chunker, self._dims, self._special_tokens
         )
         log.info("%s joining group %s", self._name, self._settings.kafka.group_id)
         try:

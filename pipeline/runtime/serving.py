@@ -14,13 +14,15 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from pipeline.milvus.model_stamp import stamp_of
+from pipeline.milvus.connection import MilvusConnection
+from pipeline.milvus.model_stamp import recorded_adapter, stamp_of
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import start_pool
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.runtime.version_follower import VersionFollower
 from pipeline.runtime.versions import readable_replicas
 from pipeline.settings import Settings
+from workers.adapter_view import AdaptablePool, AdapterView, with_adapter
 from workers.pool import EmbedderPool
 from workers.sharing import follow_embedders
 
@@ -31,6 +33,13 @@ class QuerySide:
 
     pool: EmbedderPool
     sink: MilvusSink
+    adapter: str | None = None
+    """The LoRA adapter queries of the replicas are embedded with: model.adapter, else what they record."""
+
+    @property
+    def embedder(self) -> AdaptablePool | AdapterView:
+        """The pool through :attr:`adapter`: what queries of these replicas are embedded on."""
+        return with_adapter(self.pool, self.adapter)
 
 
 @contextlib.asynccontextmanager
@@ -50,6 +59,8 @@ async def open_query_side(
     ``settings`` name the version read, ``base`` (default ``settings``) are the settings as configured.
     ConfigError when a replica was made by another model than the pool's (vectors of another space);
     ``check_replicas=False`` skips that check, for a caller that reads replicas of its own (eval-recall).
+    The side's adapter is ``model.adapter``, else the one the replicas record (ConfigError when the actors
+    do not load it, or when ``model.adapter`` differs from what they record).
     """
     connect_ray(settings)
     pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
@@ -62,9 +73,12 @@ async def open_query_side(
         )
     else:
         dims = settings.replicas.replica_dims(pool.info.native_dim)
+    adapter = settings.model.adapter
     if check_replicas:
         try:
-            stamp = stamp_of(pool.info, settings.model)
+            if adapter is None:  # follow what the replicas record
+                adapter = await asyncio.to_thread(_recorded_adapter, settings, dims)
+            stamp = stamp_of(pool.info, settings.model, adapter)
             dims = await asyncio.to_thread(readable_replicas, base or settings, settings, stamp, dims)
         except BaseException:
             if owned:
@@ -77,7 +91,7 @@ async def open_query_side(
         )
     sink = MilvusSink(settings.milvus, dims)
     try:
-        yield QuerySide(pool, sink)
+        yield QuerySide(pool, sink, adapter)
     finally:
         if following is not None:
             following.cancel()
@@ -85,6 +99,15 @@ async def open_query_side(
         sink.close()
         if owned:
             pool.shutdown()
+
+
+def _recorded_adapter(settings: Settings, dims: tuple[int, ...]) -> str | None:
+    connection = MilvusConnection(settings.milvus)
+    try:
+        prefix = settings.milvus.collection_prefix
+        return recorded_adapter(connection, {dim: f"{prefix}_{dim}" for dim in dims})
+    finally:
+        connection.close()
 
 
 async def serve(
@@ -106,8 +129,11 @@ async def serve(
     async with open_query_side(settings, "serve", base, follow=True) as side:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         prefix = settings.milvus.collection_prefix
-        follower = VersionFollower(base or settings, side.pool.info, side.sink, prefix)
-        runner = Api(settings, side.pool, tokenizer, side.sink, follow=follower.sink, keys=keys).runner()
+        follower = VersionFollower(base or settings, side.pool.info, side.sink, prefix, adapter=side.adapter)
+        api = Api(
+            settings, side.pool, tokenizer, side.sink, follow=follower.sink, keys=keys, adapter=side.adapter
+        )
+        runner = api.runner()
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()

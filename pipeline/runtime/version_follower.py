@@ -27,12 +27,21 @@ class VersionFollower:
     """
 
     def __init__(
-        self, base: Settings, info: ModelInfo, sink: MilvusSink, prefix: str, interval_s: float = 1.0
+        self,
+        base: Settings,
+        info: ModelInfo,
+        sink: MilvusSink,
+        prefix: str,
+        interval_s: float = 1.0,
+        *,
+        adapter: str | None = None,
     ) -> None:
         """``base``: the settings as configured; ``sink``: the replicas of version prefix ``prefix``,
-        read now; ``info``: the model the queries are embedded with."""
+        read now; ``info``: the model the queries are embedded with, with LoRA adapter ``adapter`` (a
+        version whose replicas record another adapter is refused like one of another model)."""
         self._base = base
         self._info = info
+        self._adapter = adapter
         self._sink = self._given = sink
         self._prefix = prefix
         self._interval_s = interval_s
@@ -60,7 +69,7 @@ class VersionFollower:
         dims = target.replicas.replica_dims(self._info.native_dim)
         try:
             dims = await asyncio.to_thread(
-                readable_replicas, self._base, target, stamp_of(self._info, target.model), dims
+                readable_replicas, self._base, target, stamp_of(self._info, target.model, self._adapter), dims
             )
         except ConfigError as exc:
             self._refusal = ConfigError(

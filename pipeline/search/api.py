@@ -5,13 +5,16 @@
   ``dimensions`` (Matryoshka cut + L2-normalize, the same function as the replicas), ``encoding_format``
   (``float``, or ``base64`` of little-endian float32), ``usage`` with the token counts.  Texts are embedded
   as given — the caller adds any instruction, as with vLLM — on the pool's query lane.  Token-id inputs
-  are refused with a 400 (this server embeds text).
+  are refused with a 400 (this server embeds text).  ``model`` picks a LoRA adapter of
+  ``model.adapters`` as ``<model>:<adapter>`` (or the adapter's name, as vLLM does;
+  :mod:`pipeline.search.model_ids`); an adapter that is not loaded is a 400 ``adapter_not_found``.
 * ``POST /v1/search`` — ``{"query": str | [str], "top_k", "dim", "funnel_factor", "recall_target",
   "latency_budget_ms", "task", "per_document", "filter"}``: :func:`pipeline.search.replicas.search`,
   routed as it routes; ``filter`` is a :mod:`pipeline.milvus.filters` object (a bad one is a 400).
   With tenants (``milvus.tenant_field``) each search is confined to one tenant: ``tenant`` in the body,
-  else the API key's bound tenant; neither is a 400 ``tenant_required``.
-  Each result names its ``strategy`` and, when a recall target or latency budget picked it, ``routing``:
+  else the API key's bound tenant; neither is a 400 ``tenant_required``.  Queries are embedded with the
+  LoRA adapter the replicas record.  Each result names its ``strategy`` and, when a recall target or
+  latency budget picked it, ``routing``:
   why (e.g. that no profile was measured, so the native replica answered); else null.
 * ``GET /v1/models``, ``GET /health``.
 
@@ -46,10 +49,19 @@ from pipeline.milvus.filters import FilterError
 from pipeline.milvus.sink import MilvusSink
 from pipeline.milvus.tenants import TenantRequired
 from pipeline.search.auth import TENANT, ApiKeys, require_key
-from pipeline.search.replicas import QueryEmbedder, load_profile, search
+from pipeline.search.model_ids import UnknownModel, model_ids, requested_adapter
+from pipeline.search.replicas import load_profile, search
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
-from workers.errors import Backpressure, ConfigError, InputTooLong, PoisonTexts, RetriableError
+from workers.adapter_view import AdaptablePool, with_adapter
+from workers.errors import (
+    Backpressure,
+    ConfigError,
+    InputTooLong,
+    PoisonTexts,
+    RetriableError,
+    UnknownAdapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +143,23 @@ class Api:
     def __init__(
         self,
         settings: Settings,
-        pool: QueryEmbedder,
+        pool: AdaptablePool,
         tokenizer: TokenCounter,
         sink: MilvusSink,
         profile: Profile | None = None,
         *,
         follow: Callable[[], Awaitable[MilvusSink]] | None = None,
         keys: ApiKeys | None = None,
+        adapter: str | None = None,
     ) -> None:
         """``sink`` holds the replicas searched (its dims were resolved when the server was assembled);
         with ``follow``, each search reads the replicas it returns instead (the serving version, which
         `versions switch` moves; a ConfigError from it is answered 503).  ``keys``: who may ask
-        (default: read from ``settings.api``; none configured, anyone)."""
+        (default: read from ``settings.api``; none configured, anyone).  ``adapter``: the LoRA adapter
+        searches embed their queries with (the one the replicas record)."""
         self._settings = settings
         self._pool = pool
+        self._queries = with_adapter(pool, adapter)
         self._tokenizer = tokenizer
         self._sink = sink
         self._follow = follow
@@ -173,16 +188,18 @@ class Api:
         if "input" not in body:
             raise ApiError(400, "'input' is required", "input")
         texts = parse_inputs(body["input"], self._settings.api.max_inputs)
-        model = body.get("model")
-        if model is not None and model != self._model:
-            raise ApiError(404, f"model {model!r} is not served here; this server serves {self._model!r}",
-                           "model", "model_not_found")  # fmt: skip
+        try:
+            adapter = requested_adapter(body.get("model"), self._model, self._pool.info.adapters)
+        except UnknownAdapter as exc:
+            raise ApiError(400, str(exc), "model", "adapter_not_found") from exc
+        except UnknownModel as exc:
+            raise ApiError(404, str(exc), "model", "model_not_found") from exc
         native = self._pool.info.native_dim
         dim = _int(body, "dimensions", 1, native) or native
         encoding = body.get("encoding_format") or "float"
         if encoding not in _ENCODINGS:
             raise ApiError(400, f"'encoding_format' must be one of {list(_ENCODINGS)}", "encoding_format")
-        vectors = (await self._pool.embed_queries(texts, (dim,), None))[dim]
+        vectors = (await with_adapter(self._pool, adapter).embed_queries(texts, (dim,), None))[dim]
         # Counting the tokens of up to api.max_inputs texts takes a while: not on the event loop.
         tokens = sum(len(ids) for ids in await asyncio.to_thread(self._tokenizer.encode, texts))
         data = [
@@ -190,7 +207,8 @@ class Api:
             for i, row in enumerate(vectors)
         ]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return web.json_response({"object": "list", "data": data, "model": self._model, "usage": usage})
+        model = self._model if adapter is None else f"{self._model}:{adapter}"
+        return web.json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
     async def search(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -205,7 +223,7 @@ class Api:
         try:
             results = await search(
                 self._settings,
-                self._pool,
+                self._queries,
                 sink,
                 queries,
                 dim=_int(body, "dim", 1, self._pool.info.native_dim),
@@ -239,8 +257,11 @@ class Api:
         return web.json_response({"object": "list", "data": data})
 
     async def models(self, request: web.Request) -> web.Response:
-        model = {"id": self._model, "object": "model", "created": self._created, "owned_by": "embedstream"}
-        return web.json_response({"object": "list", "data": [model]})
+        ids = model_ids(self._model, self._pool.info.adapters)
+        models = [
+            {"id": i, "object": "model", "created": self._created, "owned_by": "embedstream"} for i in ids
+        ]
+        return web.json_response({"object": "list", "data": models})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self._model})
@@ -275,6 +296,8 @@ async def _errors(
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except UnknownAdapter as exc:
+        return ApiError(400, str(exc), "model", "adapter_not_found").response()
     except InputTooLong as exc:  # OpenAI's answer to an input over the context length
         return ApiError(400, str(exc), "input", "context_length_exceeded").response()
     except PoisonTexts as exc:  # fails even alone (the model raised, or it crashed the actor): not retriable

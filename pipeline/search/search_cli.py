@@ -76,7 +76,7 @@ async def search_verb(base: Settings, args: argparse.Namespace) -> int:
         query = " ".join(args.query)
         results = await search(
             settings,
-            side.pool,
+            side.embedder,
             side.sink,
             [query],
             args.dim,

@@ -134,7 +134,7 @@ async def _index(
 
     async def embed(start: int) -> dict[int, np.ndarray]:
         async with limit:
-            return await pool.embed(texts[start : start + _EMBED_BATCH], dims)
+            return await pool.embed(texts[start : start + _EMBED_BATCH], dims, settings.model.adapter)
 
     started = time.monotonic()
     parts = await asyncio.gather(*(embed(s) for s in range(0, len(texts), _EMBED_BATCH)))
@@ -223,7 +223,7 @@ async def run_eval(
         await asyncio.to_thread(rebuild_replicas, settings.milvus, dims, production_prefix)
         pks, full = await _index(settings, pool, dims, documents)
     task = settings.search.task_for(options.collection_prefix)
-    query_vectors = await pool.embed_queries(queries, dims, task)
+    query_vectors = await pool.embed_queries(queries, dims, task, settings.model.adapter)
     top_k = min(options.top_k, len(pks))
     exact = [{pks[i] for i in row} for row in exact_top_k(full, query_vectors[max(dims)], top_k)]
     strategies = [Strategy(dim) for dim in dims] + [

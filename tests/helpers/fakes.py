@@ -46,6 +46,6 @@ class ModelQueryPool:
         return self.model.info()
 
     async def embed_queries(
-        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None, adapter: str | None = None
     ) -> dict[int, np.ndarray]:
-        return self.model.embed(queries, dims)
+        return self.model.embed(queries, dims, adapter)

@@ -145,3 +145,18 @@ SAMPLE_TEXTS = [
     " ".join(["Matryoshka embeddings stay meaningful when cut to their first dimensions."] * 12),
     "x",
 ]
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def write_lora_adapter(base: Path, folder: Path, *, seed: int, **config: object) -> Path:
+    """A random (non-zero B) LoRA adapter on the model in ``base``, saved as PEFT saves it (needs peft)."""
+    import peft
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_pretrained(base, dtype=torch.float32)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False, **config)
+    peft.get_peft_model(model, lora).save_pretrained(folder)
+    return folder

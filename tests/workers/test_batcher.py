@@ -32,7 +32,9 @@ class FakeForward:
         self.started = threading.Event()
         self._lock = threading.Lock()
 
-    def __call__(self, ids: list[Sequence[int]], dims: tuple[int, ...]) -> Mapping[int, np.ndarray]:
+    def __call__(
+        self, ids: list[Sequence[int]], dims: tuple[int, ...], adapter: str | None = None
+    ) -> Mapping[int, np.ndarray]:
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)

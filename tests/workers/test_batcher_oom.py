@@ -26,7 +26,9 @@ class MemoryBoundForward:
         self.calls: list[tuple[int, int]] = []  # (texts, padded tokens) of every pass, failed ones too
         self.embedded: list[int] = []  # first token of every text a successful pass embedded
 
-    def __call__(self, ids: list[Sequence[int]], dims: tuple[int, ...]) -> Mapping[int, np.ndarray]:
+    def __call__(
+        self, ids: list[Sequence[int]], dims: tuple[int, ...], adapter: str | None = None
+    ) -> Mapping[int, np.ndarray]:
         cost = max(len(seq) for seq in ids) * len(ids)
         self.calls.append((len(ids), cost))
         if cost > self.memory:

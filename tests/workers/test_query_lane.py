@@ -25,7 +25,9 @@ class Recording:
         self.gate = gate
         self.started = threading.Event()
 
-    def __call__(self, ids: list[Sequence[int]], dims: tuple[int, ...]) -> Mapping[int, np.ndarray]:
+    def __call__(
+        self, ids: list[Sequence[int]], dims: tuple[int, ...], adapter: str | None = None
+    ) -> Mapping[int, np.ndarray]:
         self.started.set()
         if self.gate is not None:
             self.gate.wait(10)

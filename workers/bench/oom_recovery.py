@@ -98,9 +98,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dim = shape.hidden
     out_of_memory: list[dict[str, Any]] = []
 
-    def forward(ids: list[Sequence[int]], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+    def forward(
+        ids: list[Sequence[int]], dims: tuple[int, ...], adapter: str | None
+    ) -> dict[int, np.ndarray]:
         try:
-            return model.embed_ids(ids, dims)
+            return model.embed_ids(ids, dims, adapter)
         except ForwardOutOfMemory as exc:
             out_of_memory.append({"texts": len(ids), "tokens": exc.cost, "error": str(exc)[:300]})
             raise

@@ -9,60 +9,26 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from workers.errors import ConfigError, ForwardOutOfMemory
+from workers.errors import ConfigError, ForwardOutOfMemory, UnknownAdapter
+from workers.model.info import ModelInfo
 from workers.model.lora import merge_lora
-from workers.model.tokenizer import ModelFiles, TextTokenizer, load_text_tokenizer, resolve_model_files
-from workers.settings import DType, ModelSettings, Pooling
+from workers.model.pooling_choice import resolve_pooling
+from workers.model.tokenizer import TextTokenizer, load_text_tokenizer, resolve_model_files
+from workers.settings import DType, ModelSettings
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from workers.model.adapters import Adapters
     from workers.model.pooling import PoolingMode
 
-# sentence-transformers pooling modes this project reproduces, by their sentence-transformers name.
-_ST_POOLING: dict[str, PoolingMode] = {"lasttoken": "last_token", "mean": "mean", "cls": "cls"}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a loaded model is, as reported by an actor (picklable, torch-free)."""
-
-    name: str
-    native_dim: int
-    max_length: int
-    device: str
-    dtype: str
-    pooling: str
-    model_type: str = ""
-    """The Transformers ``config.model_type`` ("qwen3", "bert", ...): says how queries are formatted."""
-    adapter: str | None = None
-    """The LoRA adapter merged into the weights (``path@digest``), if any."""
-
-
-def resolve_pooling(requested: Pooling, files: ModelFiles, model_type: str) -> PoolingMode:
-    """The pooling to apply; raises ConfigError when 'auto' meets a pooling this project lacks.
-
-    An explicit setting wins.  'auto' follows the model folder's sentence-transformers Pooling
-    config when there is one, else last-token for Qwen3 models and mean for the rest.
-    """
-    if requested != "auto":
-        return requested
-    if files.st_pooling_modes is not None:
-        modes = files.st_pooling_modes
-        if len(modes) != 1 or modes[0] not in _ST_POOLING:
-            raise ConfigError(
-                f"the model's sentence-transformers pooling {list(modes)} is not supported; "
-                f"set model.pooling to one of {sorted(_ST_POOLING.values())}"
-            )
-        return _ST_POOLING[modes[0]]
-    return "last_token" if model_type.startswith("qwen3") else "mean"
+__all__ = ["EmbeddingModel", "ModelInfo", "compute_dtype", "resolve_pooling"]
 
 
 def compute_dtype(requested: DType, device: str) -> Literal["bfloat16", "float32"]:
@@ -105,9 +71,13 @@ class EmbeddingModel:
         packing: Literal["auto", "on", "off"] = "off",
         compile: bool = False,
         adapter: str | None = None,
+        adapters: Adapters | None = None,
     ) -> None:
+        """``adapter``: the label of a LoRA adapter merged into ``model``; ``adapters``: the unmerged
+        ones installed on it (:func:`workers.model.adapters.install_adapters`)."""
         self._name = name
         self._adapter = adapter
+        self._adapters = adapters
         self._model = model
         self._tokenizer = tokenizer
         self._pooling: PoolingMode = pooling
@@ -154,6 +124,11 @@ class EmbeddingModel:
             from workers.model.fp8 import use_fp8_linears
 
             use_fp8_linears(model, bf16_blocks=settings.fp8_bf16_blocks)
+        adapters = None
+        if settings.adapters:
+            from workers.model.adapters import install_adapters
+
+            adapters = install_adapters(model, settings.adapters)
         pooling = resolve_pooling(settings.pooling, files, model.config.model_type)
         return cls(
             name=settings.name_or_path,
@@ -165,6 +140,7 @@ class EmbeddingModel:
             packing=settings.packing,
             compile=settings.compile,
             adapter=adapter,
+            adapters=adapters,
         )
 
     @property
@@ -228,6 +204,7 @@ class EmbeddingModel:
             pooling=self._pooling,
             model_type=self._model_type,
             adapter=self._adapter,
+            adapters=dict(self._adapters.labels) if self._adapters else {},
         )
 
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
@@ -235,12 +212,24 @@ class EmbeddingModel:
         last-token pooling reads); InputTooLong for a text over :attr:`max_length`, never truncated."""
         return self._tokenizer.encode(texts)
 
-    def embed(self, texts: Sequence[str], dims: Sequence[int]) -> dict[int, np.ndarray]:
+    def embed(
+        self, texts: Sequence[str], dims: Sequence[int], adapter: str | None = None
+    ) -> dict[int, np.ndarray]:
         """Embeddings of ``texts``: see :meth:`embed_ids`."""
-        return self.embed_ids(self.encode_ids(texts), dims)
+        return self.embed_ids(self.encode_ids(texts), dims, adapter)
 
-    def embed_ids(self, ids: Sequence[Sequence[int]], dims: Sequence[int]) -> dict[int, np.ndarray]:
-        """Map each of ``dims`` to a float32 ``(len(ids), dim)`` array of unit rows, in input order.
+    def check_adapter(self, adapter: str | None) -> None:
+        """UnknownAdapter unless ``adapter`` is None (the base model) or one of the loaded adapters."""
+        if adapter is not None and (self._adapters is None or adapter not in self._adapters.labels):
+            loaded = sorted(self._adapters.labels) if self._adapters else []
+            raise UnknownAdapter(f"no LoRA adapter {adapter!r} is loaded (model.adapters: {loaded})")
+
+    def embed_ids(
+        self, ids: Sequence[Sequence[int]], dims: Sequence[int], adapter: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """Map each of ``dims`` to a float32 ``(len(ids), dim)`` array of unit rows, in input order,
+        computed with the unmerged LoRA adapter ``adapter`` (None: the base model; UnknownAdapter for
+        one that is not loaded).
 
         One forward pass over all inputs (packed or padded, see :attr:`packed`); the pooled vectors
         are cut to each dim and normalized on the device, then copied back.  Raises ValueError for an
@@ -254,8 +243,12 @@ class EmbeddingModel:
         for row in ids:
             if not 0 < len(row) <= self.max_length:
                 raise ValueError(f"an input has {len(row)} tokens; 1..{self.max_length} are allowed")
+        self.check_adapter(adapter)
         try:
-            return self._forward_pass(ids, dims)
+            if self._adapters is None:
+                return self._forward_pass(ids, dims)
+            with self._adapters.using(adapter):
+                return self._forward_pass(ids, dims)
         except torch.OutOfMemoryError as exc:
             # The traceback's frames hold the pass's activations: drop them, so the cache can be freed.
             cause = exc.with_traceback(None)

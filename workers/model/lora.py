@@ -1,4 +1,4 @@
-"""LoRA domain adapters merged into the base weights at load: no cost per token.
+"""LoRA domain adapters read from PEFT folders, and merged into the base weights at load: no cost per token.
 
 A PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) adds
 ``scale * B @ A`` to each target linear layer, ``scale = lora_alpha / r`` (``/ sqrt(r)`` with
@@ -43,14 +43,22 @@ class MergedAdapter:
         return f"{self.path}@{self.digest}"
 
 
-def merge_lora(model: torch.nn.Module, folder: Path) -> MergedAdapter:
-    """Add the LoRA adapter in ``folder`` to ``model``'s weights in place; ConfigError if it cannot be.
+@dataclass(frozen=True)
+class LoraWeights:
+    """An adapter folder as read: its scale and each target layer's ``(A, B)`` by the layer's name."""
 
-    Every adapter tensor must land on a linear layer of ``model``: a name that matches none means
-    the adapter was trained on another architecture, and merging only part of it would give
-    vectors of neither model.
-    """
-    import torch
+    folder: Path
+    scale: float
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    digest: str
+
+    def label(self) -> str:
+        """``path@digest``: the adapter's folder and identity."""
+        return f"{self.folder}@{self.digest}"
+
+
+def read_lora(folder: Path) -> LoraWeights:
+    """The LoRA adapter in ``folder``; ConfigError for what plain LoRA cannot express (module docstring)."""
     from safetensors.torch import load_file
 
     config = _read_config(folder)
@@ -60,21 +68,45 @@ def merge_lora(model: torch.nn.Module, folder: Path) -> MergedAdapter:
         raise ConfigError(
             f"LoRA adapter {folder}: {_WEIGHTS} is missing (only safetensors adapters are read)"
         )
-    tensors = load_file(str(weights_file))
-    pairs = _pairs(tensors, folder)
+    pairs = _pairs(load_file(str(weights_file)), folder)
+    return LoraWeights(folder=folder, scale=scale, pairs=pairs, digest=_digest(folder))
+
+
+def lora_targets(model: torch.nn.Module, lora: LoraWeights) -> dict[str, torch.nn.Linear]:
+    """The linear layer of ``model`` each of ``lora``'s pairs lands on, by the pair's name.
+
+    ConfigError when a name matches no linear layer or an A/B shape does not fit its layer: the
+    adapter was trained on another base model, and applying part of it gives vectors of neither."""
     modules = dict(model.named_modules())
+    targets: dict[str, torch.nn.Linear] = {}
+    for name, (down, up) in sorted(lora.pairs.items()):
+        layer = _target(name, modules, lora.folder)
+        rank = down.shape[0]
+        if tuple(down.shape) != (rank, layer.in_features) or tuple(up.shape) != (layer.out_features, rank):
+            raise ConfigError(
+                f"LoRA adapter {lora.folder}: {name} is {tuple(up.shape)} @ {tuple(down.shape)}, the "
+                f"model's layer {tuple(layer.weight.shape)}: another base model?"
+            )
+        targets[name] = layer
+    return targets
+
+
+def merge_lora(model: torch.nn.Module, folder: Path) -> MergedAdapter:
+    """Add the LoRA adapter in ``folder`` to ``model``'s weights in place; ConfigError if it cannot be.
+
+    Every adapter tensor must land on a linear layer of ``model`` (:func:`lora_targets`).
+    """
+    import torch
+
+    lora = read_lora(folder)
+    targets = lora_targets(model, lora)
     with torch.no_grad():
-        for name, (down, up) in sorted(pairs.items()):
-            layer = _target(name, modules, folder)
-            delta = (up.to(torch.float32) @ down.to(torch.float32)) * scale
-            if delta.shape != layer.weight.shape:
-                raise ConfigError(
-                    f"LoRA adapter {folder}: {name} is {tuple(delta.shape)}, the model's layer "
-                    f"{tuple(layer.weight.shape)}: another base model?"
-                )
+        for name, layer in targets.items():
+            down, up = lora.pairs[name]
+            delta = (up.to(torch.float32) @ down.to(torch.float32)) * lora.scale
             merged = layer.weight.to(torch.float32) + delta.to(layer.weight.device)
             layer.weight.copy_(merged.to(layer.weight.dtype))
-    return MergedAdapter(path=str(folder), digest=_digest(folder), layers=len(pairs))
+    return MergedAdapter(path=str(folder), digest=lora.digest, layers=len(targets))
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -82,7 +114,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"model.lora_path {folder} holds no {_CONFIG}: not a PEFT adapter folder") from exc
+        raise ConfigError(f"LoRA adapter {folder} holds no {_CONFIG}: not a PEFT adapter folder") from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":

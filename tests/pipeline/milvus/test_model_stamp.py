@@ -170,3 +170,17 @@ def test_the_serving_record_and_the_version_list(lite: tuple[Settings, MilvusCon
     set_serving(connection, p, 2)
     assert serving_version(connection, p) == 2
     assert list_versions(connection, p) == {1: {64: f"{p}_64", 16: f"{p}_16"}, 2: {64: f"{p}_v2_64"}}
+
+
+def test_the_stamp_records_the_unmerged_adapter_by_name_and_digest(tmp_path: Path) -> None:
+    info = ModelInfo(name=str(tmp_path), native_dim=64, max_length=32, device="cpu", dtype="float32",
+                     pooling="mean", adapters={"legal": "/adapters/legal@0123456789ab"})  # fmt: skip
+    settings = ModelSettings(name_or_path=str(tmp_path))
+    stamp = stamp_of(info, settings, "legal")
+    assert (stamp.named_adapter, stamp.adapter_name) == ("legal@0123456789ab", "legal")
+    assert ModelStamp.from_properties(stamp.properties()) == stamp
+    base = stamp_of(info, settings)
+    assert base.adapter_name is None
+    assert base.differences(stamp) == ["named_adapter: '' != 'legal@0123456789ab'"]
+    with pytest.raises(ConfigError, match="'medical' is not loaded"):
+        stamp_of(info, settings, "medical")

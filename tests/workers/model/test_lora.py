@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers.models import write_lora_adapter as write_adapter
 
 from workers.errors import ConfigError
 from workers.model.embedding_model import EmbeddingModel
@@ -16,18 +16,6 @@ from workers.settings import ModelSettings
 peft = pytest.importorskip("peft")
 
 TEXTS = ["hello world", "a longer text about streaming embeddings into replicas", "x"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def write_adapter(base: Path, folder: Path, *, seed: int, **config: object) -> Path:
-    """A random (non-zero B) LoRA adapter on ``base``, saved as PEFT saves it."""
-    from transformers import AutoModel
-
-    torch.manual_seed(seed)
-    model = AutoModel.from_pretrained(base, dtype=torch.float32)
-    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, **config)
-    peft.get_peft_model(model, lora).save_pretrained(folder)
-    return folder
 
 
 def load(base: Path, adapter: Path | None = None) -> EmbeddingModel:
