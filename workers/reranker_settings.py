@@ -36,8 +36,7 @@ class RerankerSettings(BaseModel):
     )
     instruction: str = Field(
         DEFAULT_INSTRUCTION,
-        description="Qwen3 rerankers: the <Instruct> of requests without their own. Cross-encoders: "
-        "ignored.",
+        description="Qwen3 rerankers: the <Instruct> of requests without their own. Cross-encoders: ignored.",
     )
     max_length: int | None = Field(
         None,
@@ -53,7 +52,9 @@ class RerankerSettings(BaseModel):
     )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model folder.")
     batching: BatchSettings = Field(
-        default_factory=lambda: BatchSettings(max_batch_tokens=16384, max_wait_ms=2.0),
+        default_factory=lambda: BatchSettings(
+            max_batch_tokens=16384, max_wait_ms=2.0, priority_share=1.0, max_priority_tokens=262144
+        ),
         description="Token-budget micro-batching in each reranker actor (every pair is a 'query': it "
         "waits in the query lane; max_priority_tokens bounds the queue).",
     )
