@@ -11,6 +11,8 @@
   routed as it routes; ``filter`` is a :mod:`pipeline.milvus.filters` object (a bad one is a 400).
   Each result names its ``strategy`` and, when a recall target or latency budget picked it, ``routing``:
   why (e.g. that no profile was measured, so the native replica answered); else null.
+* ``POST /v1/rerank`` — TEI / Jina / Cohere's rerank schema, when a reranker is configured
+  (:mod:`pipeline.search.rerank_api`).
 * ``GET /v1/models``, ``GET /health``.
 
 With ``api.keys`` (or ``api.keys_file``) set, every ``/v1`` route needs ``Authorization: Bearer KEY``
@@ -44,6 +46,7 @@ from pipeline.milvus.filters import FilterError
 from pipeline.milvus.sink import MilvusSink
 from pipeline.search.auth import ApiKeys, require_key
 from pipeline.search.replicas import QueryEmbedder, load_profile, search
+from pipeline.search.rerank import Reranker
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
 from workers.errors import Backpressure, ConfigError, InputTooLong, PoisonTexts, RetriableError
@@ -135,11 +138,13 @@ class Api:
         *,
         follow: Callable[[], Awaitable[MilvusSink]] | None = None,
         keys: ApiKeys | None = None,
+        reranker: Reranker | None = None,
     ) -> None:
         """``sink`` holds the replicas searched (its dims were resolved when the server was assembled);
         with ``follow``, each search reads the replicas it returns instead (the serving version, which
         `versions switch` moves; a ConfigError from it is answered 503).  ``keys``: who may ask
-        (default: read from ``settings.api``; none configured, anyone)."""
+        (default: read from ``settings.api``; none configured, anyone).  ``reranker``: the actors of
+        ``settings.reranker`` that ``/v1/rerank`` scores on (:mod:`pipeline.search.rerank_api`)."""
         self._settings = settings
         self._pool = pool
         self._tokenizer = tokenizer
@@ -149,6 +154,9 @@ class Api:
         self._profile = profile if profile is not None else load_profile(settings, sink.dims)
         self._created = int(time.time())  # when this server started serving the model
         self._keys = keys if keys is not None else ApiKeys.from_settings(settings.api)
+        from pipeline.search.rerank_api import RerankHandler  # it builds on this module
+
+        self._rerank = RerankHandler(reranker, settings.reranker)
 
     def app(self) -> web.Application:
         # Keys are checked inside the deadline: a tenant-bound key's body is read within it.
@@ -156,6 +164,7 @@ class Api:
         app = web.Application(client_max_size=self._settings.api.max_body_bytes, middlewares=middlewares)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/search", self.search)
+        app.router.add_post("/v1/rerank", self._rerank.rerank)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         return app
