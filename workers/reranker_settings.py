@@ -44,6 +44,12 @@ class RerankerSettings(BaseModel):
         description="Longest pair in tokens, prompt and special tokens included; default: the model's own "
         "limit capped at 8192. A longer pair is refused (InputTooLong, HTTP 400), never truncated.",
     )
+    truncate_documents: bool = Field(
+        False,
+        description="Cut the end of a document whose pair is over max_length so that it fits, as TEI's "
+        "truncate flag and Qwen3-Reranker's own code do (the query and prompt are never cut). Default: "
+        "such a pair is refused (InputTooLong, HTTP 400 context_length_exceeded).",
+    )
     dtype: DType = Field("auto", description="Compute dtype. 'auto' = bfloat16 on GPU, float32 on CPU.")
     packing: Literal["auto", "on", "off"] = Field(
         "auto",

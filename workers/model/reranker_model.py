@@ -106,6 +106,7 @@ class RerankerModel:
         instruction: str,
         yes_no: tuple[int, int] | None = None,
         packing: Literal["auto", "on", "off"] = "off",
+        truncate_documents: bool = False,
     ) -> None:
         """``yes_no``: the token ids of "yes" and "no" (qwen3 only)."""
         from workers.model.embedding_model import _packs
@@ -113,6 +114,7 @@ class RerankerModel:
         self._name, self._kind, self._model = name, kind, model
         self._tokenizer, self._max_length, self._pad = tokenizer, max_length, pad_token_id
         self._device, self._dtype, self._instruction = device, dtype, instruction
+        self._truncate = truncate_documents
         self._packed = False
         if kind == "qwen3":
             if yes_no is None:
@@ -189,6 +191,7 @@ class RerankerModel:
             instruction=settings.instruction,
             yes_no=yes_no,
             packing=settings.packing,
+            truncate_documents=settings.truncate_documents,
         )
 
     @property
@@ -217,21 +220,41 @@ class RerankerModel:
 
         Qwen3: prefix + body + suffix, each tokenized as Qwen3-Reranker's own code does (the body with
         the tokenizer's special tokens, the others without); ``instruction`` defaults to the
-        configured one.  Cross-encoder: the tokenizer's pair encoding.  InputTooLong (``index`` = the
-        document) for a pair over :attr:`max_length`: refused, never truncated.
+        configured one.  Cross-encoder: the tokenizer's pair encoding.  A pair over :attr:`max_length`
+        is refused with InputTooLong (``index`` = the document), unless ``truncate_documents`` is set:
+        then the document's end is cut so that the pair fits (the query and prompt never are; a query
+        too long by itself is still refused).
         """
+        pairs: list[PairIds] = []
         if self._kind == "qwen3":
             task = instruction or self._instruction
+            head = len(qwen3_body(task, query, ""))  # characters before the document
             bodies = [qwen3_body(task, query, document) for document in documents]
-            encoded = self._tokenizer.encode_batch(bodies, add_special_tokens=True)
-            pairs = [PairIds([*self._prefix, *e.ids, *self._suffix]) for e in encoded]
+            room = self._max_length - len(self._prefix) - len(self._suffix)
+            for index, e in enumerate(self._tokenizer.encode_batch(bodies, add_special_tokens=True)):
+                start = next((i for i, (_, end) in enumerate(e.offsets) if end > head), len(e.ids))
+                body = self._fit(index, e.ids, e.special_tokens_mask, start, room)
+                pairs.append(PairIds([*self._prefix, *body, *self._suffix]))
         else:
             encoded = self._tokenizer.encode_batch([(query, d) for d in documents], add_special_tokens=True)
-            pairs = [PairIds(e.ids, next((i for i, t in enumerate(e.type_ids) if t), None)) for e in encoded]
-        for index, pair in enumerate(pairs):
-            if len(pair) > self._max_length:
-                raise InputTooLong(index, len(pair), self._max_length)
+            for index, e in enumerate(encoded):
+                start = next((i for i, t in enumerate(e.type_ids) if t), len(e.ids))
+                pairs.append(
+                    PairIds(self._fit(index, e.ids, e.special_tokens_mask, start, self._max_length), start)
+                )
         return pairs
+
+    def _fit(self, index: int, ids: list[int], special: list[int], start: int, room: int) -> list[int]:
+        """``ids`` (the document's tokens from ``start``, trailing special tokens after them) within
+        ``room`` tokens: as they are, or with the document's end cut when ``truncate_documents``;
+        else (or when even the part before the document is too long) InputTooLong."""
+        if len(ids) <= room:
+            return ids
+        trailing = len(ids) - next((i + 1 for i in reversed(range(len(ids))) if not special[i]), 0)
+        keep = room - trailing
+        if not self._truncate or keep <= start:
+            raise InputTooLong(index, len(ids) + self._max_length - room, self._max_length)
+        return ids[:keep] + ids[len(ids) - trailing :]
 
     def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> np.ndarray:
         """Float32 ``(len(documents),)`` scores in [0, 1]: see :meth:`encode_pairs`, :meth:`score_ids`."""

@@ -125,3 +125,35 @@ def test_the_kind_comes_from_the_architectures_unless_set() -> None:
     assert resolve_kind("cross-encoder", ["Qwen3ForCausalLM"]) == "cross-encoder"
     with pytest.raises(ConfigError, match=r"reranker\.kind"):
         resolve_kind("auto", ["BertModel"])
+
+
+def test_truncate_documents_cuts_only_the_documents_end_as_the_model_cards_code_does(
+    tiny_reranker_path: Path, tiny_cross_encoder_path: Path
+) -> None:
+    long_document = "magma rises through the crust " * 60
+    settings = RerankerSettings(name_or_path=str(tiny_reranker_path), max_length=120, truncate_documents=True)
+    model = RerankerModel.load(settings, "cpu")
+    fits, cut = model.encode_pairs(QUERY, ["short", long_document])
+    assert (
+        len(cut) == 120
+        and list(fits) == official_ids(tiny_reranker_path, QUERY, ["short"], DEFAULT_INSTRUCTION)[0]
+    )
+    # Qwen3-Reranker's own code: the body truncated to max_length minus the prompt's tokens.
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_reranker_path))
+    prefix = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False)
+    suffix = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False)
+    body = f"<Instruct>: {DEFAULT_INSTRUCTION}\n<Query>: {QUERY}\n<Document>: {long_document}"
+    room = 120 - len(prefix) - len(suffix)
+    assert list(cut) == prefix + tokenizer(body, truncation=True, max_length=room)["input_ids"] + suffix
+    with pytest.raises(InputTooLong):  # the query is never cut
+        model.encode_pairs("why " * 200, ["short"])
+    cross = RerankerModel.load(
+        RerankerSettings(name_or_path=str(tiny_cross_encoder_path), max_length=64, truncate_documents=True),
+        "cpu",
+    )
+    [pair] = cross.encode_pairs(QUERY, [long_document])
+    expected = AutoTokenizer.from_pretrained(str(tiny_cross_encoder_path))(
+        QUERY, long_document, truncation="only_second", max_length=64
+    )
+    assert list(pair) == expected["input_ids"]
+    assert pair.segment_start == expected["token_type_ids"].index(1)
