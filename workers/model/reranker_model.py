@@ -3,7 +3,7 @@
 Two kinds of model, one interface (:class:`RerankerModel`):
 
 * **qwen3** — a causal LM read as Qwen3-Reranker is: each pair becomes its published prompt (see
-  :data:`QWEN3_PREFIX`, :func:`qwen3_body`, :data:`QWEN3_SUFFIX`), and the score is
+  :mod:`workers.model.reranker_inputs`), and the score is
   ``softmax([logit("no"), logit("yes")])[1]`` at the last position.  Only the two LM-head rows of
   "no" and "yes" are applied, to the last position only: the same logits as the full head, without
   a vocabulary-wide matrix product over every token.
@@ -11,7 +11,8 @@ Two kinds of model, one interface (:class:`RerankerModel`):
   CrossEncoder layout); the score is its sigmoid, as CrossEncoder.predict gives it.
 
 A pair over :attr:`RerankerModel.max_length` tokens is refused with
-:class:`~workers.errors.InputTooLong` naming the document, never truncated.  Batches are scored in
+:class:`~workers.errors.InputTooLong` naming the document, unless ``truncate_documents`` says to cut
+the document's end (:class:`~workers.model.reranker_inputs.PairEncoder`).  Batches are scored in
 one forward pass, packed (Qwen3 where the device allows, reading each text's own last position) or
 padded (left for Qwen3, right for cross-encoders); a pair's score does not depend on its batch.
 Importing this module imports neither torch nor transformers.
@@ -26,41 +27,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from workers.errors import ConfigError, ForwardOutOfMemory, InputTooLong
+from workers.errors import ConfigError, ForwardOutOfMemory
 from workers.model.embedding_model import compute_dtype
+from workers.model.reranker_inputs import QWEN3_PREFIX, QWEN3_SUFFIX, PairEncoder, PairIds, qwen3_body
 from workers.model.tokenizer import MAX_DEFAULT_LENGTH
 from workers.reranker_settings import RerankerSettings
+
+__all__ = ["QWEN3_PREFIX", "QWEN3_SUFFIX", "PairIds", "RerankerInfo", "RerankerModel", "qwen3_body"]
 
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
     from transformers import PreTrainedModel
 
-QWEN3_PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
-    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-"""Qwen3-Reranker's prompt up to the pair (its model card; vLLM's qwen3_reranker example)."""
-QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-"""Qwen3-Reranker's prompt after the pair: the assistant turn with an empty think block."""
-
 Kind = Literal["qwen3", "cross-encoder"]
-
-
-def qwen3_body(instruction: str, query: str, document: str) -> str:
-    """The user turn of Qwen3-Reranker's prompt (its ``format_instruction``)."""
-    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
-
-
-class PairIds(list[int]):
-    """A pair's model input ids; ``segment_start`` is where the document's segment begins (a
-    cross-encoder's token type 1 from there on; ``len`` when the model has one segment)."""
-
-    segment_start: int
-
-    def __init__(self, ids: Sequence[int], segment_start: int | None = None) -> None:
-        super().__init__(ids)
-        self.segment_start = len(ids) if segment_start is None else segment_start
 
 
 @dataclass(frozen=True)
@@ -112,15 +92,13 @@ class RerankerModel:
         from workers.model.embedding_model import _packs
 
         self._name, self._kind, self._model = name, kind, model
-        self._tokenizer, self._max_length, self._pad = tokenizer, max_length, pad_token_id
-        self._device, self._dtype, self._instruction = device, dtype, instruction
-        self._truncate = truncate_documents
+        self._max_length, self._pad = max_length, pad_token_id
+        self._device, self._dtype = device, dtype
+        self._encoder = PairEncoder(tokenizer, kind, max_length, instruction, truncate_documents)
         self._packed = False
         if kind == "qwen3":
             if yes_no is None:
                 raise ConfigError("a qwen3 reranker needs the ids of 'yes' and 'no'")
-            self._prefix = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False).ids
-            self._suffix = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False).ids
             self._decoder: Any = model.get_decoder()
             # Rows of "no" and "yes" (in that order) of the LM head, in float32: their logits only.
             head = model.get_output_embeddings().weight
@@ -216,45 +194,8 @@ class RerankerModel:
     def encode_pairs(
         self, query: str, documents: Sequence[str], instruction: str | None = None
     ) -> list[PairIds]:
-        """Model input ids of ``(query, document)`` for each document, in order.
-
-        Qwen3: prefix + body + suffix, each tokenized as Qwen3-Reranker's own code does (the body with
-        the tokenizer's special tokens, the others without); ``instruction`` defaults to the
-        configured one.  Cross-encoder: the tokenizer's pair encoding.  A pair over :attr:`max_length`
-        is refused with InputTooLong (``index`` = the document), unless ``truncate_documents`` is set:
-        then the document's end is cut so that the pair fits (the query and prompt never are; a query
-        too long by itself is still refused).
-        """
-        pairs: list[PairIds] = []
-        if self._kind == "qwen3":
-            task = instruction or self._instruction
-            head = len(qwen3_body(task, query, ""))  # characters before the document
-            bodies = [qwen3_body(task, query, document) for document in documents]
-            room = self._max_length - len(self._prefix) - len(self._suffix)
-            for index, e in enumerate(self._tokenizer.encode_batch(bodies, add_special_tokens=True)):
-                start = next((i for i, (_, end) in enumerate(e.offsets) if end > head), len(e.ids))
-                body = self._fit(index, e.ids, e.special_tokens_mask, start, room)
-                pairs.append(PairIds([*self._prefix, *body, *self._suffix]))
-        else:
-            encoded = self._tokenizer.encode_batch([(query, d) for d in documents], add_special_tokens=True)
-            for index, e in enumerate(encoded):
-                start = next((i for i, t in enumerate(e.type_ids) if t), len(e.ids))
-                pairs.append(
-                    PairIds(self._fit(index, e.ids, e.special_tokens_mask, start, self._max_length), start)
-                )
-        return pairs
-
-    def _fit(self, index: int, ids: list[int], special: list[int], start: int, room: int) -> list[int]:
-        """``ids`` (the document's tokens from ``start``, trailing special tokens after them) within
-        ``room`` tokens: as they are, or with the document's end cut when ``truncate_documents``;
-        else (or when even the part before the document is too long) InputTooLong."""
-        if len(ids) <= room:
-            return ids
-        trailing = len(ids) - next((i + 1 for i in reversed(range(len(ids))) if not special[i]), 0)
-        keep = room - trailing
-        if not self._truncate or keep <= start:
-            raise InputTooLong(index, len(ids) + self._max_length - room, self._max_length)
-        return ids[:keep] + ids[len(ids) - trailing :]
+        """Model input ids of ``(query, document)`` for each document: :meth:`PairEncoder.encode`."""
+        return self._encoder.encode(query, documents, instruction)
 
     def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> np.ndarray:
         """Float32 ``(len(documents),)`` scores in [0, 1]: see :meth:`encode_pairs`, :meth:`score_ids`."""
