@@ -17,7 +17,7 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
-from workers.errors import Backpressure, ConfigError, EmbedderUnavailable
+from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, FailedInputs, InputTooLong
 from workers.model.reranker_model import RerankerInfo
 from workers.reranker_actor import RerankerActor
 from workers.reranker_settings import RerankerSettings
@@ -112,15 +112,33 @@ class RerankerPool:
         documents = list(documents)
         if not documents:
             return []
-        parts = max(1, min(len(self._slots.items), len(documents) // 8))
-        size = -(-len(documents) // parts)
+        count = max(1, min(len(self._slots.items), len(documents) // 8))
+        size = -(-len(documents) // count)
         starts = range(0, len(documents), size)
-        scored = await asyncio.gather(
-            *(self._score_part(query, documents[s : s + size], instruction) for s in starts)
-        )
-        return [float(x) for part in scored for x in part]
+        try:
+            # A part that fails cancels the others (down to their Ray tasks): no result is left unread.
+            async with asyncio.TaskGroup() as group:
+                parts = [
+                    group.create_task(self._score_part(query, documents[s : s + size], instruction, s))
+                    for s in starts
+                ]
+        except ExceptionGroup as failed:
+            first = failed.exceptions[0]  # the first part's own error, not a group, its cause kept
+            raise first from first.__cause__
+        return [float(x) for part in parts for x in part.result()]
 
-    async def _score_part(self, query: str, documents: list[str], instruction: str | None) -> np.ndarray:
+    async def _score_part(
+        self, query: str, documents: list[str], instruction: str | None, offset: int
+    ) -> np.ndarray:
+        """One part of a call's documents, from its ``offset``-th (errors name documents of the call)."""
+        try:
+            return await self._score_retried(query, documents, instruction)
+        except InputTooLong as exc:
+            raise InputTooLong(exc.index + offset, exc.tokens, exc.limit) from exc
+        except FailedInputs as exc:
+            raise FailedInputs({index + offset: why for index, why in exc.failures.items()}) from exc
+
+    async def _score_retried(self, query: str, documents: list[str], instruction: str | None) -> np.ndarray:
         attempt, waited = 0, 0.0
         while True:
             slot = await self._slots.pick()

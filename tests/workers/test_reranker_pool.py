@@ -59,6 +59,11 @@ async def test_a_too_long_pair_is_refused_as_input_too_long_naming_the_document(
     with pytest.raises(InputTooLong) as refused:
         await pool.score(QUERY, ["short", "word " * 600])
     assert refused.value.index == 1
+    # Split across both actors, the index still counts in the call's documents.
+    documents = [*DOCUMENTS[:15], "word " * 600, *DOCUMENTS[16:]]
+    with pytest.raises(InputTooLong) as refused:
+        await pool.score(QUERY, documents)
+    assert refused.value.index == 15
 
 
 async def test_a_killed_reranker_actor_is_restarted_and_the_call_answers(
