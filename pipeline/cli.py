@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
         help="embedder throughput vs sentence-transformers; with --end-to-end the whole pipeline "
         "vs the bare embedder; with --scaling N,M the pool at N and M actors; with --real-text FILE "
-        "real multilingual text through the real tokenizer (see --help)",
+        "real multilingual text through the real tokenizer; with --rerank reranker pairs/s vs a plain "
+        "padded forward (see --help)",
     )
     return parser
 
@@ -180,6 +181,10 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
         from pipeline.tools import bench_realtext
 
         return bench_realtext.main(rest, config=args.config)
+    if "--rerank" in rest:  # the reranker benchmark: torch in this process, like the embedder's
+        from workers.bench import rerank_bench
+
+        return rerank_bench.main(rest)
     # The embedder benchmark lives on the Ray side: it loads the model (torch) in this process.
     from workers.bench import embedder_bench
 

@@ -153,3 +153,19 @@ def no_embedder_outlives_its_module() -> Iterator[None]:
         if actor["name"].startswith("embedder-"):
             with contextlib.suppress(ValueError):  # gone since the listing
                 ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of tiny random Qwen3-Reranker layers with Qwen3's real tokenizer (``make tokenizer``)."""
+    from helpers.reranker_models import build_tiny_qwen3_reranker
+
+    return build_tiny_qwen3_reranker(tmp_path_factory.mktemp("tiny-reranker"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random BERT cross-encoder (one logit) with MiniLM's tokenizer."""
+    from helpers.reranker_models import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))

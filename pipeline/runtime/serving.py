@@ -120,18 +120,28 @@ async def serve(
 
     from pipeline.search.api import Api
     from pipeline.search.auth import check_exposure, warn_if_open
+    from pipeline.search.rerank import open_reranker
     from workers.model.tokenizer import load_text_tokenizer
 
     host = host or settings.api.host
     port = settings.api.port if port is None else port
     keys = check_exposure(settings.api, host)  # before Ray or the model: a refusal costs nothing
     warn_if_open(keys, host)
-    async with open_query_side(settings, "serve", base, follow=True) as side:
+    async with contextlib.AsyncExitStack() as stack:
+        side = await stack.enter_async_context(open_query_side(settings, "serve", base, follow=True))
+        reranker = await stack.enter_async_context(open_reranker(settings)) if settings.reranker else None
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         prefix = settings.milvus.collection_prefix
         follower = VersionFollower(base or settings, side.pool.info, side.sink, prefix, adapter=side.adapter)
         api = Api(
-            settings, side.pool, tokenizer, side.sink, follow=follower.sink, keys=keys, adapter=side.adapter
+            settings,
+            side.pool,
+            tokenizer,
+            side.sink,
+            follow=follower.sink,
+            keys=keys,
+            adapter=side.adapter,
+            reranker=reranker,
         )
         runner = api.runner()
         await runner.setup()

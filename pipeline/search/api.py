@@ -16,6 +16,8 @@
   LoRA adapter the replicas record.  Each result names its ``strategy`` and, when a recall target or
   latency budget picked it, ``routing``:
   why (e.g. that no profile was measured, so the native replica answered); else null.
+* ``POST /v1/rerank`` — TEI / Jina / Cohere's rerank schema, when a reranker is configured
+  (:mod:`pipeline.search.rerank_api`).
 * ``GET /v1/models``, ``GET /health``.
 
 With ``api.keys`` (or ``api.keys_file``) set, every ``/v1`` route needs ``Authorization: Bearer KEY``
@@ -51,6 +53,7 @@ from pipeline.milvus.tenants import TenantRequired
 from pipeline.search.auth import TENANT, ApiKeys, require_key
 from pipeline.search.model_ids import UnknownModel, model_ids, requested_adapter
 from pipeline.search.replicas import load_profile, search
+from pipeline.search.rerank import Reranker
 from pipeline.search.routing import Profile
 from pipeline.settings import Settings
 from workers.adapter_view import AdaptablePool, with_adapter
@@ -151,12 +154,14 @@ class Api:
         follow: Callable[[], Awaitable[MilvusSink]] | None = None,
         keys: ApiKeys | None = None,
         adapter: str | None = None,
+        reranker: Reranker | None = None,
     ) -> None:
         """``sink`` holds the replicas searched (its dims were resolved when the server was assembled);
         with ``follow``, each search reads the replicas it returns instead (the serving version, which
         `versions switch` moves; a ConfigError from it is answered 503).  ``keys``: who may ask
         (default: read from ``settings.api``; none configured, anyone).  ``adapter``: the LoRA adapter
-        searches embed their queries with (the one the replicas record)."""
+        searches embed their queries with (the one the replicas record).  ``reranker``: the actors of
+        ``settings.reranker`` that ``/v1/rerank`` scores on (:mod:`pipeline.search.rerank_api`)."""
         self._settings = settings
         self._pool = pool
         self._queries = with_adapter(pool, adapter)
@@ -167,6 +172,9 @@ class Api:
         self._profile = profile if profile is not None else load_profile(settings, sink.dims)
         self._created = int(time.time())  # when this server started serving the model
         self._keys = keys if keys is not None else ApiKeys.from_settings(settings.api)
+        from pipeline.search.rerank_api import RerankHandler  # it builds on this module
+
+        self._rerank = RerankHandler(reranker, settings.reranker)
 
     def app(self) -> web.Application:
         # Keys are checked inside the deadline: a tenant-bound key's body is read within it.
@@ -174,6 +182,7 @@ class Api:
         app = web.Application(client_max_size=self._settings.api.max_body_bytes, middlewares=middlewares)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/search", self.search)
+        app.router.add_post("/v1/rerank", self._rerank.rerank)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         return app

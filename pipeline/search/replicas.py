@@ -64,6 +64,8 @@ class QueryResult:
     hits: list[Hit]
     strategy: str = ""
     routing: str | None = None
+    rerank_scores: tuple[float, ...] | None = None
+    """The reranker's score of each hit, in hit order, when the hits were reranked (else None)."""
 
 
 def rescore(
@@ -302,5 +304,9 @@ def format_results(results: Sequence[QueryResult], snippet_chars: int = 120) -> 
             snippet = " ".join((hit.text or "").split())
             if len(snippet) > snippet_chars:
                 snippet = snippet[: snippet_chars - 1] + "…"
-            lines.append(f"  {rank}. {hit.score:.3f}  {hit.doc_id}#{hit.chunk_index}  {snippet}")
+            # Reranked: the rerank score first (the order), then the vector score it replaced.
+            scores = f"{hit.score:.3f}"
+            if result.rerank_scores is not None:
+                scores = f"rerank {result.rerank_scores[rank - 1]:.3f}  vector {hit.score:.3f}"
+            lines.append(f"  {rank}. {scores}  {hit.doc_id}#{hit.chunk_index}  {snippet}")
     return "\n".join(lines)

@@ -40,6 +40,13 @@ def add_search_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     search.add_argument("--per-document", action="store_true", help="keep each document's best chunk only")
     search.add_argument(
+        "--rerank",
+        type=int,
+        metavar="N",
+        help="rerank the top N hits of the strategy with the configured reranker ([reranker]) and show "
+        "the top-k by rerank score, with both scores",
+    )
+    search.add_argument(
         "--filter",
         type=json_argument,
         metavar="JSON",
@@ -66,9 +73,13 @@ async def search_verb(base: Settings, args: argparse.Namespace) -> int:
     from pipeline.runtime.serving import open_query_side
     from pipeline.runtime.versions import serving_settings
     from pipeline.search.replicas import check_search_size, format_results, search
+    from pipeline.search.rerank import open_reranker, require_reranker, rerank_results
 
     factor = None if args.funnel is None else (args.funnel or base.search.funnel_factor)
-    check_search_size(args.top_k, factor, args.per_document)  # before Ray and the model start
+    shortlist = args.top_k if args.rerank is None else max(args.rerank, args.top_k)
+    check_search_size(shortlist, factor, args.per_document)  # before Ray and the model start
+    if args.rerank is not None:
+        require_reranker(base)  # likewise
     parse_filter(args.filter)  # likewise: a bad filter is refused before anything starts
     check_tenant(base.milvus.tenant_field, args.tenant)  # and a missing tenant
     settings = await serving_settings(base, attempts=1)  # the version `versions switch` made serving
@@ -80,7 +91,7 @@ async def search_verb(base: Settings, args: argparse.Namespace) -> int:
             side.sink,
             [query],
             args.dim,
-            args.top_k,
+            shortlist,
             args.instruction,
             funnel_factor=factor,
             recall_target=args.recall_target,
@@ -89,5 +100,8 @@ async def search_verb(base: Settings, args: argparse.Namespace) -> int:
             where=args.filter,
             tenant=args.tenant,
         )
+        if args.rerank is not None:
+            async with open_reranker(base) as reranker:
+                results = await rerank_results(reranker, results, args.top_k)
     print(format_results(results))
     return 0

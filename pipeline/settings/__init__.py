@@ -26,6 +26,7 @@ from pipeline.settings.ingest import ChunkingSettings, ConsumerSettings, KafkaSe
 from pipeline.settings.serving import ApiSettings, SearchSettings
 from pipeline.settings.storage import MilvusSettings, ReplicaSettings
 from workers.errors import ConfigError
+from workers.reranker_settings import RerankerSettings
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "PoolSettings",
     "RaySettings",
     "ReplicaSettings",
+    "RerankerSettings",
     "ScalingSettings",
     "SearchSettings",
     "Settings",
@@ -84,6 +86,11 @@ class Settings(BaseSettings):
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Scale-out on Ray.")
     search: SearchSettings = Field(default_factory=SearchSettings, description="Search and routing.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
+    reranker: RerankerSettings | None = Field(
+        None,
+        description="Reranker stage (search --rerank, POST /v1/rerank, eval-recall's rerank latency); "
+        "absent: none.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from pathlib import Path
 
 from pipeline.settings import Settings
@@ -44,6 +45,14 @@ def add_eval_recall_verb(verbs: argparse._SubParsersAction[argparse.ArgumentPars
     evaluate.add_argument(
         "--out", type=Path, default=Path("recall-results"), help="folder for recall.json/.md/.png"
     )
+    evaluate.add_argument(
+        "--rerank",
+        type=int,
+        default=50,
+        metavar="N",
+        help="with a reranker configured ([reranker]): report the latency it adds reranking each query's "
+        "top N (default 50; 0: not measured)",
+    )
 
 
 async def eval_recall_verb(settings: Settings, args: argparse.Namespace) -> int:
@@ -65,15 +74,21 @@ async def eval_recall_verb(settings: Settings, args: argparse.Namespace) -> int:
         collection_prefix=args.prefix,
         seed=args.seed,
         reuse_index=args.reuse_index,
+        rerank=args.rerank,
     )
     from pipeline.runtime.serving import open_query_side
+    from pipeline.search.rerank import open_reranker
     from pipeline.tools.eval_collections import claim_prefix
 
     # run_eval checks this too; here a refused prefix costs no pool start (a model load per GPU).
     scratch = settings.milvus.model_copy(update={"collection_prefix": args.prefix})
     await asyncio.to_thread(claim_prefix, scratch, settings.milvus.collection_prefix)
-    async with open_query_side(settings, "eval", check_replicas=False) as side:
-        report = await run_eval(settings, side.pool, side.sink.dims, options)
+    async with contextlib.AsyncExitStack() as stack:
+        side = await stack.enter_async_context(open_query_side(settings, "eval", check_replicas=False))
+        reranker = None
+        if settings.reranker is not None and args.rerank > 0:
+            reranker = await stack.enter_async_context(open_reranker(settings))
+        report = await run_eval(settings, side.pool, side.sink.dims, options, reranker)
     print(render_table(report))
     print(f"written: {args.out}/recall.json, recall.md, recall.png")
     return 0

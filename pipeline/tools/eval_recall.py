@@ -36,10 +36,12 @@ from pipeline.ingest.chunking import Chunker
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import DEFAULT_CHUNK_TOKENS
 from pipeline.search.replicas import ReplicaSearch
+from pipeline.search.rerank import Reranker
 from pipeline.search.routing import Strategy
 from pipeline.settings import Settings
 from pipeline.tools.eval_collections import claim_prefix, rebuild_replicas
 from pipeline.tools.eval_corpus import Document, man_pages, text_files
+from pipeline.tools.eval_rerank import measure_rerank, rerank_line
 from workers.model.tokenizer import load_text_tokenizer
 from workers.pool import EmbedderPool
 
@@ -70,6 +72,8 @@ class EvalOptions:
     seed: int = 0
     reuse_index: bool = False
     """Measure on the collections a previous run of the same corpus left (no re-embedding)."""
+    rerank: int = 50
+    """Candidates per query the reranker scores, when one is configured (its added latency is reported)."""
 
 
 @dataclass
@@ -200,7 +204,11 @@ def _measure(
 
 
 async def run_eval(
-    settings: Settings, pool: EmbedderPool, dims: tuple[int, ...], options: EvalOptions
+    settings: Settings,
+    pool: EmbedderPool,
+    dims: tuple[int, ...],
+    options: EvalOptions,
+    reranker: Reranker | None = None,
 ) -> EvalReport:
     """Index the corpus into replicas ``dims`` (resolved by the caller against ``pool``'s model),
     measure every strategy, write the JSON, table and plot; returns the report.
@@ -210,6 +218,7 @@ async def run_eval(
     refuses (ConfigError) a prefix that is not eval-recall's own
     (:func:`pipeline.tools.eval_collections.claim_prefix`): it never drops what it did not create.
     Its collections have no tenants (its corpus has none), whatever ``milvus.tenant_field`` says.
+    With ``reranker``, the latency it adds over ``options.rerank`` candidates is measured too.
     """
     production_prefix = settings.milvus.collection_prefix
     scratch = {"collection_prefix": options.collection_prefix, "tenant_field": None}
@@ -236,6 +245,13 @@ async def run_eval(
             await asyncio.to_thread(_measure, searcher, s, dict(query_vectors), exact, top_k)
             for s in strategies
         ]
+        rerank = None
+        if reranker is not None:
+            name = settings.reranker.name_or_path if settings.reranker else "reranker"
+            vectors = dict(query_vectors)
+            rerank = await measure_rerank(
+                reranker, searcher, max(dims), queries, vectors, options.rerank, name
+            )
     finally:
         sink.close()
     report = EvalReport(
@@ -256,6 +272,8 @@ async def run_eval(
             "query_task": task,
         },
     )
+    if rerank is not None:
+        report.meta["rerank"] = rerank
     write_report(report, options.out_dir)
     return report
 
@@ -277,7 +295,7 @@ def render_table(report: EvalReport) -> str:
         f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} |"
         for r in report.rows
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + rerank_line(report.meta)) + "\n"
 
 
 def write_report(report: EvalReport, out_dir: Path) -> None:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import RerankerSettings, Settings, load_settings
 from workers.errors import ConfigError
 
 
@@ -121,9 +122,10 @@ def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
 def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
     found = [model]
     for field in model.model_fields.values():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            found += _models(annotation)
+        # An optional section (``RerankerSettings | None``) is walked like a required one.
+        for annotation in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found += _models(annotation)
     return found
 
 
@@ -139,3 +141,14 @@ def test_the_example_config_in_infra_loads() -> None:
     settings = load_settings(example)
     assert settings.replicas.dims == (256, 128)
     assert settings.kafka.dlq_topic == "documents.dlq" and settings.model.packing == "auto"
+
+
+def test_the_reranker_section_is_absent_by_default_and_nests_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().reranker is None
+    monkeypatch.setenv("PIPELINE_RERANKER__NAME_OR_PATH", "/models/reranker")
+    monkeypatch.setenv("PIPELINE_RERANKER__NUM_ACTORS", "2")
+    reranker = load_settings().reranker
+    assert reranker is not None and (reranker.name_or_path, reranker.num_actors) == ("/models/reranker", 2)
+    assert RerankerSettings in _models(Settings)
