@@ -28,6 +28,7 @@ from pipeline.ingest.consumer import IngestConsumer
 from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import Runtime, make_chunker
+from pipeline.runtime.embedders import actors_of
 from pipeline.runtime.run_summary import BUSY, GroupStats
 from pipeline.settings import Settings, load_settings
 from workers.errors import ConfigError
@@ -131,7 +132,11 @@ def _current_pool(settings: Settings, embedders: Sequence[ActorHandle], info: Mo
     return pool
 
 
-_SECRETS = (("kafka", "sasl_password", "sasl_password_file"), ("milvus", "token", "token_file"))
+_SECRETS = (
+    ("kafka", "sasl_password", "sasl_password_file"),
+    ("milvus", "token", "token_file"),
+    ("embedder", "api_key", "api_key_file"),
+)
 """(section, secret, file holding it) of every secret a consumer actor uses."""
 
 
@@ -198,7 +203,8 @@ def start_consumer_actors(runtime: Runtime, count: int) -> list[ActorHandle]:
             max_restarts=-1,
             max_task_retries=-1,
         )
-        handle = options.remote(shared, secrets, index, runtime.pool.handles, runtime.pool.info, runtime.dims)
+        handles = actors_of(runtime.pool, "scaling.consumer_actors").handles
+        handle = options.remote(shared, secrets, index, handles, runtime.pool.info, runtime.dims)
         actors.append(cast(ActorHandle, handle))
     log.info("started %d consumer actors", count)
     return actors

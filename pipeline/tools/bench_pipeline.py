@@ -35,11 +35,11 @@ from pipeline.ingest.produce import OutgoingRecord, send_records
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.ops import stack
 from pipeline.runtime.assemble import Runtime, build_runtime
+from pipeline.runtime.embedders import EmbedderBackend
 from pipeline.runtime.run_summary import GroupStats
 from pipeline.settings import Settings, load_settings
 from pipeline.tools.bench_members import consume, sized_settings
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
-from workers.pool import EmbedderPool
 from workers.prompts import format_input
 from workers.settings import ModelSettings
 
@@ -139,7 +139,7 @@ def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[s
 
 
 async def time_embedder(
-    pool: EmbedderPool, dims: tuple[int, ...], budget: int, requests: Sequence[tuple[list[str], int]]
+    pool: EmbedderBackend, dims: tuple[int, ...], budget: int, requests: Sequence[tuple[list[str], int]]
 ) -> float:
     """Seconds for ``pool`` to embed every request, with at most ``budget`` tokens in flight."""
     room = asyncio.Condition()

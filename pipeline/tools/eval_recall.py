@@ -35,13 +35,13 @@ from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.ingest.chunking import Chunker
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import DEFAULT_CHUNK_TOKENS
+from pipeline.runtime.embedders import EmbedderBackend
 from pipeline.search.replicas import ReplicaSearch
 from pipeline.search.routing import Strategy
 from pipeline.settings import Settings
 from pipeline.tools.eval_collections import claim_prefix, rebuild_replicas
 from pipeline.tools.eval_corpus import Document, man_pages, text_files
 from workers.model.tokenizer import load_text_tokenizer
-from workers.pool import EmbedderPool
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def exact_top_k(full: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 async def _index(
-    settings: Settings, pool: EmbedderPool, dims: tuple[int, ...], documents: Sequence[Document]
+    settings: Settings, pool: EmbedderBackend, dims: tuple[int, ...], documents: Sequence[Document]
 ) -> tuple[list[str], np.ndarray]:
     """Chunk, embed and write ``documents``; returns every chunk's pk and full-dimension vector."""
     tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
@@ -200,7 +200,7 @@ def _measure(
 
 
 async def run_eval(
-    settings: Settings, pool: EmbedderPool, dims: tuple[int, ...], options: EvalOptions
+    settings: Settings, pool: EmbedderBackend, dims: tuple[int, ...], options: EvalOptions
 ) -> EvalReport:
     """Index the corpus into replicas ``dims`` (resolved by the caller against ``pool``'s model),
     measure every strategy, write the JSON, table and plot; returns the report.
