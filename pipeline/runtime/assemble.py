@@ -149,7 +149,7 @@ async def build_runtime(
     tokenizer_loading = asyncio.create_task(asyncio.to_thread(load_text_tokenizer, settings.model))
     topics = asyncio.create_task(ensure_topics(settings.kafka))
     try:
-        pool, dims = await start_embedder(settings, settings.ray.namespace, actor_class)
+        pool, dims = await start_embedder(settings, settings.ray.namespace, actor_class, tokenizer_loading)
     except BaseException:
         await _settle(tokenizer_loading, topics)
         raise

@@ -8,7 +8,7 @@ satisfy :class:`EmbedderBackend`; only consumer actors and autoscaling need the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +17,7 @@ from pipeline.settings import Settings
 from workers.actor import EmbedderActor
 from workers.errors import ConfigError
 from workers.model.embedding_model import ModelInfo
+from workers.model.tokenizer import TextTokenizer
 from workers.pool import EmbedderPool
 
 
@@ -46,17 +47,23 @@ class EmbedderBackend(Protocol):
 
 
 async def start_embedder(
-    settings: Settings, namespace: str | None = None, actor_class: type[EmbedderActor] = EmbedderActor
+    settings: Settings,
+    namespace: str | None = None,
+    actor_class: type[EmbedderActor] = EmbedderActor,
+    tokenizer: Awaitable[TextTokenizer] | None = None,
 ) -> tuple[EmbedderBackend, tuple[int, ...]]:
     """The embedder ``settings.embedder.backend`` names, started, and the replica dims resolved against
-    its model's native dimension (ConfigError when they do not fit; the embedder is then released)."""
+    its model's native dimension (ConfigError when they do not fit; the embedder is then released).
+
+    ``tokenizer``: the model's tokenizer being loaded by the caller, for the remote backend to count
+    with (loaded here otherwise; never twice at once: transformers' lazy imports race)."""
     if settings.embedder.backend == "actors":
         from pipeline.runtime.assemble import start_pool
 
         return await start_pool(settings, namespace=namespace, actor_class=actor_class)
     from pipeline.remote.startup import start_remote_embedder
 
-    remote = await start_remote_embedder(settings)
+    remote = await start_remote_embedder(settings, None if tokenizer is None else await tokenizer)
     try:
         dims = settings.replicas.replica_dims(remote.info.native_dim)
     except ConfigError:
