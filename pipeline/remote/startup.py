@@ -44,18 +44,20 @@ def check_remote_settings(settings: Settings, consumer_actors: int = 0) -> None:
         )
 
 
-def _model_type(name_or_path: str, trust_remote_code: bool) -> str:
-    """The Transformers ``config.model_type`` of the model (how queries are formatted)."""
+def _model_config(name_or_path: str, trust_remote_code: bool) -> tuple[str, int | None]:
+    """The Transformers ``config.model_type`` of the model (how queries are formatted) and its
+    ``hidden_size`` (the width of its embeddings; None where the config has none)."""
     path = Path(resolve_model_files(name_or_path).path)
     if (path / "config.json").is_file():
-        return str(json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", ""))
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return str(config.get("model_type", "")), config.get("hidden_size")
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        loaded = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the config of {name_or_path!r}: {exc}") from exc
-    return str(getattr(config, "model_type", ""))
+    return str(getattr(loaded, "model_type", "")), getattr(loaded, "hidden_size", None)
 
 
 async def start_remote_embedder(settings: Settings, tokenizer: TextTokenizer | None = None) -> RemoteEmbedder:
@@ -71,13 +73,19 @@ async def start_remote_embedder(settings: Settings, tokenizer: TextTokenizer | N
     remote, model = settings.embedder, settings.model
     if tokenizer is None:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, model)
-    model_type = await asyncio.to_thread(_model_type, model.name_or_path, model.trust_remote_code)
+    model_type, hidden = await asyncio.to_thread(_model_config, model.name_or_path, model.trust_remote_code)
     assert remote.base_url is not None  # the settings refuse backend 'openai' without one
     client = EmbeddingsClient(
         remote.base_url, remote.model_name or model.name_or_path, remote.bearer(), remote.request_timeout_s
     )
     try:
         width = await _probe(client, remote.start_timeout_s)
+        if hidden is not None and width != hidden:
+            raise ConfigError(
+                f"the embedder endpoint {client.url} answers {width}-dimensional vectors, but "
+                f"{model.name_or_path} embeds in {hidden}: it serves another model than model.name_or_path "
+                "(whose tokenizer counts and chunks here)"
+            )
     except BaseException:
         await client.close()
         raise

@@ -29,7 +29,7 @@ from pipeline.settings import EmbedderSettings, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-WIDTH = 64
+WIDTH = 384  # MiniLM's, whose tokenizer counts here
 FAULT_SHARE = 0.35
 OUTAGE_CHECK_S = 8.0
 

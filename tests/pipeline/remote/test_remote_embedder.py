@@ -168,15 +168,18 @@ def _settings(server_url: str, model: Path, **embedder: Any) -> Settings:
 
 
 async def test_start_learns_the_width_and_checks_the_endpoint(minilm_path: Path) -> None:
-    async with FakeEmbeddings(WIDTH, api_key="k", model=str(minilm_path)) as server:
+    async with FakeEmbeddings(384, api_key="k", model=str(minilm_path)) as server:
         remote = await start_remote_embedder(_settings(server.base_url, minilm_path, api_key="k"))
-        assert remote.info.native_dim == WIDTH and remote.info.model_type == "bert"
+        assert remote.info.native_dim == 384 and remote.info.model_type == "bert"
         assert remote.info.max_length == 256 and remote.info.pooling == "mean"
         await remote.aclose()
         with pytest.raises(ConfigError, match=r"401.*api_key"):
             await start_remote_embedder(_settings(server.base_url, minilm_path, api_key="wrong"))
         with pytest.raises(ConfigError, match=r"404.*model_name"):
             await start_remote_embedder(_settings(server.base_url, minilm_path, api_key="k", model_name="x"))
+    async with FakeEmbeddings(WIDTH) as server:  # another model than MiniLM's 384 dimensions
+        with pytest.raises(ConfigError, match=r"answers 64-dimensional vectors.* embeds in 384"):
+            await start_remote_embedder(_settings(server.base_url, minilm_path))
     nobody = f"http://{HOST}:{free_port()}/v1"
     with pytest.raises(EmbedderUnavailable, match=f"{nobody}/embeddings did not answer.*start_timeout_s"):
         await start_remote_embedder(_settings(nobody, minilm_path, start_timeout_s=1.5))
@@ -198,24 +201,25 @@ def test_settings_refuse_what_the_backend_cannot_do() -> None:
 async def test_queries_are_formatted_here_as_the_actors_format_them(
     tiny_qwen3_path: Path, minilm_path: Path
 ) -> None:
-    async with FakeEmbeddings(WIDTH) as server:
+    async with FakeEmbeddings(64) as server:  # the tiny Qwen3's width
         qwen = await start_remote_embedder(_settings(server.base_url, tiny_qwen3_path))
-        await qwen.embed_queries(["what is it"], (WIDTH,), "Find passages")
+        await qwen.embed_queries(["what is it"], (64,), "Find passages")
         await qwen.aclose()
-        minilm = await start_remote_embedder(_settings(server.base_url, minilm_path))
-        await minilm.embed_queries(["what is it"], (WIDTH,), "Find passages")
+    async with FakeEmbeddings(384) as other:  # MiniLM's
+        minilm = await start_remote_embedder(_settings(other.base_url, minilm_path))
+        await minilm.embed_queries(["what is it"], (384,), "Find passages")
         await minilm.aclose()
     assert server.bodies[1]["input"] == ["Instruct: Find passages\nQuery:what is it"]
-    assert server.bodies[3]["input"] == ["what is it"]  # bodies 0 and 2: the start's probes
+    assert other.bodies[1]["input"] == ["what is it"]  # bodies 0: the start's probes
 
 
 async def test_the_api_embeds_through_the_remote_backend(minilm_path: Path) -> None:
     from workers.model.tokenizer import load_text_tokenizer
 
-    async with FakeEmbeddings(WIDTH) as server:
+    async with FakeEmbeddings(384) as server:
         settings = _settings(server.base_url, minilm_path)
         remote = await start_remote_embedder(settings)
-        sink = MilvusSink(settings.milvus, (WIDTH,))
+        sink = MilvusSink(settings.milvus, (384,))
         runner = web.AppRunner(Api(settings, remote, load_text_tokenizer(settings.model), sink).app())
         await runner.setup()
         port = free_port()
@@ -230,5 +234,14 @@ async def test_the_api_embeds_through_the_remote_backend(minilm_path: Path) -> N
             await runner.cleanup()
             await remote.aclose()
     got = np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
-    np.testing.assert_allclose(got, expected_vectors(TEXTS[:3], WIDTH, (16,))[16], atol=1e-6)
+    np.testing.assert_allclose(got, expected_vectors(TEXTS[:3], 384, (16,))[16], atol=1e-6)
     assert all("dimensions" not in b for b in server.bodies)
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    from pipeline.remote.client import retry_after_of
+
+    assert retry_after_of({"Retry-After": "2.5"}) == 2.5
+    assert retry_after_of({"Retry-After": "Thu, 01 Jan 1970 00:01:40 GMT"}, now=90.0) == 10.0
+    assert retry_after_of({"Retry-After": "soon"}) is None
+    assert retry_after_of({}) is None
