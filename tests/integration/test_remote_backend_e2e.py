@@ -1,5 +1,5 @@
-"""`run` with ``embedder.backend = "openai"`` against this project's own `serve`, a separate process that
-embeds with Ray actors of its own: real broker, Milvus Lite and Ray.
+"""The `run` verb with ``embedder.backend = "openai"`` against this project's own `serve`, a separate
+process that embeds with Ray actors of its own: real broker, Milvus Lite and Ray.
 
 Every event's rows are in every replica (the oracle of tests/helpers/oracle.py), the offsets are
 committed to the end, the stored vectors equal the actor path's (the same texts embedded on an
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -31,8 +32,9 @@ from helpers.oracle import StreamOracle, compare, random_text, read_replicas
 from helpers.services import RayCluster
 from helpers.settings import private_settings
 
+from pipeline.milvus.sink import MilvusSink
 from pipeline.ops.processes import HOST, free_port
-from pipeline.runtime.assemble import build_runtime, start_pool
+from pipeline.runtime.assemble import start_pool
 from pipeline.runtime.serving import open_query_side
 from pipeline.search.api import Api
 from pipeline.settings import EmbedderSettings, Settings
@@ -128,23 +130,38 @@ async def test_run_on_serve_through_the_openai_backend_equals_the_actor_path(
             kafka_bootstrap, milvus_lite_uri, minilm_path, name="remote", dims=(128,), max_tokens=48,
             embedder=remote, pool={"cpus_per_actor": 1.0},
         )  # fmt: skip
-        runtime = await build_runtime(settings)
+        await produce(settings.kafka, oracle.records)
+        out = await asyncio.to_thread(_run_verb, settings, ray_cluster, tmp_path)
+        assert f"{len(oracle.records)} events: " in out, out[-3000:]
+        await assert_all_committed(settings.kafka)
+        sink = MilvusSink(settings.milvus, (384, 128))
         try:
-            assert runtime.pool.info.device == f"remote {base_url}/embeddings"
-            assert runtime.dims == (384, 128)
-            await produce(settings.kafka, oracle.records)
-            stats = await runtime.new_consumer().run(until_idle_s=2.0)
-            assert stats.events == len(oracle.records)
-            await assert_all_committed(settings.kafka)
-            replicas = await asyncio.to_thread(read_replicas, runtime.sink)
+            replicas = await asyncio.to_thread(read_replicas, sink)
             dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
             verdict = compare(oracle, replicas, dead, settings.kafka.topic)
             assert verdict.exact, verdict.summary()
-            stored = {dim: await asyncio.to_thread(runtime.sink.fetch_all, dim) for dim in runtime.dims}
-            await _check_read_side(settings, runtime.dims, oracle)
+            stored = {dim: await asyncio.to_thread(sink.fetch_all, dim) for dim in sink.dims}
         finally:
-            runtime.close()
+            sink.close()
+        await _check_read_side(settings, sink.dims, oracle)
     await _check_against_the_actor_path(settings, stored, oracle)
+
+
+def _run_verb(settings: Settings, ray: RayCluster, tmp_path: Path) -> str:
+    """`python -m pipeline --config FILE run --until-idle 3` in a process of its own; its output."""
+    lines: list[str] = []
+    for section, values in settings.model_dump(mode="json", exclude_none=True).items():
+        lines += [f"[{section}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items()), ""]
+    config = tmp_path / "remote.toml"
+    config.write_text("\n".join(lines))
+    env = {**os.environ, **ray.env, "PIPELINE_RAY__ADDRESS": ray.address}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "pipeline", "--config", str(config), "run", "--until-idle", "3"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    return output
 
 
 async def _check_against_the_actor_path(
