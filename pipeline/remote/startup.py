@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.remote.client import EmbeddingsClient, RejectedInputs
 from pipeline.remote.embedder import RemoteEmbedder
 from pipeline.remote.metrics import RemoteMetrics
+from pipeline.remote.requests import TokenCounter
 from pipeline.settings import Settings
 from workers.errors import ConfigError, EmbedderUnavailable, RetriableError
 from workers.model.embedding_model import ModelInfo, resolve_pooling
@@ -22,16 +23,11 @@ PROBE_TEXT = "ping"
 """The one text embedded at start to check that the endpoint answers, and to learn the model's width."""
 
 
-def check_remote_settings(settings: Settings, consumer_actors: int = 0) -> None:
-    """ConfigError for what the remote backend cannot do: consumer actors and autoscaling (they share
-    Ray actors; the endpoint scales itself), and a LoRA adapter (the server applies its own weights)."""
+def check_remote_settings(settings: Settings) -> None:
+    """ConfigError for what the remote backend cannot do: autoscaling (there are no actors to scale;
+    the endpoint scales itself), and a LoRA adapter (the server applies its own weights)."""
     if settings.embedder.backend != "openai":
         return
-    if consumer_actors:
-        raise ConfigError(
-            "embedder.backend 'openai' consumes in this process: set scaling.consumer_actors = 0 "
-            "(run more worker processes to consume faster)"
-        )
     if settings.scaling.autoscale:
         raise ConfigError(
             "embedder.backend 'openai' has no actors to scale: set scaling.autoscale = false "
@@ -100,6 +96,22 @@ async def start_remote_embedder(settings: Settings, tokenizer: TextTokenizer | N
     )
     log.info("remote embedder %s answers: %s, %d dimensions", client.url, info.name, width)
     return RemoteEmbedder(remote, model, client, tokenizer, info, RemoteMetrics(settings.ray.namespace))
+
+
+def remote_embedder_for(settings: Settings, info: ModelInfo, tokenizer: TokenCounter) -> RemoteEmbedder:
+    """A :class:`RemoteEmbedder` for a model the driver's :func:`start_remote_embedder` already checked
+    (``info``), without asking the endpoint again: for consumer actors."""
+    remote = settings.embedder
+    assert remote.base_url is not None  # the settings refuse backend 'openai' without one
+    client = EmbeddingsClient(
+        remote.base_url,
+        remote.model_name or settings.model.name_or_path,
+        remote.bearer(),
+        remote.request_timeout_s,
+    )
+    return RemoteEmbedder(
+        remote, settings.model, client, tokenizer, info, RemoteMetrics(settings.ray.namespace)
+    )
 
 
 async def _probe(client: EmbeddingsClient, timeout_s: float) -> int:

@@ -35,7 +35,7 @@ async def run_ingestion(
     First signal: finish the units in flight and commit; second: stop at once (exit 130).
     """
     members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
-    check_remote_settings(settings, members)  # before anything starts
+    check_remote_settings(settings)  # before anything starts
     runtime = await build_runtime(settings, base=base, adopt=adopt)
     stop = asyncio.Event()
     consumers: list[Any] = []

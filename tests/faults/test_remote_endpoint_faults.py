@@ -25,7 +25,8 @@ from helpers.oracle import compare, read_replicas
 from streams import fault_seed, mixed_stream
 
 from pipeline.runtime.assemble import build_runtime
-from pipeline.settings import EmbedderSettings, Settings
+from pipeline.runtime.consumer_actors import run_consumer_actors
+from pipeline.settings import EmbedderSettings, ScalingSettings, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -110,3 +111,44 @@ async def test_a_failing_endpoint_loses_nothing_and_commits_only_what_was_writte
         f"\n{len(server.bodies)} requests, faults served {dict(server.served)}; committed {before} "
         f"before the outage, frozen at {frozen} of {len(oracle.records)} during it; {verdict.summary()}"
     )
+
+
+async def test_consumer_actors_ask_a_failing_endpoint_themselves_and_lose_nothing(
+    make_settings: Callable[..., Settings], milvus_lite_uri: str, ray_session: None
+) -> None:
+    """Two consumer actors (Ray workers, each with a client of its own) against the same faults."""
+    oracle = mixed_stream(seed=1415, events=300)
+    async with FakeEmbeddings(WIDTH, Script(fault_seed(1415)), slow_s=2.0) as server:
+        remote = EmbedderSettings(
+            backend="openai",
+            base_url=server.base_url,
+            request_timeout_s=0.5,
+            max_attempts=3,
+            backoff_base_s=0.05,
+            backoff_max_s=0.5,
+            max_request_inputs=8,
+        )
+        settings = make_settings(
+            milvus_lite_uri,
+            embedder=remote,
+            dims=(32,),
+            scaling=ScalingSettings(consumer_cpus=0.25),
+            ray_namespace=True,
+        )
+        runtime = await build_runtime(settings)
+        try:
+            await produce(settings.kafka, oracle.records)
+            stats = await run_consumer_actors(runtime, 2, asyncio.Event(), until_idle_s=4.0)
+            await assert_all_committed(settings.kafka)
+            replicas = await asyncio.to_thread(read_replicas, runtime.sink)
+            dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
+            verdict = compare(oracle, replicas, dead, settings.kafka.topic)
+            stored = {dim: await asyncio.to_thread(runtime.sink.fetch_all, dim) for dim in runtime.dims}
+        finally:
+            runtime.close()
+    assert len(stats.members) == 2 and all(m.events for m in stats.members), stats
+    assert verdict.exact, verdict.summary()
+    for dim, rows in stored.items():
+        want = expected_vectors([r["text"] for r in rows], WIDTH, runtime.dims)[dim]
+        np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), want, atol=1e-5)
+    assert sum(server.served[fault] for fault in FAULTS) >= len(FAULTS), server.served

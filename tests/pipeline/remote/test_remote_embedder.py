@@ -5,6 +5,7 @@ fault retried or typed, backpressure, refused texts isolated, the start's checks
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +190,7 @@ def test_settings_refuse_what_the_backend_cannot_do() -> None:
     with pytest.raises(ConfigError, match="base_url"):
         load_settings(embedder={"backend": "openai"})
     remote = {"backend": "openai", "base_url": "http://127.0.0.1:1/v1"}
-    with pytest.raises(ConfigError, match="consumer_actors"):
-        check_remote_settings(load_settings(embedder=remote), consumer_actors=2)
+    check_remote_settings(load_settings(embedder=remote, scaling={"consumer_actors": 2}))  # fine
     with pytest.raises(ConfigError, match="autoscale"):
         check_remote_settings(load_settings(embedder=remote, scaling={"autoscale": True}))
     with pytest.raises(ConfigError, match="lora_path"):
@@ -245,3 +245,20 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert retry_after_of({"Retry-After": "Thu, 01 Jan 1970 00:01:40 GMT"}, now=90.0) == 10.0
     assert retry_after_of({"Retry-After": "soon"}) is None
     assert retry_after_of({}) is None
+
+
+def test_the_api_key_never_travels_to_consumer_actors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from pipeline.runtime.consumer_actors import with_node_secrets, without_secrets
+
+    key = "remote-key-4711"
+    settings = load_settings(embedder={"backend": "openai", "base_url": "http://h:1/v1", "api_key": key})
+    shared, needed = without_secrets(settings)
+    assert key.encode() not in pickle.dumps(shared) and needed == ("embedder.api_key",)
+    for name in [n for n in os.environ if n.startswith("PIPELINE_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="PIPELINE_EMBEDDER__API_KEY"):
+        with_node_secrets(shared, needed, "consumer-0")
+    monkeypatch.setenv("PIPELINE_EMBEDDER__API_KEY", key)
+    assert with_node_secrets(shared, needed, "consumer-0").embedder.bearer() == key
