@@ -20,6 +20,7 @@ from pipeline.ingest.retry import Backoff
 from pipeline.milvus.errors import SinkUnavailable
 from pipeline.milvus.model_stamp import stamp_of
 from pipeline.milvus.sink import MilvusSink
+from pipeline.runtime.embedders import EmbedderBackend, start_embedder
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.runtime.versions import prepare_replicas
 from pipeline.settings import Settings
@@ -41,7 +42,7 @@ class Runtime:
     """Everything a running ingestion process holds; :meth:`close` releases it."""
 
     settings: Settings
-    pool: EmbedderPool
+    pool: EmbedderBackend
     sink: MilvusSink
     chunker: Chunker
     dims: tuple[int, ...]
@@ -150,7 +151,7 @@ async def build_runtime(
     tokenizer_loading = asyncio.create_task(asyncio.to_thread(load_text_tokenizer, settings.model))
     topics = asyncio.create_task(ensure_topics(settings.kafka))
     try:
-        pool, dims = await start_pool(settings, namespace=settings.ray.namespace, actor_class=actor_class)
+        pool, dims = await start_embedder(settings, settings.ray.namespace, actor_class, tokenizer_loading)
     except BaseException:
         await _settle(tokenizer_loading, topics)
         raise

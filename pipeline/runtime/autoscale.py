@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.ingest.kafka import partition_lag
 from pipeline.runtime.assemble import Runtime
+from pipeline.runtime.embedders import actors_of
 from pipeline.settings import ScalingSettings, Settings
 from workers.errors import RetriableError
 from workers.pool import EmbedderPool
@@ -110,8 +111,9 @@ def start_autoscaler(
 ) -> asyncio.Task[None]:
     """The autoscaling task; should it fail for good, ingestion stops with its error logged."""
     settings = runtime.settings
+    pool = actors_of(runtime.pool, "scaling.autoscale")
     scaler = PoolScaler(
-        runtime.pool,
+        pool,
         settings.model,
         settings.batching,
         settings.pool,
@@ -119,7 +121,7 @@ def start_autoscaler(
         added=[c.add_embedder.remote for c in consumers],
         retiring=[c.retire_embedder.remote for c in consumers],
     )
-    task = asyncio.create_task(autoscale(settings, runtime.pool, scaler), name="autoscaler")
+    task = asyncio.create_task(autoscale(settings, pool, scaler), name="autoscaler")
 
     def on_done(done: asyncio.Task[None]) -> None:
         if not done.cancelled() and done.exception() is not None:

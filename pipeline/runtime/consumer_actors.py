@@ -2,10 +2,12 @@
 
 Each :class:`ConsumerActor` (named ``consumer-{i}`` in the ``run`` process's namespace) holds its own Kafka
 consumer, chunker and Milvus sink and embeds on the shared embedder actors, which the driver
-started (on GPU nodes) and hands over as actor handles.  The driver (:func:`run_consumer_actors`)
-supervises them: Ray restarts a consumer that died (``max_restarts``) and re-runs its ``run`` call
-(``max_task_retries``), so the member rejoins the group and re-reads from the committed offsets;
-nothing acknowledged is lost and nothing unacknowledged was committed.
+started (on GPU nodes) and hands over as actor handles — or, with ``embedder.backend = "openai"``,
+on the remote endpoint, through a client of its own (:func:`pipeline.remote.startup.remote_embedder_for`).
+The driver (:func:`run_consumer_actors`) supervises them: Ray restarts a consumer that died
+(``max_restarts``) and re-runs its ``run`` call (``max_task_retries``), so the member rejoins the group
+and re-reads from the committed offsets; nothing acknowledged is lost and nothing unacknowledged was
+committed.
 
 Secrets never travel through Ray: a consumer actor's arguments are visible to whoever can read
 the cluster's state (the dashboard, the GCS), so they carry the settings without any secret
@@ -27,7 +29,9 @@ from ray.actor import ActorHandle
 from pipeline.ingest.consumer import IngestConsumer
 from pipeline.ingest.consumer_stats import ConsumerStats
 from pipeline.milvus.sink import MilvusSink
+from pipeline.remote.startup import remote_embedder_for
 from pipeline.runtime.assemble import Runtime, make_chunker
+from pipeline.runtime.embedders import EmbedderBackend, actors_of
 from pipeline.runtime.run_summary import BUSY, GroupStats
 from pipeline.settings import Settings, load_settings
 from workers.adapter_view import with_adapter
@@ -56,8 +60,12 @@ class ConsumerActor:
         self._name = f"consumer-{index}"
         settings = with_node_secrets(settings, secrets, self._name)
         self._settings = settings
-        self._pool = _current_pool(settings, embedders, info)
         tokenizer = load_text_tokenizer(settings.model)
+        self._pool: EmbedderBackend
+        if settings.embedder.backend == "openai":  # each member asks the endpoint itself
+            self._pool = remote_embedder_for(settings, info, tokenizer)
+        else:
+            self._pool = _current_pool(settings, embedders, info)
         self._special_tokens = tokenizer.num_special_tokens
         self._chunker = make_chunker(settings, tokenizer, info)
         self._dims = dims
@@ -98,11 +106,11 @@ class ConsumerActor:
 
     async def add_embedder(self, index: int, handle: ActorHandle) -> None:
         """Route embed calls to a new actor of the pool too (the autoscaler added it)."""
-        self._pool.add_actor(index, handle)
+        actors_of(self._pool, "add_embedder").add_actor(index, handle)
 
     async def retire_embedder(self, index: int) -> None:
         """Stop routing to ``embedder-{index}`` (the newest) and return once its calls from here are done."""
-        retired, _ = await self._pool.retire_actor()
+        retired, _ = await actors_of(self._pool, "retire_embedder").retire_actor()
         if retired != index:
             log.warning("%s retired embedder-%d, the autoscaler embedder-%d", self._name, retired, index)
 
@@ -133,7 +141,11 @@ def _current_pool(settings: Settings, embedders: Sequence[ActorHandle], info: Mo
     return pool
 
 
-_SECRETS = (("kafka", "sasl_password", "sasl_password_file"), ("milvus", "token", "token_file"))
+_SECRETS = (
+    ("kafka", "sasl_password", "sasl_password_file"),
+    ("milvus", "token", "token_file"),
+    ("embedder", "api_key", "api_key_file"),
+)
 """(section, secret, file holding it) of every secret a consumer actor uses."""
 
 
@@ -200,7 +212,8 @@ def start_consumer_actors(runtime: Runtime, count: int) -> list[ActorHandle]:
             max_restarts=-1,
             max_task_retries=-1,
         )
-        handle = options.remote(shared, secrets, index, runtime.pool.handles, runtime.pool.info, runtime.dims)
+        handles = runtime.pool.handles if isinstance(runtime.pool, EmbedderPool) else []  # remote: none
+        handle = options.remote(shared, secrets, index, handles, runtime.pool.info, runtime.dims)
         actors.append(cast(ActorHandle, handle))
     log.info("started %d consumer actors", count)
     return actors

@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from pipeline.ingest.consumer import ConsumerStats
+from pipeline.remote.startup import check_remote_settings
 from pipeline.runtime.assemble import build_runtime
 from pipeline.runtime.autoscale import start_autoscaler
 from pipeline.runtime.consumer_actors import run_consumer_actors, start_consumer_actors
@@ -33,9 +34,10 @@ async def run_ingestion(
 
     First signal: finish the units in flight and commit; second: stop at once (exit 130).
     """
+    members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
+    check_remote_settings(settings)  # before anything starts
     runtime = await build_runtime(settings, base=base, adopt=adopt)
     stop = asyncio.Event()
-    members = settings.scaling.consumer_actors if consumer_actors is None else consumer_actors
     consumers: list[Any] = []
     consuming: Coroutine[Any, Any, ConsumerStats | GroupStats]
     if members:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.model_stamp import recorded_adapter, stamp_of
 from pipeline.milvus.sink import MilvusSink
-from pipeline.runtime.assemble import start_pool
+from pipeline.runtime.embedders import EmbedderBackend, start_embedder
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.runtime.version_follower import VersionFollower
 from pipeline.runtime.versions import readable_replicas
@@ -31,7 +31,7 @@ from workers.sharing import follow_embedders
 class QuerySide:
     """An embedder pool to embed queries on and the replicas to search."""
 
-    pool: EmbedderPool
+    pool: EmbedderBackend
     sink: MilvusSink
     adapter: str | None = None
     """The LoRA adapter queries of the replicas are embedded with: model.adapter, else what they record."""
@@ -63,15 +63,19 @@ async def open_query_side(
     do not load it, or when ``model.adapter`` differs from what they record).
     """
     connect_ray(settings)
-    pool = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
-    owned = pool is None
+    actors = None
+    if settings.embedder.backend == "actors":  # else a remote endpoint: nothing to attach to
+        actors = await EmbedderPool.attach(settings.pool, settings.ray.namespace)
+    owned = actors is None
     following: asyncio.Task[None] | None = None
-    if pool is None:
+    pool: EmbedderBackend
+    if actors is None:
         private = settings.model_copy(update={"pool": settings.pool.model_copy(update={"detached": False})})
-        pool, dims = await start_pool(
+        pool, dims = await start_embedder(
             private, namespace=f"{settings.ray.namespace}-{purpose}-{uuid.uuid4().hex[:8]}"
         )
     else:
+        pool = actors
         dims = settings.replicas.replica_dims(pool.info.native_dim)
     adapter = settings.model.adapter
     if check_replicas:
@@ -84,9 +88,9 @@ async def open_query_side(
             if owned:
                 pool.shutdown()
             raise
-    if follow and not owned:
+    if follow and actors is not None:
         following = asyncio.create_task(
-            follow_embedders(pool, settings.ray.namespace, settings.pool.follow_interval_s),
+            follow_embedders(actors, settings.ray.namespace, settings.pool.follow_interval_s),
             name="follow-embedders",
         )
     sink = MilvusSink(settings.milvus, dims)

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from pipeline.settings.cluster import RaySettings, ScalingSettings, StackSettings
+from pipeline.settings.embedder import EmbedderSettings
 from pipeline.settings.ingest import ChunkingSettings, ConsumerSettings, KafkaSettings
 from pipeline.settings.serving import ApiSettings, SearchSettings
 from pipeline.settings.storage import MilvusSettings, ReplicaSettings
@@ -34,6 +35,7 @@ __all__ = [
     "BatchSettings",
     "ChunkingSettings",
     "ConsumerSettings",
+    "EmbedderSettings",
     "KafkaSettings",
     "MilvusSettings",
     "ModelSettings",
@@ -69,6 +71,9 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings, description="Embedding model.")
     batching: BatchSettings = Field(default_factory=BatchSettings, description="Actor micro-batching.")
     pool: PoolSettings = Field(default_factory=PoolSettings, description="Embedder actor pool.")
+    embedder: EmbedderSettings = Field(
+        default_factory=EmbedderSettings, description="Embedder backend: the actors, or a remote endpoint."
+    )
     replicas: ReplicaSettings = Field(
         default_factory=ReplicaSettings,
         validation_alias=_renamed("replicas", "embedding"),

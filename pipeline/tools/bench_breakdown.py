@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workers.pool import EmbedderPool
+from pipeline.runtime.embedders import EmbedderBackend
 
 ACTOR_COUNTERS = ("tokenize_seconds", "forward_seconds", "tokens", "batches")
 """What the breakdown reads from every embedder actor's ``stats()``."""
 
 
-async def actor_counters(pool: EmbedderPool) -> dict[str, float]:
+async def actor_counters(pool: EmbedderBackend) -> dict[str, float]:
     """:data:`ACTOR_COUNTERS` summed over the pool's actors, as they stand now."""
     totals = dict.fromkeys(ACTOR_COUNTERS, 0.0)
     for stats in await pool.stats():

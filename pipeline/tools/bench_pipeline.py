@@ -35,12 +35,12 @@ from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.metrics import replica_write_seconds
 from pipeline.ops import stack
 from pipeline.runtime.assemble import Runtime, build_runtime
+from pipeline.runtime.embedders import EmbedderBackend
 from pipeline.runtime.run_summary import GroupStats
 from pipeline.settings import Settings, load_settings
 from pipeline.tools.bench_breakdown import actor_counters, breakdown, difference, render
 from pipeline.tools.bench_documents import bench_texts, produce_documents
 from pipeline.tools.bench_members import consume, sized_settings
-from workers.pool import EmbedderPool
 from workers.prompts import format_input
 from workers.settings import ModelSettings
 
@@ -111,7 +111,7 @@ def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[s
 
 
 async def time_embedder(
-    pool: EmbedderPool, dims: tuple[int, ...], budget: int, requests: Sequence[tuple[list[str], int]]
+    pool: EmbedderBackend, dims: tuple[int, ...], budget: int, requests: Sequence[tuple[list[str], int]]
 ) -> float:
     """Seconds for ``pool`` to embed every request, with at most ``budget`` tokens in flight."""
     room = asyncio.Condition()

@@ -35,6 +35,7 @@ from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.ingest.chunking import Chunker
 from pipeline.milvus.sink import MilvusSink
 from pipeline.runtime.assemble import DEFAULT_CHUNK_TOKENS
+from pipeline.runtime.embedders import EmbedderBackend
 from pipeline.search.replicas import ReplicaSearch
 from pipeline.search.rerank import Reranker
 from pipeline.search.routing import Strategy
@@ -43,7 +44,6 @@ from pipeline.tools.eval_collections import claim_prefix, rebuild_replicas
 from pipeline.tools.eval_corpus import Document, man_pages, text_files
 from pipeline.tools.eval_rerank import measure_rerank, rerank_line
 from workers.model.tokenizer import load_text_tokenizer
-from workers.pool import EmbedderPool
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def exact_top_k(full: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 async def _index(
-    settings: Settings, pool: EmbedderPool, dims: tuple[int, ...], documents: Sequence[Document]
+    settings: Settings, pool: EmbedderBackend, dims: tuple[int, ...], documents: Sequence[Document]
 ) -> tuple[list[str], np.ndarray]:
     """Chunk, embed and write ``documents``; returns every chunk's pk and full-dimension vector."""
     tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
@@ -205,7 +205,7 @@ def _measure(
 
 async def run_eval(
     settings: Settings,
-    pool: EmbedderPool,
+    pool: EmbedderBackend,
     dims: tuple[int, ...],
     options: EvalOptions,
     reranker: Reranker | None = None,

@@ -4,12 +4,16 @@ A Matryoshka-trained model front-loads meaning into the leading components, so t
 of a full embedding is itself an embedding of the same text, once brought back to unit length.
 :func:`validate_dims` is the one rule for the dimensions anything may ask for (the replicas at
 start-up, every embed call, the API's ``dimensions``); importing this module does not import torch.
+:func:`cut_and_normalize` (torch, in the actors) and :func:`cut_and_normalize_array` (numpy, for full
+vectors that a remote endpoint sent) apply the same rule with the same epsilon.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from workers.errors import ConfigError
 
@@ -45,3 +49,18 @@ def cut_and_normalize(full: torch.Tensor, dims: Sequence[int]) -> dict[int, torc
     validate_dims(dims, full.shape[-1])
     full = full.float()
     return {dim: functional.normalize(full[..., :dim], p=2.0, dim=-1, eps=_EPS) for dim in dims}
+
+
+def cut_and_normalize_array(full: np.ndarray, dims: Sequence[int]) -> dict[int, np.ndarray]:
+    """:func:`cut_and_normalize` on a numpy ``(n, native)`` array: each of ``dims`` maps to
+    ``full[:, :dim]`` with every row L2-normalized (cut first, so ``full`` need not be normalized,
+    nor normalized by anyone's rule), as new float32 arrays.  A zero row stays zero (no NaN).
+    Raises ConfigError for dims that :func:`validate_dims` refuses for ``full.shape[-1]``."""
+    validate_dims(dims, full.shape[-1])
+    full = np.asarray(full, dtype=np.float32)
+    out: dict[int, np.ndarray] = {}
+    for dim in dims:
+        prefix = full[..., :dim]
+        norms = np.linalg.norm(prefix, axis=-1, keepdims=True)
+        out[dim] = (prefix / np.maximum(norms, _EPS)).astype(np.float32, copy=False)
+    return out

@@ -1,0 +1,85 @@
+"""The embedder a process uses, whichever backend: the interface pipeline/ needs, and starting one.
+
+:class:`workers.pool.EmbedderPool` (Ray actors, ``embedder.backend = "actors"``) and
+:class:`pipeline.remote.embedder.RemoteEmbedder` (an OpenAI-compatible endpoint, ``"openai"``) both
+satisfy :class:`EmbedderBackend`; only consumer actors and autoscaling need the actors themselves
+(:func:`actors_of`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.settings import Settings
+from workers.actor import EmbedderActor
+from workers.errors import ConfigError
+from workers.model.embedding_model import ModelInfo
+from workers.model.tokenizer import TextTokenizer
+from workers.pool import EmbedderPool
+
+
+class EmbedderBackend(Protocol):
+    """What ingestion, search and the API use of an embedder."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def started_here(self) -> bool: ...
+
+    async def embed(
+        self, texts: Sequence[str], dims: tuple[int, ...], adapter: str | None = None
+    ) -> dict[int, np.ndarray]: ...
+
+    async def embed_queries(
+        self,
+        queries: Sequence[str],
+        dims: tuple[int, ...],
+        task: str | None = None,
+        adapter: str | None = None,
+    ) -> dict[int, np.ndarray]: ...
+
+    async def stats(self) -> list[dict[str, Any]]: ...
+
+    def release(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+async def start_embedder(
+    settings: Settings,
+    namespace: str | None = None,
+    actor_class: type[EmbedderActor] = EmbedderActor,
+    tokenizer: Awaitable[TextTokenizer] | None = None,
+) -> tuple[EmbedderBackend, tuple[int, ...]]:
+    """The embedder ``settings.embedder.backend`` names, started, and the replica dims resolved against
+    its model's native dimension (ConfigError when they do not fit; the embedder is then released).
+
+    ``tokenizer``: the model's tokenizer being loaded by the caller, for the remote backend to count
+    with (loaded here otherwise; never twice at once: transformers' lazy imports race)."""
+    if settings.embedder.backend == "actors":
+        from pipeline.runtime.assemble import start_pool
+
+        return await start_pool(settings, namespace=namespace, actor_class=actor_class)
+    from pipeline.remote.startup import start_remote_embedder
+
+    remote = await start_remote_embedder(settings, None if tokenizer is None else await tokenizer)
+    try:
+        dims = settings.replicas.replica_dims(remote.info.native_dim)
+    except ConfigError:
+        remote.release()
+        raise
+    return remote, dims
+
+
+def actors_of(backend: EmbedderBackend, what: str) -> EmbedderPool:
+    """``backend`` as the pool of Ray actors that ``what`` needs; ConfigError for another backend."""
+    if not isinstance(backend, EmbedderPool):
+        raise ConfigError(f"{what} needs embedder.backend 'actors' (the embedder is {backend.info.device})")
+    return backend
