@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from pathlib import Path
 
 from pipeline.remote.client import EmbeddingsClient, RejectedInputs
 from pipeline.remote.embedder import RemoteEmbedder
@@ -15,7 +13,12 @@ from pipeline.remote.requests import TokenCounter
 from pipeline.settings import Settings
 from workers.errors import ConfigError, EmbedderUnavailable, RetriableError
 from workers.model.embedding_model import ModelInfo, resolve_pooling
-from workers.model.tokenizer import TextTokenizer, load_text_tokenizer, resolve_model_files
+from workers.model.tokenizer import (
+    TextTokenizer,
+    load_text_tokenizer,
+    model_type_and_width,
+    resolve_model_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +43,6 @@ def check_remote_settings(settings: Settings) -> None:
         )
 
 
-def _model_config(name_or_path: str, trust_remote_code: bool) -> tuple[str, int | None]:
-    """The Transformers ``config.model_type`` of the model (how queries are formatted) and its
-    ``hidden_size`` (the width of its embeddings; None where the config has none)."""
-    path = Path(resolve_model_files(name_or_path).path)
-    if (path / "config.json").is_file():
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        return str(config.get("model_type", "")), config.get("hidden_size")
-    from transformers import AutoConfig
-
-    try:
-        loaded = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the config of {name_or_path!r}: {exc}") from exc
-    return str(getattr(loaded, "model_type", "")), getattr(loaded, "hidden_size", None)
-
-
 async def start_remote_embedder(settings: Settings, tokenizer: TextTokenizer | None = None) -> RemoteEmbedder:
     """A :class:`RemoteEmbedder` for ``settings.embedder``, once the endpoint answered one tiny request.
 
@@ -69,7 +56,9 @@ async def start_remote_embedder(settings: Settings, tokenizer: TextTokenizer | N
     remote, model = settings.embedder, settings.model
     if tokenizer is None:
         tokenizer = await asyncio.to_thread(load_text_tokenizer, model)
-    model_type, hidden = await asyncio.to_thread(_model_config, model.name_or_path, model.trust_remote_code)
+    model_type, hidden = await asyncio.to_thread(
+        model_type_and_width, model.name_or_path, model.trust_remote_code
+    )
     assert remote.base_url is not None  # the settings refuse backend 'openai' without one
     client = EmbeddingsClient(
         remote.base_url, remote.model_name or model.name_or_path, remote.bearer(), remote.request_timeout_s

@@ -263,3 +263,19 @@ def load_text_tokenizer(settings: ModelSettings, files: ModelFiles | None = None
     if pad_token_id is None:
         pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     return TextTokenizer(tokenizer.backend_tokenizer, max_length=max_length, pad_token_id=pad_token_id)
+
+
+def model_type_and_width(name_or_path: str, trust_remote_code: bool) -> tuple[str, int | None]:
+    """The Transformers ``config.model_type`` of the model (how queries are formatted) and its
+    ``hidden_size`` (the width of its embeddings; None where the config has none)."""
+    path = Path(resolve_model_files(name_or_path).path)
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return str(config.get("model_type", "")), config.get("hidden_size")
+    from transformers import AutoConfig
+
+    try:
+        loaded = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the config of {name_or_path!r}: {exc}") from exc
+    return str(getattr(loaded, "model_type", "")), getattr(loaded, "hidden_size", None)
