@@ -164,6 +164,12 @@ def _drop_collections(runtime: Runtime) -> None:
         milvus.close()
 
 
+def _own_replicas(runtime: Runtime, seconds: dict[str, float]) -> dict[str, float]:
+    """``seconds`` of this run's replicas only: the process' counters also hold other collections'."""
+    names = {runtime.sink.collection_name(dim) for dim in runtime.dims}
+    return {name: s for name, s in seconds.items() if name in names}
+
+
 def bench_settings(settings: Settings, run_id: str) -> Settings:
     """``settings`` with a fresh topic, consumer group and collection prefix for run ``run_id``."""
     kafka = settings.kafka.model_copy(update={"topic": f"bench-{run_id}", "group_id": f"bench-{run_id}"})
@@ -210,7 +216,7 @@ async def run_pipeline_bench(
         where = breakdown(
             busy,
             stats.stage_seconds,
-            None if members else difference(replica_write_seconds(), replicas_before),
+            None if members else _own_replicas(runtime, difference(replica_write_seconds(), replicas_before)),
             difference(await actor_counters(runtime.pool), actors_before),
             runtime.pool.size,
         )
