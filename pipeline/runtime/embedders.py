@@ -8,42 +8,26 @@ satisfy :class:`EmbedderBackend`; only consumer actors and autoscaling need the 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any, Protocol
-
-import numpy as np
 
 from pipeline.settings import Settings
 from workers.actor import EmbedderActor
+from workers.adapter_view import AdaptablePool
 from workers.errors import ConfigError
-from workers.model.embedding_model import ModelInfo
 from workers.model.tokenizer import TextTokenizer
 from workers.pool import EmbedderPool
 
 
-class EmbedderBackend(Protocol):
-    """What ingestion, search and the API use of an embedder."""
-
-    @property
-    def info(self) -> ModelInfo: ...
+class EmbedderBackend(AdaptablePool, Protocol):
+    """What ingestion, search and the API use of an embedder: :class:`AdaptablePool`'s ``info``,
+    ``embed`` and ``embed_queries`` (each with its LoRA ``adapter``), and the members below."""
 
     @property
     def size(self) -> int: ...
 
     @property
     def started_here(self) -> bool: ...
-
-    async def embed(
-        self, texts: Sequence[str], dims: tuple[int, ...], adapter: str | None = None
-    ) -> dict[int, np.ndarray]: ...
-
-    async def embed_queries(
-        self,
-        queries: Sequence[str],
-        dims: tuple[int, ...],
-        task: str | None = None,
-        adapter: str | None = None,
-    ) -> dict[int, np.ndarray]: ...
 
     async def stats(self) -> list[dict[str, Any]]: ...
 
