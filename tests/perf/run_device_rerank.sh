@@ -21,7 +21,7 @@ smoke)
     python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__)'
     "${bench[@]}" --random tiny-reranker --queries 4 --docs-per-query 16 --out "$results/rerank-smoke.json"
     ;;
-0.6b) "${bench[@]}" --random qwen3-reranker-0.6b --queries 64 --docs-per-query 64 --out "$results/rerank-qwen3-reranker-0.6b-h200.json" ;;
-4b) "${bench[@]}" --random qwen3-reranker-4b --queries 64 --docs-per-query 64 --out "$results/rerank-qwen3-reranker-4b-h200.json" ;;
+0.6b) "${bench[@]}" --random qwen3-reranker-0.6b --queries 64 --docs-per-query 64 --out "$results/rerank-qwen3-reranker-0.6b-$GPU_TAG.json" ;;
+4b) "${bench[@]}" --random qwen3-reranker-4b --queries 64 --docs-per-query 64 --out "$results/rerank-qwen3-reranker-4b-$GPU_TAG.json" ;;
 *) echo "unknown step $1" >&2; exit 2 ;;
 esac
