@@ -1,12 +1,13 @@
 """`python -m pipeline bench --chunking --real-text FILE`: the consumer's chunking stage alone, real text.
 
-Every document of a real-text corpus (``bench --real-text``'s JSONL) becomes an upsert event; the events
-are cut into units of ``--unit-docs`` (``consumer.max_batch_events``) and each unit is built by
+Every document of a real-text corpus (``bench --real-text``'s JSONL), ``--copies`` times over, becomes
+an upsert event; the events are cut into units of ``--unit-docs`` and each unit is built by
 :func:`~pipeline.ingest.units.build_unit` (parse, chunk, count), as a consumer does, on a pool of
-``--threads`` threads (``consumer.chunk_threads``); ``--threads 1,4`` measures each in turn.  Tokens/s
-counts the documents' own tokens (counted beforehand, outside the timing) over the wall time of
-building every unit.  The tokenizer is Qwen3's pinned one (``make tokenizer``; Qwen3-Embedding's, as
-the 0.6B/4B/8B use) or, with ``--model DIR``, that model's.  No torch, no Kafka, no GPU.
+``--threads`` threads (``consumer.chunk_threads``); ``--threads 1,4`` measures each in turn (threads
+beyond the number of units have nothing to do).  Tokens/s counts the documents' own tokens (counted
+beforehand, outside the timing) over the wall time of building every unit.  The tokenizer is Qwen3's
+pinned one (``make tokenizer``; Qwen3-Embedding's, as the 0.6B/4B/8B use) or, with ``--model DIR``,
+that model's.  No torch, no Kafka, no GPU.
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", default="1,4", metavar="N,N,...", help="chunk threads, each in turn")
     parser.add_argument("--max-tokens", type=int, default=512, help="chunking.max_tokens")
     parser.add_argument(
-        "--unit-docs", type=int, default=256, help="events a unit (consumer.max_batch_events)"
+        "--unit-docs",
+        type=int,
+        default=128,
+        help="events a unit (a poll's 500 records over 4 partitions; at most consumer.max_batch_events)",
+    )
+    parser.add_argument(
+        "--copies", type=int, default=1, help="the corpus this many times over (more units for more threads)"
     )
     parser.add_argument(
         "--repeat", type=int, default=3, help="timed passes per thread count (best and median)"
@@ -106,7 +113,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
     """CLI entry: time the passes, print one line per thread count, write the JSON."""
     args = _parser().parse_args(argv)
     tokenizer = _tokenizer(args.model)
-    texts = [document["text"] for document in read_corpus(args.real_text)]
+    texts = [document["text"] for document in read_corpus(args.real_text)] * args.copies
     tokens = sum(tokenizer.count_tokens(text) for text in texts)
     chars = sum(map(len, texts))
     chunker = Chunker(tokenizer, args.max_tokens)
@@ -151,6 +158,8 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
         "tokens": tokens,
         "max_tokens": args.max_tokens,
         "unit_docs": args.unit_docs,
+        "units": len(units),
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "(unset: on)"),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
