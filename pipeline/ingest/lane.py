@@ -111,7 +111,7 @@ class LaneRunner:
         self._latency = latency
         self._flow = flow
         self.stats = stats
-        threads = settings.consumer.chunk_threads or min(4, os.cpu_count() or 1)
+        self._threads = threads = settings.consumer.chunk_threads or min(4, os.cpu_count() or 1)
         self._builders = ThreadPoolExecutor(threads, thread_name_prefix="chunk")
         self._building = asyncio.Semaphore(2 * threads)  # units submitted and not yet built
 
@@ -162,8 +162,10 @@ class LaneRunner:
         return unit, embedding
 
     def shutdown(self) -> None:
-        """Stop the build threads: builds not started are dropped (their lanes are closed by then)."""
+        """Stop the build threads: builds not started are dropped (their lanes are closed by then).
+        A fresh pool (its threads start on first use) serves a later run."""
         self._builders.shutdown(wait=False, cancel_futures=True)
+        self._builders = ThreadPoolExecutor(self._threads, thread_name_prefix="chunk")
 
     async def drain(self, lane: Lane) -> None:
         """Write the lane's units in offset order; a unit is acknowledged once fully written."""

@@ -8,8 +8,11 @@ than their spans said (the step-by-step path), frames, overlap, and poison: ``sp
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from functools import cache
+from pathlib import Path
 
 import pytest
 from helpers.chunking_reference import Chunker as ReferenceChunker
@@ -144,3 +147,18 @@ def test_normalize_spans_fast_path_is_the_loop(offsets: list[tuple[int, int]]) -
     ends = [end for _, end in monotone]
     if ends == sorted(ends):
         assert normalize_spans(monotone, 31) == monotone
+
+
+CORPUS = Path(
+    os.environ.get("REALTEXT_CORPUS", Path(__file__).parents[3] / ".cache" / "realtext-corpus.jsonl")
+)
+
+
+@pytest.mark.skipif(not CORPUS.is_file(), reason="no real-text corpus (tests/perf/build_realtext_corpus.py)")
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(512, 0), (128, 32)])
+def test_same_chunks_as_the_reference_over_the_real_corpus(max_tokens: int, overlap: int) -> None:
+    """Every document of the real-text corpus (8 languages of manual pages, crawled Chinese), Qwen3."""
+    texts = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+    expected = [reference(qwen3(), text, max_tokens, overlap, None) for text in texts]
+    chunker = Chunker(qwen3(), max_tokens, overlap)
+    assert [outcome(r) for r in chunker.split_many([(text, None) for text in texts])] == expected
