@@ -67,14 +67,16 @@ def _parser() -> argparse.ArgumentParser:
         "dashboard", help="the local stack's Ray dashboard: its URL and the token to log in with"
     )
     # Its options belong to workers.bench.embedder_bench (with --end-to-end: pipeline.tools.bench_pipeline;
-    # with --scaling: pipeline.tools.bench_scaling; with --real-text: pipeline.tools.bench_realtext),
+    # with --scaling: pipeline.tools.bench_scaling; with --real-text: pipeline.tools.bench_realtext, and with
+    # --chunking too: pipeline.tools.bench_chunking),
     # which parses what follows the verb.
     verbs.add_parser(
         "bench",
         add_help=False,
         help="embedder throughput vs sentence-transformers; with --end-to-end the whole pipeline "
         "vs the bare embedder; with --scaling N,M the pool at N and M actors; with --real-text FILE "
-        "real multilingual text through the real tokenizer; with --rerank reranker pairs/s vs a plain "
+        "real multilingual text through the real tokenizer (with --chunking: the chunking stage alone); "
+        "with --rerank reranker pairs/s vs a plain "
         "padded forward (see --help)",
     )
     return parser
@@ -177,6 +179,10 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
 
         _configure_logging(args.verbose)
         return bench_scaling.main(rest, config=args.config)
+    if "--chunking" in rest:  # before --real-text, which it takes too
+        from pipeline.tools import bench_chunking
+
+        return bench_chunking.main(rest, config=args.config)
     if any(arg == "--real-text" or arg.startswith("--real-text=") for arg in rest):
         from pipeline.tools import bench_realtext
 

@@ -1,24 +1,27 @@
-"""Token-aware splitting of one document into chunks that each fit the embedding model.
+"""Token-aware splitting of documents into chunks that each fit the embedding model.
 
-The document is tokenized once; chunk boundaries are chosen on the token spans, preferring,
-strongest first: a markdown heading, a blank line, a line break, a sentence end, whitespace,
-and only as a last resort a cut between two tokens.  Every chunk is then tokenized on its own
-to count it exactly, because a substring can tokenize differently from its place in the whole
-(a word cut in two, a lost leading space); a chunk that comes out too long is cut shorter.
-All work per token is done in C (list operations, regular expressions over the text), so a
-10 MB document costs little beyond its two tokenizations.
+A document is tokenized once; chunk boundaries are chosen on the token spans
+(:mod:`pipeline.ingest.chunk_units`), preferring, strongest first: a markdown heading, a blank line,
+a line break, a sentence end, whitespace, and only as a last resort a cut between two tokens.  Every
+chunk is then tokenized on its own to count it exactly, because a substring can tokenize differently
+from its place in the whole (a word cut in two, a lost leading space); a chunk that comes out too
+long is cut shorter.
+
+Speed: the chunks of a document are first cut as if every count came out within the limit, and all
+of them (of many documents, with :meth:`Chunker.split_many`) are counted in one tokenizer call; only
+a document where some count does not fit is cut again step by step.  Both ways give the same chunks:
+the step-by-step cut takes the same path as long as every count fits.  A tokenizer with batch calls
+(:class:`BatchTokenSpans`, e.g. the model's fast tokenizer, whose batch calls run in Rust threads
+without the GIL) gets whole batches; any other is called text by text.
 """
 
 from __future__ import annotations
 
-import operator
-import re
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from pipeline.ingest.chunk_units import TokenUnits, cut, overlap_start, token_units
 from workers.errors import ConfigError, PoisonInput
 
 DEFAULT_MAX_CHARS = 16_000
@@ -27,15 +30,11 @@ DEFAULT_MAX_CHARS = 16_000
 _FRAME_ATTEMPTS = 4
 """Cuts tried before a frame that keeps pushing chunks over the limit is refused."""
 
-# Boundary strengths: how good a place to end a chunk is, weakest first.
-_HARD, _SPACE, _SENTENCE, _LINE, _PARAGRAPH, _HEADING = range(6)
+_BATCH_CHARS = 2_000_000
+"""Characters tokenized in one batch call: bounds the token spans held at once."""
 
-_HEADING_LINE = re.compile(r"^ {0,3}#{1,6}(?:[ \t]|$)", re.MULTILINE)
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
-_LINE_BREAKS = re.compile(r"\n\s*")
-# A full stop before whitespace (after up to two closing quotes or brackets), or a CJK one,
-# which needs no space after it.
-_SENTENCE_END = re.compile(r"[.!?…][\"')\]}»”’」』]{0,2}(?=\s)|[。！？]")
+Frame = Callable[[str], str]
+"""What is put around a chunk before the model sees it (e.g. an instruction template)."""
 
 
 class TokenSpans(Protocol):
@@ -44,6 +43,32 @@ class TokenSpans(Protocol):
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """``(start, end)`` character offsets of the tokens of ``text``, in order, without special tokens."""
         ...
+
+
+@runtime_checkable
+class BatchTokenSpans(TokenSpans, Protocol):
+    """A tokenizer that takes many texts in one call (what the chunker uses when it can)."""
+
+    def token_spans_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """:meth:`token_spans` of each text."""
+        ...
+
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        """``len(token_spans(text))`` of each text."""
+        ...
+
+
+class _OneByOne:
+    """:class:`BatchTokenSpans` over a tokenizer that only has :meth:`TokenSpans.token_spans`."""
+
+    def __init__(self, tokenizer: TokenSpans) -> None:
+        self.token_spans = tokenizer.token_spans
+
+    def token_spans_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        return [self.token_spans(text) for text in texts]
+
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        return [len(self.token_spans(text)) for text in texts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,112 +81,16 @@ class Chunk:
 
 
 @dataclass(slots=True)
-class _Units:
-    """The document as a sequence of units, the atoms of chunking.
+class _Document:
+    """One text being chunked: its spans, its units (built once, for every cut of it)."""
 
-    A unit is one token, or tokens that share characters, or a ``max_chars`` slice of a longer
-    one.  Unit ``k`` owns the characters ``bounds[k]:bounds[k + 1]`` (its tokens and the gap after
-    them), holds ``cum[k + 1] - cum[k]`` tokens, and ``strength[k]`` rates a chunk boundary
-    just before it.
-    """
-
-    bounds: list[int]
-    cum: list[int]
-    strength: list[int]
+    text: str
+    spans: list[tuple[int, int]]
+    units: TokenUnits | None = None
 
 
-def _fences(text: str) -> list[int]:
-    """Sorted offsets where fenced code blocks open and close (an unclosed one runs to the end)."""
-    marks: list[int] = []
-    opener = ""
-    for match in _FENCE.finditer(text):
-        fence = match.group(1)
-        if not opener:
-            opener = fence
-            marks.append(match.start())
-        elif fence[0] == opener[0] and len(fence) >= len(opener):
-            opener = ""
-            marks.append(match.end())
-    return marks
-
-
-def _group(spans: list[tuple[int, int]]) -> tuple[list[int], list[int], list[int]]:
-    """Starts, ends and token counts of the units: tokens sharing characters are one unit.
-
-    Byte-level tokenizers give every byte token of one character the same span; no cut may
-    fall between those.  Most tokenizers have no such tokens, which the fast path checks in C.
-    """
-    starts = list(map(operator.itemgetter(0), spans))
-    ends = list(map(operator.itemgetter(1), spans))
-    if not any(map(operator.lt, starts[1:], ends)) and not any(map(operator.le, starts[1:], starts)):
-        return starts, ends, [1] * len(starts)
-    starts, ends = [], []
-    counts: list[int] = []
-    for start, end in spans:
-        if starts and (start < ends[-1] or start <= starts[-1]):
-            counts[-1] += 1
-            ends[-1] = max(ends[-1], end)
-        else:
-            starts.append(start)
-            ends.append(end)
-            counts.append(1)
-    return starts, ends, counts
-
-
-def _strengths(text: str, starts: list[int], ends: list[int]) -> list[int]:
-    """``strength[k]`` rates a chunk boundary just before unit ``k``.
-
-    Touching tokens are a hard cut and a gap is whitespace; the few stronger boundaries are
-    found by scanning the text, so the work per token stays in C.
-    """
-    n = len(starts)
-    strength: list[int] = [_HARD, *map(operator.gt, starts[1:], ends)]
-
-    def raise_before(offset: int, level: int) -> None:
-        # The boundary belongs before the first unit starting at or after `offset`.
-        k = bisect_left(starts, offset)
-        if 0 < k < n and strength[k] < level:
-            strength[k] = level
-
-    for match in _SENTENCE_END.finditer(text):
-        raise_before(match.end(), _SENTENCE)
-    for match in _LINE_BREAKS.finditer(text):
-        raise_before(match.end(), _PARAGRAPH if match.group().count("\n") > 1 else _LINE)
-    fences = _fences(text)
-    for match in _HEADING_LINE.finditer(text):
-        if bisect_right(fences, match.start()) % 2 == 0:  # not a comment inside a code block
-            raise_before(match.start(), _HEADING)
-    return strength
-
-
-def _units(text: str, spans: list[tuple[int, int]], max_chars: int) -> _Units:
-    starts, ends, counts = _group(spans)
-    strength = _strengths(text, starts, ends)
-    bounds = [0, *starts[1:], len(text)]
-    if max(map(operator.sub, bounds[1:], bounds)) > max_chars:
-        bounds, counts, strength = _split_long_units(bounds, counts, strength, max_chars)
-    return _Units(bounds, [0, *accumulate(counts)], strength)
-
-
-def _split_long_units(
-    bounds: list[int], counts: list[int], strength: list[int], max_chars: int
-) -> tuple[list[int], list[int], list[int]]:
-    """Cut units longer than ``max_chars`` (a huge unknown token, a long run of ignored characters).
-
-    The pieces after the first are estimated at one token each; the exact count of every chunk
-    is checked anyway.
-    """
-    new_bounds, new_counts, new_strength = [0], [], []
-    for k, count in enumerate(counts):
-        start, end = bounds[k], bounds[k + 1]
-        new_counts.append(count)
-        new_strength.append(strength[k])
-        for cut in range(start + max_chars, end, max_chars):
-            new_bounds.append(cut)
-            new_counts.append(1)
-            new_strength.append(_HARD)
-        new_bounds.append(end)
-    return new_bounds, new_counts, new_strength
+Pieces = list[tuple[str, int]]
+"""Each chunk's text and token count."""
 
 
 class Chunker:
@@ -175,7 +104,8 @@ class Chunker:
     only where it forms a chunk of its own); the result depends on the text alone.  With
     ``overlap_tokens`` every chunk but the first starts with up to that many tokens from the end of
     the previous one, beginning at a word where one is near, unless it starts at a heading.  A text
-    without tokens (e.g. only whitespace) gives ``[]``.
+    without tokens (e.g. only whitespace) gives ``[]``.  It holds no state between calls: one
+    instance may split in several threads at once (if its tokenizer may be called so).
     """
 
     def __init__(
@@ -195,12 +125,14 @@ class Chunker:
             )
         if max_chars < 1:
             raise ConfigError(f"chunking max_chars must be at least 1, got {max_chars}")
-        self._tokenizer = tokenizer
+        self._tokenizer: BatchTokenSpans = (
+            tokenizer if isinstance(tokenizer, BatchTokenSpans) else _OneByOne(tokenizer)
+        )
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.max_chars = max_chars
 
-    def split(self, text: str, frame: Callable[[str], str] | None = None) -> list[Chunk]:
+    def split(self, text: str, frame: Frame | None = None) -> list[Chunk]:
         """The chunks of ``text``, indexed from 0.
 
         With ``frame`` (e.g. an instruction template around each chunk), each *framed* chunk holds at
@@ -210,10 +142,43 @@ class Chunker:
         the room left (e.g. one emoji as four byte tokens with ``max_tokens=3``), or if the frame
         alone leaves no room.
         """
-        if frame is None:
-            return [
-                Chunk(piece, i, count) for i, (piece, count) in enumerate(self._pieces(text, self.max_tokens))
+        (spans,) = self._tokenizer.token_spans_batch([text])
+        return self._split(_Document(text, spans), frame)
+
+    def split_many(self, items: Sequence[tuple[str, Frame | None]]) -> list[list[Chunk] | PoisonInput]:
+        """:meth:`split` of each ``(text, frame)``, or the PoisonInput it raises, in the order given.
+
+        The same chunks as one :meth:`split` call per item, with far fewer tokenizer calls: the
+        texts are tokenized together, and the chunks of the unframed ones counted together.
+        """
+        results: list[list[Chunk] | PoisonInput] = []
+        for batch in _batches(items):
+            texts = [text for text, _ in batch]
+            documents = [
+                _Document(*pair) for pair in zip(texts, self._tokenizer.token_spans_batch(texts), strict=True)
             ]
+            plain = [i for i, (_, frame) in enumerate(batch) if frame is None]
+            outcomes: dict[int, list[Chunk] | PoisonInput] = {}
+            for i, pieces in zip(
+                plain, self._pieces_many([documents[i] for i in plain], self.max_tokens), strict=True
+            ):
+                outcomes[i] = pieces if isinstance(pieces, PoisonInput) else _chunks(pieces)
+            for i, (_, frame) in enumerate(batch):
+                if frame is not None:
+                    try:
+                        outcomes[i] = self._split(documents[i], frame)
+                    except PoisonInput as exc:
+                        outcomes[i] = exc
+            results.extend(outcomes[i] for i in range(len(batch)))
+        return results
+
+    def count_tokens(self, text: str) -> int:
+        """The tokenizer's count of ``text``, special tokens excluded."""
+        return self._tokenizer.count_tokens_batch([text])[0] if text else 0
+
+    def _split(self, document: _Document, frame: Frame | None) -> list[Chunk]:
+        if frame is None:
+            return _chunks(_raise(self._pieces_many([document], self.max_tokens)[0]))
         # A frame's tokens do not simply add to a chunk's (BPE merges across the seam), so the
         # framed count is measured and the room shrunk by any excess until every chunk fits.
         reserve = self.count_tokens(frame(""))
@@ -221,8 +186,8 @@ class Chunker:
             room = self.max_tokens - reserve
             if room < 1:
                 raise PoisonInput(f"the instruction takes {reserve} of a chunk's {self.max_tokens} tokens")
-            pieces = [piece for piece, _ in self._pieces(text, room)]
-            counts = [self.count_tokens(frame(piece)) for piece in pieces]
+            pieces = [piece for piece, _ in _raise(self._pieces_many([document], room)[0])]
+            counts = self._tokenizer.count_tokens_batch([frame(piece) for piece in pieces])
             excess = max(counts, default=0) - self.max_tokens
             if excess <= 0:
                 return [
@@ -234,21 +199,79 @@ class Chunker:
             f"framed chunks still exceed max_tokens={self.max_tokens} after {_FRAME_ATTEMPTS} cuts"
         )
 
-    def count_tokens(self, text: str) -> int:
-        """The tokenizer's count of ``text``, special tokens excluded."""
-        return len(self._tokenizer.token_spans(text)) if text else 0
+    def _pieces_many(self, documents: Sequence[_Document], max_tokens: int) -> list[Pieces | PoisonInput]:
+        """The pieces of each document (see :meth:`_pieces`), their counts taken in one batch call.
 
-    def _pieces(self, text: str, max_tokens: int) -> Iterator[tuple[str, int]]:
-        """The text and token count of each chunk of at most ``max_tokens`` tokens."""
-        spans = self._tokenizer.token_spans(text)
+        Each document is first cut assuming every count fits; where one does not (or the cut
+        meets characters it cannot separate), the document is cut again step by step, reusing the
+        counts already taken.
+        """
+        drafts = [self._draft(document, max_tokens) for document in documents]
+        unknown = list(
+            dict.fromkeys(piece for draft in drafts if draft for piece, count in draft if count is None)
+        )
+        counted = dict(zip(unknown, self._tokenizer.count_tokens_batch(unknown), strict=True))
+        results: list[Pieces | PoisonInput] = []
+        for document, draft in zip(documents, drafts, strict=True):
+            if draft is not None:
+                pieces = [(piece, counted[piece] if count is None else count) for piece, count in draft]
+                if all(0 < count <= max_tokens for _, count in pieces):
+                    results.append(pieces)
+                    continue
+            try:
+                results.append(list(self._pieces(document, max_tokens, counted)))
+            except PoisonInput as exc:
+                results.append(exc)
+        return results
+
+    def _draft(self, document: _Document, max_tokens: int) -> list[tuple[str, int | None]] | None:
+        """The cuts :meth:`_pieces` makes if every piece counts 1..``max_tokens`` tokens; each piece
+        with its count where already known (the whole text), else None.  None where the cut meets
+        characters it cannot separate or a piece without characters: then only :meth:`_pieces` knows."""
+        text, spans = document.text, document.spans
+        if not spans:
+            return []
+        units = self._units(document)
+        n = len(units.cum) - 1
+        pos = first = 0
+        draft: list[tuple[str, int | None]] = []
+        while pos < n:
+            end = cut(units, first, pos, max_tokens, self.max_chars)
+            if end is None:
+                if first == pos:
+                    return None
+                first = pos
+                continue
+            piece = text[units.bounds[first] : units.bounds[end]].strip()
+            if not piece:
+                return None
+            whole = first == 0 and end == n and len(piece) == len(text)
+            draft.append((piece, len(spans) if whole else None))
+            first = overlap_start(units, pos, end, self.overlap_tokens)
+            pos = end
+        return draft
+
+    def _units(self, document: _Document) -> TokenUnits:
+        if document.units is None:
+            document.units = token_units(document.text, document.spans, self.max_chars)
+        return document.units
+
+    def _pieces(
+        self, document: _Document, max_tokens: int, counted: dict[str, int] | None = None
+    ) -> Iterator[tuple[str, int]]:
+        """The text and token count of each chunk of at most ``max_tokens`` tokens, step by step.
+
+        ``counted`` holds token counts already taken of some texts."""
+        text, spans = document.text, document.spans
         if not spans:
             return
-        units = _units(text, spans, self.max_chars)
+        counted = counted or {}
+        units = self._units(document)
         n = len(units.cum) - 1
         pos = first = 0  # the chunk's new content starts at unit `pos`, its overlap at `first`
         budget = max_tokens
         while pos < n:
-            end = self._cut(units, first, pos, budget)
+            end = cut(units, first, pos, budget, self.max_chars)
             if end is None:
                 if first == pos:
                     unit = text[units.bounds[pos] : units.bounds[pos + 1]]
@@ -261,8 +284,10 @@ class Chunker:
             piece = text[units.bounds[first] : units.bounds[end]].strip()
             if first == 0 and end == n and len(piece) == len(text):
                 count = len(spans)  # the whole text, already tokenized: most events are one chunk
+            elif piece in counted:
+                count = counted[piece]
             else:
-                count = len(self._tokenizer.token_spans(piece)) if piece else 0
+                count = self.count_tokens(piece)
             if count > max_tokens:
                 # The piece tokenizes to more than its spans said: retry shorter, but never
                 # shorter than the first unit of new content.
@@ -278,66 +303,33 @@ class Chunker:
                     raise PoisonInput(f"{piece[:20]!r} tokenizes to {count} tokens, more than max_tokens")
                 # One unit (e.g. a piece of a huge unknown token) that is many tokens on its own:
                 # chunk it by its own tokens.
-                yield from self._pieces(piece, max_tokens)
+                yield from self._pieces(_Document(piece, self._tokenizer.token_spans(piece)), max_tokens)
                 first = end
             elif count:
                 yield piece, count
-                first = self._overlap_start(units, pos, end)
+                first = overlap_start(units, pos, end, self.overlap_tokens)
             else:
                 first = end  # only whitespace or characters the tokenizer ignores
             pos, budget = end, max_tokens
 
-    def _cut(self, units: _Units, first: int, pos: int, budget: int) -> int | None:
-        """Where the chunk starting at unit ``first`` (new content at ``pos``) ends, exclusive.
 
-        None when not even unit ``pos`` fits.  A heading ends the chunk once it holds a quarter
-        of its room in new content; otherwise the strongest boundary past that quarter wins, the
-        latest among equals, so small paragraphs are packed together.
-        """
-        cum, bounds, strength = units.cum, units.bounds, units.strength
-        n = len(cum) - 1
-        widest = (
-            min(
-                bisect_right(cum, cum[first] + budget),
-                bisect_right(bounds, bounds[first] + self.max_chars),
-            )
-            - 1
-        )
-        if widest <= pos:
-            return None
-        if pos == 0 and widest >= n:
-            # The whole text fits: headings choose where to cut a text that must be cut, they do not
-            # split one that fits (a 32k-token document under max_tokens=32768 is one input).
-            return n
-        room = cum[first] + budget - cum[pos]
-        earliest = max(pos + 1, bisect_left(cum, cum[pos] + max(1, room // 4)))
-        last_candidate = min(widest, n - 1)
-        if earliest <= last_candidate:
-            try:
-                return strength.index(_HEADING, earliest, last_candidate + 1)
-            except ValueError:
-                pass
-        if widest >= n:
-            return n
-        candidates = strength[earliest : widest + 1]
-        if not candidates:
-            return widest
-        best = max(candidates)
-        if best == _HARD:
-            return widest
-        return earliest + len(candidates) - 1 - candidates[::-1].index(best)
+def _chunks(pieces: Pieces) -> list[Chunk]:
+    return [Chunk(piece, i, count) for i, (piece, count) in enumerate(pieces)]
 
-    def _overlap_start(self, units: _Units, pos: int, end: int) -> int:
-        """First unit of the next chunk: up to ``overlap_tokens`` tokens back from ``end``.
 
-        A chunk that starts a section gets no overlap: the end of the previous section is not
-        its context.
-        """
-        cum, strength = units.cum, units.strength
-        if not self.overlap_tokens or end == len(strength) or strength[end] == _HEADING:
-            return end
-        start = max(pos, bisect_left(cum, cum[end] - self.overlap_tokens))
-        for k in range(start, end):
-            if strength[k] >= _SPACE:
-                return k
-        return start
+def _raise(pieces: Pieces | PoisonInput) -> Pieces:
+    if isinstance(pieces, PoisonInput):
+        raise pieces
+    return pieces
+
+
+def _batches(items: Sequence[tuple[str, Frame | None]]) -> Iterator[Sequence[tuple[str, Frame | None]]]:
+    """Consecutive runs of ``items`` of about :data:`_BATCH_CHARS` characters (at least one item)."""
+    start = chars = 0
+    for i, (text, _) in enumerate(items):
+        if chars and chars + len(text) > _BATCH_CHARS:
+            yield items[start:i]
+            start, chars = i, 0
+        chars += len(text)
+    if start < len(items):
+        yield items[start:]

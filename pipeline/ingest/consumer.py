@@ -246,6 +246,7 @@ class IngestConsumer:
     async def _shutdown(self, drain_s: float) -> None:
         for tp in list(self._lanes):
             await self._close_lane(tp, drain_s)
+        self._runner.shutdown()
         await self._commit()  # whatever was acknowledged is safe to commit, also after an error
         await self._consumer.stop()
         await self._producer.stop()

@@ -47,9 +47,14 @@ class FlowControl:
         return self._failing_writes > 0
 
     def dispatched(self, tokens: int) -> None:
-        """A unit of ``tokens`` tokens went in flight."""
+        """A unit of ``tokens`` tokens went in flight (0 while it is still being chunked: see
+        :meth:`chunked`)."""
         self.tokens += tokens
         self.units += 1
+
+    def chunked(self, tokens: int) -> None:
+        """A unit dispatched before it was chunked turned out to hold ``tokens`` tokens."""
+        self.tokens += tokens
 
     def released(self, tokens: int) -> None:
         """A unit dispatched with ``tokens`` tokens left (written, or dropped on revocation)."""

@@ -3,11 +3,14 @@
 :class:`LaneRunner` moves the units of every lane of one consumer-group member
 (:class:`~pipeline.ingest.consumer.IngestConsumer`, which opens and closes lanes on rebalances):
 
-* Dispatch: records are cut into units in poll order and each unit's embedding starts at once
-  (concurrently, on any actor); its tokens count against the in-flight budget until it is written
-  or dropped.
-* Drain: the lane writes its units strictly in offset order, so for one document id the last event
-  in partition order wins in Milvus.
+* Dispatch: records are cut into units in poll order, queued on their lane in that order, and built
+  (parsed and chunked) on a bounded thread pool (``consumer.chunk_threads``), several units of one
+  lane and of several lanes at once; each unit's embedding starts as soon as it is built
+  (concurrently, on any actor).  Its tokens count against the in-flight budget from then until it
+  is written or dropped; at most twice ``chunk_threads`` units wait to be built, and dispatch
+  waits (as the poll loop always waited for chunking) when that many do.
+* Drain: the lane writes its units strictly in offset order, whatever order they were built in, so
+  for one document id the last event in partition order wins in Milvus.
 * Write: a unit's offsets are acknowledged to the
   :class:`~pipeline.ingest.offsets.OffsetTracker` only after every replica write and every dead-letter
   send of the unit succeeded (documents Milvus refuses for good become dead letters).  While a write
@@ -30,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,14 +59,19 @@ from workers.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
+Built = tuple[WorkUnit, "asyncio.Task[dict[int, np.ndarray]] | None"]
+"""A unit once built, and its embedding under way (None when it has nothing to embed)."""
+
 
 @dataclass
 class Lane:
-    """One assigned partition: its units in offset order, from dispatch until fully written."""
+    """One assigned partition: its units in offset order, from dispatch until fully written.
+
+    ``units`` holds, in offset order, one task per unit that builds it and starts its embedding."""
 
     tp: TopicPartition
     epoch: int
-    units: deque[tuple[WorkUnit, asyncio.Task[dict[int, np.ndarray]] | None]] = field(default_factory=deque)
+    units: deque[asyncio.Task[Built]] = field(default_factory=deque)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     writing: asyncio.Task[None] | None = None
@@ -101,31 +111,61 @@ class LaneRunner:
         self._latency = latency
         self._flow = flow
         self.stats = stats
+        self._threads = threads = settings.consumer.chunk_threads or min(4, os.cpu_count() or 1)
+        self._builders = ThreadPoolExecutor(threads, thread_name_prefix="chunk")
+        self._building = asyncio.Semaphore(2 * threads)  # units submitted and not yet built
 
     async def dispatch(self, lane: Lane, records: Sequence[KafkaRecord]) -> None:
-        """Cut ``records`` into units, track their offsets, start their embeddings, queue them."""
+        """Cut ``records`` into units, track their offsets and queue them on the lane in offset order;
+        each is built on the thread pool and its embedding started when built.  Waits while
+        2 x ``chunk_threads`` units are being built; records of a lane closed meanwhile are dropped
+        untracked (the next owner reads them)."""
         tp = lane.tp
         size = self._settings.consumer.max_batch_events
         for start in range(0, len(records), size):
             part = records[start : start + size]
-            unit = await asyncio.to_thread(
-                build_unit,
-                tp,
-                lane.epoch,
-                part,
-                self._chunker,
-                self._settings.model,
-                self._special_tokens,
-                self._settings.milvus.tenant_field,
+            await self._building.acquire()
+            if lane.revoked:
+                self._building.release()
+                return
+            job = asyncio.wrap_future(
+                self._builders.submit(
+                    build_unit,
+                    tp,
+                    lane.epoch,
+                    part,
+                    self._chunker,
+                    self._settings.model,
+                    self._special_tokens,
+                    self._settings.milvus.tenant_field,
+                )
             )
-            self.stats.add_stage_time("parse", unit.parse_seconds)
-            self.stats.add_stage_time("chunk", unit.chunk_seconds)
-            self._tracker.track(tp, lane.epoch, unit.offsets)
-            self._latency.dispatched(tp, unit.offsets[-1] + 1, [r.timestamp for r in part])
-            embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
-            self._flow.dispatched(unit.tokens)
-            lane.units.append((unit, embedding))
+            # Released when the unit is built, or its build cancelled (a queued one then never runs).
+            job.add_done_callback(lambda _: self._building.release())
+            offsets = [r.offset for r in part]
+            self._tracker.track(tp, lane.epoch, offsets)
+            self._latency.dispatched(tp, offsets[-1] + 1, [r.timestamp for r in part])
+            self._flow.dispatched(0)  # its tokens once they are counted (_start)
+            lane.units.append(
+                asyncio.create_task(self._start(job), name=f"build-{tp.partition}-{offsets[0]}")
+            )
             lane.arrived.set()
+
+    async def _start(self, job: asyncio.Future[WorkUnit]) -> Built:
+        unit = await job
+        # Nothing awaits from here to the return: a unit whose tokens were counted is always
+        # returned with its embedding (close relies on it).
+        self.stats.add_stage_time("parse", unit.parse_seconds)
+        self.stats.add_stage_time("chunk", unit.chunk_seconds)
+        self._flow.chunked(unit.tokens)
+        embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
+        return unit, embedding
+
+    def shutdown(self) -> None:
+        """Stop the build threads: builds not started are dropped (their lanes are closed by then).
+        A fresh pool (its threads start on first use) serves a later run."""
+        self._builders.shutdown(wait=False, cancel_futures=True)
+        self._builders = ThreadPoolExecutor(self._threads, thread_name_prefix="chunk")
 
     async def drain(self, lane: Lane) -> None:
         """Write the lane's units in offset order; a unit is acknowledged once fully written."""
@@ -133,7 +173,7 @@ class LaneRunner:
             while not lane.units:
                 lane.arrived.clear()
                 await lane.arrived.wait()
-            unit, embedding = lane.units[0]
+            unit, embedding = await lane.units[0]  # built in any order, written in offset order
             vectors = await embedding if embedding is not None else {d: np.zeros((0, d)) for d in self._dims}
             # Shielded: once a write is sent to Milvus it must finish (and acknowledge) even
             # when the lane is cancelled by a rebalance; see close.
@@ -141,7 +181,7 @@ class LaneRunner:
             await asyncio.shield(lane.writing)
             lane.writing, lane.sending = None, False
             lane.units.popleft()
-            self._release(unit)
+            self._release(unit.tokens)
 
     async def _complete_unit(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> None:
         chunks = await self._write_unit(lane, unit, vectors)
@@ -159,8 +199,8 @@ class LaneRunner:
         self.stats.tokens_embedded += unit.tokens
         self.stats.last_ack_at = time.monotonic()
 
-    def _release(self, unit: WorkUnit) -> None:
-        self._flow.released(unit.tokens)
+    def _release(self, tokens: int) -> None:
+        self._flow.released(tokens)
 
     async def _write_unit(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
         """Write the unit to every replica; documents Milvus refuses for good become dead letters
@@ -258,8 +298,16 @@ class LaneRunner:
         if writing is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writing
-        for unit, embedding in lane.units:
-            self._release(unit)
+        for built in lane.units:
+            if not built.done():
+                built.cancel()  # a unit still being built: its thread's result is never used
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await built
+            if built.cancelled() or built.exception() is not None:
+                self._release(0)  # its tokens were never counted
+                continue
+            unit, embedding = built.result()
+            self._release(unit.tokens)
             if embedding is not None:
                 embedding.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

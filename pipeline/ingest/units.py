@@ -17,7 +17,7 @@ import numpy as np
 from aiokafka import TopicPartition
 
 from pipeline.documents import ChunkRow, DeleteDocument, DocumentWrite, SourcePosition, UpsertDocument
-from pipeline.ingest.chunking import Chunker
+from pipeline.ingest.chunking import Chunk, Chunker, Frame
 from pipeline.ingest.events import DocumentEvent, parse_event
 from pipeline.ingest.reasons import InvalidEvent, ReasonCode
 from pipeline.milvus.tenants import tenant_of
@@ -70,6 +70,9 @@ class DeadLetter:
 Candidates = list[tuple[DocumentEvent, KafkaRecord]]
 """One id's events of a unit, oldest first."""
 
+Split = list[Chunk] | PoisonInput
+"""An event's chunks, or why it cannot be chunked."""
+
 
 @dataclass
 class _PlannedUpsert:
@@ -99,26 +102,28 @@ class _Planner:
     model: ModelSettings
     special_tokens: int
 
-    def plan(self, unit: WorkUnit, candidates: Candidates) -> int:
+    def frame(self, event: DocumentEvent) -> Frame | None:
+        """What the model sees around each chunk of ``event``: its instruction, if it has one.
+
+        Chunks are cut with the instruction counted, so the model input never overflows."""
+        return partial(format_input, self.model, instruction=event.instruction) if event.instruction else None
+
+    def plan(self, unit: WorkUnit, candidates: Candidates, split: Split | None = None) -> int:
         """Plan the last event of ``candidates`` that can be chunked (a delete always can) into
         ``unit``; the later ones become dead letters, the earlier stay its fallbacks.  Returns the
-        tokens of the texts added (none when no event could be planned)."""
+        tokens of the texts added (none when no event could be planned).  ``split``: the last
+        event's chunks (or why it cannot be chunked) where already cut."""
         while candidates:
             event, record = candidates.pop()
             if event.op == "delete":
                 unit.plan.append(_PlannedDelete(event.id, record, candidates))
                 return 0
-            frame = (
-                partial(format_input, self.model, instruction=event.instruction)
-                if event.instruction
-                else None
-            )
-            try:
-                # Chunks are cut with the instruction counted, so the model input never overflows.
-                chunks = self.chunker.split(event.text or "", frame)
-            except PoisonInput as exc:  # characters, or an instruction, the tokenizer cannot fit in one chunk
+            if split is None:
+                split = self.chunker.split_many([(event.text or "", self.frame(event))])[0]
+            chunks, split = split, None
+            if isinstance(chunks, PoisonInput):  # characters, or an instruction, that fit no chunk
                 unit.dead_letters.append(
-                    _dead_letter(unit.tp, record, f"text cannot be chunked: {exc}", ReasonCode.UNCHUNKABLE)
+                    _dead_letter(unit.tp, record, f"text cannot be chunked: {chunks}", ReasonCode.UNCHUNKABLE)
                 )
                 continue
             if not chunks:
@@ -276,8 +281,13 @@ def build_unit(
         candidates.append((event, record))
         by_id[event.id] = candidates
     parsed = time.perf_counter()
-    for candidates in by_id.values():
-        unit.tokens += planner.plan(unit, candidates)
+    # Every id's last event is chunked in one batch (the tokenizer's calls run in parallel); an
+    # earlier one only where the last cannot be written, one by one.
+    last = {doc_id: c[-1][0] for doc_id, c in by_id.items() if c[-1][0].op == "upsert"}
+    splits = chunker.split_many([(event.text or "", planner.frame(event)) for event in last.values()])
+    split_of = dict(zip(last, splits, strict=True))
+    for doc_id, candidates in by_id.items():
+        unit.tokens += planner.plan(unit, candidates, split_of.get(doc_id))
     unit.parse_seconds, unit.chunk_seconds = parsed - started, time.perf_counter() - parsed
     return unit
 

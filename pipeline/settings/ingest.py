@@ -90,6 +90,12 @@ class ConsumerSettings(Section):
         131072, ge=64, description="Tokens sent to the pool and not yet written; partitions pause above it."
     )
     max_batch_events: int = Field(256, ge=1, description="Most events of one partition handled as one unit.")
+    chunk_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads of one consumer that build units (parse, chunk) at once, of one partition "
+        "and of several; units are still written and committed in offset order. Default: min(4, CPU cores).",
+    )
     max_request_tokens: int = Field(
         16384, ge=64, description="Most tokens in one embed call to the pool (a unit is split above it)."
     )

@@ -8,6 +8,7 @@ torch nor transformers; :func:`load_text_tokenizer` imports transformers when ca
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,14 @@ def normalize_spans(offsets: Sequence[tuple[int, int]], text_length: int) -> lis
     it, or of the one before it at the end of the text.  Tokens that split one character
     (byte-level BPE on a multi-byte character) keep sharing that character's span.
     """
+    starts = list(map(operator.itemgetter(0), offsets))
+    ends = list(map(operator.itemgetter(1), offsets))
+    if (
+        all(map(operator.lt, starts, ends))
+        and not any(map(operator.gt, starts, starts[1:]))
+        and not any(map(operator.gt, ends, ends[1:]))
+    ):
+        return list(offsets)  # already so (the usual case), checked in C rather than token by token
     spans: list[tuple[int, int]] = []
     start = end = 0
     for raw_start, raw_end in offsets:
@@ -198,8 +207,21 @@ class TextTokenizer:
         starts and ends non-decreasing.  Consecutive spans may overlap where tokens split one
         character, so a cut between such tokens is not representable in characters.
         """
-        encoding = self._whole.encode(text, add_special_tokens=False)
-        return normalize_spans(encoding.offsets, len(text))
+        return self.token_spans_batch([text])[0]
+
+    def token_spans_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """:meth:`token_spans` of each text, tokenized in one call.
+
+        Batch calls run in the tokenizer's Rust threads without holding the GIL (a single
+        ``encode`` holds it), so other Python threads go on meanwhile.  This tokenizer is never
+        reconfigured after construction, so it may be called from several threads at once.
+        """
+        encodings = self._whole.encode_batch(list(texts), add_special_tokens=False)
+        return [normalize_spans(e.offsets, len(text)) for e, text in zip(encodings, texts, strict=True)]
+
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        """:meth:`count_tokens` of each text, in one call (see :meth:`token_spans_batch`)."""
+        return [len(e.ids) for e in self._whole.encode_batch(list(texts), add_special_tokens=False)]
 
     @property
     def vocabulary_size(self) -> int:
@@ -212,7 +234,7 @@ class TextTokenizer:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` without special tokens, however long the text."""
-        return len(self._whole.encode(text, add_special_tokens=False).ids)
+        return self.count_tokens_batch([text])[0]
 
     def special_affixes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The special token ids :meth:`encode` puts before and after every text's own tokens."""
