@@ -50,7 +50,8 @@ from workers.bench.strategies import (
     peer_tokenize,
     single_forward,
 )
-from workers.model.embedding_model import EmbeddingModel, compute_dtype
+from workers.model.embedding_model import EmbeddingModel
+from workers.model.loading import compute_dtype, pick_device
 from workers.settings import BatchSettings, ModelSettings
 
 MIN_COSINE = 0.999
@@ -214,7 +215,7 @@ def _load(args: argparse.Namespace, device: str) -> tuple[EmbeddingModel, Affixe
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark ``args`` describe and return the JSON-ready result (also written to ``--out``)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     model, affixes = _load(args, device)
     vocab = int(model.module.config.vocab_size)
     embeddings = model.module.get_input_embeddings().weight
@@ -316,7 +317,7 @@ def main(argv: Sequence[str]) -> int:
     if args.save_model is not None:
         if not args.random:
             parser.error("--save-model needs --random")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(args.device)
         dtype = getattr(torch, compute_dtype("auto", device))
         save_random_model(SHAPES[args.random], args.save_model, device, dtype, args.seed)
         print(f"random {args.random} model written to {args.save_model}")

@@ -30,7 +30,7 @@ import torch
 from workers.batcher import MicroBatcher
 from workers.bench.setup import SHAPES, Affixes, make_documents, random_embedding_model, random_qwen3
 from workers.errors import ForwardOutOfMemory
-from workers.model.embedding_model import compute_dtype
+from workers.model.loading import compute_dtype, pick_device
 from workers.settings import BatchSettings
 
 MIN_COSINE = 0.999
@@ -68,7 +68,7 @@ def _inject_oom(module: torch.nn.Module, above: int) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build, drive, check; the JSON-ready result (see the module docstring)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     shape = SHAPES[args.shape]
     dtype = compute_dtype("auto", device)
     affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)

@@ -31,7 +31,8 @@ from workers.bench.qwen3_folder import CONTEXT, REAL_SHAPES
 from workers.bench.qwen3_tokenizer import EOS, EOS_ID, embedding_tokenizer
 from workers.bench.setup import random_qwen3
 from workers.bench.strategies import padded_forward, single_forward
-from workers.model.embedding_model import EmbeddingModel, compute_dtype
+from workers.model.embedding_model import EmbeddingModel
+from workers.model.loading import compute_dtype
 from workers.model.tokenizer import TextTokenizer
 from workers.settings import BatchSettings, ModelSettings
 
@@ -46,11 +47,6 @@ class RealTextWorkload:
     texts: list[str]
     langs: list[str]
     long_document: list[str] = field(default_factory=list)
-
-
-def pick_device(requested: str | None) -> str:
-    """``requested``, else CUDA when there is a GPU, else the CPU."""
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def environment(device: str) -> dict[str, str]:
