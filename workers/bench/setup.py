@@ -52,33 +52,47 @@ SHAPES: dict[str, Shape] = {
 }
 
 
-def random_qwen3(shape: Shape, device: str, dtype: torch.dtype, seed: int = 0) -> PreTrainedModel:
-    """A Qwen3 encoder (no LM head) of ``shape`` with seeded random weights, built directly on ``device``."""
-    config = Qwen3Config(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=shape.tie_word_embeddings,
-        eos_token_id=shape.eos,
-        pad_token_id=shape.eos,
-    )
+def qwen3_config(shape: Shape, **overrides: Any) -> Qwen3Config:
+    """The config of a Qwen3 model of ``shape`` as Qwen3-Embedding has it (32K positions, EOS as PAD);
+    ``overrides`` (config keys) win."""
+    values: dict[str, Any] = {
+        "vocab_size": shape.vocab,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": shape.tie_word_embeddings,
+        "eos_token_id": shape.eos,
+        "pad_token_id": shape.eos,
+    }
+    return Qwen3Config(**(values | overrides))
+
+
+def seeded_model(
+    model_class: type[PreTrainedModel], config: Qwen3Config, device: str, dtype: torch.dtype, seed: int
+) -> PreTrainedModel:
+    """``model_class(config)`` with weights drawn after ``torch.manual_seed(seed)`` (same arguments,
+    same weights), built directly on ``device`` in ``dtype``, in eval mode."""
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = Qwen3Model(config)
+            model = model_class(config)
     finally:
         torch.set_default_dtype(default)
     model.config.dtype = dtype
     return model.eval()
+
+
+def random_qwen3(shape: Shape, device: str, dtype: torch.dtype, seed: int = 0) -> PreTrainedModel:
+    """A Qwen3 encoder (no LM head) of ``shape`` with seeded random weights, built directly on ``device``."""
+    return seeded_model(Qwen3Model, qwen3_config(shape), device, dtype, seed)
 
 
 def random_embedding_model(
