@@ -29,11 +29,10 @@ import torch
 from workers.batcher import MicroBatcher
 from workers.bench.qwen3_folder import CONTEXT, REAL_SHAPES
 from workers.bench.qwen3_tokenizer import EOS, EOS_ID, embedding_tokenizer
-from workers.bench.setup import random_qwen3
+from workers.bench.setup import random_embedding_model, random_qwen3
 from workers.bench.strategies import padded_forward, single_forward
 from workers.model.embedding_model import EmbeddingModel
 from workers.model.loading import compute_dtype
-from workers.model.tokenizer import TextTokenizer
 from workers.settings import BatchSettings, ModelSettings
 
 REQUEST_TEXTS = 32
@@ -75,18 +74,17 @@ def load_model(
 ) -> EmbeddingModel:
     """Random weights of a real shape + the real tokenizer (``random``), or the folder ``path``."""
     if random is not None:
-        dtype = compute_dtype("auto", device)
-        module = random_qwen3(REAL_SHAPES[random], device, getattr(torch, dtype))
-        tokenizer = TextTokenizer(embedding_tokenizer(), max_length=CONTEXT, pad_token_id=EOS_ID)
-        return EmbeddingModel(
-            name=f"random-{random}+qwen3-tokenizer",
-            model=module,
-            tokenizer=tokenizer,
-            pooling="last_token",
+        shape, dtype = REAL_SHAPES[random], compute_dtype("auto", device)
+        return random_embedding_model(
+            f"{random}+qwen3-tokenizer",
+            shape,
+            random_qwen3(shape, device, getattr(torch, dtype)),
             device=device,
             dtype=dtype,
+            max_length=CONTEXT,
             packing=packing,
             compile=compile,
+            tokenizer=embedding_tokenizer(),
         )
     if path is None:
         raise ValueError("load_model needs a random shape or a model folder")

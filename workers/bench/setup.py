@@ -105,17 +105,17 @@ def random_embedding_model(
     max_length: int,
     packing: Literal["auto", "on", "off"],
     compile: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> EmbeddingModel:
-    """``module`` (random weights of ``shape``, e.g. :func:`random_qwen3`) as an EmbeddingModel that reads
-    id-level text (:func:`id_tokenizer`), appends EOS and pools it, as Qwen3-Embedding does."""
+    """``module`` (random weights of ``shape``, e.g. :func:`random_qwen3`) as an EmbeddingModel that
+    reads text with ``tokenizer`` (default: id-level text, :func:`id_tokenizer`), which appends EOS,
+    and pools that EOS, as Qwen3-Embedding does."""
     affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
-    tokenizer = TextTokenizer(
-        id_tokenizer(shape.vocab, affixes), max_length=max_length, pad_token_id=shape.eos
-    )
+    backend = tokenizer or id_tokenizer(shape.vocab, affixes)
     return EmbeddingModel(
         name=f"random-{name}",
         model=module,
-        tokenizer=tokenizer,
+        tokenizer=TextTokenizer(backend, max_length=max_length, pad_token_id=shape.eos),
         pooling="last_token",
         device=device,
         dtype=dtype,
