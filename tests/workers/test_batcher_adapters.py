@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pytest
+from batcher_fakes import repeated_rows, text
 
 from workers.batcher import MicroBatcher
 from workers.settings import BatchSettings
@@ -31,20 +31,7 @@ class AdapterForward:
         if self.gate is not None:
             self.gate.wait(10)
         self.batches.append((adapter, [seq[0] for seq in ids]))
-        firsts = np.array([seq[0] + OFFSET[adapter] for seq in ids], dtype=np.float32)
-        return {dim: np.repeat(firsts[:, None], dim, axis=1) for dim in dims}
-
-
-def text(uid: int, length: int) -> list[int]:
-    return [uid] + [0] * (length - 1)
-
-
-@pytest.fixture
-async def batchers() -> AsyncIterator[list[MicroBatcher]]:
-    made: list[MicroBatcher] = []
-    yield made
-    for batcher in made:
-        await batcher.close()
+        return repeated_rows([seq[0] + OFFSET[adapter] for seq in ids], dims)
 
 
 def make(made: list[MicroBatcher], forward: AdapterForward, **overrides: float) -> MicroBatcher:

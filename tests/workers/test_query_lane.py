@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
+from batcher_fakes import repeated_rows, text
 
 from workers.batcher import MicroBatcher
 from workers.errors import Backpressure
@@ -32,23 +33,10 @@ class Recording:
         if self.gate is not None:
             self.gate.wait(10)
         self.batches.append([seq[0] for seq in ids])
-        firsts = np.array([seq[0] for seq in ids], dtype=np.float32)
-        return {dim: np.repeat(firsts[:, None], dim, axis=1) for dim in dims}
+        return repeated_rows([seq[0] for seq in ids], dims)
 
     def batch_of(self, uid: int) -> int:
         return next(i for i, batch in enumerate(self.batches) if uid in batch)
-
-
-def text(uid: int, length: int) -> list[int]:
-    return [uid] + [0] * (length - 1)
-
-
-@pytest.fixture
-async def batchers() -> AsyncIterator[list[MicroBatcher]]:
-    made: list[MicroBatcher] = []
-    yield made
-    for batcher in made:
-        await batcher.close()
 
 
 def make(made: list[MicroBatcher], forward: Recording, **overrides: float) -> MicroBatcher:
