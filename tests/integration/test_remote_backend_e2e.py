@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
+from helpers.app_server import serving
 from helpers.kafka_io import Record, assert_all_committed, produce, read_topic
 from helpers.oracle import StreamOracle, compare, random_text, read_replicas
 from helpers.services import RayCluster, pipeline_process_env
@@ -183,22 +184,16 @@ async def _check_read_side(settings: Settings, dims: tuple[int, ...], oracle: St
     async with open_query_side(settings, "serve") as side:
         assert side.pool.info.device.startswith("remote ")
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        runner = web.AppRunner(Api(settings, side.pool, tokenizer, side.sink).app())
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, HOST, port).start()
-        try:
-            async with ClientSession(f"http://{HOST}:{port}") as http:
-                query = {"query": expected.text.split(".")[0], "top_k": 3, "dim": 384}
-                async with http.post("/v1/search", json=query) as response:
-                    assert response.status == 200, await response.text()
-                    hits = (await response.json())["data"][0]["hits"]
-                assert hits and hits[0]["doc_id"] == doc_id, hits
-                cut = {"input": ["a b c"], "dimensions": 64}
-                async with http.post("/v1/embeddings", json=cut) as response:
-                    assert response.status == 200, await response.text()
-                    vector = np.array((await response.json())["data"][0]["embedding"])
-                assert vector.shape == (64,) and abs(np.linalg.norm(vector) - 1.0) < 1e-5
-        finally:
-            await runner.cleanup()
+        app = Api(settings, side.pool, tokenizer, side.sink).app()
+        async with serving(app) as url, ClientSession(url) as http:
+            query = {"query": expected.text.split(".")[0], "top_k": 3, "dim": 384}
+            async with http.post("/v1/search", json=query) as response:
+                assert response.status == 200, await response.text()
+                hits = (await response.json())["data"][0]["hits"]
+            assert hits and hits[0]["doc_id"] == doc_id, hits
+            cut = {"input": ["a b c"], "dimensions": 64}
+            async with http.post("/v1/embeddings", json=cut) as response:
+                assert response.status == 200, await response.text()
+                vector = np.array((await response.json())["data"][0]["embedding"])
+            assert vector.shape == (64,) and abs(np.linalg.norm(vector) - 1.0) < 1e-5
     assert dims == side.sink.dims

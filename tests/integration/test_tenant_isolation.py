@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
+from helpers.app_server import serving
 from helpers.kafka_io import Record, assert_all_committed, produce, read_topic
 from helpers.settings import private_settings, write_toml
 
@@ -136,14 +136,8 @@ async def test_the_search_verb_needs_a_tenant_and_returns_only_its_documents(
 async def api(ingested: tuple[Settings, Runtime]) -> AsyncIterator[str]:
     settings, runtime = ingested
     keys = ApiKeys.parse([("a", f"{ACME} acme"), ("g", f"{GLOBEX} globex"), ("x", ADMIN)])
-    runner = web.AppRunner(Api(settings, runtime.pool, _Tokens(), runtime.sink, keys=keys).app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(Api(settings, runtime.pool, _Tokens(), runtime.sink, keys=keys).app()) as url:
+        yield url
 
 
 async def _post(url: str, key: str, body: dict[str, Any]) -> tuple[int, Any]:
