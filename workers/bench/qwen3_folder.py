@@ -74,16 +74,16 @@ def save_real_tokenizer_model(
 
 def write_folder_cli(
     argv: Sequence[str],
-    *,
-    prog: str,
-    description: str,
+    module: str,
+    doc: str,
     shapes: Mapping[str, Shape],
     save: Callable[..., Path],
     tokenizer: str,
 ) -> int:
-    """The CLI of a folder writer: ``SHAPE DIR [--seed N]`` calls ``save(shape, folder, device=,
-    dtype=, seed=)``; CUDA and bf16 when available, except for the tiny shapes (float32)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    """The CLI ``python -m {module}`` of a folder writer (``doc``: its module docstring):
+    ``SHAPE DIR [--seed N]`` calls ``save(shape, folder, device=, dtype=, seed=)``, on CUDA in bf16
+    when available, except for the tiny shapes (float32); ``tokenizer`` names the tokenizer written."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
     parser.add_argument("shape", choices=sorted(shapes))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
@@ -97,13 +97,9 @@ def write_folder_cli(
 
 def main(argv: Sequence[str]) -> int:
     """CLI: write one folder (CUDA and bf16 when available, for the large shapes)."""
+    tokenizer = "the real Qwen3-Embedding tokenizer"
     return write_folder_cli(
-        argv,
-        prog="python -m workers.bench.qwen3_folder",
-        description=__doc__.split("\n")[0],
-        shapes=REAL_SHAPES,
-        save=save_real_tokenizer_model,
-        tokenizer="the real Qwen3-Embedding tokenizer",
+        argv, "workers.bench.qwen3_folder", __doc__, REAL_SHAPES, save_real_tokenizer_model, tokenizer
     )
 
 

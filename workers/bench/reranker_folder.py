@@ -69,13 +69,9 @@ def save_random_reranker(
 
 def main(argv: Sequence[str]) -> int:
     """CLI: write one folder (CUDA and bf16 when available, for the large shapes)."""
+    tokenizer = "Qwen3-Reranker's tokenizer"
     return write_folder_cli(
-        argv,
-        prog="python -m workers.bench.reranker_folder",
-        description=__doc__.split("\n")[0],
-        shapes=RERANKER_SHAPES,
-        save=save_random_reranker,
-        tokenizer="Qwen3-Reranker's tokenizer",
+        argv, "workers.bench.reranker_folder", __doc__, RERANKER_SHAPES, save_random_reranker, tokenizer
     )
 
 
