@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from workers.batch_budget import forward_cost
 from workers.errors import ForwardOutOfMemory, UnknownAdapter
 from workers.model.info import ModelInfo
 from workers.model.loading import compute_dtype, load_weights, pick_device, use_packing
@@ -235,7 +236,7 @@ class EmbeddingModel:
         except torch.OutOfMemoryError as exc:
             # The traceback's frames hold the pass's activations: drop them, so the cache can be freed.
             cause = exc.with_traceback(None)
-        cost = sum(len(row) for row in ids) if self._packed else max(len(r) for r in ids) * len(ids)
+        cost = forward_cost(ids, self._packed)
         self.release_memory()
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ForwardOutOfMemory(

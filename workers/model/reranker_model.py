@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from workers.batch_budget import forward_cost
 from workers.errors import ConfigError, ForwardOutOfMemory
 from workers.model.loading import (
     compute_dtype,
@@ -206,7 +207,7 @@ class RerankerModel:
             cause = exc.with_traceback(None)
         if self._device.startswith("cuda"):
             torch.cuda.empty_cache()
-        cost = sum(map(len, pairs)) if self._packed else max(map(len, pairs)) * len(pairs)
+        cost = forward_cost(pairs, self._packed)
         raise ForwardOutOfMemory(
             f"out of memory scoring {len(pairs)} pair(s) ({cost} tokens)", cost
         ) from cause
