@@ -37,8 +37,7 @@ from workers.bench.setup import (
     id_tokenizer,
     lognormal_lengths,
     make_documents,
-    random_embedding_model,
-    random_qwen3,
+    random_model,
     save_random_model,
     sentence_transformer_peer,
 )
@@ -190,22 +189,13 @@ def _measure(
 
 
 def _load(args: argparse.Namespace, device: str) -> tuple[EmbeddingModel, Affixes]:
-    dtype = compute_dtype("auto", device)
     if args.random:
         shape = SHAPES[args.random]
-        affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
-        module = random_qwen3(shape, device, getattr(torch, dtype), args.seed)
-        model = random_embedding_model(
-            args.random,
-            shape,
-            module,
-            device=device,
-            dtype=dtype,
-            max_length=max(args.max_length, 512),
-            packing=args.packing,
-            compile=args.compile,
-        )
-        return model, affixes
+        model = random_model(
+            args.random, shape, device, args.seed, max_length=max(args.max_length, 512),
+            packing=args.packing, compile=args.compile,
+        )  # fmt: skip
+        return model, Affixes.eos_appended(shape.eos)
     model = EmbeddingModel.load(
         ModelSettings(name_or_path=args.model, packing=args.packing, compile=args.compile), device=device
     )

@@ -29,10 +29,9 @@ import torch
 from workers.batcher import MicroBatcher
 from workers.bench.qwen3_folder import CONTEXT, REAL_SHAPES
 from workers.bench.qwen3_tokenizer import EOS, EOS_ID, embedding_tokenizer
-from workers.bench.setup import random_embedding_model, random_qwen3
+from workers.bench.setup import random_model
 from workers.bench.strategies import padded_forward, single_forward
 from workers.model.embedding_model import EmbeddingModel
-from workers.model.loading import compute_dtype
 from workers.settings import BatchSettings, ModelSettings
 
 REQUEST_TEXTS = 32
@@ -74,18 +73,10 @@ def load_model(
 ) -> EmbeddingModel:
     """Random weights of a real shape + the real tokenizer (``random``), or the folder ``path``."""
     if random is not None:
-        shape, dtype = REAL_SHAPES[random], compute_dtype("auto", device)
-        return random_embedding_model(
-            f"{random}+qwen3-tokenizer",
-            shape,
-            random_qwen3(shape, device, getattr(torch, dtype)),
-            device=device,
-            dtype=dtype,
-            max_length=CONTEXT,
-            packing=packing,
-            compile=compile,
-            tokenizer=embedding_tokenizer(),
-        )
+        return random_model(
+            f"{random}+qwen3-tokenizer", REAL_SHAPES[random], device, max_length=CONTEXT,
+            packing=packing, compile=compile, tokenizer=embedding_tokenizer(),
+        )  # fmt: skip
     if path is None:
         raise ValueError("load_model needs a random shape or a model folder")
     settings = ModelSettings(name_or_path=path, max_length=CONTEXT, packing=packing, compile=compile)
@@ -176,7 +167,7 @@ def sentence_transformers_peer(model: EmbeddingModel, folder: Any, clock: Forwar
     """sentence-transformers on ``model``'s own network and the real tokenizer (setup's stub swap)."""
     from workers.bench.setup import Affixes, sentence_transformer_peer
 
-    affixes = Affixes(prefix=(), suffix=(EOS_ID,), pad=EOS_ID)
+    affixes = Affixes.eos_appended(EOS_ID)
     peer = sentence_transformer_peer(
         model.module, embedding_tokenizer(), affixes, model.pooling, folder, pad_token=EOS
     )

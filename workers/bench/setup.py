@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 from workers.model.embedding_model import EmbeddingModel
+from workers.model.loading import compute_dtype
 from workers.model.pooling import PoolingMode
 from workers.model.tokenizer import TextTokenizer
 
@@ -110,8 +111,7 @@ def random_embedding_model(
     """``module`` (random weights of ``shape``, e.g. :func:`random_qwen3`) as an EmbeddingModel that
     reads text with ``tokenizer`` (default: id-level text, :func:`id_tokenizer`), which appends EOS,
     and pools that EOS, as Qwen3-Embedding does."""
-    affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
-    backend = tokenizer or id_tokenizer(shape.vocab, affixes)
+    backend = tokenizer or id_tokenizer(shape.vocab, Affixes.eos_appended(shape.eos))
     return EmbeddingModel(
         name=f"random-{name}",
         model=module,
@@ -122,6 +122,27 @@ def random_embedding_model(
         packing=packing,
         compile=compile,
     )
+
+
+def random_model(
+    name: str,
+    shape: Shape,
+    device: str,
+    seed: int = 0,
+    *,
+    max_length: int,
+    packing: Literal["auto", "on", "off"],
+    compile: bool = False,
+    tokenizer: Tokenizer | None = None,
+) -> EmbeddingModel:
+    """:func:`random_embedding_model` around :func:`random_qwen3` weights of ``shape`` (seeded by
+    ``seed``) in the 'auto' dtype of ``device``: bfloat16 on a GPU, float32 elsewhere."""
+    dtype = compute_dtype("auto", device)
+    module = random_qwen3(shape, device, getattr(torch, dtype), seed)
+    return random_embedding_model(
+        name, shape, module, device=device, dtype=dtype, max_length=max_length, packing=packing,
+        compile=compile, tokenizer=tokenizer,
+    )  # fmt: skip
 
 
 def lognormal_lengths(
@@ -140,6 +161,11 @@ class Affixes:
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
     pad: int
+
+    @classmethod
+    def eos_appended(cls, eos: int) -> Affixes:
+        """Qwen3-Embedding's: nothing before a text, EOS after it, EOS as PAD."""
+        return cls(prefix=(), suffix=(eos,), pad=eos)
 
     def wrap(self, body: Sequence[int]) -> list[int]:
         return [*self.prefix, *body, *self.suffix]
@@ -184,7 +210,7 @@ def save_random_model(shape: Shape, folder: Path, device: str, dtype: torch.dtyp
     EOS appended), so the whole pipeline can run on the real shapes without the real weights.  Its
     texts are words ``t{id}``: one word is one token.
     """
-    affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
+    affixes = Affixes.eos_appended(shape.eos)
     model = random_qwen3(shape, device, dtype, seed)
     model.save_pretrained(folder)
     PreTrainedTokenizerFast(
