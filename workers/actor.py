@@ -6,20 +6,13 @@ so the driver (the Kafka consumer) can import :mod:`workers.pool`.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
-import os
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import ray
 
-from workers.batcher import MicroBatcher
-from workers.metrics import ActorMetrics
+from workers.actor_base import ModelActor, assigned_device, configure_logging
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
 from workers.model.matryoshka import validate_dims
 from workers.prompts import format_query
@@ -31,26 +24,7 @@ _LOG_EVERY_S = 30.0
 """How often an actor under load logs its throughput."""
 
 
-def _configure_logging() -> None:
-    """Let INFO lines reach the worker's stderr (shown in the Ray dashboard's actor logs).
-
-    Left alone when the worker's logging is already set up, e.g. by ``ray.init(logging_config=...)``.
-    """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _was_restarted() -> bool:
-    """True inside an actor that Ray restarted (False outside Ray)."""
-    if not ray.is_initialized():
-        return False
-    context = ray.get_runtime_context()
-    with warnings.catch_warnings():  # Ray 2.60 flags its own property as deprecated, naming no successor
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return context.get_actor_id() is not None and context.was_current_actor_reconstructed
-
-
-class EmbedderActor:
+class EmbedderActor(ModelActor):
     """Holds one :class:`~workers.model.embedding_model.EmbeddingModel`; concurrent :meth:`embed` calls
     share forward passes.
 
@@ -69,12 +43,10 @@ class EmbedderActor:
         self, model_settings: ModelSettings, batch_settings: BatchSettings, index: int, namespace: str = ""
     ) -> None:
         """``namespace`` is the Ray namespace the pool named this actor in (a tag of its metrics)."""
-        _configure_logging()
+        configure_logging()
         self._name = f"embedder-{index}"
-        # Outside a Ray worker nothing was assigned; asking would make Ray start a local cluster.
-        device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
         started = time.monotonic()
-        self._model = EmbeddingModel.load(model_settings, device=device)
+        self._model = EmbeddingModel.load(model_settings, device=assigned_device())
         self._model_settings = model_settings
         self._load_s = time.monotonic() - started  # the price a restart pays: reported in stats
         self._info = self._model.info()
@@ -89,28 +61,15 @@ class EmbedderActor:
             self._info.native_dim,
             self._info.max_length,
         )
-        self._metrics = ActorMetrics(namespace, self._name, batch_settings.max_batch_tokens)
-        if _was_restarted():
-            log.warning("%s restarted by Ray after the previous process died", self._name)
-            self._metrics.restarted()
-        self._inflight = 0
-        self._tokenize_s = 0.0  # summed over requests; they tokenize side by side in the executor
         # A one-word input: a text is blamed for failing alone only if this still embeds right after.
         probe_ids = self._model.encode_ids(["ok"])
-        self._batcher = MicroBatcher(
+        self._start_batching(
             self._model.embed_ids,
             batch_settings,
             packed=self._model.packed,
-            on_batch=self._on_batch,
-            on_failure=self._metrics.forward_failed,
             probe=lambda: self._model.embed_ids(probe_ids, (self._info.native_dim,)),
-            on_broken=self._exit_broken,
-        )
-        # Tokenization gets its own threads: they overlap the forward pass on the batcher's thread.
-        # Only the tokenizer runs on them (the Rust tokenizer encodes from many threads at once);
-        # the model itself stays on the batcher's one thread.
-        self._tokenize = ThreadPoolExecutor(
-            max_workers=batch_settings.tokenize_threads, thread_name_prefix="tokenize"
+            namespace=namespace,
+            tokenize_threads=batch_settings.tokenize_threads,
         )
         self._logged_at = time.monotonic()
         self._logged = self._batcher.stats()
@@ -147,39 +106,15 @@ class EmbedderActor:
     ) -> dict[int, np.ndarray]:
         validate_dims(dims, self._info.native_dim)
         self._model.check_adapter(adapter)
-        loop = asyncio.get_running_loop()
-        self._inflight += 1
-        try:
-            started = time.perf_counter()
-            ids = await loop.run_in_executor(self._tokenize, self._model.encode_ids, texts)
-            self._tokenize_s += time.perf_counter() - started
-            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
-            result = await self._batcher.submit(ids, dims, priority=priority, adapter=adapter)
-        finally:
-            self._inflight -= 1
-            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
+        result = await self._submit(
+            lambda: self._model.encode_ids(texts), dims, priority=priority, adapter=adapter
+        )
         self._maybe_log()
         return result
 
     async def stats(self) -> dict[str, Any]:
-        """The batcher's counters plus who this actor is."""
-        return {
-            "actor": self._name,
-            "pid": os.getpid(),
-            "device": self._info.device,
-            "load_s": round(self._load_s, 3),
-            "tokenize_seconds": self._tokenize_s,
-            **dataclasses.asdict(self._batcher.stats()),
-        }
-
-    def _exit_broken(self, error: BaseException) -> None:
-        """The model fails on every input (e.g. a sticky CUDA error): only a new process recovers."""
-        log.error("%s: the model is broken (%r); exiting so that Ray restarts this actor", self._name, error)
-        os._exit(1)
-
-    def _on_batch(self, tokens: int, padded: int, seconds: float) -> None:
-        self._metrics.batch(tokens, padded, seconds)
-        self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
+        """The batcher's counters plus who this actor is, and the seconds spent tokenizing."""
+        return self._stats(tokenize_seconds=self._tokenize_s)
 
     def _maybe_log(self) -> None:
         """Every ``_LOG_EVERY_S`` under load: throughput since the last line."""

@@ -13,8 +13,18 @@ paid for the rest of the actor's life; a lasting one costs one failed pass every
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
+
+
+def forward_cost(rows: Sequence[Sequence[int]], packed: bool) -> int:
+    """Tokens a forward pass over ``rows`` computes, what a budget bounds: the sum of their lengths
+    when packed (one unpadded row), else the longest length times their number (padded)."""
+    if not rows:
+        return 0
+    return sum(len(row) for row in rows) if packed else max(len(row) for row in rows) * len(rows)
+
 
 GROW_AFTER = 64
 """Forward passes in a row without an out-of-memory before the budget grows one step."""

@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from workers.batch_budget import forward_cost
 from workers.batch_items import Item, Request
 from workers.batch_queue import BatchQueue
 from workers.batcher_stats import BatcherStats, ForwardCounters
@@ -203,7 +204,7 @@ class MicroBatcher:
         dims = tuple(sorted({dim for item in batch for dim in item.request.dims}, reverse=True))
         ids = [item.ids for item in batch]
         tokens = sum(len(seq) for seq in ids)
-        padded = tokens if self._packed else max(len(seq) for seq in ids) * len(ids)
+        padded = forward_cost(ids, self._packed)
         if len(batch) > 1 and padded > self._budget.current:
             # Half of a batch that ran out of memory, still over the lowered budget: it would too.
             middle = len(batch) // 2

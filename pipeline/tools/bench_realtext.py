@@ -202,9 +202,9 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
     """CLI entry: chunk, run, write the JSON, print the figures; exit 1 when a check fails."""
     args = _parser().parse_args(argv)
     if args.dtype == "fp8" and not args.fp8_on_cpu:
-        from workers.bench.realtext_bench import pick_device
         from workers.errors import ConfigError
         from workers.model.fp8 import require_fp8
+        from workers.model.loading import pick_device
 
         try:
             require_fp8(pick_device(args.device))  # before minutes of chunking and loading
@@ -240,8 +240,9 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
     )
 
     from workers.bench import realtext_bench
+    from workers.model.loading import pick_device
 
-    device = realtext_bench.pick_device(args.device)
+    device = pick_device(args.device)
     model = realtext_bench.load_model(args.random, args.model, device, compile=args.compile)
     workload = realtext_bench.RealTextWorkload(texts, langs, full_context_chunks)
     if args.dtype == "fp8":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,18 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import Settings
-
-
-def write_toml(settings: Settings, path: Path) -> Path:
-    """``settings`` as the TOML file of ``--config`` (every section; unset values left out)."""
-    lines: list[str] = []
-    for section, values in settings.model_dump(mode="json", exclude_none=True).items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
+from helpers.services import pipeline_process_env
 
 
 class WorkerProcess:
@@ -37,9 +24,7 @@ class WorkerProcess:
 
     def __init__(self, config: Path, ray_address: str, ray_env: Mapping[str, str], logs: Path) -> None:
         self._config = config
-        self._env = {**os.environ, **ray_env, "PIPELINE_RAY__ADDRESS": ray_address}
-        self._env.pop("RAY_AUTH_TOKEN", None)  # it would win over the token file of ray_env
-        self._env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), self._env.get("PYTHONPATH", "")])
+        self._env = pipeline_process_env(ray_address, ray_env)
         self._logs = logs
         self._logs.mkdir(parents=True, exist_ok=True)
         self.starts = 0

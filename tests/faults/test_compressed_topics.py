@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import WorkerProcess, write_toml
+from harness import WorkerProcess
 from helpers.kafka_io import Record, assert_all_committed, committed_and_end, read_topic
 from helpers.oracle import StreamOracle, assert_exact, random_text
 from helpers.services import RayCluster
+from helpers.settings import write_toml
 
 from pipeline.ingest.kafka import ensure_topics, make_producer
 from pipeline.runtime.assemble import build_runtime

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from harness import WorkerProcess, write_toml
+from harness import WorkerProcess
 from helpers.kafka_io import Record, produce
 from helpers.models import build_tiny_qwen3
 from helpers.services import RayCluster
+from helpers.settings import write_toml
 
 from pipeline.milvus.sink import MilvusSink
 from pipeline.ops import versions

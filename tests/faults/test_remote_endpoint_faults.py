@@ -15,6 +15,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,27 @@ class Script:
         return self._rng.choice(FAULTS) if self._rng.random() < FAULT_SHARE else OK
 
 
+def _endpoint_settings(server: FakeEmbeddings) -> EmbedderSettings:
+    """The remote backend on ``server``: a try times out after 0.5 s, 3 tries with short backoff, 8 texts
+    a request (many requests, so every fault is met)."""
+    return EmbedderSettings(
+        backend="openai",
+        base_url=server.base_url,
+        request_timeout_s=0.5,
+        max_attempts=3,
+        backoff_base_s=0.05,
+        backoff_max_s=0.5,
+        max_request_inputs=8,
+    )
+
+
+def _assert_endpoint_vectors(stored: dict[int, list[dict[str, Any]]], dims: tuple[int, ...]) -> None:
+    """Every stored vector is the project's cut-then-normalize of the endpoint's vector for its chunk."""
+    for dim, rows in stored.items():
+        want = expected_vectors([r["text"] for r in rows], WIDTH, dims)[dim]
+        np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), want, atol=1e-5)
+
+
 async def test_a_failing_endpoint_loses_nothing_and_commits_only_what_was_written(
     make_settings: Callable[..., Settings], milvus_lite_uri: str, ray_session: None
 ) -> None:
@@ -60,15 +82,7 @@ async def test_a_failing_endpoint_loses_nothing_and_commits_only_what_was_writte
     oracle = mixed_stream(seed=1414, events=600)
     half = len(oracle.records) // 2
     async with FakeEmbeddings(WIDTH, script, slow_s=2.0) as server:
-        remote = EmbedderSettings(
-            backend="openai",
-            base_url=server.base_url,
-            request_timeout_s=0.5,
-            max_attempts=3,
-            backoff_base_s=0.05,
-            backoff_max_s=0.5,
-            max_request_inputs=8,
-        )
+        remote = _endpoint_settings(server)
         settings = make_settings(milvus_lite_uri, embedder=remote, dims=(32,))
         kafka = settings.kafka
         runtime = await build_runtime(settings)
@@ -102,9 +116,7 @@ async def test_a_failing_endpoint_loses_nothing_and_commits_only_what_was_writte
             stop.set()
             runtime.close()
     assert verdict.exact, verdict.summary()
-    for dim, rows in stored.items():
-        want = expected_vectors([r["text"] for r in rows], WIDTH, runtime.dims)[dim]
-        np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), want, atol=1e-5)
+    _assert_endpoint_vectors(stored, runtime.dims)
     assert all(server.served[fault] >= 1 for fault in FAULTS), server.served
     assert frozen < len(oracle.records)
     print(
@@ -119,15 +131,7 @@ async def test_consumer_actors_ask_a_failing_endpoint_themselves_and_lose_nothin
     """Two consumer actors (Ray workers, each with a client of its own) against the same faults."""
     oracle = mixed_stream(seed=1415, events=300)
     async with FakeEmbeddings(WIDTH, Script(fault_seed(1415)), slow_s=2.0) as server:
-        remote = EmbedderSettings(
-            backend="openai",
-            base_url=server.base_url,
-            request_timeout_s=0.5,
-            max_attempts=3,
-            backoff_base_s=0.05,
-            backoff_max_s=0.5,
-            max_request_inputs=8,
-        )
+        remote = _endpoint_settings(server)
         settings = make_settings(
             milvus_lite_uri,
             embedder=remote,
@@ -148,7 +152,5 @@ async def test_consumer_actors_ask_a_failing_endpoint_themselves_and_lose_nothin
             runtime.close()
     assert len(stats.members) == 2 and all(m.events for m in stats.members), stats
     assert verdict.exact, verdict.summary()
-    for dim, rows in stored.items():
-        want = expected_vectors([r["text"] for r in rows], WIDTH, runtime.dims)[dim]
-        np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), want, atol=1e-5)
+    _assert_endpoint_vectors(stored, runtime.dims)
     assert sum(server.served[fault] for fault in FAULTS) >= len(FAULTS), server.served

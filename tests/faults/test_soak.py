@@ -24,10 +24,11 @@ from typing import Any
 import psutil
 import pytest
 import ray
-from harness import WorkerProcess, write_toml
+from harness import WorkerProcess
 from helpers.kafka_io import CommitWatcher
 from helpers.oracle import SHORT_WORDS
 from helpers.services import RayCluster
+from helpers.settings import write_toml
 
 from pipeline.ingest.kafka import ensure_topics
 from pipeline.ingest.produce import OutgoingRecord, send_records

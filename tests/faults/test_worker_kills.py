@@ -20,10 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import WorkerProcess, write_toml
+from harness import WorkerProcess
 from helpers.kafka_io import CommitWatcher, assert_all_committed, produce, read_topic
 from helpers.oracle import compare, read_replicas
 from helpers.services import RayCluster
+from helpers.settings import write_toml
 from streams import fault_seed, mixed_stream
 
 from pipeline.ingest.kafka import ensure_topics

@@ -10,9 +10,10 @@
   expected final state, fed the events as they are produced), ``read_replicas``, ``compare`` and its
   ``Verdict``, ``assert_exact`` (every replica and the dead-letter topic against the oracle).
 - :mod:`helpers.fakes`: stand-ins for the consumer's collaborators (a whitespace tokenizer, an
-  embedder of constant unit vectors, a Kafka record).
+  embedder of constant unit vectors, a sink that takes every write, a Kafka record).
 - :mod:`helpers.models`: builders of small offline models (a tiny random Qwen3 with its tokenizer, a
   sentence-transformers layout around a model folder) and the sample texts the model tests embed.
+- :mod:`helpers.app_server`: ``serving`` (an aiohttp app or runner on a free local port, yielding its URL).
 - :mod:`helpers.services`: services the local stack does not run (a real Milvus 2.3.5 standalone) and
   ``RayCluster``, what the session's Ray head fixture yields.
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.documents import DocumentWrite, WriteResult
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
 
 
@@ -22,6 +24,17 @@ class OnesEmbedder:
 
     async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
         return {d: np.ones((len(texts), d), dtype=np.float32) / np.sqrt(d) for d in dims}
+
+
+class AcceptingSink:
+    """A sink that takes every write at once and notes the doc ids written, in order (stores nothing)."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
+        self.written.extend(w.doc_id for w in writes)
+        return WriteResult(rejected={}, documents=len(writes), rows=0)
 
 
 @dataclass(frozen=True)

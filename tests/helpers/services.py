@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,13 @@ class RayCluster:
     env: dict[str, str]
     dashboard_url: str
     stack: StackSettings  # what it was started with: `python -m pipeline dashboard` finds its token by it
+
+
+def pipeline_process_env(ray_address: str, ray_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a ``python -m pipeline`` child process that joins the Ray cluster at
+    ``ray_address`` (``ray_env``: :attr:`RayCluster.env`): this process's, without ``RAY_AUTH_TOKEN``
+    (it would win over the token file of ``ray_env``), with this checkout first on ``PYTHONPATH``."""
+    env = {**os.environ, **ray_env, "PIPELINE_RAY__ADDRESS": ray_address}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")])
+    return env

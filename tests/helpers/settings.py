@@ -4,6 +4,7 @@ asked, a Ray namespace of its own; the rest is what the test asks for."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,3 +78,14 @@ def private_settings(
     if ray_namespace:
         values["ray"] = RaySettings(namespace=run)
     return Settings(**(values | sections))
+
+
+def write_toml(settings: Settings, path: Path) -> Path:
+    """``settings`` as the TOML file of ``--config`` (every section; unset values left out)."""
+    lines: list[str] = []
+    for section, values in settings.model_dump(mode="json", exclude_none=True).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path

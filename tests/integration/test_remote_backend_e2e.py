@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
 import signal
 import subprocess
@@ -26,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
+from helpers.app_server import serving
 from helpers.kafka_io import Record, assert_all_committed, produce, read_topic
 from helpers.oracle import StreamOracle, compare, random_text, read_replicas
-from helpers.services import RayCluster
-from helpers.settings import private_settings
+from helpers.services import RayCluster, pipeline_process_env
+from helpers.settings import private_settings, write_toml
 
 from pipeline.milvus.sink import MilvusSink
 from pipeline.ops.processes import HOST, free_port
@@ -52,10 +51,8 @@ def serve_process(minilm_path: Path, milvus_uri: str, ray: RayCluster, log: Path
     test's Ray cluster); yields its base URL ``http://host:port/v1`` once /health answers."""
     port = free_port()
     run = uuid.uuid4().hex[:8]
-    env = {**os.environ, **ray.env, "PIPELINE_RAY__ADDRESS": ray.address}
-    env.pop("RAY_AUTH_TOKEN", None)  # it would win over the token file of ray.env
+    env = pipeline_process_env(ray.address, ray.env)
     env |= {
-        "PYTHONPATH": os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")]),
         "PIPELINE_RAY__NAMESPACE": f"serve-{run}",
         "PIPELINE_MODEL__NAME_OR_PATH": str(minilm_path),
         "PIPELINE_MILVUS__URI": milvus_uri,
@@ -149,14 +146,8 @@ async def test_run_on_serve_through_the_openai_backend_equals_the_actor_path(
 
 def _run_verb(settings: Settings, ray: RayCluster, tmp_path: Path) -> str:
     """`python -m pipeline --config FILE run --until-idle 3` in a process of its own; its output."""
-    lines: list[str] = []
-    for section, values in settings.model_dump(mode="json", exclude_none=True).items():
-        lines += [f"[{section}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items()), ""]
-    config = tmp_path / "remote.toml"
-    config.write_text("\n".join(lines))
-    env = {**os.environ, **ray.env, "PIPELINE_RAY__ADDRESS": ray.address}
-    env.pop("RAY_AUTH_TOKEN", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")])
+    config = write_toml(settings, tmp_path / "remote.toml")
+    env = pipeline_process_env(ray.address, ray.env)
     command = [sys.executable, "-m", "pipeline", "--config", str(config), "run", "--until-idle", "3"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     output = done.stdout + done.stderr
@@ -193,22 +184,16 @@ async def _check_read_side(settings: Settings, dims: tuple[int, ...], oracle: St
     async with open_query_side(settings, "serve") as side:
         assert side.pool.info.device.startswith("remote ")
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
-        runner = web.AppRunner(Api(settings, side.pool, tokenizer, side.sink).app())
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, HOST, port).start()
-        try:
-            async with ClientSession(f"http://{HOST}:{port}") as http:
-                query = {"query": expected.text.split(".")[0], "top_k": 3, "dim": 384}
-                async with http.post("/v1/search", json=query) as response:
-                    assert response.status == 200, await response.text()
-                    hits = (await response.json())["data"][0]["hits"]
-                assert hits and hits[0]["doc_id"] == doc_id, hits
-                cut = {"input": ["a b c"], "dimensions": 64}
-                async with http.post("/v1/embeddings", json=cut) as response:
-                    assert response.status == 200, await response.text()
-                    vector = np.array((await response.json())["data"][0]["embedding"])
-                assert vector.shape == (64,) and abs(np.linalg.norm(vector) - 1.0) < 1e-5
-        finally:
-            await runner.cleanup()
+        app = Api(settings, side.pool, tokenizer, side.sink).app()
+        async with serving(app) as url, ClientSession(url) as http:
+            query = {"query": expected.text.split(".")[0], "top_k": 3, "dim": 384}
+            async with http.post("/v1/search", json=query) as response:
+                assert response.status == 200, await response.text()
+                hits = (await response.json())["data"][0]["hits"]
+            assert hits and hits[0]["doc_id"] == doc_id, hits
+            cut = {"input": ["a b c"], "dimensions": 64}
+            async with http.post("/v1/embeddings", json=cut) as response:
+                assert response.status == 200, await response.text()
+                vector = np.array((await response.json())["data"][0]["embedding"])
+            assert vector.shape == (64,) and abs(np.linalg.norm(vector) - 1.0) < 1e-5
     assert dims == side.sink.dims

@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
+from helpers.app_server import serving
 from helpers.kafka_io import Record, assert_all_committed, produce, read_topic
-from helpers.settings import private_settings
+from helpers.settings import private_settings, write_toml
 
 from pipeline.cli import main
 from pipeline.runtime.assemble import Runtime, build_runtime
@@ -54,14 +54,6 @@ def _records() -> list[Record]:
         {"id": key.decode(), "text": "ls lists files", "metadata": meta} for key, meta in NO_TENANT.items()
     ]
     return [Record(str(e["id"]).encode(), json.dumps(e).encode()) for e in events]
-
-
-def _toml(settings: Settings, path: Path) -> Path:
-    lines: list[str] = []
-    for section, values in settings.model_dump(mode="json", exclude_none=True).items():
-        lines += [f"[{section}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items()), ""]
-    path.write_text("\n".join(lines))
-    return path
 
 
 class _Tokens:
@@ -126,7 +118,7 @@ async def test_the_search_verb_needs_a_tenant_and_returns_only_its_documents(
     ingested: tuple[Settings, Runtime], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings, _ = ingested
-    config = str(_toml(settings, tmp_path / "pipeline.toml"))
+    config = str(write_toml(settings, tmp_path / "pipeline.toml"))
     assert await asyncio.to_thread(main, ["--config", config, "search", QUERY]) == 2
     assert "every search must name its tenant" in capsys.readouterr().err
     argv = ["--config", config, "search", "--tenant", "globex", "--top-k", "10", QUERY]
@@ -144,14 +136,8 @@ async def test_the_search_verb_needs_a_tenant_and_returns_only_its_documents(
 async def api(ingested: tuple[Settings, Runtime]) -> AsyncIterator[str]:
     settings, runtime = ingested
     keys = ApiKeys.parse([("a", f"{ACME} acme"), ("g", f"{GLOBEX} globex"), ("x", ADMIN)])
-    runner = web.AppRunner(Api(settings, runtime.pool, _Tokens(), runtime.sink, keys=keys).app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(Api(settings, runtime.pool, _Tokens(), runtime.sink, keys=keys).app()) as url:
+        yield url
 
 
 async def _post(url: str, key: str, body: dict[str, Any]) -> tuple[int, Any]:

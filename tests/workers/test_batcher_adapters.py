@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
 
-import numpy as np
-import pytest
+from batcher_fakes import GatedForward, text
 
 from workers.batcher import MicroBatcher
 from workers.settings import BatchSettings
@@ -16,38 +14,12 @@ from workers.settings import BatchSettings
 OFFSET = {None: 0.0, "legal": 1000.0, "medical": 2000.0}
 
 
-class AdapterForward:
+def adapter_forward(gate: threading.Event | None = None) -> GatedForward:
     """Row ``r`` is ``ids[r][0] + OFFSET[adapter]``; records each batch (adapter, uids); may be gated."""
-
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        self.batches: list[tuple[str | None, list[int]]] = []
-        self.gate = gate
-        self.started = threading.Event()
-
-    def __call__(
-        self, ids: list[Sequence[int]], dims: tuple[int, ...], adapter: str | None = None
-    ) -> Mapping[int, np.ndarray]:
-        self.started.set()
-        if self.gate is not None:
-            self.gate.wait(10)
-        self.batches.append((adapter, [seq[0] for seq in ids]))
-        firsts = np.array([seq[0] + OFFSET[adapter] for seq in ids], dtype=np.float32)
-        return {dim: np.repeat(firsts[:, None], dim, axis=1) for dim in dims}
+    return GatedForward(gate, OFFSET)
 
 
-def text(uid: int, length: int) -> list[int]:
-    return [uid] + [0] * (length - 1)
-
-
-@pytest.fixture
-async def batchers() -> AsyncIterator[list[MicroBatcher]]:
-    made: list[MicroBatcher] = []
-    yield made
-    for batcher in made:
-        await batcher.close()
-
-
-def make(made: list[MicroBatcher], forward: AdapterForward, **overrides: float) -> MicroBatcher:
+def make(made: list[MicroBatcher], forward: GatedForward, **overrides: float) -> MicroBatcher:
     values: dict[str, float] = {"max_batch_tokens": 400, "max_wait_ms": 5.0, "sort_window": 64}
     batcher = MicroBatcher(forward, BatchSettings.model_validate(values | overrides), packed=True)
     made.append(batcher)
@@ -58,7 +30,7 @@ async def test_requests_of_several_adapters_queued_together_each_get_their_own_a
     batchers: list[MicroBatcher],
 ) -> None:
     gate = threading.Event()
-    forward = AdapterForward(gate)
+    forward = adapter_forward(gate)
     batcher = make(batchers, forward)
     # A first request holds the forward thread while the others queue up together.
     first = asyncio.create_task(batcher.submit([text(99, 4)], (4,)))
@@ -83,14 +55,14 @@ async def test_requests_of_several_adapters_queued_together_each_get_their_own_a
     # Every batch ran with one adapter and held only that adapter's texts; the queued texts took
     # one batch per adapter (they all fit one budget).
     owner = {uid: adapter for adapter, uids in plan for uid in uids}
-    for adapter, uids in forward.batches[1:]:
+    for adapter, uids in forward.adapter_batches()[1:]:
         assert {owner[uid] for uid in uids} == {adapter}
-    assert sorted((a or "") for a, _ in forward.batches[1:]) == ["", "legal", "medical"]
+    assert sorted((a or "") for a, _ in forward.adapter_batches()[1:]) == ["", "legal", "medical"]
 
 
 async def test_queries_and_ingestion_of_different_adapters_take_turns(batchers: list[MicroBatcher]) -> None:
     gate = threading.Event()
-    forward = AdapterForward(gate)
+    forward = adapter_forward(gate)
     batcher = make(batchers, forward, max_batch_tokens=64, max_wait_ms=0)
     blocker = asyncio.create_task(batcher.submit([text(99, 4)], (4,), adapter="legal"))
     await asyncio.to_thread(forward.started.wait, 5)
@@ -104,7 +76,7 @@ async def test_queries_and_ingestion_of_different_adapters_take_turns(batchers: 
     await asyncio.gather(blocker, ingestion, *queries)
     # After the blocker: queries lead, then ingestion of the other adapter gets its turn at once,
     # although the remaining queries were waiting; then they run.
-    assert forward.batches[1:] == [
+    assert forward.adapter_batches()[1:] == [
         ("legal", [10, 11, 12, 13]),
         ("medical", [1, 2]),
         ("legal", [14, 15, 16, 17]),
@@ -116,7 +88,7 @@ async def test_queries_and_ingestion_of_different_adapters_take_turns(batchers: 
 async def test_a_query_stream_of_one_adapter_never_starves_ingestion_of_another(
     batchers: list[MicroBatcher],
 ) -> None:
-    forward = AdapterForward()
+    forward = adapter_forward()
     batcher = make(batchers, forward, max_batch_tokens=80, max_wait_ms=0)
     ingestion = asyncio.create_task(
         batcher.submit([text(uid, 40) for uid in range(1, 7)], (4,), adapter="medical")
@@ -130,5 +102,5 @@ async def test_a_query_stream_of_one_adapter_never_starves_ingestion_of_another(
     out = await asyncio.wait_for(ingestion, 10)
     await asyncio.gather(*flooding)
     assert out[4][:, 0].tolist() == [uid + 2000.0 for uid in range(1, 7)]
-    for adapter, uids in forward.batches:
+    for adapter, uids in forward.adapter_batches():
         assert all((uid >= 100) == (adapter == "legal") for uid in uids)

@@ -4,10 +4,11 @@ text failing alone is named, other texts land, a broken model is not blamed on a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
+from batcher_fakes import repeated_rows, text
 
 from workers.batch_budget import GROW_AFTER, GROW_STEP, BatchBudget
 from workers.batcher import MicroBatcher
@@ -38,33 +39,20 @@ class MemoryBoundForward:
         if any(seq[0] == BROKEN for seq in ids):
             raise RuntimeError("index out of range in self")
         self.embedded.extend(seq[0] for seq in ids)
-        firsts = np.array([seq[0] for seq in ids], dtype=np.float32)
-        return {dim: np.repeat(firsts[:, None], dim, axis=1) for dim in dims}
-
-
-def text(uid: int, length: int) -> list[int]:
-    return [uid] + [0] * (length - 1)
+        return repeated_rows([seq[0] for seq in ids], dims)
 
 
 def settings(budget: int) -> BatchSettings:
     return BatchSettings(max_batch_tokens=budget, max_wait_ms=5.0, max_queued_tokens=100_000, sort_window=64)
 
 
-@pytest.fixture
-async def closing() -> AsyncIterator[list[MicroBatcher]]:
-    batchers: list[MicroBatcher] = []
-    yield batchers
-    for batcher in batchers:
-        await batcher.close()
-
-
 async def test_an_oversized_batch_is_split_until_it_fits_and_every_text_gets_its_vector(
-    closing: list[MicroBatcher],
+    batchers: list[MicroBatcher],
 ) -> None:
     forward = MemoryBoundForward(memory=100)
     failures: list[tuple[str, bool, int]] = []
     batcher = MicroBatcher(forward, settings(400), on_failure=lambda *f: failures.append(f))
-    closing.append(batcher)
+    batchers.append(batcher)
     out = await batcher.submit([text(uid, 40) for uid in range(1, 9)], (4,))  # 8 x 40 = 320 padded
     assert out[4][:, 0].tolist() == list(range(1, 9))
     # 320 fails (budget -> 160), a half of 160 fails (budget -> 80), then only batches of 80 run:
@@ -82,11 +70,11 @@ async def test_an_oversized_batch_is_split_until_it_fits_and_every_text_gets_its
 
 
 async def test_a_text_that_runs_out_of_memory_alone_is_named_and_every_other_text_lands(
-    closing: list[MicroBatcher],
+    batchers: list[MicroBatcher],
 ) -> None:
     forward = MemoryBoundForward(memory=100)
     batcher = MicroBatcher(forward, settings(400), probe=lambda: forward([[7]], (4,)))
-    closing.append(batcher)
+    batchers.append(batcher)
     huge = [text(1, 30), text(2, 120), text(3, 30)]  # the second does not fit even alone
     other = [text(4, 30), text(5, 30)]
     outcomes = await asyncio.gather(
@@ -105,11 +93,11 @@ async def test_a_text_that_runs_out_of_memory_alone_is_named_and_every_other_tex
 
 
 async def test_other_errors_of_the_model_isolate_the_text_without_lowering_the_budget(
-    closing: list[MicroBatcher],
+    batchers: list[MicroBatcher],
 ) -> None:
     forward = MemoryBoundForward(memory=10_000)
     batcher = MicroBatcher(forward, settings(400))
-    closing.append(batcher)
+    batchers.append(batcher)
     with pytest.raises(FailedInputs) as caught:
         await batcher.submit([text(1, 10), text(2, 10), text(BROKEN, 10), text(3, 10)], (4,))
     assert caught.value.failures == {2: "RuntimeError: index out of range in self"}
@@ -128,7 +116,7 @@ async def test_a_failure_crosses_process_boundaries_as_itself() -> None:
 
 
 async def test_when_the_probe_fails_too_the_model_is_broken_and_no_text_is_blamed(
-    closing: list[MicroBatcher],
+    batchers: list[MicroBatcher],
 ) -> None:
     def always_fails(ids: list[Sequence[int]], dims: tuple[int, ...]) -> Mapping[int, np.ndarray]:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -137,7 +125,7 @@ async def test_when_the_probe_fails_too_the_model_is_broken_and_no_text_is_blame
     batcher = MicroBatcher(
         always_fails, settings(400), probe=lambda: always_fails([[1]], (4,)), on_broken=broken.append
     )
-    closing.append(batcher)
+    batchers.append(batcher)
     with pytest.raises(EmbedderUnavailable, match="the model is broken"):
         await batcher.submit([text(1, 10), text(2, 10)], (4,))
     assert len(broken) == 1 and "illegal memory access" in str(broken[0])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
 
-import numpy as np
 import pytest
+from batcher_fakes import GatedForward, text
 
 from workers.batcher import MicroBatcher
 from workers.errors import Backpressure
@@ -17,41 +16,7 @@ from workers.settings import BatchSettings
 QUERY = 1_000_000  # query uids start here, ingestion uids below
 
 
-class Recording:
-    """A forward pass that records the first token (the uid) of every text; optionally gated."""
-
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        self.batches: list[list[int]] = []
-        self.gate = gate
-        self.started = threading.Event()
-
-    def __call__(
-        self, ids: list[Sequence[int]], dims: tuple[int, ...], adapter: str | None = None
-    ) -> Mapping[int, np.ndarray]:
-        self.started.set()
-        if self.gate is not None:
-            self.gate.wait(10)
-        self.batches.append([seq[0] for seq in ids])
-        firsts = np.array([seq[0] for seq in ids], dtype=np.float32)
-        return {dim: np.repeat(firsts[:, None], dim, axis=1) for dim in dims}
-
-    def batch_of(self, uid: int) -> int:
-        return next(i for i, batch in enumerate(self.batches) if uid in batch)
-
-
-def text(uid: int, length: int) -> list[int]:
-    return [uid] + [0] * (length - 1)
-
-
-@pytest.fixture
-async def batchers() -> AsyncIterator[list[MicroBatcher]]:
-    made: list[MicroBatcher] = []
-    yield made
-    for batcher in made:
-        await batcher.close()
-
-
-def make(made: list[MicroBatcher], forward: Recording, **overrides: float) -> MicroBatcher:
+def make(made: list[MicroBatcher], forward: GatedForward, **overrides: float) -> MicroBatcher:
     values: dict[str, float] = {"max_batch_tokens": 200, "max_wait_ms": 5.0, "priority_share": 0.5}
     values |= overrides
     batcher = MicroBatcher(forward, BatchSettings.model_validate(values), packed=True)
@@ -61,7 +26,7 @@ def make(made: list[MicroBatcher], forward: Recording, **overrides: float) -> Mi
 
 async def test_ingestion_progresses_under_a_query_flood(batchers: list[MicroBatcher]) -> None:
     gate = threading.Event()
-    forward = Recording(gate)
+    forward = GatedForward(gate)
     batcher = make(batchers, forward)
     blocker = asyncio.create_task(batcher.submit([text(0, 200)], (4,)))
     await asyncio.to_thread(forward.started.wait, 5)
@@ -85,7 +50,7 @@ async def test_ingestion_progresses_under_a_query_flood(batchers: list[MicroBatc
 
 async def test_a_query_is_not_stuck_behind_the_ingestion_backlog(batchers: list[MicroBatcher]) -> None:
     gate = threading.Event()
-    forward = Recording(gate)
+    forward = GatedForward(gate)
     batcher = make(batchers, forward, max_queued_tokens=100_000)
     backlog = asyncio.create_task(batcher.submit([text(uid, 50) for uid in range(1, 1001)], (4,)))
     await asyncio.to_thread(forward.started.wait, 5)  # batch 0 is on the device; 250 batches' worth wait
@@ -99,7 +64,7 @@ async def test_a_query_is_not_stuck_behind_the_ingestion_backlog(batchers: list[
 
 
 async def test_a_query_does_not_wait_for_the_batch_to_fill(batchers: list[MicroBatcher]) -> None:
-    forward = Recording()
+    forward = GatedForward()
     batcher = make(batchers, forward, max_wait_ms=20_000)
     started = time.monotonic()
     await batcher.submit([text(QUERY, 10)], (4,), priority=True)
@@ -108,7 +73,7 @@ async def test_a_query_does_not_wait_for_the_batch_to_fill(batchers: list[MicroB
 
 async def test_the_query_lane_is_bounded_apart_from_ingestion(batchers: list[MicroBatcher]) -> None:
     gate = threading.Event()
-    forward = Recording(gate)
+    forward = GatedForward(gate)
     batcher = make(batchers, forward, max_priority_tokens=100, max_queued_tokens=1000)
     blocker = asyncio.create_task(batcher.submit([text(0, 200)], (4,)))
     await asyncio.to_thread(forward.started.wait, 5)

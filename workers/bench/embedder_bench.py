@@ -37,8 +37,7 @@ from workers.bench.setup import (
     id_tokenizer,
     lognormal_lengths,
     make_documents,
-    random_embedding_model,
-    random_qwen3,
+    random_model,
     save_random_model,
     sentence_transformer_peer,
 )
@@ -50,7 +49,8 @@ from workers.bench.strategies import (
     peer_tokenize,
     single_forward,
 )
-from workers.model.embedding_model import EmbeddingModel, compute_dtype
+from workers.model.embedding_model import EmbeddingModel
+from workers.model.loading import compute_dtype, pick_device
 from workers.settings import BatchSettings, ModelSettings
 
 MIN_COSINE = 0.999
@@ -189,22 +189,13 @@ def _measure(
 
 
 def _load(args: argparse.Namespace, device: str) -> tuple[EmbeddingModel, Affixes]:
-    dtype = compute_dtype("auto", device)
     if args.random:
         shape = SHAPES[args.random]
-        affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
-        module = random_qwen3(shape, device, getattr(torch, dtype), args.seed)
-        model = random_embedding_model(
-            args.random,
-            shape,
-            module,
-            device=device,
-            dtype=dtype,
-            max_length=max(args.max_length, 512),
-            packing=args.packing,
-            compile=args.compile,
-        )
-        return model, affixes
+        model = random_model(
+            args.random, shape, device, args.seed, max_length=max(args.max_length, 512),
+            packing=args.packing, compile=args.compile,
+        )  # fmt: skip
+        return model, Affixes.eos_appended(shape.eos)
     model = EmbeddingModel.load(
         ModelSettings(name_or_path=args.model, packing=args.packing, compile=args.compile), device=device
     )
@@ -214,7 +205,7 @@ def _load(args: argparse.Namespace, device: str) -> tuple[EmbeddingModel, Affixe
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark ``args`` describe and return the JSON-ready result (also written to ``--out``)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     model, affixes = _load(args, device)
     vocab = int(model.module.config.vocab_size)
     embeddings = model.module.get_input_embeddings().weight
@@ -316,7 +307,7 @@ def main(argv: Sequence[str]) -> int:
     if args.save_model is not None:
         if not args.random:
             parser.error("--save-model needs --random")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(args.device)
         dtype = getattr(torch, compute_dtype("auto", device))
         save_random_model(SHAPES[args.random], args.save_model, device, dtype, args.seed)
         print(f"random {args.random} model written to {args.save_model}")

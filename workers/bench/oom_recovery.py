@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from workers.batcher import MicroBatcher
-from workers.bench.setup import SHAPES, Affixes, make_documents, random_embedding_model, random_qwen3
+from workers.bench.setup import SHAPES, Affixes, make_documents, random_model
 from workers.errors import ForwardOutOfMemory
-from workers.model.embedding_model import compute_dtype
+from workers.model.loading import pick_device
 from workers.settings import BatchSettings
 
 MIN_COSINE = 0.999
@@ -68,19 +68,11 @@ def _inject_oom(module: torch.nn.Module, above: int) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build, drive, check; the JSON-ready result (see the module docstring)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     shape = SHAPES[args.shape]
-    dtype = compute_dtype("auto", device)
-    affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
-    module = random_qwen3(shape, device, getattr(torch, dtype), args.seed)
-    model = random_embedding_model(
-        args.shape,
-        shape,
-        module,
-        device=device,
-        dtype=dtype,
-        max_length=max(args.length, 512),
-        packing=args.packing,
+    affixes = Affixes.eos_appended(shape.eos)
+    model = random_model(
+        args.shape, shape, device, args.seed, max_length=max(args.length, 512), packing=args.packing
     )
     cuda = device.startswith("cuda")
     if cuda and args.memory_gb:
@@ -89,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             min(1.0, args.memory_gb * 2**30 / total), torch.device(device).index or 0
         )
     if args.inject_oom_above:
-        _inject_oom(module, args.inject_oom_above)
+        _inject_oom(model.module, args.inject_oom_above)
     documents = make_documents(np.full(args.texts, args.length), shape.vocab, affixes, args.seed)
     budget = args.budget or args.texts * args.length
     settings = BatchSettings(
@@ -128,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "passed": passed,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "torch": torch.__version__,
-        "model": {"shape": args.shape, "dtype": dtype, "packed": model.packed, "hidden": dim},
+        "model": {"shape": args.shape, "dtype": model.dtype, "packed": model.packed, "hidden": dim},
         "workload": {"texts": args.texts, "length": args.length, "tokens": args.texts * args.length},
         "memory_cap_gb": args.memory_gb if cuda else None,
         "injected_oom_above": args.inject_oom_above or None,

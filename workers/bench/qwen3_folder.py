@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -72,22 +72,35 @@ def save_real_tokenizer_model(
     return folder
 
 
-def main(argv: Sequence[str]) -> int:
-    """CLI: write one folder (CUDA and bf16 when available, for the large shapes)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m workers.bench.qwen3_folder", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("shape", choices=sorted(REAL_SHAPES))
+def write_folder_cli(
+    argv: Sequence[str],
+    module: str,
+    doc: str,
+    shapes: Mapping[str, Shape],
+    save: Callable[..., Path],
+    tokenizer: str,
+) -> int:
+    """The CLI ``python -m {module}`` of a folder writer (``doc``: its module docstring):
+    ``SHAPE DIR [--seed N]`` calls ``save(shape, folder, device=, dtype=, seed=)``, on CUDA in bf16
+    when available, except for the tiny shapes (float32); ``tokenizer`` names the tokenizer written."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    parser.add_argument("shape", choices=sorted(shapes))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and args.shape != "tiny-real" else torch.float32
-    save_real_tokenizer_model(
-        args.shape, args.folder, device="cuda" if cuda else "cpu", dtype=dtype, seed=args.seed
-    )
-    print(f"random {args.shape} weights + the real Qwen3-Embedding tokenizer written to {args.folder}")
+    dtype = torch.bfloat16 if cuda and not args.shape.startswith("tiny") else torch.float32
+    save(args.shape, args.folder, device="cuda" if cuda else "cpu", dtype=dtype, seed=args.seed)
+    print(f"random {args.shape} weights + {tokenizer} written to {args.folder}")
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """CLI: write one folder (CUDA and bf16 when available, for the large shapes)."""
+    tokenizer = "the real Qwen3-Embedding tokenizer"
+    return write_folder_cli(
+        argv, "workers.bench.qwen3_folder", __doc__, REAL_SHAPES, save_real_tokenizer_model, tokenizer
+    )
 
 
 if __name__ == "__main__":

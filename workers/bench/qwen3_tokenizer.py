@@ -99,33 +99,40 @@ def cached_dir(folder: Path | None = None) -> Path:
     return folder
 
 
-def embedding_tokenizer(folder: Path | None = None) -> Tokenizer:
-    """Qwen3-Embedding's tokenizer: Qwen3's vocabulary, ``<|endoftext|>`` appended to every input."""
+def qwen3_tokenizer(folder: Path | None = None) -> Tokenizer:
+    """Qwen3's tokenizer as the package has it (no token appended to an input), without padding or
+    truncation; ValueError unless it is Qwen3's vocabulary."""
     tokenizer = Tokenizer.from_file(str(cached_dir(folder) / "tokenizer.json"))
     if tokenizer.token_to_id(EOS) != EOS_ID or tokenizer.get_vocab_size(with_added_tokens=True) != VOCAB:
         raise ValueError("tokenizer.json is not Qwen3's vocabulary")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"$A:0 {EOS}:0", pair=f"$A:0 {EOS}:0 $B:1 {EOS}:1", special_tokens=[(EOS, EOS_ID)]
-    )
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
 
 
-def save_embedding_tokenizer(dest: Path, *, max_length: int = 32768, folder: Path | None = None) -> Path:
-    """Write Qwen3-Embedding's ``tokenizer.json`` and ``tokenizer_config.json`` into ``dest``.
+def embedding_tokenizer(folder: Path | None = None) -> Tokenizer:
+    """Qwen3-Embedding's tokenizer: Qwen3's vocabulary, ``<|endoftext|>`` appended to every input."""
+    tokenizer = qwen3_tokenizer(folder)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A:0 {EOS}:0", pair=f"$A:0 {EOS}:0 $B:1 {EOS}:1", special_tokens=[(EOS, EOS_ID)]
+    )
+    return tokenizer
 
-    The config is the package's with Qwen3-Embedding's differences: left padding, ``<|endoftext|>``
-    as EOS and PAD, ``model_max_length`` = ``max_length`` (the 32K context), no chat template.
-    """
+
+def save_tokenizer(
+    dest: Path, tokenizer: Tokenizer, *, eos_token: str, max_length: int, folder: Path | None = None
+) -> Path:
+    """Write ``tokenizer`` as ``tokenizer.json`` and the package's ``tokenizer_config.json`` into ``dest``,
+    with a Qwen3 checkpoint's differences: left padding, ``<|endoftext|>`` as PAD, ``eos_token`` as
+    EOS, ``model_max_length`` = ``max_length``, no chat template."""
     source = cached_dir(folder)
     dest.mkdir(parents=True, exist_ok=True)
-    embedding_tokenizer(source).save(str(dest / "tokenizer.json"))
+    tokenizer.save(str(dest / "tokenizer.json"))
     config = json.loads((source / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     config.update(
         {
-            "eos_token": EOS,
+            "eos_token": eos_token,
             "pad_token": EOS,
             "padding_side": "left",
             "model_max_length": max_length,
@@ -134,6 +141,15 @@ def save_embedding_tokenizer(dest: Path, *, max_length: int = 32768, folder: Pat
     )
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     return dest
+
+
+def save_embedding_tokenizer(dest: Path, *, max_length: int = 32768, folder: Path | None = None) -> Path:
+    """Write Qwen3-Embedding's ``tokenizer.json`` and ``tokenizer_config.json`` into ``dest``:
+    :func:`save_tokenizer` of :func:`embedding_tokenizer` with ``<|endoftext|>`` as EOS too
+    (``max_length``: the 32K context)."""
+    return save_tokenizer(
+        dest, embedding_tokenizer(folder), eos_token=EOS, max_length=max_length, folder=folder
+    )
 
 
 def main(argv: Sequence[str]) -> int:

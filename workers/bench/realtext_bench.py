@@ -29,10 +29,9 @@ import torch
 from workers.batcher import MicroBatcher
 from workers.bench.qwen3_folder import CONTEXT, REAL_SHAPES
 from workers.bench.qwen3_tokenizer import EOS, EOS_ID, embedding_tokenizer
-from workers.bench.setup import random_qwen3
+from workers.bench.setup import random_model
 from workers.bench.strategies import padded_forward, single_forward
-from workers.model.embedding_model import EmbeddingModel, compute_dtype
-from workers.model.tokenizer import TextTokenizer
+from workers.model.embedding_model import EmbeddingModel
 from workers.settings import BatchSettings, ModelSettings
 
 REQUEST_TEXTS = 32
@@ -46,11 +45,6 @@ class RealTextWorkload:
     texts: list[str]
     langs: list[str]
     long_document: list[str] = field(default_factory=list)
-
-
-def pick_device(requested: str | None) -> str:
-    """``requested``, else CUDA when there is a GPU, else the CPU."""
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def environment(device: str) -> dict[str, str]:
@@ -79,19 +73,10 @@ def load_model(
 ) -> EmbeddingModel:
     """Random weights of a real shape + the real tokenizer (``random``), or the folder ``path``."""
     if random is not None:
-        dtype = compute_dtype("auto", device)
-        module = random_qwen3(REAL_SHAPES[random], device, getattr(torch, dtype))
-        tokenizer = TextTokenizer(embedding_tokenizer(), max_length=CONTEXT, pad_token_id=EOS_ID)
-        return EmbeddingModel(
-            name=f"random-{random}+qwen3-tokenizer",
-            model=module,
-            tokenizer=tokenizer,
-            pooling="last_token",
-            device=device,
-            dtype=dtype,
-            packing=packing,
-            compile=compile,
-        )
+        return random_model(
+            f"{random}+qwen3-tokenizer", REAL_SHAPES[random], device, max_length=CONTEXT,
+            packing=packing, compile=compile, tokenizer=embedding_tokenizer(),
+        )  # fmt: skip
     if path is None:
         raise ValueError("load_model needs a random shape or a model folder")
     settings = ModelSettings(name_or_path=path, max_length=CONTEXT, packing=packing, compile=compile)
@@ -182,7 +167,7 @@ def sentence_transformers_peer(model: EmbeddingModel, folder: Any, clock: Forwar
     """sentence-transformers on ``model``'s own network and the real tokenizer (setup's stub swap)."""
     from workers.bench.setup import Affixes, sentence_transformer_peer
 
-    affixes = Affixes(prefix=(), suffix=(EOS_ID,), pad=EOS_ID)
+    affixes = Affixes.eos_appended(EOS_ID)
     peer = sentence_transformer_peer(
         model.module, embedding_tokenizer(), affixes, model.pooling, folder, pad_token=EOS
     )

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from workers.batcher import MicroBatcher
-from workers.bench.realtext_bench import environment, pick_device
+from workers.bench.realtext_bench import environment
 from workers.bench.reranker_folder import RERANKER_SHAPES, save_random_reranker
 from workers.bench.setup import lognormal_lengths
+from workers.model.loading import pick_device
 from workers.model.reranker_model import RerankerModel
 from workers.reranker_settings import RerankerSettings
 from workers.settings import BatchSettings

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 from workers.model.embedding_model import EmbeddingModel
+from workers.model.loading import compute_dtype
 from workers.model.pooling import PoolingMode
 from workers.model.tokenizer import TextTokenizer
 
@@ -52,33 +53,47 @@ SHAPES: dict[str, Shape] = {
 }
 
 
-def random_qwen3(shape: Shape, device: str, dtype: torch.dtype, seed: int = 0) -> PreTrainedModel:
-    """A Qwen3 encoder (no LM head) of ``shape`` with seeded random weights, built directly on ``device``."""
-    config = Qwen3Config(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=shape.tie_word_embeddings,
-        eos_token_id=shape.eos,
-        pad_token_id=shape.eos,
-    )
+def qwen3_config(shape: Shape, **overrides: Any) -> Qwen3Config:
+    """The config of a Qwen3 model of ``shape`` as Qwen3-Embedding has it (32K positions, EOS as PAD);
+    ``overrides`` (config keys) win."""
+    values: dict[str, Any] = {
+        "vocab_size": shape.vocab,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": shape.tie_word_embeddings,
+        "eos_token_id": shape.eos,
+        "pad_token_id": shape.eos,
+    }
+    return Qwen3Config(**(values | overrides))
+
+
+def seeded_model(
+    model_class: type[PreTrainedModel], config: Qwen3Config, device: str, dtype: torch.dtype, seed: int
+) -> PreTrainedModel:
+    """``model_class(config)`` with weights drawn after ``torch.manual_seed(seed)`` (same arguments,
+    same weights), built directly on ``device`` in ``dtype``, in eval mode."""
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = Qwen3Model(config)
+            model = model_class(config)
     finally:
         torch.set_default_dtype(default)
     model.config.dtype = dtype
     return model.eval()
+
+
+def random_qwen3(shape: Shape, device: str, dtype: torch.dtype, seed: int = 0) -> PreTrainedModel:
+    """A Qwen3 encoder (no LM head) of ``shape`` with seeded random weights, built directly on ``device``."""
+    return seeded_model(Qwen3Model, qwen3_config(shape), device, dtype, seed)
 
 
 def random_embedding_model(
@@ -91,23 +106,43 @@ def random_embedding_model(
     max_length: int,
     packing: Literal["auto", "on", "off"],
     compile: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> EmbeddingModel:
-    """``module`` (random weights of ``shape``, e.g. :func:`random_qwen3`) as an EmbeddingModel that reads
-    id-level text (:func:`id_tokenizer`), appends EOS and pools it, as Qwen3-Embedding does."""
-    affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
-    tokenizer = TextTokenizer(
-        id_tokenizer(shape.vocab, affixes), max_length=max_length, pad_token_id=shape.eos
-    )
+    """``module`` (random weights of ``shape``, e.g. :func:`random_qwen3`) as an EmbeddingModel that
+    reads text with ``tokenizer`` (default: id-level text, :func:`id_tokenizer`), which appends EOS,
+    and pools that EOS, as Qwen3-Embedding does."""
+    backend = tokenizer or id_tokenizer(shape.vocab, Affixes.eos_appended(shape.eos))
     return EmbeddingModel(
         name=f"random-{name}",
         model=module,
-        tokenizer=tokenizer,
+        tokenizer=TextTokenizer(backend, max_length=max_length, pad_token_id=shape.eos),
         pooling="last_token",
         device=device,
         dtype=dtype,
         packing=packing,
         compile=compile,
     )
+
+
+def random_model(
+    name: str,
+    shape: Shape,
+    device: str,
+    seed: int = 0,
+    *,
+    max_length: int,
+    packing: Literal["auto", "on", "off"],
+    compile: bool = False,
+    tokenizer: Tokenizer | None = None,
+) -> EmbeddingModel:
+    """:func:`random_embedding_model` around :func:`random_qwen3` weights of ``shape`` (seeded by
+    ``seed``) in the 'auto' dtype of ``device``: bfloat16 on a GPU, float32 elsewhere."""
+    dtype = compute_dtype("auto", device)
+    module = random_qwen3(shape, device, getattr(torch, dtype), seed)
+    return random_embedding_model(
+        name, shape, module, device=device, dtype=dtype, max_length=max_length, packing=packing,
+        compile=compile, tokenizer=tokenizer,
+    )  # fmt: skip
 
 
 def lognormal_lengths(
@@ -126,6 +161,11 @@ class Affixes:
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
     pad: int
+
+    @classmethod
+    def eos_appended(cls, eos: int) -> Affixes:
+        """Qwen3-Embedding's: nothing before a text, EOS after it, EOS as PAD."""
+        return cls(prefix=(), suffix=(eos,), pad=eos)
 
     def wrap(self, body: Sequence[int]) -> list[int]:
         return [*self.prefix, *body, *self.suffix]
@@ -170,7 +210,7 @@ def save_random_model(shape: Shape, folder: Path, device: str, dtype: torch.dtyp
     EOS appended), so the whole pipeline can run on the real shapes without the real weights.  Its
     texts are words ``t{id}``: one word is one token.
     """
-    affixes = Affixes(prefix=(), suffix=(shape.eos,), pad=shape.eos)
+    affixes = Affixes.eos_appended(shape.eos)
     model = random_qwen3(shape, device, dtype, seed)
     model.save_pretrained(folder)
     PreTrainedTokenizerFast(

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from workers.errors import ConfigError, ForwardOutOfMemory, UnknownAdapter
+from workers.batch_budget import forward_cost
+from workers.errors import ForwardOutOfMemory, UnknownAdapter
 from workers.model.info import ModelInfo
+from workers.model.loading import compute_dtype, load_weights, pick_device, use_packing
 from workers.model.lora import merge_lora
 from workers.model.pooling_choice import resolve_pooling
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer, resolve_model_files
-from workers.settings import DType, ModelSettings
+from workers.settings import ModelSettings
 
 if TYPE_CHECKING:
     import torch
@@ -29,19 +31,6 @@ if TYPE_CHECKING:
     from workers.model.pooling import PoolingMode
 
 __all__ = ["EmbeddingModel", "ModelInfo", "compute_dtype", "resolve_pooling"]
-
-
-def compute_dtype(requested: DType, device: str) -> Literal["bfloat16", "float32"]:
-    """The dtype to load and run in: 'auto' is bfloat16 on a GPU and float32 elsewhere (never float16);
-    'fp8' is bfloat16 around FP8 linears, and a ConfigError on a device without FP8 tensor cores."""
-    if requested == "fp8":
-        from workers.model.fp8 import require_fp8
-
-        require_fp8(device)
-        return "bfloat16"
-    if requested != "auto":
-        return requested
-    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 class EmbeddingModel:
@@ -90,7 +79,7 @@ class EmbeddingModel:
         self._takes_position_ids = "position_ids" in parameters
         # A decoder would otherwise fill a key/value cache nobody reads.
         self._cache_off = {"use_cache": False} if "use_cache" in parameters else {}
-        self._packed = packing != "off" and _packs(model, device, packing)
+        self._packed = use_packing(model, device, packing)
         # What runs the batches: the model itself, or its compiled form (which calls the same weights).
         self._forward: Callable[..., Any] = model
         if compile and device.startswith("cuda"):
@@ -105,19 +94,14 @@ class EmbeddingModel:
         ``device`` defaults to "cuda" when a GPU is visible, else "cpu".  Raises ConfigError when
         the model cannot be loaded or its pooling cannot be reproduced.
         """
-        import torch
         from transformers import AutoModel
 
         files = resolve_model_files(settings.name_or_path)
         tokenizer = load_text_tokenizer(settings, files)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(device)
         dtype = compute_dtype(settings.dtype, device)
-        try:
-            model = AutoModel.from_pretrained(
-                files.path, dtype=getattr(torch, dtype), trust_remote_code=settings.trust_remote_code
-            )
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load model {settings.name_or_path!r}: {exc}") from exc
+        what = f"model {settings.name_or_path!r}"
+        model = load_weights(AutoModel, files.path, dtype, settings.trust_remote_code, what)
         adapter = merge_lora(model, Path(settings.lora_path)).label() if settings.lora_path else None
         model.to(device).eval()
         if settings.dtype == "fp8":
@@ -252,7 +236,7 @@ class EmbeddingModel:
         except torch.OutOfMemoryError as exc:
             # The traceback's frames hold the pass's activations: drop them, so the cache can be freed.
             cause = exc.with_traceback(None)
-        cost = sum(len(row) for row in ids) if self._packed else max(len(r) for r in ids) * len(ids)
+        cost = forward_cost(ids, self._packed)
         self.release_memory()
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ForwardOutOfMemory(
@@ -307,13 +291,3 @@ class EmbeddingModel:
             input_ids[i, columns] = torch.tensor(row, dtype=torch.long)
             mask[i, columns] = 1
         return input_ids.to(self._device), mask.to(self._device)
-
-
-def _packs(model: PreTrainedModel, device: str, packing: Literal["auto", "on"]) -> bool:
-    """Switch ``model`` to packed attention when ``packing`` asks for it and the model can; says if it did."""
-    from workers.model.packing import can_pack, use_packed_attention, varlen_kernel_available
-
-    if not can_pack(model) or (packing == "auto" and not varlen_kernel_available(device)):
-        return False
-    use_packed_attention(model)
-    return True

@@ -27,10 +27,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from workers.batch_budget import forward_cost
 from workers.errors import ConfigError, ForwardOutOfMemory
-from workers.model.embedding_model import compute_dtype
+from workers.model.loading import (
+    compute_dtype,
+    load_fast_tokenizer,
+    load_weights,
+    pad_token_id,
+    pick_device,
+    use_packing,
+)
 from workers.model.reranker_inputs import QWEN3_PREFIX, QWEN3_SUFFIX, PairEncoder, PairIds, qwen3_body
-from workers.model.tokenizer import MAX_DEFAULT_LENGTH
+from workers.model.tokenizer import MAX_DEFAULT_LENGTH, unbounded_copy
 from workers.reranker_settings import RerankerSettings
 
 __all__ = ["QWEN3_PREFIX", "QWEN3_SUFFIX", "PairIds", "RerankerInfo", "RerankerModel", "qwen3_body"]
@@ -89,8 +97,6 @@ class RerankerModel:
         truncate_documents: bool = False,
     ) -> None:
         """``yes_no``: the token ids of "yes" and "no" (qwen3 only)."""
-        from workers.model.embedding_model import _packs
-
         self._name, self._kind, self._model = name, kind, model
         self._max_length, self._pad = max_length, pad_token_id
         self._device, self._dtype = device, dtype
@@ -103,7 +109,7 @@ class RerankerModel:
             # Rows of "no" and "yes" (in that order) of the LM head, in float32: their logits only.
             head = model.get_output_embeddings().weight
             self._head = head[[yes_no[1], yes_no[0]]].detach().float()
-            self._packed = packing != "off" and _packs(self._decoder, device, packing)
+            self._packed = use_packing(self._decoder, device, packing)
         parameters = inspect.signature((self._decoder if kind == "qwen3" else model).forward).parameters
         self._takes_types = kind == "cross-encoder" and "token_type_ids" in parameters
         self._types = int(getattr(model.config, "type_vocab_size", 1) or 1)
@@ -112,32 +118,16 @@ class RerankerModel:
     def load(cls, settings: RerankerSettings, device: str | None = None) -> RerankerModel:
         """Load tokenizer and weights of ``settings.name_or_path`` onto ``device`` (default: CUDA when
         visible) in eval mode.  ConfigError when it cannot be loaded or is not a reranker this reads."""
-        import torch
-        from tokenizers import Tokenizer
-        from transformers import (
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-        )
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         path = settings.name_or_path
-        remote = settings.trust_remote_code
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load reranker {settings.name_or_path!r}: {exc}") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ConfigError(f"reranker {settings.name_or_path!r} has no fast (Rust) tokenizer")
+        what = f"reranker {settings.name_or_path!r}"
+        tokenizer, config = load_fast_tokenizer(path, settings.trust_remote_code, what)
         kind = resolve_kind(settings.kind, getattr(config, "architectures", None) or [])
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(device)
         dtype = compute_dtype(settings.dtype, device)
         loader = AutoModelForCausalLM if kind == "qwen3" else AutoModelForSequenceClassification
-        try:
-            model: Any = loader.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=remote)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load reranker {settings.name_or_path!r}: {exc}") from exc
+        model = load_weights(loader, path, dtype, settings.trust_remote_code, what)
         if kind == "cross-encoder" and model.config.num_labels != 1:
             raise ConfigError(
                 f"cross-encoder {settings.name_or_path!r} has {model.config.num_labels} labels; 1 is read"
@@ -152,18 +142,13 @@ class RerankerModel:
         limits = [tokenizer.model_max_length, MAX_DEFAULT_LENGTH]
         limits += [getattr(config, "max_position_embeddings", None) or MAX_DEFAULT_LENGTH]
         max_length = settings.max_length or min(limits)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # An own copy without padding or truncation: the transformers wrapper configures its backend's.
-        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        backend.no_padding()
-        backend.no_truncation()
         return cls(
             name=settings.name_or_path,
             kind=kind,
             model=model,
-            tokenizer=backend,
+            tokenizer=unbounded_copy(tokenizer.backend_tokenizer),
             max_length=int(max_length),
-            pad_token_id=int(pad or 0),
+            pad_token_id=pad_token_id(tokenizer),
             device=device,
             dtype=dtype,
             instruction=settings.instruction,
@@ -222,7 +207,7 @@ class RerankerModel:
             cause = exc.with_traceback(None)
         if self._device.startswith("cuda"):
             torch.cuda.empty_cache()
-        cost = sum(map(len, pairs)) if self._packed else max(map(len, pairs)) * len(pairs)
+        cost = forward_cost(pairs, self._packed)
         raise ForwardOutOfMemory(
             f"out of memory scoring {len(pairs)} pair(s) ({cost} tokens)", cost
         ) from cause

@@ -17,6 +17,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from workers.errors import ConfigError, InputTooLong
+from workers.model.loading import load_fast_tokenizer, pad_token_id
 from workers.settings import ModelSettings
 
 MAX_DEFAULT_LENGTH = 8192
@@ -167,6 +168,18 @@ def normalize_spans(offsets: Sequence[tuple[int, int]], text_length: int) -> lis
     return spans
 
 
+def unbounded_copy(backend: Tokenizer) -> Tokenizer:
+    """An own copy of ``backend`` that neither pads nor truncates.
+
+    Own, because the transformers wrapper reconfigures its backend's padding and truncation on every
+    call; unbounded, because nothing here may cut a text silently (limits are checked, not applied).
+    """
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
+
+
 class TextTokenizer:
     """The model's fast tokenizer, for counting and cutting text and for building model inputs.
 
@@ -175,11 +188,7 @@ class TextTokenizer:
     """
 
     def __init__(self, backend: Tokenizer, *, max_length: int, pad_token_id: int) -> None:
-        # Own copies: the transformers wrapper reconfigures its backend's padding and truncation
-        # on every call, and the two uses here need different fixed settings.
-        self._whole = Tokenizer.from_str(backend.to_str())
-        self._whole.no_padding()
-        self._whole.no_truncation()
+        self._whole = unbounded_copy(backend)
         self._whole.encode_special_tokens = backend.encode_special_tokens
         self._max_length = max_length
         self._pad_token_id = pad_token_id
@@ -263,28 +272,17 @@ def load_text_tokenizer(settings: ModelSettings, files: ModelFiles | None = None
 
     ``files`` skips resolving the name again when the caller already did.
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     files = files or resolve_model_files(settings.name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(files.path, trust_remote_code=settings.trust_remote_code)
-        config = AutoConfig.from_pretrained(files.path, trust_remote_code=settings.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the tokenizer of {settings.name_or_path!r}: {exc}") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(
-            f"model {settings.name_or_path!r} has no fast (Rust) tokenizer; one is needed for token offsets"
-        )
+    what = f"model {settings.name_or_path!r}"
+    tokenizer, config = load_fast_tokenizer(files.path, settings.trust_remote_code, what)
     max_length = input_limit(
         settings.max_length,
         tokenizer.model_max_length,
         getattr(config, "max_position_embeddings", None),
         files.st_max_seq_length,
     )
-    pad_token_id = tokenizer.pad_token_id
-    if pad_token_id is None:
-        pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    return TextTokenizer(tokenizer.backend_tokenizer, max_length=max_length, pad_token_id=pad_token_id)
+    backend = tokenizer.backend_tokenizer
+    return TextTokenizer(backend, max_length=max_length, pad_token_id=pad_token_id(tokenizer))
 
 
 def model_type_and_width(name_or_path: str, trust_remote_code: bool) -> tuple[str, int | None]:

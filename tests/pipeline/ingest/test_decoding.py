@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
-from collections.abc import Sequence
 
 import aiokafka.record._crecords.default_records as c_records
 import aiokafka.record.default_records as py_records
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
-from helpers.fakes import OnesEmbedder, WordSpans
+from helpers.fakes import AcceptingSink, OnesEmbedder, WordSpans
 from helpers.kafka_io import Record, committed_and_end, produce
 from helpers.settings import private_settings
 
-from pipeline.documents import DocumentWrite, WriteResult
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.consumer import IngestConsumer
 from pipeline.ingest.decoding import CorruptBatch, MissingCodec, locate
@@ -75,15 +73,6 @@ async def test_an_error_no_probe_repeats_is_still_named() -> None:
     assert "a partition of this consumer" in str(error)
 
 
-class CountingSink:
-    def __init__(self) -> None:
-        self.written: list[str] = []
-
-    def write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
-        self.written.extend(w.doc_id for w in writes)
-        return WriteResult(rejected={}, documents=len(writes), rows=0)
-
-
 def _event(i: int) -> Record:
     return Record(f"d{i}".encode(), json.dumps({"id": f"d{i}", "text": f"text {i}"}).encode())
 
@@ -106,7 +95,7 @@ async def test_a_batch_that_does_not_decompress_stops_the_worker_at_its_offset(
         finally:
             await producer.stop()
     await produce(settings.kafka, [_event(i) for i in range(4, 6)])
-    sink = CountingSink()
+    sink = AcceptingSink()
     worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(WordSpans(), max_tokens=16), (8,))
     with pytest.raises(CorruptBatch) as raised:
         await asyncio.wait_for(worker.run(until_idle_s=30), 60)

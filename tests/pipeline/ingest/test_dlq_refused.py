@@ -12,30 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from helpers.fakes import OnesEmbedder, WordSpans
+from helpers.fakes import AcceptingSink, OnesEmbedder, WordSpans
 from helpers.kafka_io import Record, committed_and_end, produce
 from helpers.settings import private_settings
 
-from pipeline.documents import DocumentWrite, WriteResult
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.consumer import IngestConsumer
 from pipeline.ingest.dlq import DeadLetterSendFailed
 from pipeline.ingest.kafka import client_options
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.writes = 0
-
-    def write(self, writes: Sequence[DocumentWrite]) -> WriteResult:
-        self.writes += len(writes)
-        return WriteResult(rejected={}, documents=len(writes), rows=0)
 
 
 async def test_a_dead_letter_topic_the_broker_refuses_stops_the_worker_naming_it(
@@ -52,7 +41,7 @@ async def test_a_dead_letter_topic_the_broker_refuses_stops_the_worker_naming_it
     finally:
         await admin.close()
     await produce(settings.kafka, [*good, Record(b"bad", b"not json"), *good])
-    sink = CountingSink()
+    sink = AcceptingSink()
     worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(WordSpans(), max_tokens=16), (8,))
     with caplog.at_level(logging.WARNING), pytest.raises(DeadLetterSendFailed) as raised:
         await asyncio.wait_for(worker.run(until_idle_s=120), 150)

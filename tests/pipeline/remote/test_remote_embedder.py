@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
+from helpers.app_server import serving
 from helpers.fake_embeddings import FAULTS, OK, RETRY_AFTER_S, FakeEmbeddings, expected_vectors, vector_of
 
 from pipeline.milvus.sink import MilvusSink
@@ -220,18 +221,16 @@ async def test_the_api_embeds_through_the_remote_backend(minilm_path: Path) -> N
         settings = _settings(server.base_url, minilm_path)
         remote = await start_remote_embedder(settings)
         sink = MilvusSink(settings.milvus, (384,))
-        runner = web.AppRunner(Api(settings, remote, load_text_tokenizer(settings.model), sink).app())
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, HOST, port).start()
         try:
-            async with ClientSession() as http:
-                url = f"http://{HOST}:{port}/v1/embeddings"
+            async with (
+                serving(Api(settings, remote, load_text_tokenizer(settings.model), sink).app()) as served,
+                ClientSession() as http,
+            ):
+                url = f"{served}/v1/embeddings"
                 async with http.post(url, json={"input": TEXTS[:3], "dimensions": 16}) as response:
                     assert response.status == 200, await response.text()
                     body = await response.json()
         finally:
-            await runner.cleanup()
             await remote.aclose()
     got = np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
     np.testing.assert_allclose(got, expected_vectors(TEXTS[:3], 384, (16,))[16], atol=1e-6)

@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import openai
 import pytest
-from aiohttp import web
+from helpers.app_server import serving
 
 from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.milvus.sink import MilvusSink
@@ -63,14 +63,10 @@ def minilm(minilm_path: Path) -> EmbeddingModel:
 async def _serve(
     settings: Settings, pool: LocalPool, sink: MilvusSink, tokenizer: Any = None
 ) -> AsyncIterator[str]:
-    runner = web.AppRunner(Api(settings, pool, tokenizer or pool.model.tokenizer, sink).app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
     try:
-        yield f"http://{host}:{port}"
+        async with serving(Api(settings, pool, tokenizer or pool.model.tokenizer, sink).app()) as url:
+            yield url
     finally:
-        await runner.cleanup()
         await pool.batcher.close()
 
 

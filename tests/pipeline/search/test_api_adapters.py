@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from aiohttp import web
+from helpers.app_server import serving
 from helpers.fakes import ModelQueryPool
 from helpers.models import write_lora_adapter
 
@@ -51,14 +51,8 @@ async def url(model: EmbeddingModel) -> AsyncIterator[str]:
     milvus = {"uri": f"http://127.0.0.1:{processes.free_port()}", "timeout_s": 2.0}
     settings = Settings.model_validate({"milvus": milvus, "api": {"model_name": SERVED}})
     sink = MilvusSink(settings.milvus, (64,))
-    runner = web.AppRunner(Api(settings, ModelQueryPool(model), model.tokenizer, sink).app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(Api(settings, ModelQueryPool(model), model.tokenizer, sink).app()) as served:
+        yield served
 
 
 def rows(reply: openai.types.CreateEmbeddingResponse) -> np.ndarray:

@@ -13,6 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 import ray
+from helpers.app_server import serving
 
 from pipeline.milvus.sink import MilvusSink
 from pipeline.ops import processes
@@ -71,14 +72,8 @@ async def url(actor: Any) -> AsyncIterator[str]:
     )
     pool = EmbedderPool([actor], INFO, PoolSettings(query_backpressure_s=2.0))
     sink = MilvusSink(settings.milvus, settings.replicas.replica_dims(INFO.native_dim))
-    runner = Api(settings, pool, Tokens(), sink).runner()
-    await runner.setup()
-    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(Api(settings, pool, Tokens(), sink).runner()) as served:
+        yield served
 
 
 class Tokens:

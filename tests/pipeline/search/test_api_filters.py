@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from helpers.app_server import serving
 from helpers.fakes import ModelQueryPool
 
 from pipeline.documents import ChunkRow, UpsertDocument
@@ -56,14 +56,8 @@ def filled(minilm_path: Any, milvus_lite_uri: str) -> Iterator[tuple[Settings, E
 @pytest.fixture
 async def api(filled: tuple[Settings, EmbeddingModel, MilvusSink]) -> AsyncIterator[str]:
     settings, model, sink = filled
-    runner = web.AppRunner(Api(settings, ModelQueryPool(model), model.tokenizer, sink).app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(Api(settings, ModelQueryPool(model), model.tokenizer, sink).app()) as url:
+        yield url
 
 
 async def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 import openai
 import pytest
 from aiohttp import web
+from helpers.app_server import serving
 
 from pipeline.cli import main
 from pipeline.milvus.sink import MilvusSink
@@ -63,14 +64,8 @@ async def _whoami(request: web.Request) -> web.Response:
 async def _serving(settings: Settings) -> AsyncIterator[str]:
     app = Api(settings, FakePool(), FakeTokenizer(), MilvusSink(settings.milvus, (DIM,))).app()
     app.router.add_post("/v1/whoami", _whoami)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+from helpers.app_server import serving
 from helpers.fakes import ModelQueryPool
 
 from pipeline.milvus.connection import MilvusConnection
@@ -45,26 +45,22 @@ async def test_a_switch_to_a_version_of_another_adapter_is_refused(tmp_path: Pat
     follower = VersionFollower(base, info, sink, "docs", interval_s=0.0, adapter="legal")
     pool = ModelQueryPool(model)
     api = Api(base, pool, model.tokenizer, sink, follow=follower.sink, adapter="legal")
-    runner = web.AppRunner(api.app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-
-    async def status() -> tuple[int, str]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"http://{host}:{port}/v1/search", json={"query": "ssh"}) as reply,
-        ):
-            return reply.status, await reply.text()
-
     try:
-        set_serving(connection, "docs", 2)
-        assert await follower.sink() is not sink  # followed: same adapter
-        set_serving(connection, "docs", 3)
-        code, text = await status()
-        assert code == 503 and "LoRA adapter medical@bbbbbbbbbbbb" in text, text
+        async with serving(api.app()) as url:
+
+            async def status() -> tuple[int, str]:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(f"{url}/v1/search", json={"query": "ssh"}) as reply,
+                ):
+                    return reply.status, await reply.text()
+
+            set_serving(connection, "docs", 2)
+            assert await follower.sink() is not sink  # followed: same adapter
+            set_serving(connection, "docs", 3)
+            code, text = await status()
+            assert code == 503 and "LoRA adapter medical@bbbbbbbbbbbb" in text, text
     finally:
-        await runner.cleanup()
         follower.close()
         sink.close()
         connection.close()

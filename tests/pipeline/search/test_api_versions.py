@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+from helpers.app_server import serving
 from helpers.fakes import ModelQueryPool
 
 from pipeline.documents import ChunkRow, UpsertDocument
@@ -51,34 +51,29 @@ async def test_the_api_follows_a_switch_and_refuses_a_version_of_another_model(t
     connection = MilvusConnection(base.milvus)
     sink = MilvusSink(base.milvus, DIMS)
     follower = VersionFollower(base, model.info(), sink, "docs", interval_s=0.0)
-    runner = web.AppRunner(
-        Api(base, ModelQueryPool(model), model.tokenizer, sink, follow=follower.sink).app()
-    )
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
+    app = Api(base, ModelQueryPool(model), model.tokenizer, sink, follow=follower.sink).app()
     body = {"query": "ssh", "top_k": 1, "funnel_factor": 2, "dim": 64}
-
-    async def ask() -> tuple[int, dict[str, object]]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"http://{host}:{port}/v1/search", json=body) as reply,
-        ):
-            return reply.status, await reply.json()
-
     try:
-        assert (await ask())[1]["data"][0]["hits"][0]["doc_id"] == "in-v1"  # type: ignore[index]
-        set_serving(connection, "docs", 2)
-        assert (await ask())[1]["data"][0]["hits"][0]["doc_id"] == "in-v2"  # type: ignore[index]
-        set_serving(connection, "docs", 3)
-        status, error = await ask()
-        assert status == 503, error
-        message = error["error"]["message"]  # type: ignore[index]
-        assert "made by other" in message and "restart `python -m pipeline serve`" in message
-        set_serving(connection, "docs", 2)  # switched back: served again
-        assert (await ask())[0] == 200
+        async with serving(app) as url:
+
+            async def ask() -> tuple[int, dict[str, object]]:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(f"{url}/v1/search", json=body) as reply,
+                ):
+                    return reply.status, await reply.json()
+
+            assert (await ask())[1]["data"][0]["hits"][0]["doc_id"] == "in-v1"  # type: ignore[index]
+            set_serving(connection, "docs", 2)
+            assert (await ask())[1]["data"][0]["hits"][0]["doc_id"] == "in-v2"  # type: ignore[index]
+            set_serving(connection, "docs", 3)
+            status, error = await ask()
+            assert status == 503, error
+            message = error["error"]["message"]  # type: ignore[index]
+            assert "made by other" in message and "restart `python -m pipeline serve`" in message
+            set_serving(connection, "docs", 2)  # switched back: served again
+            assert (await ask())[0] == 200
     finally:
-        await runner.cleanup()
         follower.close()
         sink.close()
         connection.close()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import ray
-from aiohttp import web
+from helpers.app_server import serving
 from helpers.fakes import ModelQueryPool
 
 from pipeline.milvus.sink import MilvusSink
@@ -75,14 +75,10 @@ def query_pool(minilm_path: Path) -> ModelQueryPool:
 async def _serve(settings: Settings, pool: ModelQueryPool, reranker: Any) -> AsyncIterator[str]:
     sink = MilvusSink(settings.milvus, (pool.info.native_dim,))
     api = Api(settings, pool, pool.model.tokenizer, sink, reranker=reranker)
-    runner = web.AppRunner(api.app(), handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
     try:
-        yield f"http://{host}:{port}"
+        async with serving(api.runner()) as url:
+            yield url
     finally:
-        await runner.cleanup()
         sink.close()
 
 

@@ -16,8 +16,9 @@ from torch import nn
 
 from workers.errors import ConfigError
 from workers.model import fp8
-from workers.model.embedding_model import EmbeddingModel, compute_dtype
+from workers.model.embedding_model import EmbeddingModel
 from workers.model.fp8 import E4M3_MAX, Fp8Linear, quantize_rows, reference_fp8_linear, use_fp8_linears
+from workers.model.loading import compute_dtype
 from workers.settings import ModelSettings
 
 TEXTS = [

@@ -1,0 +1,138 @@
+"""What the embedder and the reranker actors share: one model on one device behind a micro-batcher.
+
+Logging to the worker's stderr, the device Ray assigned, metrics tagged with the actor's name (a
+restart by Ray counted), tokenization on threads of its own, calls in flight and queue depth reported
+around every call, the stats an actor answers, and a process exit when the model is broken for good
+(only a new process recovers; Ray restarts the actor).  Importing this module imports neither torch
+nor transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import ray
+
+from workers.batcher import MicroBatcher, RunBatch
+from workers.metrics import ActorMetrics
+from workers.settings import BatchSettings
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging() -> None:
+    """Let INFO lines reach the worker's stderr (shown in the Ray dashboard's actor logs).
+
+    Left alone when the worker's logging is already set up, e.g. by ``ray.init(logging_config=...)``.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def was_restarted() -> bool:
+    """True inside an actor that Ray restarted (False outside Ray)."""
+    if not ray.is_initialized():
+        return False
+    context = ray.get_runtime_context()
+    with warnings.catch_warnings():  # Ray 2.60 flags its own property as deprecated, naming no successor
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return context.get_actor_id() is not None and context.was_current_actor_reconstructed
+
+
+def assigned_device() -> str:
+    """ "cuda" when Ray assigned this actor a GPU, else "cpu"."""
+    # Outside a Ray worker nothing was assigned; asking would make Ray start a local cluster.
+    return "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
+
+
+class ModelActor:
+    """The batching half of an actor; the subclass loads the model, sets ``_name``, ``_info`` (with a
+    ``device``) and ``_load_s``, then calls :meth:`_start_batching`."""
+
+    _name: str
+    _info: Any
+    _load_s: float
+
+    def _start_batching(
+        self,
+        run: RunBatch,
+        settings: BatchSettings,
+        *,
+        packed: bool,
+        probe: Callable[[], object],
+        namespace: str,
+        tokenize_threads: int,
+    ) -> None:
+        """The metrics (``namespace``: the Ray namespace the pool named this actor in, a tag), the
+        batcher running ``run`` (``probe``: a pass that must still work right after a text failed
+        alone, else the model is broken) and the tokenizer threads."""
+        self._metrics = ActorMetrics(namespace, self._name, settings.max_batch_tokens)
+        if was_restarted():
+            log.warning("%s restarted by Ray after the previous process died", self._name)
+            self._metrics.restarted()
+        self._inflight = 0
+        self._tokenize_s = 0.0  # summed over requests; they tokenize side by side in the executor
+        self._batcher = MicroBatcher(
+            run,
+            settings,
+            packed=packed,
+            on_batch=self._on_batch,
+            on_failure=self._metrics.forward_failed,
+            probe=probe,
+            on_broken=self._exit_broken,
+        )
+        # Tokenization gets its own threads: they overlap the forward pass on the batcher's thread.
+        # Only the tokenizer runs on them (the Rust tokenizer encodes from many threads at once);
+        # the model itself stays on the batcher's one thread.
+        self._tokenize = ThreadPoolExecutor(max_workers=tokenize_threads, thread_name_prefix="tokenize")
+
+    async def _submit(
+        self,
+        tokenize: Callable[[], Sequence[Sequence[int]]],
+        dims: tuple[int, ...],
+        *,
+        priority: bool,
+        adapter: str | None = None,
+    ) -> dict[int, np.ndarray]:
+        """``tokenize()`` on the tokenizer threads, then its ids through the batcher; the call counts
+        as in flight until it is answered, and the queue depth is reported on the way in and out."""
+        loop = asyncio.get_running_loop()
+        self._inflight += 1
+        try:
+            started = time.perf_counter()
+            ids = await loop.run_in_executor(self._tokenize, tokenize)
+            self._tokenize_s += time.perf_counter() - started
+            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
+            return await self._batcher.submit(ids, dims, priority=priority, adapter=adapter)
+        finally:
+            self._inflight -= 1
+            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
+
+    def _stats(self, **extra: Any) -> dict[str, Any]:
+        """The batcher's counters plus who this actor is (and ``extra``)."""
+        return {
+            "actor": self._name,
+            "pid": os.getpid(),
+            "device": self._info.device,
+            "load_s": round(self._load_s, 3),
+            **extra,
+            **dataclasses.asdict(self._batcher.stats()),
+        }
+
+    def _exit_broken(self, error: BaseException) -> None:
+        """The model fails on every input (e.g. a sticky CUDA error): only a new process recovers."""
+        log.error("%s: the model is broken (%r); exiting so that Ray restarts this actor", self._name, error)
+        os._exit(1)
+
+    def _on_batch(self, tokens: int, padded: int, seconds: float) -> None:
+        self._metrics.batch(tokens, padded, seconds)
+        self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
