@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from aiokafka import TopicPartition
 
 from pipeline.documents import DocumentWrite, WriteResult
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
@@ -62,3 +63,17 @@ class ModelQueryPool:
         self, queries: list[str], dims: tuple[int, ...], task: str | None = None, adapter: str | None = None
     ) -> dict[int, np.ndarray]:
         return self.model.embed(queries, dims, adapter)
+
+
+class CommitRecorder:
+    """The Kafka consumer as an ingest member's commits see it: records every commit; nothing was
+    committed before (each partition starts at offset 0)."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return 0

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from aiokafka import TopicPartition
-from helpers.fakes import FakeRecord, OnesEmbedder, WordSpans
+from helpers.fakes import CommitRecorder, FakeRecord, OnesEmbedder, WordSpans
 
 from pipeline.documents import DocumentWrite, WriteResult
 from pipeline.ingest.chunking import Chunker
@@ -37,24 +37,13 @@ class DownSink:
         raise SinkUnavailable("connection refused", retry_after=0.2)
 
 
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.commits: list[dict[TopicPartition, int]] = []
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-
-    async def committed(self, tp: TopicPartition) -> int | None:
-        return 0
-
-
-async def _member(sink: DownSink) -> tuple[IngestConsumer, FakeConsumer]:
+async def _member(sink: DownSink) -> tuple[IngestConsumer, CommitRecorder]:
     # Backoff up to 30 s: without the fence, a revocation waited for retries that never end.
     settings = Settings(
         kafka=KafkaSettings(), consumer=ConsumerSettings(max_batch_events=2, retry_backoff_max_s=30.0)
     )
     worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(WordSpans(), 16), (4,))
-    consumer = FakeConsumer()
+    consumer = CommitRecorder()
     worker._consumer = consumer  # type: ignore[assignment]
     worker._fatal = asyncio.get_running_loop().create_future()
     await worker._on_assigned({TP})

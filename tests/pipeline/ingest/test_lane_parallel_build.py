@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from aiokafka import TopicPartition
-from helpers.fakes import FakeRecord, OnesEmbedder, WordSpans
+from helpers.fakes import CommitRecorder, FakeRecord, OnesEmbedder, WordSpans
 
 from pipeline.documents import DocumentWrite, UpsertDocument, WriteResult
 from pipeline.ingest.chunking import Chunker
@@ -60,17 +60,6 @@ class RecordingSink:
         return WriteResult(rejected={}, documents=len(writes), rows=len(writes))
 
 
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.commits: list[dict[TopicPartition, int]] = []
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-
-    async def committed(self, tp: TopicPartition) -> int | None:
-        return 0
-
-
 async def _member(
     spans: DelayedSpans, sink: RecordingSink, threads: int, partitions: set[TopicPartition]
 ) -> IngestConsumer:
@@ -78,7 +67,7 @@ async def _member(
         kafka=KafkaSettings(), consumer=ConsumerSettings(max_batch_events=1, chunk_threads=threads)
     )
     worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(spans, 16), (4,))
-    worker._consumer = FakeConsumer()  # type: ignore[assignment]
+    worker._consumer = CommitRecorder()  # type: ignore[assignment]
     worker._fatal = asyncio.get_running_loop().create_future()
     await worker._on_assigned(partitions)
     return worker
