@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tolerance", type=float, help="max |score difference| (default 0.02 bf16, 1e-4 fp32)"
     )
+    parser.add_argument(
+        "--fp32-reference",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="also score this many pairs (sampled) with a float32 copy of the model, padded, and report "
+        "how far ours and plain each are from it: tells bf16 rounding from a defect",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", type=Path, help="JSON result (default tests/perf/results/rerank-SHAPE-DEVICE.json)"
@@ -125,6 +133,39 @@ def score_plain(
     return np.asarray(scores, dtype=np.float32)
 
 
+def float32_distances(
+    module: Any,
+    pairs: list[list[int]],
+    scored: dict[str, np.ndarray],
+    yes_no: tuple[int, int],
+    pad: int,
+    *,
+    count: int,
+    batch: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Score ``count`` sampled pairs with a float32 copy of ``module`` (the plain padded forward) and give,
+    for each of ``scored`` (name -> bf16 scores of every pair), its max and mean |difference| from it."""
+    import copy
+
+    picked = np.sort(np.random.default_rng(seed).choice(len(pairs), min(count, len(pairs)), replace=False))
+    full = copy.deepcopy(module).float()
+    try:
+        reference = score_plain(full, [pairs[i] for i in picked], yes_no, pad, batch)
+    finally:
+        del full
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    distances = {
+        name: {
+            "max_abs_difference": float(np.max(np.abs(scores[picked] - reference))),
+            "mean_abs_difference": float(np.mean(np.abs(scores[picked] - reference))),
+        }
+        for name, scores in scored.items()
+    }
+    return {"pairs": len(picked), "seed": seed, **distances}
+
+
 def _timed(device: str, work: Any) -> tuple[Any, float]:
     _sync(device)
     started = time.perf_counter()
@@ -159,6 +200,20 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     info = model.info()
     tolerance = args.tolerance or (0.02 if info.dtype == "bfloat16" else 1e-4)
     lengths = np.array([len(p) for p in pairs])
+    reference = (
+        float32_distances(
+            model.module,
+            pairs,
+            {"ours": ours, "plain": plain},
+            (yes, no),
+            pad,
+            count=args.fp32_reference,
+            batch=args.plain_batch,
+            seed=args.seed,
+        )
+        if args.fp32_reference
+        else None
+    )
     return {
         "command": shlex.join(["python", "-m", "pipeline", "bench", *args.argv]),
         **environment(device),
@@ -189,7 +244,17 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "score_spread": float(np.ptp(plain)),
         "tolerance": tolerance,
         "scores_agree": difference <= tolerance,
+        "float32_reference": reference,
     }
+
+
+def _float32_line(ref: dict[str, Any]) -> str:
+    ours, plain = ref["ours"], ref["plain"]
+    return (
+        f"  vs float32 on {ref['pairs']} pairs: ours max {ours['max_abs_difference']:.2e} mean "
+        f"{ours['mean_abs_difference']:.2e}; plain max {plain['max_abs_difference']:.2e} mean "
+        f"{plain['mean_abs_difference']:.2e}"
+    )
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -201,6 +266,7 @@ def _summary(result: dict[str, Any]) -> str:
         f"  plain {plain['pairs_per_s']:9.1f} pairs/s {plain['tokens_per_s']:10.0f} tok/s",
         f"  x{result['speedup']:.2f}; max |score difference| {result['max_abs_score_difference']:.2e} "
         f"(tolerance {result['tolerance']:g}, spread {result['score_spread']:.3f})",
+        *([_float32_line(ref)] if (ref := result["float32_reference"]) else []),
     ])  # fmt: skip
 
 
