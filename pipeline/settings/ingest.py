@@ -87,7 +87,11 @@ class ConsumerSettings(Section):
     """The Kafka consumer loop's bounds (section [consumer], formerly [worker])."""
 
     max_inflight_tokens: int = Field(
-        131072, ge=64, description="Tokens sent to the pool and not yet written; partitions pause above it."
+        131072,
+        ge=64,
+        description="Tokens sent to the pool and not yet written; partitions pause above it. Units still "
+        "being chunked count once chunked, so the tokens in flight can pass it by at most the 2 x "
+        "chunk_threads units being built (each at most max_batch_events events).",
     )
     max_batch_events: int = Field(256, ge=1, description="Most events of one partition handled as one unit.")
     chunk_threads: int | None = Field(

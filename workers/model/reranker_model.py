@@ -38,7 +38,7 @@ from workers.model.loading import (
     use_packing,
 )
 from workers.model.reranker_inputs import QWEN3_PREFIX, QWEN3_SUFFIX, PairEncoder, PairIds, qwen3_body
-from workers.model.tokenizer import MAX_DEFAULT_LENGTH, unbounded_copy
+from workers.model.tokenizer import input_limit, unbounded_copy
 from workers.reranker_settings import RerankerSettings
 
 __all__ = ["QWEN3_PREFIX", "QWEN3_SUFFIX", "PairIds", "RerankerInfo", "RerankerModel", "qwen3_body"]
@@ -139,9 +139,13 @@ class RerankerModel:
             if any(i is None or i == tokenizer.unk_token_id for i in ids):
                 raise ConfigError(f"reranker {settings.name_or_path!r}: 'yes' / 'no' are not single tokens")
             yes_no = (int(ids[0]), int(ids[1]))
-        limits = [tokenizer.model_max_length, MAX_DEFAULT_LENGTH]
-        limits += [getattr(config, "max_position_embeddings", None) or MAX_DEFAULT_LENGTH]
-        max_length = settings.max_length or min(limits)
+        max_length = input_limit(
+            settings.max_length,
+            tokenizer.model_max_length,
+            getattr(config, "max_position_embeddings", None),
+            None,
+            setting="reranker.max_length",
+        )
         return cls(
             name=settings.name_or_path,
             kind=kind,

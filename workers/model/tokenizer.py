@@ -112,18 +112,22 @@ def _st_pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def input_limit(
-    requested: int | None, tokenizer_limit: int, position_limit: int | None, st_limit: int | None
+    requested: int | None,
+    tokenizer_limit: int,
+    position_limit: int | None,
+    st_limit: int | None,
+    setting: str = "model.max_length",
 ) -> int:
     """Longest input in tokens, special tokens included; raises ConfigError past the position limit.
 
     ``requested`` (settings) wins when given.  Otherwise the smallest of the tokenizer's
     ``model_max_length``, the config's ``max_position_embeddings``, sentence-transformers'
     ``max_seq_length`` (what the model was trained and evaluated with) and
-    :data:`MAX_DEFAULT_LENGTH`.
+    :data:`MAX_DEFAULT_LENGTH`.  ``setting`` names the setting in the error.
     """
     if requested is not None:
         if position_limit is not None and requested > position_limit:
-            raise ConfigError(f"model.max_length {requested} exceeds the model's {position_limit} positions")
+            raise ConfigError(f"{setting} {requested} exceeds the model's {position_limit} positions")
         return requested
     limits = [tokenizer_limit, MAX_DEFAULT_LENGTH]
     limits += [limit for limit in (position_limit, st_limit) if limit is not None]

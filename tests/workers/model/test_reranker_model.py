@@ -4,6 +4,7 @@ CrossEncoder), a pair's score independent of its batch, packed or padded, and no
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,17 @@ def test_a_pair_over_max_length_is_refused_naming_the_document_never_truncated(
         model.encode_pairs(QUERY, ["short", "word " * 200])
     assert (refused.value.index, refused.value.limit) == (1, 120)
     assert refused.value.tokens > 120
+
+
+def test_a_max_length_past_the_models_positions_is_refused_at_load(
+    tiny_reranker_path: Path, tiny_cross_encoder_path: Path
+) -> None:
+    for path in (tiny_reranker_path, tiny_cross_encoder_path):
+        positions = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+        with pytest.raises(ConfigError, match=rf"reranker\.max_length {positions + 1} exceeds .*{positions}"):
+            RerankerModel.load(RerankerSettings(name_or_path=str(path), max_length=positions + 1), "cpu")
+        at_limit = RerankerModel.load(RerankerSettings(name_or_path=str(path), max_length=positions), "cpu")
+        assert at_limit.max_length == positions
 
 
 def test_the_cross_encoder_scores_as_sentence_transformers_crossencoder(
