@@ -3,7 +3,8 @@
 :class:`LaneRunner` moves the units of every lane of one consumer-group member
 (:class:`~pipeline.ingest.consumer.IngestConsumer`, which opens and closes lanes on rebalances):
 
-* Dispatch: records are cut into units in poll order, queued on their lane in that order, and built
+* Dispatch: records are cut into units in poll order (``consumer.max_batch_events`` events and
+  ``consumer.max_unit_bytes`` bytes at most), queued on their lane in that order, and built
   (parsed and chunked) on a bounded thread pool (``consumer.chunk_threads``), several units of one
   lane and of several lanes at once; each unit's embedding starts as soon as it is built
   (concurrently, on any actor).  Its tokens count against the in-flight budget from then until it
@@ -53,7 +54,7 @@ from pipeline.ingest.offsets import OffsetTracker
 from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.retry import retry_transient
 from pipeline.ingest.unit_embedder import UnitEmbedder
-from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit
+from pipeline.ingest.units import KafkaRecord, WorkUnit, build_unit, record_groups
 from pipeline.settings import Settings
 from workers.errors import PipelineError
 
@@ -121,9 +122,8 @@ class LaneRunner:
         2 x ``chunk_threads`` units are being built; records of a lane closed meanwhile are dropped
         untracked (the next owner reads them)."""
         tp = lane.tp
-        size = self._settings.consumer.max_batch_events
-        for start in range(0, len(records), size):
-            part = records[start : start + size]
+        consumer = self._settings.consumer
+        for part in record_groups(records, consumer.max_batch_events, consumer.unit_bytes()):
             await self._building.acquire()
             if lane.revoked:
                 self._building.release()

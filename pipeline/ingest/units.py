@@ -8,7 +8,7 @@ others are set aside (as fallbacks) before anything is embedded.  Nothing here t
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -37,6 +37,23 @@ class KafkaRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def timestamp(self) -> int: ...
+
+
+def record_groups(
+    records: Sequence[KafkaRecord], max_events: int, max_bytes: int
+) -> Iterator[Sequence[KafkaRecord]]:
+    """``records`` cut, in order, into consecutive groups of at most ``max_events`` records whose
+    values sum to at most ``max_bytes`` (a larger record is a group of its own); every record lands
+    in exactly one group."""
+    start, size = 0, 0
+    for index, record in enumerate(records):
+        length = len(record.value or b"")
+        if index > start and (index - start == max_events or size + length > max_bytes):
+            yield records[start:index]
+            start, size = index, 0
+        size += length
+    if start < len(records):
+        yield records[start:]
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,15 @@ class ConsumerSettings(Section):
         "chunk_threads units being built (each at most max_batch_events events).",
     )
     max_batch_events: int = Field(256, ge=1, description="Most events of one partition handled as one unit.")
+    max_unit_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Most bytes of event values in one unit (an event larger than this is a unit of its "
+        "own). A unit's tokens leave the in-flight budget only once all of it is written, so units much "
+        "larger than the budget make the pipeline run in bursts that leave the GPU idle while the next "
+        "ones are fetched and chunked. Default: max_inflight_tokens bytes (a unit then holds about a "
+        "quarter of the budget in tokens: 3-4.5 bytes a token in Latin and CJK text).",
+    )
     chunk_threads: int | None = Field(
         None,
         ge=1,
@@ -108,6 +117,10 @@ class ConsumerSettings(Section):
     shutdown_drain_s: float = Field(
         30.0, ge=0, description="On stop, how long units in flight may finish before they are dropped."
     )
+
+    def unit_bytes(self) -> int:
+        """The effective :attr:`max_unit_bytes`."""
+        return self.max_unit_bytes or self.max_inflight_tokens
 
 
 class ChunkingSettings(Section):

@@ -47,6 +47,7 @@ class DelayedSpans(WordSpans):
 class RecordingSink:
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.offsets: list[tuple[int, int]] = []  # (partition, offset) of every document written
+        self.calls: list[list[int]] = []  # the offsets of each write call (one a unit here)
         self.gate = gate
         self.started = threading.Event()
 
@@ -54,18 +55,21 @@ class RecordingSink:
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(10)
-        self.offsets += [
-            (w.source.partition, w.source.offset) for w in writes if isinstance(w, UpsertDocument)
-        ]
+        written = [(w.source.partition, w.source.offset) for w in writes if isinstance(w, UpsertDocument)]
+        self.offsets += written
+        self.calls.append([offset for _, offset in written])
         return WriteResult(rejected={}, documents=len(writes), rows=len(writes))
 
 
 async def _member(
-    spans: DelayedSpans, sink: RecordingSink, threads: int, partitions: set[TopicPartition]
+    spans: DelayedSpans,
+    sink: RecordingSink,
+    threads: int,
+    partitions: set[TopicPartition],
+    **consumer: int,
 ) -> IngestConsumer:
-    settings = Settings(
-        kafka=KafkaSettings(), consumer=ConsumerSettings(max_batch_events=1, chunk_threads=threads)
-    )
+    consumer = {"max_batch_events": 1, **consumer}
+    settings = Settings(kafka=KafkaSettings(), consumer=ConsumerSettings(chunk_threads=threads, **consumer))
     worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(spans, 16), (4,))
     worker._consumer = CommitRecorder()  # type: ignore[assignment]
     worker._fatal = asyncio.get_running_loop().create_future()
@@ -127,6 +131,21 @@ async def test_units_of_several_lanes_are_built_at_once_each_lane_in_order() -> 
         0,
         1,
     ]
+    worker._runner.shutdown()
+
+
+async def test_units_are_cut_at_max_unit_bytes_as_well_as_at_max_batch_events() -> None:
+    spans, sink = DelayedSpans(), RecordingSink()
+    records = _records([0] * 7)
+    size = len(records[0].value)  # every record's value has the same length
+    worker = await _member(
+        spans, sink, threads=2, partitions={TP}, max_batch_events=256, max_unit_bytes=2 * size + 1
+    )
+    await worker._dispatch(TP, records)
+    await _until(lambda: len(sink.offsets) == 7)
+    assert sink.calls == [[0, 1], [2, 3], [4, 5], [6]]
+    await worker._commit()
+    assert worker._consumer.commits[-1] == {TP: 7}  # type: ignore[attr-defined]
     worker._runner.shutdown()
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ from helpers.fakes import FakeRecord, WordSpans
 from pipeline.documents import DeleteDocument, UpsertDocument
 from pipeline.ingest.chunking import Chunker
 from pipeline.ingest.reasons import ReasonCode
-from pipeline.ingest.units import build_unit
+from pipeline.ingest.units import build_unit, record_groups
 from workers.model.tokenizer import load_text_tokenizer
 from workers.settings import ModelSettings
 
@@ -20,6 +21,22 @@ TP = TopicPartition("documents", 2)
 
 def _rec(offset: int, **event: object) -> FakeRecord:
     return FakeRecord(offset, str(event["id"]).encode(), json.dumps(event).encode())
+
+
+def test_record_groups_keep_order_and_both_bounds_and_a_large_record_goes_alone() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(0, 50, size=int(rng.integers(0, 40)))
+        records = [FakeRecord(i, None, b"x" * int(n)) for i, n in enumerate(lengths)]
+        max_events, max_bytes = int(rng.integers(1, 10)), int(rng.integers(1, 120))
+        groups = list(record_groups(records, max_events, max_bytes))
+        assert [r.offset for g in groups for r in g] == list(range(len(records)))
+        for group in groups:
+            assert 1 <= len(group) <= max_events
+            assert len(group) == 1 or sum(len(r.value) for r in group) <= max_bytes
+        for before, after in itertools.pairwise(groups):  # a group closes only when a bound forces it
+            full = len(before) == max_events
+            assert full or sum(len(r.value) for r in before) + len(after[0].value) > max_bytes
 
 
 def test_only_the_last_event_per_id_is_planned_in_partition_order() -> None:
