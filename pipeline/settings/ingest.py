@@ -91,7 +91,8 @@ class ConsumerSettings(Section):
         ge=64,
         description="Tokens sent to the pool and not yet written; partitions pause above it. Units still "
         "being chunked count once chunked, so the tokens in flight can pass it by at most the 2 x "
-        "chunk_threads units being built (each at most max_batch_events events).",
+        "chunk_threads units being built (each at most max_batch_events events and max_unit_bytes "
+        "bytes).",
     )
     max_batch_events: int = Field(256, ge=1, description="Most events of one partition handled as one unit.")
     max_unit_bytes: int | None = Field(

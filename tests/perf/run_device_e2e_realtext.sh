@@ -4,7 +4,8 @@
 # native/1024/256/64, against the same actor fed directly, in one run, with the breakdown of where the
 # pipeline's time went.  Needs both .devsite/site.tar.xz (`bash tests/perf/stage_device.sh`) and
 # .devsite/realtext.tar.xz (`bash tests/perf/stage_device.sh realtext`) carried as ".devsite".
-# Argument: the shape, 4b or 0.6b (tiny-real: a CPU rehearsal); DOCS: documents sent (the 484-document corpus round and round).
+# Argument: the shape, 4b or 0.6b (tiny-real: a CPU rehearsal); DOCS: documents sent (the
+# 484-document corpus round and round).
 # Results go to $OUT when set (the device tool), else to tests/perf/results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,8 @@ tiny-real) docs=${DOCS:-60} ;;
 esac
 if [[ $shape == tiny-real ]]; then
     # CPU rehearsal of the wiring (two tiny layers over the real vocabulary and tokenizer), eager:
-    # its rates measure nothing; replicas 64 (native)/32/16/8.  PYTHON names the venv whose `ray` and `milvus-lite` the stack starts.
+    # its rates measure nothing; replicas 64 (native)/32/16/8.  PYTHON names the venv whose `ray`
+    # and `milvus-lite` the stack starts.
     python=${PYTHON:-python3}
     PATH=$(dirname "$python"):$PATH
     export PATH PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
