@@ -12,9 +12,9 @@ cd "$(dirname "$0")/../.."
 results=${OUT:-tests/perf/results}
 shape=${1:?4b, 0.6b or tiny-real}
 case $shape in
-4b) docs=${DOCS:-1500} ;;
-0.6b) docs=${DOCS:-3000} ;;
-tiny-real) docs=${DOCS:-60} ;;
+4b) docs=${DOCS:-1500} shape_name=qwen3-4b ;;
+0.6b) docs=${DOCS:-3000} shape_name=qwen3-0.6b ;;
+tiny-real) docs=${DOCS:-60} shape_name=tiny-real ;;
 *) echo "unknown shape $shape: 4b, 0.6b or tiny-real" >&2; exit 2 ;;
 esac
 if [[ $shape == tiny-real ]]; then
@@ -33,7 +33,6 @@ fi
 mkdir -p "$results"
 # One folder per shape: a later call for another shape on the same machine must not reuse it.
 folder=/tmp/qwen3-realtext-$shape
-[[ $shape == tiny-real ]] && shape_name=tiny-real || shape_name=qwen3-$shape
 [[ -d $folder ]] || "$python" -m workers.bench.qwen3_folder "$shape_name" "$folder"
 export PIPELINE_MODEL__NAME_OR_PATH=$folder
 config=tests/perf/pipeline-qwen3-realtext.toml

@@ -66,10 +66,10 @@ async def _member(
     sink: RecordingSink,
     threads: int,
     partitions: set[TopicPartition],
-    **consumer: int,
+    **overrides: int,
 ) -> IngestConsumer:
-    consumer = {"max_batch_events": 1, **consumer}
-    settings = Settings(kafka=KafkaSettings(), consumer=ConsumerSettings(chunk_threads=threads, **consumer))
+    consumer = ConsumerSettings(**{"max_batch_events": 1, "chunk_threads": threads, **overrides})
+    settings = Settings(kafka=KafkaSettings(), consumer=consumer)
     worker = IngestConsumer(settings, OnesEmbedder(), sink, Chunker(spans, 16), (4,))
     worker._consumer = CommitRecorder()  # type: ignore[assignment]
     worker._fatal = asyncio.get_running_loop().create_future()
