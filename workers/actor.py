@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from workers.actor_base import ModelActor, assigned_device, configure_logging
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
+from workers.model.inputs import ModelInput
 from workers.model.matryoshka import validate_dims
 from workers.prompts import format_query
 from workers.settings import BatchSettings, ModelSettings
@@ -83,13 +85,15 @@ class EmbedderActor(ModelActor):
         return self._model_settings
 
     async def embed(
-        self, texts: list[str], dims: tuple[int, ...], adapter: str | None = None
+        self, texts: list[ModelInput], dims: tuple[int, ...], adapter: str | None = None
     ) -> dict[int, np.ndarray]:
         """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order, computed with the
-        LoRA adapter ``adapter`` of ``model.adapters`` (None: the base model).
+        LoRA adapter ``adapter`` of ``model.adapters`` (None: the base model).  A
+        :class:`~workers.model.inputs.TokenizedText` is embedded from its ids, not tokenized again.
 
         Raises ConfigError for dims outside ``1..native_dim``, UnknownAdapter for an adapter not
-        loaded, Backpressure when the queue is full.
+        loaded, InvalidTokenIds for ids that are not this model's tokens, Backpressure when the
+        queue is full.
         """
         return await self._embed(texts, dims, priority=False, adapter=adapter)
 
@@ -102,7 +106,7 @@ class EmbedderActor(ModelActor):
         return await self._embed(texts, dims, priority=True, adapter=adapter)
 
     async def _embed(
-        self, texts: list[str], dims: tuple[int, ...], *, priority: bool, adapter: str | None
+        self, texts: Sequence[ModelInput], dims: tuple[int, ...], *, priority: bool, adapter: str | None
     ) -> dict[int, np.ndarray]:
         validate_dims(dims, self._info.native_dim)
         self._model.check_adapter(adapter)

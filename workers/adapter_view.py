@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from workers.model.info import ModelInfo
+from workers.model.inputs import ModelInput
 
 
 class AdaptablePool(Protocol):
@@ -22,7 +23,7 @@ class AdaptablePool(Protocol):
     def info(self) -> ModelInfo: ...
 
     async def embed(
-        self, texts: Sequence[str], dims: tuple[int, ...], adapter: str | None = None
+        self, texts: Sequence[ModelInput], dims: tuple[int, ...], adapter: str | None = None
     ) -> dict[int, np.ndarray]: ...
 
     async def embed_queries(
@@ -45,7 +46,7 @@ class AdapterView:
     def info(self) -> ModelInfo:
         return self.pool.info
 
-    async def embed(self, texts: Sequence[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+    async def embed(self, texts: Sequence[ModelInput], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
         """:meth:`workers.pool.EmbedderPool.embed` with this view's adapter."""
         return await self.pool.embed(texts, dims, self.adapter)
 

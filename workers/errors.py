@@ -25,6 +25,19 @@ class UnknownAdapter(ConfigError):
     """A request named a LoRA adapter the model did not load (``model.adapters``): bad input, not retried."""
 
 
+class InvalidTokenIds(ConfigError):
+    """Token ids sent along with a text are not ids of this model's tokenizer: the sender tokenized
+    with other files (a configuration error) or sent something else.  ``index``: the input's position.
+    """
+
+    def __init__(self, index: int, detail: str) -> None:
+        super().__init__(f"input {index}: {detail}; the sender's tokenizer must be the model's own")
+        self.index, self.detail = index, detail
+
+    def __reduce__(self) -> tuple[type[InvalidTokenIds], tuple[int, str]]:
+        return type(self), (self.index, self.detail)  # crosses Ray as itself
+
+
 class RetriableError(PipelineError):
     """A transient failure: the same call may succeed after ``retry_after`` seconds."""
 

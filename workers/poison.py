@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from workers.errors import FailedInputs
+from workers.model.inputs import ModelInput, text_of
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class KillsActors(Exception):
     """A request run alone crashed its actor ``poison_after_crashes`` times."""
 
 
-async def embed_isolating(request: Request, texts: list[str], dims: tuple[int, ...], alone: bool) -> Isolated:
+async def embed_isolating(
+    request: Request, texts: list[ModelInput], dims: tuple[int, ...], alone: bool
+) -> Isolated:
     """``request(texts)``, isolating the poison texts as the module docstring says."""
     try:
         return await request(texts, alone=alone), [], {}
@@ -44,7 +47,9 @@ async def embed_isolating(request: Request, texts: list[str], dims: tuple[int, .
         return await _embed_without(request, texts, dims, alone, exc.failures)
     except KillsActors:
         if len(texts) == 1:
-            log.warning("isolated a text that crashes embedder actors (%d characters)", len(texts[0]))
+            log.warning(
+                "isolated a text that crashes embedder actors (%d characters)", len(text_of(texts[0]))
+            )
             return {dim: np.zeros((1, dim), dtype=np.float32) for dim in dims}, [0], {}
     middle = len(texts) // 2
     left, left_crashed, left_failed = await embed_isolating(request, texts[:middle], dims, True)
@@ -55,7 +60,7 @@ async def embed_isolating(request: Request, texts: list[str], dims: tuple[int, .
 
 
 async def _embed_without(
-    request: Request, texts: list[str], dims: tuple[int, ...], alone: bool, failures: dict[int, str]
+    request: Request, texts: list[ModelInput], dims: tuple[int, ...], alone: bool, failures: dict[int, str]
 ) -> Isolated:
     """:func:`embed_isolating` of ``texts`` with zero rows for ``failures`` (position -> reason)."""
     log.warning("the model failed on %d of %d texts run alone: %s", len(failures), len(texts), failures)

@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError
 from workers.actor import EmbedderActor
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts, UnknownAdapter
 from workers.model.embedding_model import ModelInfo
+from workers.model.inputs import ModelInput, text_of
 from workers.model.matryoshka import validate_dims
 from workers.poison import KillsActors, embed_isolating
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
@@ -159,11 +160,12 @@ class EmbedderPool:
         return slot.index, slot.handle
 
     async def embed(
-        self, texts: Sequence[str], dims: tuple[int, ...], adapter: str | None = None
+        self, texts: Sequence[ModelInput], dims: tuple[int, ...], adapter: str | None = None
     ) -> dict[int, np.ndarray]:
         """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order, computed with the
         LoRA adapter ``adapter`` of ``model.adapters`` (None: the base model; UnknownAdapter, before
-        anything is sent, for one the actors did not load).
+        anything is sent, for one the actors did not load).  A
+        :class:`~workers.model.inputs.TokenizedText` travels with its ids and is not tokenized again.
 
         Retries on another actor when an actor dies or is restarting, up to ``max_attempts`` tries,
         then raises EmbedderUnavailable from the last failure.  Once every actor has failed, tries wait
@@ -176,7 +178,7 @@ class EmbedderPool:
         Poison: after ``poison_after_crashes`` failed tries the request runs alone on an actor (once
         it answers, with nothing else in flight there), so a crash then is its own doing.  A request
         that crashes actors that many times alone is split in halves, each run alone, until the
-        texts that kill actors are isolated; they are raised as PoisonTexts (the other texts'
+        texts that kill actors are isolated; they are raised as PoisonTexts, by their text (the other texts'
         vectors are dropped: the caller asks again without the poison).  Texts the model fails on
         even alone (the actor raises FailedInputs, having run the rest) are embedded again without
         them and raised in PoisonTexts' ``failed`` with the actor's reason.
@@ -198,7 +200,7 @@ class EmbedderPool:
         return await self._embed(queries, dims, query_task=task or "", adapter=adapter)
 
     async def _embed(
-        self, texts: Sequence[str], dims: tuple[int, ...], query_task: str | None, adapter: str | None
+        self, texts: Sequence[ModelInput], dims: tuple[int, ...], query_task: str | None, adapter: str | None
     ) -> dict[int, np.ndarray]:
         """``embed`` (``query_task`` None) or ``embed_queries`` (a task, "" for none), with retries."""
         validate_dims(dims, self._info.native_dim)
@@ -210,15 +212,15 @@ class EmbedderPool:
         vectors, crashed, failed = await embed_isolating(request, texts, dims, alone=False)
         if crashed or failed:
             raise PoisonTexts(
-                tuple(texts[i] for i in crashed),
+                tuple(text_of(texts[i]) for i in crashed),
                 self._settings.poison_after_crashes,
-                {texts[i]: reason for i, reason in failed.items()},
+                {text_of(texts[i]): reason for i, reason in failed.items()},
             )
         return vectors
 
     async def _embed_request(
         self,
-        texts: list[str],
+        texts: list[ModelInput],
         dims: tuple[int, ...],
         query_task: str | None,
         alone: bool,

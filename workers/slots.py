@@ -18,6 +18,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
 from workers.errors import EmbedderUnavailable
+from workers.model.inputs import ModelInput, text_of
 
 log = logging.getLogger("workers.pool")  # the pool's own log lines, wherever the code lives
 
@@ -113,7 +114,7 @@ class Slots:
 
 async def call_slot(
     slot: Slot,
-    texts: list[str],
+    texts: list[ModelInput],
     dims: tuple[int, ...],
     query_task: str | None,
     adapter: str | None,
@@ -122,7 +123,7 @@ async def call_slot(
     """One embed call on ``slot`` (``embed_queries`` when ``query_task`` is not None, "" for no task),
     with LoRA adapter ``adapter``; TimeoutError after ``timeout_s`` (the Ray task is cancelled then, as
     when the caller is: the actor drops the texts instead of embedding them for nobody)."""
-    cost = sum(len(text) for text in texts)
+    cost = sum(len(text_of(item)) for item in texts)
     slot.outstanding += cost
     slot.calls += 1
     slot.in_flight += 1

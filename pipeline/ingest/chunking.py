@@ -11,16 +11,20 @@ Speed: the chunks of a document are first cut as if every count came out within 
 of them (of many documents, with :meth:`Chunker.split_many`) are counted in one tokenizer call; only
 a document where some count does not fit is cut again step by step.  Both ways give the same chunks:
 the step-by-step cut takes the same path as long as every count fits.  A tokenizer with batch calls
-(:class:`BatchTokenSpans`, e.g. the model's fast tokenizer, whose batch calls run in Rust threads
-without the GIL) gets whole batches; any other is called text by text.
+(the model's fast tokenizer, whose batch calls run in Rust threads without the GIL) gets whole
+batches; any other is called text by text (:mod:`pipeline.ingest.chunk_tokens`).  With
+``keep_token_ids`` each chunk carries the ids the tokenizer gave it when counting it, so the embedder
+does not tokenize it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
 
+import numpy as np
+
+from pipeline.ingest.chunk_tokens import ChunkTokenizer, Counted, TokenSpans
 from pipeline.ingest.chunk_units import TokenUnits, cut, overlap_start, token_units
 from workers.errors import ConfigError, PoisonInput
 
@@ -37,47 +41,15 @@ Frame = Callable[[str], str]
 """What is put around a chunk before the model sees it (e.g. an instruction template)."""
 
 
-class TokenSpans(Protocol):
-    """The only thing the chunker needs from a tokenizer."""
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """``(start, end)`` character offsets of the tokens of ``text``, in order, without special tokens."""
-        ...
-
-
-@runtime_checkable
-class BatchTokenSpans(TokenSpans, Protocol):
-    """A tokenizer that takes many texts in one call (what the chunker uses when it can)."""
-
-    def token_spans_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        """:meth:`token_spans` of each text."""
-        ...
-
-    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
-        """``len(token_spans(text))`` of each text."""
-        ...
-
-
-class _OneByOne:
-    """:class:`BatchTokenSpans` over a tokenizer that only has :meth:`TokenSpans.token_spans`."""
-
-    def __init__(self, tokenizer: TokenSpans) -> None:
-        self.token_spans = tokenizer.token_spans
-
-    def token_spans_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        return [self.token_spans(text) for text in texts]
-
-    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
-        return [len(self.token_spans(text)) for text in texts]
-
-
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One piece of a document: ``token_count`` is the tokenizer's count of ``text`` on its own."""
+    """One piece of a document: ``token_count`` is the tokenizer's count of ``text`` on its own (of
+    the framed text, with a frame); ``token_ids`` are those tokens, where the chunker keeps them."""
 
     text: str
     index: int
     token_count: int
+    token_ids: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -86,11 +58,17 @@ class _Document:
 
     text: str
     spans: list[tuple[int, int]]
+    ids: np.ndarray | None = None
     units: TokenUnits | None = None
 
+    @property
+    def counted(self) -> Counted:
+        """The whole text's count (and ids): a chunk that is the whole text takes them."""
+        return len(self.spans), self.ids
 
-Pieces = list[tuple[str, int]]
-"""Each chunk's text and token count."""
+
+Pieces = list[tuple[str, Counted]]
+"""Each chunk's text and token count (with its ids where kept)."""
 
 
 class Chunker:
@@ -104,8 +82,10 @@ class Chunker:
     only where it forms a chunk of its own); the result depends on the text alone.  With
     ``overlap_tokens`` every chunk but the first starts with up to that many tokens from the end of
     the previous one, beginning at a word where one is near, unless it starts at a heading.  A text
-    without tokens (e.g. only whitespace) gives ``[]``.  It holds no state between calls: one
-    instance may split in several threads at once (if its tokenizer may be called so).
+    without tokens (e.g. only whitespace) gives ``[]``.  With ``keep_token_ids`` (the tokenizer must
+    give ids) every chunk's ``token_ids`` are the tokenizer's ids of its text (framed, with a frame)
+    on its own, ``token_count`` of them.  It holds no state between calls: one instance may split in
+    several threads at once (if its tokenizer may be called so).
     """
 
     def __init__(
@@ -115,6 +95,7 @@ class Chunker:
         overlap_tokens: int = 0,
         *,
         max_chars: int = DEFAULT_MAX_CHARS,
+        keep_token_ids: bool = False,
     ) -> None:
         if max_tokens < 1:
             raise ConfigError(f"chunking max_tokens must be at least 1, got {max_tokens}")
@@ -125,12 +106,15 @@ class Chunker:
             )
         if max_chars < 1:
             raise ConfigError(f"chunking max_chars must be at least 1, got {max_chars}")
-        self._tokenizer: BatchTokenSpans = (
-            tokenizer if isinstance(tokenizer, BatchTokenSpans) else _OneByOne(tokenizer)
-        )
+        self._tokenizer = ChunkTokenizer(tokenizer, keep_token_ids)
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.max_chars = max_chars
+
+    @property
+    def keeps_token_ids(self) -> bool:
+        """Whether chunks carry their ``token_ids``."""
+        return self._tokenizer.keeps_ids
 
     def split(self, text: str, frame: Frame | None = None) -> list[Chunk]:
         """The chunks of ``text``, indexed from 0.
@@ -142,8 +126,8 @@ class Chunker:
         the room left (e.g. one emoji as four byte tokens with ``max_tokens=3``), or if the frame
         alone leaves no room.
         """
-        (spans,) = self._tokenizer.token_spans_batch([text])
-        return self._split(_Document(text, spans), frame)
+        (spans,), (ids,) = self._tokenizer.spans([text])
+        return self._split(_Document(text, spans, ids), frame)
 
     def split_many(self, items: Sequence[tuple[str, Frame | None]]) -> list[list[Chunk] | PoisonInput]:
         """:meth:`split` of each ``(text, frame)``, or the PoisonInput it raises, in the order given.
@@ -154,9 +138,7 @@ class Chunker:
         results: list[list[Chunk] | PoisonInput] = []
         for batch in _batches(items):
             texts = [text for text, _ in batch]
-            documents = [
-                _Document(*pair) for pair in zip(texts, self._tokenizer.token_spans_batch(texts), strict=True)
-            ]
+            documents = list(map(_Document, texts, *self._tokenizer.spans(texts)))
             plain = [i for i, (_, frame) in enumerate(batch) if frame is None]
             outcomes: dict[int, list[Chunk] | PoisonInput] = {}
             for i, pieces in zip(
@@ -174,7 +156,7 @@ class Chunker:
 
     def count_tokens(self, text: str) -> int:
         """The tokenizer's count of ``text``, special tokens excluded."""
-        return self._tokenizer.count_tokens_batch([text])[0] if text else 0
+        return self._tokenizer.count([text])[0][0] if text else 0
 
     def _split(self, document: _Document, frame: Frame | None) -> list[Chunk]:
         if frame is None:
@@ -187,13 +169,10 @@ class Chunker:
             if room < 1:
                 raise PoisonInput(f"the instruction takes {reserve} of a chunk's {self.max_tokens} tokens")
             pieces = [piece for piece, _ in _raise(self._pieces_many([document], room)[0])]
-            counts = self._tokenizer.count_tokens_batch([frame(piece) for piece in pieces])
-            excess = max(counts, default=0) - self.max_tokens
+            framed = self._tokenizer.count([frame(piece) for piece in pieces])
+            excess = max((count for count, _ in framed), default=0) - self.max_tokens
             if excess <= 0:
-                return [
-                    Chunk(piece, i, count)
-                    for i, (piece, count) in enumerate(zip(pieces, counts, strict=True))
-                ]
+                return _chunks(list(zip(pieces, framed, strict=True)))
             reserve += excess
         raise PoisonInput(
             f"framed chunks still exceed max_tokens={self.max_tokens} after {_FRAME_ATTEMPTS} cuts"
@@ -210,12 +189,12 @@ class Chunker:
         unknown = list(
             dict.fromkeys(piece for draft in drafts if draft for piece, count in draft if count is None)
         )
-        counted = dict(zip(unknown, self._tokenizer.count_tokens_batch(unknown), strict=True))
+        counted = dict(zip(unknown, self._tokenizer.count(unknown), strict=True))
         results: list[Pieces | PoisonInput] = []
         for document, draft in zip(documents, drafts, strict=True):
             if draft is not None:
                 pieces = [(piece, counted[piece] if count is None else count) for piece, count in draft]
-                if all(0 < count <= max_tokens for _, count in pieces):
+                if all(0 < count <= max_tokens for _, (count, _) in pieces):
                     results.append(pieces)
                     continue
             try:
@@ -224,7 +203,7 @@ class Chunker:
                 results.append(exc)
         return results
 
-    def _draft(self, document: _Document, max_tokens: int) -> list[tuple[str, int | None]] | None:
+    def _draft(self, document: _Document, max_tokens: int) -> list[tuple[str, Counted | None]] | None:
         """The cuts :meth:`_pieces` makes if every piece counts 1..``max_tokens`` tokens; each piece
         with its count where already known (the whole text), else None.  None where the cut meets
         characters it cannot separate or a piece without characters: then only :meth:`_pieces` knows."""
@@ -234,7 +213,7 @@ class Chunker:
         units = self._units(document)
         n = len(units.cum) - 1
         pos = first = 0
-        draft: list[tuple[str, int | None]] = []
+        draft: list[tuple[str, Counted | None]] = []
         while pos < n:
             end = cut(units, first, pos, max_tokens, self.max_chars)
             if end is None:
@@ -246,7 +225,7 @@ class Chunker:
             if not piece:
                 return None
             whole = first == 0 and end == n and len(piece) == len(text)
-            draft.append((piece, len(spans) if whole else None))
+            draft.append((piece, document.counted if whole else None))
             first = overlap_start(units, pos, end, self.overlap_tokens)
             pos = end
         return draft
@@ -257,8 +236,8 @@ class Chunker:
         return document.units
 
     def _pieces(
-        self, document: _Document, max_tokens: int, counted: dict[str, int] | None = None
-    ) -> Iterator[tuple[str, int]]:
+        self, document: _Document, max_tokens: int, counted: dict[str, Counted] | None = None
+    ) -> Iterator[tuple[str, Counted]]:
         """The text and token count of each chunk of at most ``max_tokens`` tokens, step by step.
 
         ``counted`` holds token counts already taken of some texts."""
@@ -283,11 +262,12 @@ class Chunker:
                 continue
             piece = text[units.bounds[first] : units.bounds[end]].strip()
             if first == 0 and end == n and len(piece) == len(text):
-                count = len(spans)  # the whole text, already tokenized: most events are one chunk
+                tokens = document.counted  # the whole text, already tokenized: most events are one chunk
             elif piece in counted:
-                count = counted[piece]
+                tokens = counted[piece]
             else:
-                count = self.count_tokens(piece)
+                (tokens,) = self._tokenizer.count([piece])
+            count = tokens[0]
             if count > max_tokens:
                 # The piece tokenizes to more than its spans said: retry shorter, but never
                 # shorter than the first unit of new content.
@@ -303,10 +283,11 @@ class Chunker:
                     raise PoisonInput(f"{piece[:20]!r} tokenizes to {count} tokens, more than max_tokens")
                 # One unit (e.g. a piece of a huge unknown token) that is many tokens on its own:
                 # chunk it by its own tokens.
-                yield from self._pieces(_Document(piece, self._tokenizer.token_spans(piece)), max_tokens)
+                (piece_spans,), (piece_ids,) = self._tokenizer.spans([piece])
+                yield from self._pieces(_Document(piece, piece_spans, piece_ids), max_tokens)
                 first = end
             elif count:
-                yield piece, count
+                yield piece, tokens
                 first = overlap_start(units, pos, end, self.overlap_tokens)
             else:
                 first = end  # only whitespace or characters the tokenizer ignores
@@ -314,7 +295,7 @@ class Chunker:
 
 
 def _chunks(pieces: Pieces) -> list[Chunk]:
-    return [Chunk(piece, i, count) for i, (piece, count) in enumerate(pieces)]
+    return [Chunk(piece, i, count, ids) for i, (piece, (count, ids)) in enumerate(pieces)]
 
 
 def _raise(pieces: Pieces | PoisonInput) -> Pieces:

@@ -15,6 +15,7 @@ from pipeline.ingest.reasons import ReasonCode
 from pipeline.ingest.retry import retry_transient
 from pipeline.ingest.units import WorkUnit
 from workers.errors import PoisonTexts
+from workers.model.inputs import ModelInput
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class Embedder(Protocol):
     """What the consumer needs from the embedder pool."""
 
-    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]: ...
+    async def embed(self, texts: list[ModelInput], dims: tuple[int, ...]) -> dict[int, np.ndarray]: ...
 
 
 class UnitEmbedder:
@@ -59,12 +60,12 @@ class UnitEmbedder:
                     for doc_id in unit.reject_texts(texts, why, code):
                         log.warning("document %r dead-lettered: %s", doc_id, why)
 
-    async def _embed_texts(self, texts: list[str], tokens: int) -> dict[int, np.ndarray]:
+    async def _embed_texts(self, texts: list[ModelInput], tokens: int) -> dict[int, np.ndarray]:
         """``texts`` in pool requests of about ``max_request_tokens`` each, side by side; a
         PoisonTexts raised here holds the poison texts of every request."""
         if not texts:
             return {d: np.zeros((0, d), dtype=np.float32) for d in self._dims}
-        requests: list[list[str]] = [[]]
+        requests: list[list[ModelInput]] = [[]]
         budget = 0
         per_text = max(1, tokens // len(texts))
         for text in texts:
@@ -86,7 +87,7 @@ class UnitEmbedder:
         vectors = [r for r in results if isinstance(r, dict)]
         return {dim: np.concatenate([r[dim] for r in vectors]) for dim in self._dims}
 
-    async def _embed_request(self, texts: list[str]) -> dict[int, np.ndarray]:
+    async def _embed_request(self, texts: list[ModelInput]) -> dict[int, np.ndarray]:
         return await retry_transient(
             "embedding", lambda: self._embedder.embed(texts, self._dims), self._backoff_cap_s
         )

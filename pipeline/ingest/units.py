@@ -22,6 +22,7 @@ from pipeline.ingest.events import DocumentEvent, parse_event
 from pipeline.ingest.reasons import InvalidEvent, ReasonCode
 from pipeline.milvus.tenants import tenant_of
 from workers.errors import PoisonInput
+from workers.model.inputs import ModelInput, TokenizedText, text_of
 from workers.prompts import format_input
 from workers.settings import ModelSettings
 
@@ -151,14 +152,20 @@ class _Planner:
             unit.plan.append(
                 _PlannedUpsert(event, record, [c.text for c in chunks], len(unit.texts), candidates)
             )
-            unit.texts.extend(format_input(self.model, c.text, event.instruction) for c in chunks)
+            unit.texts.extend(self._model_input(c, event.instruction) for c in chunks)
             return sum(c.token_count + self.special_tokens for c in chunks)
         return 0
+
+    def _model_input(self, chunk: Chunk, instruction: str | None) -> ModelInput:
+        """What the model sees of ``chunk``: its (framed) text, with the ids the chunker counted."""
+        text = format_input(self.model, chunk.text, instruction)
+        return text if chunk.token_ids is None else TokenizedText(text, chunk.token_ids)
 
 
 @dataclass
 class WorkUnit:
-    """One partition's slice of a poll, ready to embed; ``texts`` are what the model sees.
+    """One partition's slice of a poll, ready to embed; ``texts`` are what the model sees (each with
+    its token ids where the chunker kept them).
 
     Per id only one event is planned: the last one in the unit that can be written.  When it
     turns out not to be (it cannot be chunked, crashes the embedder, or Milvus refuses it), it is
@@ -173,7 +180,7 @@ class WorkUnit:
     offsets: list[int]
     dead_letters: list[DeadLetter] = field(default_factory=list)
     plan: list[_PlannedUpsert | _PlannedDelete] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
+    texts: list[ModelInput] = field(default_factory=list)
     tokens: int = 0
     oldest_timestamp_ms: int | None = None
     parse_seconds: float = 0.0
@@ -241,11 +248,11 @@ class WorkUnit:
         """
         rejected: list[_PlannedUpsert] = []
         kept: list[_PlannedUpsert | _PlannedDelete] = []
-        texts: list[str] = []
+        texts: list[ModelInput] = []
         for item in self.plan:
             if isinstance(item, _PlannedUpsert):
                 inputs = self.texts[item.first_text : item.first_text + len(item.chunks)]
-                if any(text in poison for text in inputs):
+                if any(text_of(text) in poison for text in inputs):
                     self.dead_letters.append(_dead_letter(self.tp, item.record, reason, code))
                     rejected.append(item)
                     continue

@@ -40,6 +40,7 @@ from pipeline.remote.requests import TokenCounter, plan_requests
 from pipeline.settings.embedder import EmbedderSettings
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
 from workers.model.embedding_model import ModelInfo
+from workers.model.inputs import ModelInput, texts_of
 from workers.model.matryoshka import cut_and_normalize_array, validate_dims
 from workers.prompts import format_query
 from workers.settings import ModelSettings
@@ -89,10 +90,11 @@ class RemoteEmbedder:
         return 1
 
     async def embed(
-        self, texts: Sequence[str], dims: tuple[int, ...], adapter: str | None = None
+        self, texts: Sequence[ModelInput], dims: tuple[int, ...], adapter: str | None = None
     ) -> dict[int, np.ndarray]:
         """``{dim: float32 (len(texts), dim)}``, rows unit-length and in input order.  The endpoint
         serves one model: a LoRA ``adapter`` is refused with ConfigError (name it in the server's model).
+        The endpoint tokenizes for itself: a :class:`~workers.model.inputs.TokenizedText` is sent as its text.
 
         Raises ConfigError for dims outside ``1..native_dim``, InputTooLong for a text the model
         cannot take, Backpressure when the client is full, EmbedderUnavailable after ``max_attempts``
@@ -103,7 +105,7 @@ class RemoteEmbedder:
                 "(serve the adapter from the endpoint and name it in embedder.model)"
             )
         validate_dims(dims, self._info.native_dim)
-        texts = list(texts)
+        texts = texts_of(texts)
         if not texts:
             return {d: np.zeros((0, d), dtype=np.float32) for d in dims}
         counts = await asyncio.to_thread(self._count, texts)

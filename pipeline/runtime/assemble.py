@@ -98,7 +98,8 @@ async def start_pool(
 
 
 def make_chunker(settings: Settings, tokenizer: TextTokenizer, info: ModelInfo) -> Chunker:
-    """The chunker for ``settings``; raises ConfigError when its chunks cannot fit the model."""
+    """The chunker for ``settings`` (keeping token ids for the actors: ``consumer.send_token_ids``);
+    raises ConfigError when its chunks cannot fit the model."""
     room = info.max_length - tokenizer.num_special_tokens
     max_tokens = settings.chunking.max_tokens or min(room, DEFAULT_CHUNK_TOKENS)
     if max_tokens > room:
@@ -107,7 +108,8 @@ def make_chunker(settings: Settings, tokenizer: TextTokenizer, info: ModelInfo) 
             f"{info.name} takes {info.max_length} tokens including "
             f"{tokenizer.num_special_tokens} special ones; use at most {room}"
         )
-    return Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens)
+    keep_ids = settings.consumer.send_token_ids and settings.embedder.backend == "actors"
+    return Chunker(tokenizer, max_tokens, settings.chunking.overlap_tokens, keep_token_ids=keep_ids)
 
 
 async def _ensure_replicas(

@@ -113,6 +113,12 @@ class ConsumerSettings(Section):
     max_request_tokens: int = Field(
         16384, ge=64, description="Most tokens in one embed call to the pool (a unit is split above it)."
     )
+    send_token_ids: bool = Field(
+        True,
+        description="Send each chunk's token ids (counted by the chunker anyway) to the embedder actors "
+        "with its text, so they do not tokenize it again (embedder.backend 'actors'; a remote endpoint "
+        "always gets text). Off: the actors tokenize every text themselves.",
+    )
     commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff on retries.")
     shutdown_drain_s: float = Field(

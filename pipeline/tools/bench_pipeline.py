@@ -5,6 +5,8 @@ chunks, so their tokens/s compare the pipeline around the embedder with the embe
 
 * ``embedder``: the chunks' texts sent straight to the pool from this process, in requests of the
   consumer's size with as many tokens in flight as the consumer allows; no Kafka, no Milvus;
+* ``embedder_from_ids`` (when the consumer sends token ids, ``consumer.send_token_ids``): the same,
+  each text sent with the chunker's ids, as the consumer sends them: the actors do not tokenize;
 * ``pipeline``: the documents, produced beforehand to a fresh topic, ingested by an
   :class:`~pipeline.ingest.consumer.IngestConsumer`: poll, parse, chunk, embed, upsert into every replica,
   commit.  Its time runs from the first record polled to the last unit acknowledged.
@@ -41,6 +43,7 @@ from pipeline.settings import Settings, load_settings
 from pipeline.tools.bench_breakdown import actor_counters, breakdown, difference, render
 from pipeline.tools.bench_documents import bench_texts, produce_documents
 from pipeline.tools.bench_members import consume, sized_settings
+from workers.model.inputs import ModelInput, TokenizedText
 from workers.prompts import format_input
 from workers.settings import ModelSettings
 
@@ -80,16 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+Requests = list[tuple[list[ModelInput], int]]
+"""Embed requests: the model inputs of each, and its tokens."""
+
+
 def embed_requests(
-    chunker: Chunker, model: ModelSettings, special_tokens: int, limit: int, texts: Sequence[str]
-) -> tuple[list[tuple[list[str], int]], int]:
+    chunker: Chunker,
+    model: ModelSettings,
+    special_tokens: int,
+    limit: int,
+    texts: Sequence[str],
+    with_ids: bool = False,
+) -> tuple[Requests, int]:
     """The chunks the consumer would embed, grouped into requests of at most ``limit`` tokens each.
 
-    Returns the requests (texts as the model reads them, and their tokens with ``special_tokens``
-    per chunk) and the number of chunks.
+    Returns the requests (texts as the model reads them, each with the chunker's token ids when
+    ``with_ids``, and their tokens with ``special_tokens`` per chunk) and the number of chunks.
     """
-    requests: list[tuple[list[str], int]] = []
-    batch: list[str] = []
+    requests: Requests = []
+    batch: list[ModelInput] = []
     tokens = chunks = 0
     for text in texts:
         for chunk in chunker.split(text):
@@ -97,7 +109,10 @@ def embed_requests(
             if batch and tokens + size > limit:
                 requests.append((batch, tokens))
                 batch, tokens = [], 0
-            batch.append(format_input(model, chunk.text, None))
+            text = format_input(model, chunk.text, None)
+            batch.append(
+                TokenizedText(text, chunk.token_ids) if with_ids and chunk.token_ids is not None else text
+            )
             tokens += size
             chunks += 1
     if batch:
@@ -105,19 +120,20 @@ def embed_requests(
     return requests, chunks
 
 
-def _requests(runtime: Runtime, texts: Sequence[str]) -> tuple[list[tuple[list[str], int]], int]:
+def _requests(runtime: Runtime, texts: Sequence[str], with_ids: bool = False) -> tuple[Requests, int]:
     limit = runtime.settings.consumer.max_request_tokens
-    return embed_requests(runtime.chunker, runtime.settings.model, runtime.special_tokens, limit, texts)
+    chunker, model = runtime.chunker, runtime.settings.model
+    return embed_requests(chunker, model, runtime.special_tokens, limit, texts, with_ids)
 
 
 async def time_embedder(
-    pool: EmbedderBackend, dims: tuple[int, ...], budget: int, requests: Sequence[tuple[list[str], int]]
+    pool: EmbedderBackend, dims: tuple[int, ...], budget: int, requests: Requests
 ) -> float:
     """Seconds for ``pool`` to embed every request, with at most ``budget`` tokens in flight."""
     room = asyncio.Condition()
     inflight = 0
 
-    async def embed(texts: list[str], tokens: int) -> None:
+    async def embed(texts: list[ModelInput], tokens: int) -> None:
         nonlocal inflight
         try:
             await pool.embed(texts, dims)
@@ -211,6 +227,10 @@ async def run_pipeline_bench(
         requests, chunks = _requests(runtime, texts)
         tokens = sum(size for _, size in requests)
         embedder_seconds = await time_embedder(runtime.pool, runtime.dims, budget, requests)
+        from_ids_seconds = None
+        if runtime.chunker.keeps_token_ids:
+            id_requests, _ = _requests(runtime, texts, with_ids=True)
+            from_ids_seconds = await time_embedder(runtime.pool, runtime.dims, budget, id_requests)
         actors_before, replicas_before = await actor_counters(runtime.pool), replica_write_seconds()
         stats, busy = await consume(runtime, members, one_host)
         where = breakdown(
@@ -243,6 +263,7 @@ async def run_pipeline_bench(
         "embedder_inflight_tokens": budget,
         "max_batch_tokens": settings.batching.max_batch_tokens,
         "max_inflight_tokens": settings.consumer.max_inflight_tokens,
+        "send_token_ids": runtime.chunker.keeps_token_ids,
         "workload": f"real text: {real_text}, round and round" if real_text else "random one-token words",
         "docs": docs,
         "chunks": chunks,
@@ -253,6 +274,13 @@ async def run_pipeline_bench(
             "seconds": embedder_seconds,
             "tokens_per_s": embedder_rate,
             "docs_per_s": docs / embedder_seconds,
+        },
+        "embedder_from_ids": None
+        if from_ids_seconds is None
+        else {
+            "seconds": from_ids_seconds,
+            "tokens_per_s": tokens / from_ids_seconds,
+            "docs_per_s": docs / from_ids_seconds,
         },
         "pipeline": {
             "seconds": busy,
@@ -268,6 +296,9 @@ async def run_pipeline_bench(
             ],
         },
         "ratio_pipeline_vs_embedder": pipeline_rate / embedder_rate,
+        "ratio_pipeline_vs_embedder_from_ids": None
+        if from_ids_seconds is None
+        else pipeline_rate * from_ids_seconds / tokens,
         "breakdown": where,
         "sustained": busy >= min_seconds,
         "rows_per_replica": {str(dim): n for dim, n in rows.items()},
@@ -284,6 +315,17 @@ def write_result(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _from_ids_line(result: dict[str, Any]) -> str:
+    from_ids = result["embedder_from_ids"]
+    if from_ids is None:
+        return ""
+    ratio = result["ratio_pipeline_vs_embedder_from_ids"]
+    return (
+        f"  ... texts sent with their ids {from_ids['tokens_per_s']:>10,.0f} tok/s "
+        f"({from_ids['seconds']:.1f} s; the pipeline makes {ratio:.1%} of it)\n"
+    )
 
 
 def main(argv: Sequence[str], config: Path | None = None) -> int:
@@ -317,6 +359,7 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
         f"{result['model']['name']} on {result['device']}: {result['docs']} docs, {result['chunks']} chunks, "
         f"{result['tokens']:,} tokens, replicas {result['replicas']}\n"
         f"  embedder alone {embedder['tokens_per_s']:>10,.0f} tok/s ({embedder['seconds']:.1f} s)\n"
+        f"{_from_ids_line(result)}"
         f"  whole pipeline {pipeline['tokens_per_s']:>10,.0f} tok/s ({pipeline['seconds']:.1f} s busy, "
         f"{pipeline['events_per_s']:.1f} events/s)\n"
         f"  ratio {result['ratio_pipeline_vs_embedder']:.1%}; every replica complete: {result['complete']}\n"

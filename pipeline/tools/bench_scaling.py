@@ -31,6 +31,7 @@ from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings, load_settings
 from pipeline.tools.bench_documents import bench_texts
 from pipeline.tools.bench_pipeline import embed_requests, gpu_name, time_embedder, write_result
+from workers.model.inputs import ModelInput
 from workers.model.tokenizer import load_text_tokenizer
 from workers.pool import EmbedderPool
 
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _checked_embed(pool: EmbedderPool, dims: tuple[int, ...], texts: list[str]) -> None:
+async def _checked_embed(pool: EmbedderPool, dims: tuple[int, ...], texts: list[ModelInput]) -> None:
     vectors = await pool.embed(texts, dims)
     for dim in dims:
         rows = vectors[dim]

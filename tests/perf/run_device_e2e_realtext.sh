@@ -5,7 +5,8 @@
 # pipeline's time went.  Needs both .devsite/site.tar.xz (`bash tests/perf/stage_device.sh`) and
 # .devsite/realtext.tar.xz (`bash tests/perf/stage_device.sh realtext`) carried as ".devsite".
 # Argument: the shape, 4b or 0.6b (tiny-real: a CPU rehearsal); DOCS: documents sent (the
-# 484-document corpus round and round).
+# 484-document corpus round and round); TAG: a suffix of the result's name (e.g. "texts" for a run with
+# PIPELINE_CONSUMER__SEND_TOKEN_IDS=false, the actors tokenizing every text themselves).
 # Results go to $OUT when set (the device tool), else to tests/perf/results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,4 +41,4 @@ config=tests/perf/pipeline-qwen3-realtext.toml
 stop_stack() { "$python" -m pipeline --config "$config" down >/dev/null 2>&1 || echo "warning: stack down failed" >&2; }
 trap stop_stack EXIT
 "$python" -m pipeline --config $config bench --end-to-end --real-text .cache/realtext-corpus.jsonl \
-    --docs "$docs" --min-seconds "${MIN_SECONDS:-30}" --out "$results/pipeline-realtext-qwen3-$shape-$GPU_TAG.json"
+    --docs "$docs" --min-seconds "${MIN_SECONDS:-30}" --out "$results/pipeline-realtext-qwen3-$shape${TAG:+-$TAG}-$GPU_TAG.json"

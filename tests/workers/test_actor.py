@@ -14,8 +14,9 @@ import ray
 
 from workers import actor as actor_module
 from workers.actor import EmbedderActor, validate_dims
-from workers.errors import ConfigError, InputTooLong
+from workers.errors import ConfigError, InputTooLong, InvalidTokenIds
 from workers.model.embedding_model import EmbeddingModel
+from workers.model.inputs import TokenizedText
 from workers.settings import BatchSettings, ModelSettings
 
 TEXTS = [
@@ -92,6 +93,25 @@ async def test_a_text_over_the_limit_is_refused_and_the_actor_keeps_serving(acto
     assert refused.value.index == 1 and refused.value.tokens > refused.value.limit == 256
     out = await actor.embed.remote(["still serving"], (info.native_dim,))
     assert out[info.native_dim].shape == (1, info.native_dim)
+
+
+async def test_texts_sent_with_their_ids_embed_bit_for_bit_as_the_texts(
+    actor: Any, direct: EmbeddingModel
+) -> None:
+    info = await actor.ready.remote()
+    dims = (info.native_dim, 32)
+    ids = direct.tokenizer.token_ids_batch(TEXTS)
+    tokenized = [TokenizedText(text, row) for text, row in zip(TEXTS, ids, strict=True)]
+    from_texts = await actor.embed.remote(TEXTS, dims)
+    from_ids = await actor.embed.remote(tokenized, dims)
+    for dim in dims:
+        np.testing.assert_array_equal(from_ids[dim], from_texts[dim])
+    bad = TokenizedText("not this model's", np.array([1, direct.tokenizer.vocabulary_size], dtype=np.int32))
+    with pytest.raises(InvalidTokenIds) as refused:
+        await actor.embed.remote(["fine", bad], dims)
+    assert refused.value.index == 1
+    out = await actor.embed.remote(tokenized[:1], dims)  # still serving
+    assert out[32].shape == (1, 32)
 
 
 def test_validate_dims() -> None:

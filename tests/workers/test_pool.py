@@ -19,6 +19,7 @@ from ray.exceptions import RayActorError
 
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
+from workers.model.inputs import ModelInput, TokenizedText, texts_of
 from workers.pool import EmbedderPool
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 
@@ -42,8 +43,9 @@ class ScriptedEmbedder:
     async def refuse(self, count: int) -> None:
         self.refusals = count
 
-    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+    async def embed(self, inputs: list[ModelInput], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
         self.calls += 1
+        texts = texts_of(inputs)
         if self.die or "poison" in texts:
             os._exit(1)
         if self.refusals:
@@ -149,8 +151,10 @@ async def test_texts_that_kill_actors_are_isolated_and_the_rest_embeds(scripted_
     pool = scripted_pool([actor], max_attempts=3, poison_after_crashes=1)
     try:
         texts = ["a", "bb", "poison", "dddd", "eeeee", "poison", "g"]
+        # Texts sent with their ids too: the poison is named by its text all the same.
+        inputs = [TokenizedText(t, np.array([1], np.int32)) if i % 2 else t for i, t in enumerate(texts)]
         with pytest.raises(PoisonTexts) as caught:
-            await pool.embed(texts, (8,))
+            await pool.embed(inputs, (8,))
         assert caught.value.texts == ("poison", "poison")
         clean = [t for t in texts if t != "poison"]
         assert (await pool.embed(clean, (8,)))[8][:, 0].tolist() == [len(t) for t in clean]

@@ -17,6 +17,7 @@ import numpy as np
 from workers.batch_budget import forward_cost
 from workers.errors import ForwardOutOfMemory, UnknownAdapter
 from workers.model.info import ModelInfo
+from workers.model.inputs import ModelInput
 from workers.model.loading import compute_dtype, load_weights, pick_device, use_packing
 from workers.model.lora import merge_lora
 from workers.model.pooling_choice import resolve_pooling
@@ -191,13 +192,15 @@ class EmbeddingModel:
             adapters=dict(self._adapters.labels) if self._adapters else {},
         )
 
-    def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_ids(self, texts: Sequence[ModelInput]) -> list[list[int]]:
         """Input ids of each text on CPU, special tokens added (so a Qwen3 input ends with the EOS
-        last-token pooling reads); InputTooLong for a text over :attr:`max_length`, never truncated."""
+        last-token pooling reads); a :class:`~workers.model.inputs.TokenizedText` keeps its ids
+        (:meth:`~workers.model.tokenizer.TextTokenizer.encode` checks them).  InputTooLong for an
+        input over :attr:`max_length`, never truncated."""
         return self._tokenizer.encode(texts)
 
     def embed(
-        self, texts: Sequence[str], dims: Sequence[int], adapter: str | None = None
+        self, texts: Sequence[ModelInput], dims: Sequence[int], adapter: str | None = None
     ) -> dict[int, np.ndarray]:
         """Embeddings of ``texts``: see :meth:`embed_ids`."""
         return self.embed_ids(self.encode_ids(texts), dims, adapter)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
-from workers.errors import ConfigError, InputTooLong
+from workers.errors import ConfigError, InputTooLong, InvalidTokenIds
+from workers.model.inputs import ModelInput, TokenizedText
 from workers.model.loading import load_fast_tokenizer, pad_token_id
 from workers.settings import ModelSettings
 
@@ -197,6 +199,8 @@ class TextTokenizer:
         self._max_length = max_length
         self._pad_token_id = pad_token_id
         self._num_special_tokens = self._whole.num_special_tokens_to_add(is_pair=False)
+        self._vocabulary_size = int(self._whole.get_vocab_size(with_added_tokens=True))
+        self._prefix, self._suffix = self.special_affixes()
 
     @property
     def max_length(self) -> int:
@@ -236,10 +240,23 @@ class TextTokenizer:
         """:meth:`count_tokens` of each text, in one call (see :meth:`token_spans_batch`)."""
         return [len(e.ids) for e in self._whole.encode_batch(list(texts), add_special_tokens=False)]
 
+    def token_ids_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The token ids of each text (int32, special tokens excluded), in one call."""
+        encodings = self._whole.encode_batch(list(texts), add_special_tokens=False)
+        return [np.array(e.ids, dtype=np.int32) for e in encodings]
+
+    def token_spans_and_ids_batch(
+        self, texts: Sequence[str]
+    ) -> tuple[list[list[tuple[int, int]]], list[np.ndarray]]:
+        """:meth:`token_spans_batch` and :meth:`token_ids_batch` of each text, from one tokenization."""
+        encodings = self._whole.encode_batch(list(texts), add_special_tokens=False)
+        spans = [normalize_spans(e.offsets, len(text)) for e, text in zip(encodings, texts, strict=True)]
+        return spans, [np.array(e.ids, dtype=np.int32) for e in encodings]
+
     @property
     def vocabulary_size(self) -> int:
         """Number of token ids, added tokens included."""
-        return int(self._whole.get_vocab_size(with_added_tokens=True))
+        return self._vocabulary_size
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``, special tokens left out."""
@@ -256,19 +273,43 @@ class TextTokenizer:
         start = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
         return tuple(full[:start]), tuple(full[start + len(bare) :])
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Model input ids of each text, special tokens added.
+    def encode(self, inputs: Sequence[ModelInput]) -> list[list[int]]:
+        """Model input ids of each input, special tokens added.
 
-        Raises :class:`~workers.errors.InputTooLong` for the first text over :attr:`max_length`
-        tokens: a silently truncated input would be embedded as a different text.  Documents are
-        chunked to fit (the chunker counts the instruction too); a query or API input that does
-        not fit is the caller's error.
+        A text is tokenized (all of them in one call); a :class:`~workers.model.inputs.TokenizedText`
+        is taken as its ids between the special tokens, the same ids as its text would give when
+        they came from this tokenizer, after a check that they are token ids at all: else
+        :class:`~workers.errors.InvalidTokenIds` (an id out of the vocabulary would fail on the device,
+        not here).  Raises :class:`~workers.errors.InputTooLong` for the first input over
+        :attr:`max_length` tokens: a silently truncated input would be embedded as a different
+        text.  Documents are chunked to fit (the chunker counts the instruction too); a query or API
+        input that does not fit is the caller's error.
         """
-        rows = [encoding.ids for encoding in self._whole.encode_batch(list(texts), add_special_tokens=True)]
+        texts = [item for item in inputs if isinstance(item, str)]
+        encoded = iter(self._whole.encode_batch(texts, add_special_tokens=True) if texts else ())
+        rows = [
+            next(encoded).ids if isinstance(item, str) else self._with_affixes(index, item)
+            for index, item in enumerate(inputs)
+        ]
         for index, row in enumerate(rows):
             if len(row) > self._max_length:
                 raise InputTooLong(index, len(row), self._max_length)
         return rows
+
+    def _with_affixes(self, index: int, item: TokenizedText) -> list[int]:
+        ids = item.ids
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise InvalidTokenIds(
+                index, f"ids must be a vector of integers, got {ids.dtype} of shape {ids.shape}"
+            )
+        if ids.size == 0:
+            raise InvalidTokenIds(index, "no token ids")
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self._vocabulary_size:
+            raise InvalidTokenIds(
+                index, f"ids span {low}..{high}, outside this tokenizer's 0..{self._vocabulary_size - 1}"
+            )
+        return [*self._prefix, *ids.tolist(), *self._suffix]
 
 
 def load_text_tokenizer(settings: ModelSettings, files: ModelFiles | None = None) -> TextTokenizer:

@@ -15,7 +15,8 @@ import tokenizers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest.chunking import Chunk, Chunker, TokenSpans
+from pipeline.ingest.chunk_tokens import TokenSpans
+from pipeline.ingest.chunking import Chunk, Chunker
 from workers.errors import ConfigError, PoisonInput
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_chunking import ByteTokens, LeadingWordCostsMore, WordTokenizer, minilm
 
-from pipeline.ingest.chunking import BatchTokenSpans, Chunk, Chunker, TokenSpans
+from pipeline.ingest.chunk_tokens import BatchTokenSpans, TokenSpans
+from pipeline.ingest.chunking import Chunk, Chunker
 from workers.bench.qwen3_tokenizer import EOS_ID, embedding_tokenizer
 from workers.errors import PoisonInput
 from workers.model.tokenizer import TextTokenizer, normalize_spans
