@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.actor import EmbedderActor
+from workers.model.inputs import ModelInput, texts_of
 
 POISON = "POISON-PILL"
 _CRASH_ONCE = re.compile(r"CRASH-ONCE-(\w+)")
@@ -24,8 +25,8 @@ class CrashingEmbedder(EmbedderActor):
 
     marker_dir = ""
 
-    async def embed(self, texts: list[str], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
-        for text in texts:
+    async def embed(self, inputs: list[ModelInput], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+        for text in texts_of(inputs):
             if POISON in text:
                 os._exit(1)
             for name in _CRASH_ONCE.findall(text):
@@ -33,4 +34,4 @@ class CrashingEmbedder(EmbedderActor):
                 if not marker.exists():
                     marker.touch()
                     os._exit(1)
-        return await super().embed(texts, dims)
+        return await super().embed(inputs, dims)

@@ -160,7 +160,10 @@ async def test_members_join_and_leave_under_load_and_nothing_is_lost(
         await _wait_for(split_three_ways, 120, "the six partitions split among three members")
 
         # 3 → 2: c leaves mid-stream, once it has written and committed some of its share.
-        await _wait_for(lambda: workers["c"].stats.commits > 0, 180, "member c to commit")
+        # A commit alone is not enough: a member commits the first offset it holds before it wrote any.
+        await _wait_for(lambda: workers["c"].stats.events > 0, 180, "member c to write some of its share")
+        commits_then = workers["c"].stats.commits
+        await _wait_for(lambda: workers["c"].stats.commits > commits_then, 60, "member c to commit them")
         produced = asyncio.create_task(produce(settings.kafka, stream_part(rng, oracle, 1200, 600)))
         stops["c"].set()
         await asyncio.wait_for(runs["c"], 120)

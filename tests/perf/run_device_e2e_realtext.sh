@@ -32,9 +32,14 @@ else
     nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv
 fi
 mkdir -p "$results"
-# One folder per shape: a later call for another shape on the same machine must not reuse it.
+# One folder per shape: a later call for another shape on the same machine must not reuse it.  It is
+# built beside and renamed into place, so a build cut off half-way is never taken for a folder.
 folder=/tmp/qwen3-realtext-$shape
-[[ -d $folder ]] || "$python" -m workers.bench.qwen3_folder "$shape_name" "$folder"
+if [[ ! -d $folder ]]; then
+    rm -rf "$folder.building"
+    "$python" -m workers.bench.qwen3_folder "$shape_name" "$folder.building"
+    mv "$folder.building" "$folder"
+fi
 export PIPELINE_MODEL__NAME_OR_PATH=$folder
 config=tests/perf/pipeline-qwen3-realtext.toml
 # Cleanup only: a failed `down` is reported, and never changes the script's own exit status.

@@ -121,3 +121,20 @@ def test_text_of_reads_both_kinds() -> None:
     item = TokenizedText("a text", np.array([1, 2], dtype=np.int32))
     assert text_of("plain") == "plain" and text_of(item) == "a text"
     assert texts_of(["plain", item]) == ["plain", "a text"]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_a_tokenized_text_crosses_a_pickle_as_itself(dtype: type[np.integer]) -> None:
+    ids = np.array([0, 7, 151_668, 2**31 - 1], dtype=dtype)
+    again = pickle.loads(pickle.dumps(TokenizedText("向量 text", ids), protocol=5))
+    assert again.text == "向量 text"
+    assert again.ids.dtype == dtype and again.ids.tolist() == ids.tolist()
+
+
+def test_a_pickled_tokenized_text_carries_no_out_of_band_buffer() -> None:
+    # Ray handles every out-of-band buffer of a request on its own: one per row costs more to send
+    # than the row's text.
+    buffers: list[pickle.PickleBuffer] = []
+    item = TokenizedText("x", np.arange(300, dtype=np.int32))
+    pickle.dumps([item] * 3, protocol=5, buffer_callback=buffers.append)
+    assert buffers == []
