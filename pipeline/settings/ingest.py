@@ -114,10 +114,11 @@ class ConsumerSettings(Section):
         16384, ge=64, description="Most tokens in one embed call to the pool (a unit is split above it)."
     )
     send_token_ids: bool = Field(
-        True,
+        False,
         description="Send each chunk's token ids (counted by the chunker anyway) to the embedder actors "
         "with its text, so they do not tokenize it again (embedder.backend 'actors'; a remote endpoint "
-        "always gets text). Off: the actors tokenize every text themselves.",
+        "always gets text). Off by default: measured on one H100 with the 0.6B shape, an actor fed ids "
+        "ran slower than one tokenizing the texts itself (tests/perf/results/README.md).",
     )
     commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged offsets are committed.")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff on retries.")

@@ -5,8 +5,8 @@
 # pipeline's time went.  Needs both .devsite/site.tar.xz (`bash tests/perf/stage_device.sh`) and
 # .devsite/realtext.tar.xz (`bash tests/perf/stage_device.sh realtext`) carried as ".devsite".
 # Argument: the shape, 4b or 0.6b (tiny-real: a CPU rehearsal); DOCS: documents sent (the
-# 484-document corpus round and round); TAG: a suffix of the result's name (e.g. "texts" for a run with
-# PIPELINE_CONSUMER__SEND_TOKEN_IDS=false, the actors tokenizing every text themselves).
+# 484-document corpus round and round); TAG: a suffix of the result's name (e.g. "ids" for a run with
+# PIPELINE_CONSUMER__SEND_TOKEN_IDS=true, the consumer's token ids sent with the texts).
 # Results go to $OUT when set (the device tool), else to tests/perf/results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

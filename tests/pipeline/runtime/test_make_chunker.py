@@ -17,11 +17,17 @@ from workers.settings import ModelSettings
 @pytest.mark.parametrize(
     ("overrides", "keeps_ids"),
     [
-        ({}, True),
-        ({"consumer": {"send_token_ids": False}}, False),
-        ({"embedder": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1"}}, False),
+        ({"consumer": {"send_token_ids": True}}, True),
+        ({}, False),
+        (
+            {
+                "consumer": {"send_token_ids": True},
+                "embedder": {"backend": "openai", "base_url": "http://127.0.0.1:1/v1"},
+            },
+            False,
+        ),
     ],
-    ids=["actors", "turned-off", "remote-endpoint"],
+    ids=["actors", "off-by-default", "remote-endpoint"],
 )
 def test_token_ids_are_kept_only_for_the_actors(
     tiny_qwen3_path: Path, overrides: dict[str, dict[str, object]], keeps_ids: bool
