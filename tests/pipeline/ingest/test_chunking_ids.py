@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from aiokafka import TopicPartition
 from helpers.fakes import FakeRecord, WordSpans
+from helpers.text_strategies import UNICODE_TEXT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -64,18 +65,11 @@ def test_each_chunk_keeps_the_ids_of_its_model_input(
     assert all(c.token_ids is None for c in Chunker(tokenizer, room).split(text))  # not kept unless asked
 
 
-_TEXT = st.text(
-    alphabet=st.one_of(
-        st.characters(codec="utf-8", exclude_categories=("Cs",)),
-        st.sampled_from(list("。！？\n #向量検索Москва😀👩‍🚀éa")),
-    ),
-    max_size=400,
-)
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    texts=st.lists(_TEXT, min_size=1, max_size=5), max_tokens=st.integers(8, 48), overlap=st.integers(0, 3)
+    texts=st.lists(UNICODE_TEXT, min_size=1, max_size=5),
+    max_tokens=st.integers(8, 48),
+    overlap=st.integers(0, 3),
 )
 def test_property_split_many_keeps_every_chunks_ids(
     tokenizer: TextTokenizer, texts: list[str], max_tokens: int, overlap: int

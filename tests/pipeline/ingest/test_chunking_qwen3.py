@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+from helpers.text_strategies import UNICODE_TEXT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,18 +121,8 @@ def test_headings_and_cjk_sentence_ends_are_where_chunks_end(tokenizer: TextToke
     assert len(chunks) == 6 and all(chunk.text.startswith("## 第") for chunk in chunks)
 
 
-# Scripts of several widths in UTF-8 (1-4 bytes), combining marks, emoji, CJK, RTL, controls.
-_TEXT = st.text(
-    alphabet=st.one_of(
-        st.characters(codec="utf-8", exclude_categories=("Cs",)),
-        st.sampled_from(list("。！？\n #向量検索Москва😀👩‍🚀éa")),
-    ),
-    max_size=400,
-)
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=_TEXT, max_tokens=st.integers(8, 48))
+@given(text=UNICODE_TEXT, max_tokens=st.integers(8, 48))
 def test_property_random_unicode_chunks_fit_and_cover(
     tokenizer: TextTokenizer, text: str, max_tokens: int
 ) -> None:
