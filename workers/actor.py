@@ -69,6 +69,7 @@ class EmbedderActor(ModelActor):
             self._model.embed_ids,
             batch_settings,
             packed=self._model.packed,
+            launch=self._model.launch_ids,
             probe=lambda: self._model.embed_ids(probe_ids, (self._info.native_dim,)),
             namespace=namespace,
             tokenize_threads=batch_settings.tokenize_threads,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from workers.batch_launches import LaunchBatch
 from workers.batcher import MicroBatcher, RunBatch
 from workers.metrics import ActorMetrics
 from workers.settings import BatchSettings
@@ -71,10 +72,12 @@ class ModelActor:
         probe: Callable[[], object],
         namespace: str,
         tokenize_threads: int,
+        launch: LaunchBatch | None = None,
     ) -> None:
         """The metrics (``namespace``: the Ray namespace the pool named this actor in, a tag), the
-        batcher running ``run`` (``probe``: a pass that must still work right after a text failed
-        alone, else the model is broken) and the tokenizer threads."""
+        batcher running ``run`` (``launch``: the same split in two, see
+        :data:`workers.batch_launches.LaunchBatch`; ``probe``: a pass that must still work right after
+        a text failed alone, else the model is broken) and the tokenizer threads."""
         self._metrics = ActorMetrics(namespace, self._name, settings.max_batch_tokens)
         if was_restarted():
             log.warning("%s restarted by Ray after the previous process died", self._name)
@@ -85,6 +88,7 @@ class ModelActor:
             run,
             settings,
             packed=packed,
+            launch_batch=launch,
             on_batch=self._on_batch,
             on_failure=self._metrics.forward_failed,
             probe=probe,

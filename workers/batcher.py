@@ -22,8 +22,12 @@ It guarantees:
 * The loop task is supervised: if it ever dies, every pending and future submit raises instead of
   hanging; after :meth:`MicroBatcher.close` every one raises :class:`~workers.errors.EmbedderUnavailable`.
 
-The forward pass runs on one dedicated thread, one batch at a time, so the event loop keeps accepting
-calls while the accelerator works.  Counters: :mod:`workers.batcher_stats`.
+The forward passes run on one dedicated thread, so the event loop keeps accepting calls while the
+accelerator works.  Given ``launch_batch`` (:data:`~workers.batch_launches.LaunchBatch`), up to
+``batches_in_flight`` passes are queued at once (:mod:`workers.batch_launches`): the thread queues the
+next pass while the current one's results come back, so the device does not idle while the host packs
+and copies.  A failure is handled once the passes queued before it are read back, with nothing else in
+flight (its halves run one at a time).  Counters: :mod:`workers.batcher_stats`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import numpy as np
 
 from workers.batch_budget import forward_cost
 from workers.batch_items import Item, Request
+from workers.batch_launches import LaunchBatch, LaunchedPasses
 from workers.batch_queue import BatchQueue
 from workers.batcher_stats import BatcherStats, ForwardCounters
 from workers.errors import EmbedderUnavailable, ForwardOutOfMemory, PipelineError
@@ -77,23 +82,27 @@ class MicroBatcher:
         settings: BatchSettings,
         *,
         packed: bool = False,
+        launch_batch: LaunchBatch | None = None,
         on_batch: OnBatch | None = None,
         on_failure: OnFailure | None = None,
         probe: Callable[[], object] | None = None,
         on_broken: Callable[[BaseException], None] | None = None,
     ) -> None:
         """``probe`` runs a forward pass over a known-good input (raising if it fails); ``on_broken``
-        is called with its error when it fails after a text failed alone (see the module docstring)."""
+        is called with its error when it fails after a text failed alone (see the module docstring).
+        ``launch_batch``: the same model as ``run_batch``, split in two (see the module docstring)."""
         self._run_batch = run_batch
+        self._launch_batch = launch_batch if settings.batches_in_flight > 1 else None
         self._on_batch = on_batch
         self._on_failure = on_failure
         self._probe = probe
         self._on_broken = on_broken
         self._packed = packed
         self._queue: BatchQueue[Item] = BatchQueue(settings, packed=packed)
-        self._running: list[Item] = []
+        self._held: list[list[Item]] = []  # batches being run outside the queue and self._launched
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-forward")
+        self._launched = LaunchedPasses(settings.batches_in_flight, self._arrived.set)
         self._task: asyncio.Task[None] | None = None
         self._stopped: Callable[[], PipelineError] | None = None  # builds the error once stopped
         self._counters = ForwardCounters(settings.max_batch_tokens)
@@ -163,28 +172,35 @@ class MicroBatcher:
             await asyncio.wait([self._task])  # a crash was already reported by _on_loop_done
         self._fail_all()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._launched.shutdown()
 
     # -- the loop ---------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._launched.oldest_due():
+                await self._finish_oldest()
+                continue
             if self._queue.empty():
-                self._arrived.clear()
-                await self._arrived.wait()
+                await self._wait_for_work(None)
                 continue
             delay = self._queue.due_in(loop.time())
             if delay is None:
                 continue  # only abandoned queries were left, and they were dropped
             if delay > 0:
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._arrived.wait()
+                await self._wait_for_work(delay)
                 continue
             batch = self._take_batch()
             if batch:
                 await self._execute(batch)
+
+    async def _wait_for_work(self, delay: float | None) -> None:
+        """Until texts arrive, ``delay`` seconds pass, or a launched batch's results are back."""
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._arrived.wait()
 
     def _take_batch(self) -> list[Item]:
         """The next batch, cut by the queue (module :mod:`workers.batch_queue`)."""
@@ -192,17 +208,62 @@ class MicroBatcher:
 
     async def _execute(self, batch: list[Item]) -> None:
         """Run ``batch``, splitting it on failure; hand each row to its request (module docstring)."""
-        self._running = batch  # left in place if cancelled, so that close() fails these requests too
-        await self._run(batch)
-        self._running = []
+        # Held while it is handled outside the queue, and left held if cancelled: close() fails it too.
+        self._held.append(batch)
+        if self._launch_batch is None:
+            await self._run(batch)
+        else:
+            await self._launch(batch, self._launch_batch)
+        self._release(batch)
+
+    def _release(self, batch: list[Item]) -> None:
+        """``batch`` is handled (the last one held; nothing is held any more once the batcher stopped)."""
+        if self._held and self._held[-1] is batch:
+            self._held.pop()
+
+    async def _launch(self, batch: list[Item], launch_batch: LaunchBatch) -> None:
+        """Queue ``batch``'s forward pass; its results are handed out by :meth:`_finish_oldest`."""
+        batch = [item for item in batch if not item.abandoned()]
+        if not batch or self._stopped is not None:
+            return
+        loop = asyncio.get_running_loop()
+        dims, ids, adapter = _forward_args(batch)
+        tokens, padded = sum(len(seq) for seq in ids), forward_cost(ids, self._packed)
+        started = loop.time()
+        try:
+            wait = await loop.run_in_executor(self._executor, launch_batch, ids, dims, adapter)
+        except Exception as exc:
+            await self._finish_launched()  # a failure is handled with nothing else in flight
+            await self._failed(batch, padded, exc)
+            return
+        self._launched.add(batch, tokens, padded, started, wait)
+
+    async def _finish_oldest(self) -> None:
+        """Wait for the oldest launched batch's results and hand them out (or handle its failure)."""
+        launched = self._launched.oldest()
+        try:
+            out = await launched.results
+        except Exception as exc:
+            self._launched.pop_oldest()
+            self._held.append(launched.batch)
+            await self._finish_launched()
+            await self._failed(launched.batch, launched.padded, exc)
+            self._release(launched.batch)
+            return
+        self._launched.pop_oldest()
+        elapsed = self._launched.device_seconds(launched.started, asyncio.get_running_loop().time())
+        self._deliver(launched.batch, out, launched.tokens, launched.padded, elapsed)
+
+    async def _finish_launched(self) -> None:
+        while self._launched:
+            await self._finish_oldest()
 
     async def _run(self, batch: list[Item]) -> None:
         batch = [item for item in batch if not item.abandoned()]
         if not batch or self._stopped is not None:
             return
         loop = asyncio.get_running_loop()
-        dims = tuple(sorted({dim for item in batch for dim in item.request.dims}, reverse=True))
-        ids = [item.ids for item in batch]
+        dims, ids, adapter = _forward_args(batch)
         tokens = sum(len(seq) for seq in ids)
         padded = forward_cost(ids, self._packed)
         if len(batch) > 1 and padded > self._budget.current:
@@ -213,12 +274,17 @@ class MicroBatcher:
             return
         started = loop.time()
         try:
-            adapter = batch[0].adapter  # the queue cut the batch to one adapter
             out = await loop.run_in_executor(self._executor, self._run_batch, ids, dims, adapter)
         except Exception as exc:
             await self._failed(batch, padded, exc)
             return
-        elapsed = loop.time() - started
+        elapsed = self._launched.device_seconds(started, loop.time())
+        self._deliver(batch, out, tokens, padded, elapsed)
+
+    def _deliver(
+        self, batch: list[Item], out: Mapping[int, np.ndarray], tokens: int, padded: int, elapsed: float
+    ) -> None:
+        """A forward pass over ``batch`` succeeded with ``out``: fill each row of its requests; count it."""
         for row, item in enumerate(batch):
             request = item.request
             if request.future.done():
@@ -287,10 +353,17 @@ class MicroBatcher:
     def _fail_all(self) -> None:
         """Fail every request still waiting or running with the stop error (each gets its own instance)."""
         assert self._stopped is not None
-        items = [*self._running, *self._queue.drain()]
-        self._running = []
+        held = [*self._held, *self._launched.abandon()]
+        self._held = []
+        items = [*(item for batch in held for item in batch), *self._queue.drain()]
         for request in {item.request for item in items}:
             request.fail(self._stopped())
+
+
+def _forward_args(batch: list[Item]) -> tuple[tuple[int, ...], list[Sequence[int]], str | None]:
+    """The union of ``batch``'s requests' dims (largest first), its ids, and its one adapter."""
+    dims = tuple(sorted({dim for item in batch for dim in item.request.dims}, reverse=True))
+    return dims, [item.ids for item in batch], batch[0].adapter  # the queue cut it to one adapter
 
 
 def _one_line(exc: BaseException) -> str:

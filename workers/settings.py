@@ -148,6 +148,15 @@ class BatchSettings(BaseModel):
         "tokenizer releases the GIL, so they run in parallel: with a small model on a fast GPU one "
         "thread cannot tokenize as fast as the GPU embeds (bench --real-text reports the GPU-busy share).",
     )
+    batches_in_flight: int = Field(
+        2,
+        ge=1,
+        le=4,
+        description="Forward passes queued on the device at once. With 2, the next batch is packed, "
+        "copied and queued while the current one runs and its vectors come back, so the GPU does not "
+        "wait for the host between passes; 1 runs them strictly one after another. Memory is not "
+        "doubled: a pass's activations are freed once it is queued.",
+    )
 
 
 class PoolSettings(BaseModel):

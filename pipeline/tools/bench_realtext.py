@@ -28,6 +28,7 @@ from workers.model.tokenizer import TextTokenizer
 
 DEFAULT_CHUNK_TOKENS = 512
 RANDOM_SHAPES = ("qwen3-0.6b", "qwen3-4b", "qwen3-8b", "tiny-real")
+STRATEGIES = ("ours", "sentence_transformers", "ours_one_batch_in_flight")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,10 +42,20 @@ def _parser() -> argparse.ArgumentParser:
         "--random", choices=RANDOM_SHAPES, help="random weights of a shape + the real tokenizer"
     )
     parser.add_argument("--max-tokens", type=int, help="chunk limit (default: chunking.max_tokens, else 512)")
-    parser.add_argument("--strategies", default="ours,sentence_transformers")
+    parser.add_argument(
+        "--strategies",
+        default="ours,sentence_transformers",
+        help=f"comma-separated, of: {', '.join(STRATEGIES)} (ours with batching.batches_in_flight = 1)",
+    )
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (CUDA only)")
     parser.add_argument("--warmup-chunks", type=int, default=64)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="timed passes of each strategy, taking turns; each reports its fastest",
+    )
     parser.add_argument("--accuracy-sample", type=int, default=64)
     parser.add_argument("--long-doc-tokens", type=int, default=32000, help="0: no long document")
     parser.add_argument("--limit-docs", type=int, help="first N documents of each language only")
@@ -153,6 +164,7 @@ def _figures(args: argparse.Namespace, model: Any, workload: Any, folder: Path) 
         warmup=args.warmup_chunks,
         accuracy_sample=args.accuracy_sample,
         folder=folder,
+        rounds=args.rounds,
     )
 
 
@@ -200,7 +212,13 @@ def _fp8_figures(
 
 def main(argv: Sequence[str], config: Path | None = None) -> int:
     """CLI entry: chunk, run, write the JSON, print the figures; exit 1 when a check fails."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = set(args.strategies.split(",")) - set(STRATEGIES)
+    if unknown:
+        parser.error(
+            f"--strategies: unknown {', '.join(sorted(unknown))}; choose from {', '.join(STRATEGIES)}"
+        )
     if args.dtype == "fp8" and not args.fp8_on_cpu:
         from workers.errors import ConfigError
         from workers.model.fp8 import require_fp8

@@ -138,13 +138,17 @@ class NvmlSampler:
         return sum(self.samples) / len(self.samples) / 100 if self.samples else None
 
 
-def ours(model: EmbeddingModel, budget: int, clock: ForwardClock) -> Callable[[list[str]], np.ndarray]:
+def ours(
+    model: EmbeddingModel, budget: int, clock: ForwardClock, batches_in_flight: int = 2
+) -> Callable[[list[str]], np.ndarray]:
     """Texts to vectors the way an embedder actor does it (its tokenizer threads, the batcher)."""
-    settings = BatchSettings(max_batch_tokens=budget, max_queued_tokens=2**62)
-    forward = clock.wrap(model.embed_ids)
+    settings = BatchSettings(
+        max_batch_tokens=budget, max_queued_tokens=2**62, batches_in_flight=batches_in_flight
+    )
+    forward, launch = clock.wrap(model.embed_ids), clock.wrap(model.launch_ids)
 
     async def run(texts: list[str]) -> np.ndarray:
-        batcher = MicroBatcher(forward, settings, packed=model.packed)
+        batcher = MicroBatcher(forward, settings, packed=model.packed, launch_batch=launch)
         loop = asyncio.get_running_loop()
         dims = (model.native_dim,)
 
@@ -238,8 +242,14 @@ def run(
     accuracy_sample: int,
     folder: Any,
     seed: int = 0,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Time ``strategies`` ("ours", "sentence_transformers") on the mixed workload, then ours per language."""
+    """Time ``strategies`` on the mixed workload, then ours per language: "ours", "sentence_transformers",
+    and "ours_one_batch_in_flight" (ours with ``batching.batches_in_flight = 1``: each forward pass
+    queued only once the previous one's vectors are back).  With ``rounds`` > 1 the strategies take
+    turns, round after round, and each reports its fastest round (``rounds_tokens_per_s`` holds all of
+    them): a clock or cache that changes during the run then shows as rounds that disagree, rather than
+    as a difference between strategies."""
     texts, langs = workload.texts, workload.langs
     lengths = [len(row) for row in model.encode_ids(texts)]  # untimed: the denominator only
     tokens = sum(lengths)
@@ -247,6 +257,8 @@ def run(
     embedders: dict[str, Callable[[list[str]], np.ndarray]] = {}
     if "ours" in strategies:
         embedders["ours"] = ours(model, budget, clock)
+    if "ours_one_batch_in_flight" in strategies:
+        embedders["ours_one_batch_in_flight"] = ours(model, budget, clock, batches_in_flight=1)
     if "sentence_transformers" in strategies:
         peer = sentence_transformers_peer(model, folder, clock)
         embedders["sentence_transformers"] = lambda batch: peer.encode(
@@ -257,14 +269,23 @@ def run(
     reference = {int(i): padded_forward(model, model.encode_ids([texts[i]]))[0] for i in sample}
     warm = [texts[i] for i in rng.permutation(len(texts))[:warmup]]
     results: dict[str, Any] = {}
-    for name, embed in embedders.items():
+    for embed in embedders.values():
         embed(warm)
-        figures, vectors = timed_pass(name, embed, texts, tokens, clock)
-        results[name] = {**figures, "accuracy": cosines(vectors, reference)}
-    if "ours" in results and "sentence_transformers" in results:
-        results["ours"]["ratio_vs_sentence_transformers"] = (
-            results["ours"]["tokens_per_s"] / results["sentence_transformers"]["tokens_per_s"]
-        )
+    for _ in range(rounds):
+        for name, embed in embedders.items():
+            figures, vectors = timed_pass(name, embed, texts, tokens, clock)
+            best = results.get(name)
+            seen = (
+                [*best["rounds_tokens_per_s"], figures["tokens_per_s"]] if best else [figures["tokens_per_s"]]
+            )
+            if best is None or figures["tokens_per_s"] > best["tokens_per_s"]:
+                best = {**figures, "accuracy": cosines(vectors, reference)}
+            results[name] = {**best, "rounds_tokens_per_s": seen}
+    for peer_name in ("sentence_transformers", "ours_one_batch_in_flight"):
+        if "ours" in results and peer_name in results:
+            results["ours"][f"ratio_vs_{peer_name}"] = (
+                results["ours"]["tokens_per_s"] / results[peer_name]["tokens_per_s"]
+            )
     per_language: dict[str, Any] = {}
     if "ours" in embedders:
         for lang in dict.fromkeys(langs):

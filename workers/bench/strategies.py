@@ -52,7 +52,7 @@ def _ours(model: EmbeddingModel, budget: int) -> Strategy:
     settings = BatchSettings(max_batch_tokens=budget, max_queued_tokens=2**62)
 
     async def run(documents: list[list[int]]) -> np.ndarray:
-        batcher = MicroBatcher(model.embed_ids, settings, packed=model.packed)
+        batcher = MicroBatcher(model.embed_ids, settings, packed=model.packed, launch_batch=model.launch_ids)
         try:
             requests = [documents[i : i + 8] for i in range(0, len(documents), 8)]
             results = await asyncio.gather(*(batcher.submit(r, (model.native_dim,)) for r in requests))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from workers.model.adapters import Adapters
+    from workers.model.device_results import DeviceResults
     from workers.model.pooling import PoolingMode
 
 __all__ = ["EmbeddingModel", "ModelInfo", "compute_dtype", "resolve_pooling"]
@@ -214,16 +215,25 @@ class EmbeddingModel:
     def embed_ids(
         self, ids: Sequence[Sequence[int]], dims: Sequence[int], adapter: str | None = None
     ) -> dict[int, np.ndarray]:
-        """Map each of ``dims`` to a float32 ``(len(ids), dim)`` array of unit rows, in input order,
-        computed with the unmerged LoRA adapter ``adapter`` (None: the base model; UnknownAdapter for
-        one that is not loaded).
+        """Embeddings of ``ids``: :meth:`launch_ids`, then wait for its results."""
+        return self.launch_ids(ids, dims, adapter)()
 
-        One forward pass over all inputs (packed or padded, see :attr:`packed`); the pooled vectors
-        are cut to each dim and normalized on the device, then copied back.  Raises ValueError for an
-        empty input row, a row longer than :attr:`max_length`, or a dim outside ``1..native_dim``.
-        Raises :class:`~workers.errors.ForwardOutOfMemory` when the device runs out of memory, after
-        the pass's tensors are dropped and (on CUDA) the allocator's cache is freed: the same inputs
-        may fit in smaller batches.  Any other error of the model propagates as it is.
+    def launch_ids(
+        self, ids: Sequence[Sequence[int]], dims: Sequence[int], adapter: str | None = None
+    ) -> Callable[[], dict[int, np.ndarray]]:
+        """Queue one forward pass over ``ids`` (packed or padded, see :attr:`packed`) with the unmerged
+        LoRA adapter ``adapter`` (None: the base model; UnknownAdapter for one that is not loaded), and
+        return the function that waits for its results: each of ``dims`` mapped to a float32
+        ``(len(ids), dim)`` array of unit rows in input order.
+
+        The pooled vectors are cut to each dim and normalized on the device; their copies back are
+        queued too (:class:`~workers.model.device_results.DeviceResults`), so on CUDA this returns
+        while the pass still runs, and the next pass can be queued behind it.  The waiting function may
+        be called from another thread.  Raises ValueError for an empty input row, a row longer than
+        :attr:`max_length`, or a dim outside ``1..native_dim``; :class:`~workers.errors.ForwardOutOfMemory`
+        when the device runs out of memory, after the pass's tensors are dropped and (on CUDA) the
+        allocator's cache is freed: the same inputs may fit in smaller batches.  Any other error of
+        the model propagates as it is, from here or from the waiting function.
         """
         import torch
 
@@ -233,9 +243,9 @@ class EmbeddingModel:
         self.check_adapter(adapter)
         try:
             if self._adapters is None:
-                return self._forward_pass(ids, dims)
+                return self._launch_pass(ids, dims).wait
             with self._adapters.using(adapter):
-                return self._forward_pass(ids, dims)
+                return self._launch_pass(ids, dims).wait
         except torch.OutOfMemoryError as exc:
             # The traceback's frames hold the pass's activations: drop them, so the cache can be freed.
             cause = exc.with_traceback(None)
@@ -253,9 +263,10 @@ class EmbeddingModel:
 
             torch.cuda.empty_cache()
 
-    def _forward_pass(self, ids: Sequence[Sequence[int]], dims: Sequence[int]) -> dict[int, np.ndarray]:
+    def _launch_pass(self, ids: Sequence[Sequence[int]], dims: Sequence[int]) -> DeviceResults:
         import torch
 
+        from workers.model.device_results import DeviceResults
         from workers.model.matryoshka import cut_and_normalize
         from workers.model.pooling import pool
 
@@ -272,8 +283,7 @@ class EmbeddingModel:
                 pooled = pool(self._forward(**inputs).last_hidden_state, mask, self._pooling)
             else:
                 pooled = torch.empty((0, self._native_dim), device=self._device)
-            vectors = cut_and_normalize(pooled, dims)
-            return {dim: vector.cpu().numpy() for dim, vector in vectors.items()}
+            return DeviceResults(cut_and_normalize(pooled, dims))
 
     def _embed_packed(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         from workers.model.packing import pack, packed_forward, pool_packed

@@ -9,23 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.small_corpus import DOCUMENTS, write_corpus
 
 from pipeline.tools import bench_realtext
 from workers.bench.fp8_bench import corpus_queries, neighbour_agreement
-
-DOCUMENTS = [
-    ("en", "NAME\n\npkeys - overview of Memory Protection Keys\n\nDESCRIPTION\n\n" + "Keys tag pages. " * 40),
-    ("de", "NAME\n\nsplit - eine Datei in Teile aufteilen\n\nBESCHREIBUNG\n\n" + "Größe und Teile. " * 40),
-    ("zh", "名称\n\n向量检索把文本变成高维向量的工具\n\n描述\n\n" + "相似的文本在向量空间里彼此靠近。" * 30),
-    ("ja", "名前\n\n埋め込みモデルは文章をベクトルに変換します\n\n説明\n\n" + "文章をベクトルに。" * 30),
-]
-
-
-def _corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.jsonl"
-    rows = [{"id": f"{lang}/{i}", "lang": lang, "text": text} for i, (lang, text) in enumerate(DOCUMENTS)]
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def test_queries_are_each_documents_first_real_line() -> None:
@@ -57,7 +44,15 @@ def test_neighbour_agreement_counts_shared_top_k() -> None:
 
 def test_fp8_run_on_cpu_reports_speed_cosines_and_neighbours(tmp_path: Path) -> None:
     out = tmp_path / "fp8.json"
-    args = ["--real-text", str(_corpus(tmp_path)), "--random", "tiny-real", "--dtype", "fp8", "--fp8-on-cpu"]
+    args = [
+        "--real-text",
+        str(write_corpus(tmp_path)),
+        "--random",
+        "tiny-real",
+        "--dtype",
+        "fp8",
+        "--fp8-on-cpu",
+    ]
     args += ["--long-doc-tokens", "0", "--warmup-chunks", "2", "--accuracy-sample", "8", "--fp8-sweep", "0,1"]
     assert bench_realtext.main([*args, "--max-tokens", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -92,7 +87,15 @@ def test_a_failed_timed_comparison_keeps_the_sweep_and_exits_1(
 
     monkeypatch.setattr(fp8_bench, "compare", broken)
     out = tmp_path / "fp8.json"
-    args = ["--real-text", str(_corpus(tmp_path)), "--random", "tiny-real", "--dtype", "fp8", "--fp8-on-cpu"]
+    args = [
+        "--real-text",
+        str(write_corpus(tmp_path)),
+        "--random",
+        "tiny-real",
+        "--dtype",
+        "fp8",
+        "--fp8-on-cpu",
+    ]
     args += ["--long-doc-tokens", "0", "--accuracy-sample", "4", "--fp8-sweep", "0", "--limit-docs", "1"]
     assert bench_realtext.main([*args, "--out", str(out)]) == 1
     result = json.loads(out.read_text())

@@ -77,6 +77,21 @@ def test_packed_batched_equals_single(tiny_qwen3: Path) -> None:
     assert _min_cosine(batched, single) >= MIN_COSINE
 
 
+@pytest.mark.parametrize("packing", ["on", "off"])
+def test_passes_queued_back_to_back_equal_passes_one_at_a_time(tiny_qwen3: Path, packing: str) -> None:
+    # On CUDA the later passes reuse the memory of the earlier ones while their copies back are still
+    # queued: every pass must still read its own vectors.
+    model = _load(tiny_qwen3, packing)
+    ids = model.encode_ids(TEXTS)
+    batches = [ids[i : i + size] for size in (1, 2, 3) for i in range(0, len(ids), size)]
+    waits = [model.launch_ids(batch, [64, 16]) for batch in batches]
+    queued = [wait() for wait in waits]
+    for batch, out in zip(batches, queued, strict=True):
+        alone = model.embed_ids(batch, [64, 16])
+        for dim in (64, 16):  # the same batch shape: a mix-up would be far off, rounding is not
+            assert out[dim].shape == (len(batch), dim) and _min_cosine(out[dim], alone[dim]) >= 0.99999
+
+
 def test_auto_packs_only_with_the_cuda_kernel(tiny_qwen3: Path) -> None:
     from workers.model.packing import varlen_kernel_available
 
