@@ -133,7 +133,9 @@ async def test_an_out_of_memory_at_launch_lowers_the_budget_and_every_text_lands
 ) -> None:
     device = QueuedDevice()
     device.release.set()
-    settings = BatchSettings(max_batch_tokens=200, max_wait_ms=1, max_queued_tokens=100_000)
+    settings = BatchSettings(
+        max_batch_tokens=200, max_wait_ms=1, max_queued_tokens=100_000, batches_in_flight=2
+    )
     batcher = MicroBatcher(device.run, settings, launch_batch=device.launch)
     batchers.append(batcher)
     out = await batcher.submit([text(uid, 40) for uid in range(1, 6)], (4,))  # 5 x 40 > TOO_BIG
