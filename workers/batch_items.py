@@ -53,3 +53,10 @@ class Item:
     def abandoned(self) -> bool:
         """The caller gave up, or another text of its request failed."""
         return self.request.future.done()
+
+
+def forward_args(batch: Sequence[Item]) -> tuple[tuple[int, ...], list[Sequence[int]], str | None]:
+    """The union of ``batch``'s requests' dims (largest first), its ids, and its one adapter (the
+    queue cuts a batch to one adapter)."""
+    dims = tuple(sorted({dim for item in batch for dim in item.request.dims}, reverse=True))
+    return dims, [item.ids for item in batch], batch[0].adapter

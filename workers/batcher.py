@@ -22,12 +22,10 @@ It guarantees:
 * The loop task is supervised: if it ever dies, every pending and future submit raises instead of
   hanging; after :meth:`MicroBatcher.close` every one raises :class:`~workers.errors.EmbedderUnavailable`.
 
-The forward passes run on one dedicated thread, so the event loop keeps accepting calls while the
-accelerator works.  Given ``launch_batch`` (:data:`~workers.batch_launches.LaunchBatch`), up to
-``batches_in_flight`` passes are queued at once (:mod:`workers.batch_launches`): the thread queues the
-next pass while the current one's results come back, so the device does not idle while the host packs
-and copies.  A failure is handled once the passes queued before it are read back, with nothing else in
-flight (its halves run one at a time).  Counters: :mod:`workers.batcher_stats`.
+The forward passes run on one dedicated thread, so the event loop keeps accepting calls meanwhile.
+Given ``launch_batch``, up to ``batches_in_flight`` passes are queued at once (:mod:`workers.batch_launches`);
+a failure is handled once the passes queued before it are read back, with nothing else in flight (its
+halves run one at a time).  Counters: :mod:`workers.batcher_stats`.
 """
 
 from __future__ import annotations
@@ -42,11 +40,11 @@ from typing import Literal
 import numpy as np
 
 from workers.batch_budget import forward_cost
-from workers.batch_items import Item, Request
+from workers.batch_items import Item, Request, forward_args
 from workers.batch_launches import LaunchBatch, LaunchedPasses
 from workers.batch_queue import BatchQueue
 from workers.batcher_stats import BatcherStats, ForwardCounters
-from workers.errors import EmbedderUnavailable, ForwardOutOfMemory, PipelineError
+from workers.errors import EmbedderUnavailable, ForwardOutOfMemory, PipelineError, chained, one_line
 from workers.settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -63,11 +61,6 @@ OnBatch = Callable[[int, int, float], None]
 OnFailure = Callable[[FailureCause, bool, int], None]
 """``on_failure(cause, alone, budget)`` after each failed forward pass: ``alone`` when it held one text
 (which then fails), else its batch is split; ``budget`` is the token budget from now on (metrics hook)."""
-
-
-def _chained(error: PipelineError, cause: BaseException) -> PipelineError:
-    error.__cause__ = cause
-    return error
 
 
 class MicroBatcher:
@@ -174,8 +167,6 @@ class MicroBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._launched.shutdown()
 
-    # -- the loop ---------------------------------------------------------------------------------
-
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -217,8 +208,7 @@ class MicroBatcher:
         self._release(batch)
 
     def _release(self, batch: list[Item]) -> None:
-        """``batch`` is handled (the last one held; nothing is held any more once the batcher stopped)."""
-        if self._held and self._held[-1] is batch:
+        if self._held and self._held[-1] is batch:  # nothing is held any more once the batcher stopped
             self._held.pop()
 
     async def _launch(self, batch: list[Item], launch_batch: LaunchBatch) -> None:
@@ -227,7 +217,7 @@ class MicroBatcher:
         if not batch or self._stopped is not None:
             return
         loop = asyncio.get_running_loop()
-        dims, ids, adapter = _forward_args(batch)
+        dims, ids, adapter = forward_args(batch)
         tokens, padded = sum(len(seq) for seq in ids), forward_cost(ids, self._packed)
         started = loop.time()
         try:
@@ -263,7 +253,7 @@ class MicroBatcher:
         if not batch or self._stopped is not None:
             return
         loop = asyncio.get_running_loop()
-        dims, ids, adapter = _forward_args(batch)
+        dims, ids, adapter = forward_args(batch)
         tokens = sum(len(seq) for seq in ids)
         padded = forward_cost(ids, self._packed)
         if len(batch) > 1 and padded > self._budget.current:
@@ -320,7 +310,7 @@ class MicroBatcher:
                 self._broken(exc, broken)
                 return
         item = batch[0]
-        reason = _one_line(exc) if oom else f"{type(exc).__name__}: {_one_line(exc)}"
+        reason = one_line(exc) if oom else f"{type(exc).__name__}: {one_line(exc)}"
         log.warning("the model fails on a text of %d tokens run alone: %s", len(item.ids), reason)
         self._counters.failed_texts += 1
         item.request.failed[item.row] = reason
@@ -329,7 +319,7 @@ class MicroBatcher:
     def _broken(self, failure: Exception, probe_error: Exception) -> None:
         """The probe failed after a text did: stop, failing every request; tell the owner."""
         log.error("the model fails on its probe too (after %r); stopping", failure, exc_info=probe_error)
-        self._stopped = lambda: _chained(
+        self._stopped = lambda: chained(
             EmbedderUnavailable(f"the model is broken: its probe input fails too ({probe_error!r})"),
             probe_error,
         )
@@ -347,7 +337,7 @@ class MicroBatcher:
             # The loop only ever ends by raising: a bug.  Never leave callers waiting on a dead loop.
             crash = task.exception() or RuntimeError("loop returned")
             log.error("micro-batcher loop crashed", exc_info=crash)
-            self._stopped = lambda: _chained(PipelineError("the micro-batcher loop crashed"), crash)
+            self._stopped = lambda: chained(PipelineError("the micro-batcher loop crashed"), crash)
         self._fail_all()
 
     def _fail_all(self) -> None:
@@ -358,14 +348,3 @@ class MicroBatcher:
         items = [*(item for batch in held for item in batch), *self._queue.drain()]
         for request in {item.request for item in items}:
             request.fail(self._stopped())
-
-
-def _forward_args(batch: list[Item]) -> tuple[tuple[int, ...], list[Sequence[int]], str | None]:
-    """The union of ``batch``'s requests' dims (largest first), its ids, and its one adapter."""
-    dims = tuple(sorted({dim for item in batch for dim in item.request.dims}, reverse=True))
-    return dims, [item.ids for item in batch], batch[0].adapter  # the queue cut it to one adapter
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:197] + "...") if len(text) > 200 else text or type(exc).__name__

@@ -127,3 +127,15 @@ class PoisonTexts(PipelineError):
 
     def __reduce__(self) -> tuple[type[PoisonTexts], tuple[tuple[str, ...], int, dict[str, str]]]:
         return type(self), (self.texts, self.crashes, self.failed)
+
+
+def chained(error: PipelineError, cause: BaseException) -> PipelineError:
+    """``error`` with ``cause`` as its ``__cause__`` (as ``raise error from cause`` would set it)."""
+    error.__cause__ = cause
+    return error
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line, at most 200 characters (its type's name when it has none)."""
+    text = " ".join(str(exc).split())
+    return (text[:197] + "...") if len(text) > 200 else text or type(exc).__name__
