@@ -15,6 +15,19 @@ from pipeline.tools import bench_realtext
 from workers.bench.fp8_bench import corpus_queries, neighbour_agreement
 
 
+def _fp8_on_cpu(tmp_path: Path) -> list[str]:
+    """The arguments of an FP8 run on the CPU over the small corpus (written into ``tmp_path``)."""
+    return [
+        "--real-text",
+        str(write_corpus(tmp_path)),
+        "--random",
+        "tiny-real",
+        "--dtype",
+        "fp8",
+        "--fp8-on-cpu",
+    ]
+
+
 def test_queries_are_each_documents_first_real_line() -> None:
     documents = [{"text": text} for _, text in DOCUMENTS]
     assert corpus_queries(documents) == [
@@ -44,15 +57,7 @@ def test_neighbour_agreement_counts_shared_top_k() -> None:
 
 def test_fp8_run_on_cpu_reports_speed_cosines_and_neighbours(tmp_path: Path) -> None:
     out = tmp_path / "fp8.json"
-    args = [
-        "--real-text",
-        str(write_corpus(tmp_path)),
-        "--random",
-        "tiny-real",
-        "--dtype",
-        "fp8",
-        "--fp8-on-cpu",
-    ]
+    args = _fp8_on_cpu(tmp_path)
     args += ["--long-doc-tokens", "0", "--warmup-chunks", "2", "--accuracy-sample", "8", "--fp8-sweep", "0,1"]
     assert bench_realtext.main([*args, "--max-tokens", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -87,15 +92,7 @@ def test_a_failed_timed_comparison_keeps_the_sweep_and_exits_1(
 
     monkeypatch.setattr(fp8_bench, "compare", broken)
     out = tmp_path / "fp8.json"
-    args = [
-        "--real-text",
-        str(write_corpus(tmp_path)),
-        "--random",
-        "tiny-real",
-        "--dtype",
-        "fp8",
-        "--fp8-on-cpu",
-    ]
+    args = _fp8_on_cpu(tmp_path)
     args += ["--long-doc-tokens", "0", "--accuracy-sample", "4", "--fp8-sweep", "0", "--limit-docs", "1"]
     assert bench_realtext.main([*args, "--out", str(out)]) == 1
     result = json.loads(out.read_text())
