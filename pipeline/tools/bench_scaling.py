@@ -29,8 +29,9 @@ import numpy as np
 from pipeline.runtime.assemble import make_chunker, start_pool
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings, load_settings
+from pipeline.tools.bench_bare import embed_requests, time_embedder
 from pipeline.tools.bench_documents import bench_texts
-from pipeline.tools.bench_pipeline import embed_requests, gpu_name, time_embedder, write_result
+from pipeline.tools.bench_pipeline import gpu_name, write_result
 from workers.model.inputs import ModelInput
 from workers.model.tokenizer import load_text_tokenizer
 from workers.pool import EmbedderPool
