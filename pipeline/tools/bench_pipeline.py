@@ -6,9 +6,10 @@ chunks, so their tokens/s compare the pipeline around the embedder with the embe
 * ``embedder``: the chunks' texts sent straight to the pool from this process, in requests of the
   consumer's size with as many tokens in flight as the consumer allows; no Kafka, no Milvus;
 * ``embedder_from_ids`` (when the consumer sends token ids, ``consumer.send_token_ids``): the same,
-  each text sent with the chunker's ids, as the consumer sends them: the actors do not tokenize.  The
-  two then alternate, two rounds each, and each reports its faster round (``rounds_seconds`` holds
-  all): the bare figures are the best the actors did, so the pipeline's share of them is not flattered;
+  each text sent with the chunker's ids, as the consumer sends them: the actors do not tokenize.
+  Each bare phase runs two rounds (the two alternating) and reports its faster round
+  (``rounds_seconds`` holds all): the bare figures are the best the actors did, so the pipeline's
+  share of them is not flattered;
 * ``pipeline``: the documents, produced beforehand to a fresh topic, ingested by an
   :class:`~pipeline.ingest.consumer.IngestConsumer`: poll, parse, chunk, embed, upsert into every replica,
   commit.  Its time runs from the first record polled to the last unit acknowledged.
@@ -160,9 +161,10 @@ async def run_pipeline_bench(
         embedder_rounds: list[float] = []
         from_ids_rounds: list[float] = []
         id_requests = _requests(runtime, texts, with_ids=True)[0] if runtime.chunker.keeps_token_ids else None
-        # With ids, the two bare phases alternate, twice each: a difference that is only the order
-        # they ran in (a warmer cache, a later clock) shows as rounds that disagree.
-        for _ in range(1 if id_requests is None else 2):
+        # Two rounds of the bare phase, alternating with the ids phase when there is one: the pipeline
+        # is compared with the faster, and a difference that is only the order they ran in (a warmer
+        # cache, a later clock) shows as rounds that disagree.
+        for _ in range(2):
             embedder_rounds.append(await time_embedder(runtime.pool, runtime.dims, budget, requests))
             if id_requests is not None:
                 from_ids_rounds.append(await time_embedder(runtime.pool, runtime.dims, budget, id_requests))
