@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "--strategies",
         default="ours,sentence_transformers",
         help=f"comma-separated, of: {', '.join(STRATEGIES)} (ours runs with batching.batches_in_flight "
-        "= 2, ours_one_batch_in_flight with 1, the default)",
+        "= 2, the default, ours_one_batch_in_flight with 1)",
     )
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (CUDA only)")

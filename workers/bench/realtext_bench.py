@@ -245,8 +245,8 @@ def run(
     rounds: int = 1,
 ) -> dict[str, Any]:
     """Time ``strategies`` on the mixed workload, then ours per language: "ours" (with
-    ``batching.batches_in_flight = 2``), "sentence_transformers", and "ours_one_batch_in_flight" (with 1,
-    the default: each forward pass queued only once the previous one's vectors are back).  With
+    ``batching.batches_in_flight = 2``, the default), "sentence_transformers", and "ours_one_batch_in_flight"
+    (with 1: each forward pass queued only once the previous one's vectors are back).  With
     ``rounds`` > 1 the strategies take turns, round after round, and each reports its fastest round
     (``rounds_tokens_per_s`` holds all of them): a clock or cache that changes during the run then
     shows as rounds that disagree, rather than as a difference between strategies."""
