@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 OUTAGE_S = 30.0
 PAUSED_CHECK_S = 15.0
 
-MILVUS = {"timeout_s": 3.0}  # a call to a stopped server fails fast
+MILVUS = {"timeout_s": 3.0}  # a call Milvus cannot answer (behind the cut proxy) fails fast
 
 
 async def test_milvus_outage_pauses_commits_nothing_and_resumes(
