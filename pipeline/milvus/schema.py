@@ -19,6 +19,7 @@ from pymilvus import CollectionSchema, DataType, MilvusClient
 from pymilvus.milvus_client import IndexParams
 
 from pipeline.milvus.connection import MilvusConnection
+from pipeline.milvus.loading import load_collections
 from pipeline.milvus.tenants import TENANT_FIELD, TENANT_MAX_BYTES, TENANT_PROPERTY
 from pipeline.settings import MilvusSettings
 from workers.errors import ConfigError, PipelineError
@@ -38,9 +39,11 @@ def ensure_replicas(
     names: Mapping[int, str],
     *,
     properties: Mapping[str, str] | None = None,
+    wait_s: float | None = None,
 ) -> None:
     """Create the missing replicas (``names``: dim -> collection) and their index, check
-    the existing ones, and load all.
+    the existing ones, and load all (:func:`~pipeline.milvus.loading.load_collections`, waiting at
+    most ``wait_s``, by default ``settings.load_timeout_s``).
 
     ``properties``: collection properties set on the replicas this call creates (existing ones
     keep theirs); a tool marks the collections it owns this way (see :func:`collection_properties`).
@@ -59,10 +62,7 @@ def ensure_replicas(
             check_index(name, index, settings)
         else:
             connection.call(f"indexing {name}", "create_index", name, index_params(settings))
-        # Start every load before waiting on any: the server loads them side by side.
-        connection.call(f"loading {name}", "load_collection", name, _async=True)
-    for name in names.values():
-        connection.call(f"loading {name}", "load_collection", name)
+    load_collections(connection, names.values(), settings.load_timeout_s if wait_s is None else wait_s)
 
 
 def count_rows(connection: MilvusConnection, name: str) -> int:

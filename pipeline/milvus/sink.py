@@ -88,13 +88,15 @@ class MilvusSink:
     def collection_name(self, dim: int) -> str:
         return f"{self._settings.collection_prefix}_{dim}"
 
-    def ensure_collections(self) -> None:
-        """Create missing replicas (schema, index), check existing ones, and load all.
+    def ensure_collections(self, wait_s: float | None = None) -> None:
+        """Create missing replicas (schema, index), check existing ones, and load all, waiting for the
+        loads at most ``wait_s`` (by default ``milvus.load_timeout_s``).
 
         Raises ConfigError when an existing collection does not match the schema, metric or
-        index type this sink writes.
+        index type this sink writes, SinkUnavailable when a replica is still loading at the end.
         """
-        ensure_replicas(self._milvus, self._settings, {d: self.collection_name(d) for d in self._dims})
+        names = {d: self.collection_name(d) for d in self._dims}
+        ensure_replicas(self._milvus, self._settings, names, wait_s=wait_s)
 
     # ---------------------------------------------------------------------- writes
 
@@ -119,7 +121,9 @@ class MilvusSink:
     def _attempt(self, operation: Callable[[], _T]) -> _T:
         try:
             if self._reload:
-                self.ensure_collections()
+                # A write waits one call's time for the load, not start-up's: it is retried anyway,
+                # and a closing lane must not wait minutes on it.
+                self.ensure_collections(wait_s=self._settings.timeout_s)
                 self._reload = False
             return operation()
         except SinkUnavailable:

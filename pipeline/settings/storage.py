@@ -55,6 +55,13 @@ class MilvusSettings(Section):
         "message limit (64 MiB by default). A single larger row is sent alone.",
     )
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one Milvus call.")
+    load_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long start-up waits for the replicas to finish loading (a large collection "
+        "takes minutes to load on a real server); each poll of the load state is one call bounded by "
+        "timeout_s. A reload while writing waits only timeout_s and is retried.",
+    )
 
     def token_secret(self) -> str | None:
         """The Milvus token, from ``token`` or ``token_file``."""
