@@ -1,7 +1,8 @@
 """What the embedder and the reranker actors share: one model on one device behind a micro-batcher.
 
 Logging to the worker's stderr, the device Ray assigned, metrics tagged with the actor's name (a
-restart by Ray counted), tokenization on threads of its own, calls in flight and queue depth reported
+restart by Ray counted), tokenization on threads of its own, ingestion requests held (bounded) while the
+queue is full rather than refused and sent again, calls in flight and queue depth reported
 around every call, the stats an actor answers, and a process exit when the model is broken for good
 (only a new process recovers; Ray restarts the actor).  Importing this module imports neither torch
 nor transformers.
@@ -83,6 +84,8 @@ class ModelActor:
             log.warning("%s restarted by Ray after the previous process died", self._name)
             self._metrics.restarted()
         self._inflight = 0
+        self._pending = 0  # ingestion requests not yet in the queue: being tokenized or waiting for room
+        self._max_pending = settings.max_pending_requests
         self._tokenize_s = 0.0  # summed over requests; they tokenize side by side in the executor
         self._batcher = MicroBatcher(
             run,
@@ -108,12 +111,31 @@ class ModelActor:
         adapter: str | None = None,
     ) -> dict[int, np.ndarray]:
         """``tokenize()`` on the tokenizer threads, then its ids through the batcher; the call counts
-        as in flight until it is answered, and the queue depth is reported on the way in and out."""
+        as in flight until it is answered, and the queue depth is reported on the way in and out.
+
+        An ingestion request (``priority=False``) is pending from its arrival until it enters the
+        queue: tokenized, then waiting for room while the queue is full.  At most
+        ``batching.max_pending_requests`` are pending; one more raises Backpressure before it is
+        tokenized.  A pending request is tokenized and sent once, where a refused one would be again on
+        every retry of its caller."""
         loop = asyncio.get_running_loop()
         self._inflight += 1
         try:
-            ids, seconds = await loop.run_in_executor(self._tokenize, _timed, tokenize)
-            self._tokenize_s += seconds  # the tokenizer's own time, not the wait for a thread
+            pends = not priority and self._max_pending > 0
+            if pends:
+                if self._pending >= self._max_pending:
+                    raise self._batcher.refusal(
+                        f"{self._pending} requests are already pending (batching.max_pending_requests)"
+                    )
+                self._pending += 1
+            try:
+                ids, seconds = await loop.run_in_executor(self._tokenize, _timed, tokenize)
+                self._tokenize_s += seconds  # the tokenizer's own time, not the wait for a thread
+                if pends:
+                    await self._batcher.wait_for_room(sum(len(row) for row in ids))
+            finally:
+                self._pending -= pends
+            # Nothing awaits from here into submit(), so the room just found is still there.
             self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
             return await self._batcher.submit(ids, dims, priority=priority, adapter=adapter)
         finally:

@@ -93,12 +93,23 @@ class BatchQueue(Generic[ItemT]):
                 retry_after=_retry_after(self._queries.tokens + tokens - limit, rate),
             )
         limit = self._settings.max_queued_tokens
-        if not priority and self._waiting_tokens and self._waiting_tokens + tokens > limit:
+        if not priority and not self.fits(tokens):
             self.rejected += 1
             raise Backpressure(
                 f"embedder queue holds {self._waiting_tokens} tokens; {tokens} more exceed {limit}",
                 retry_after=_retry_after(self._waiting_tokens + tokens - limit, rate),
             )
+
+    def refusal(self, reason: str, rate: float) -> Backpressure:
+        """Backpressure for an ingestion request refused for ``reason`` before its size is known (counted
+        as rejected); come back after about one forward pass of the budget at ``rate``."""
+        self.rejected += 1
+        hint = _retry_after(self.budget.current, rate)
+        return Backpressure(f"embedder queue holds {self._waiting_tokens} tokens; {reason}", retry_after=hint)
+
+    def fits(self, tokens: int) -> bool:
+        """Whether the ingestion queue admits a request of ``tokens`` now (an empty one admits any)."""
+        return not self._waiting_tokens or self._waiting_tokens + tokens <= self._settings.max_queued_tokens
 
     def add(self, items: Iterable[ItemT], tokens: int, priority: bool) -> None:
         """Queue the texts of one admitted request (``tokens`` in all)."""

@@ -19,6 +19,10 @@ It guarantees:
   ran; every other text of every request gets its vector.  When a ``probe`` is given, a text is only
   blamed once the probe (a forward pass over a known-good input) succeeds right after: if the probe
   fails too, the model is broken, not the text, and the batcher stops (``on_broken`` is called).
+* :meth:`MicroBatcher.submit` refuses a request that does not fit the queue at once;
+  :meth:`MicroBatcher.wait_for_room` lets the owner hold one until it fits instead (the embedder actor
+  does, for a bounded number of requests: :mod:`workers.actor_base`).  Waiters are woken whenever a
+  batch leaves the queue, and raise once the batcher stops.
 * The loop task is supervised: if it ever dies, every pending and future submit raises instead of
   hanging; after :meth:`MicroBatcher.close` every one raises :class:`~workers.errors.EmbedderUnavailable`.
 
@@ -44,7 +48,14 @@ from workers.batch_items import Item, Request, forward_args
 from workers.batch_launches import LaunchBatch, LaunchedPasses
 from workers.batch_queue import BatchQueue
 from workers.batcher_stats import BatcherStats, ForwardCounters
-from workers.errors import EmbedderUnavailable, ForwardOutOfMemory, PipelineError, chained, one_line
+from workers.errors import (
+    Backpressure,
+    EmbedderUnavailable,
+    ForwardOutOfMemory,
+    PipelineError,
+    chained,
+    one_line,
+)
 from workers.settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +111,7 @@ class MicroBatcher:
         self._stopped: Callable[[], PipelineError] | None = None  # builds the error once stopped
         self._counters = ForwardCounters(settings.max_batch_tokens)
         self._budget = self._queue.budget
+        self._room_opened: asyncio.Future[None] | None = None  # set when the queue shrinks or stops
 
     async def submit(
         self,
@@ -146,6 +158,30 @@ class MicroBatcher:
         self._arrived.set()
         # A cancelled caller cancels the future; its texts are then skipped when batches form.
         return await request.future
+
+    async def wait_for_room(self, tokens: int) -> None:
+        """Return once an ingestion request of ``tokens`` fits the queue (:meth:`submit` then admits it,
+        when called before anything else awaits).  Raises the stop error once the batcher stopped."""
+        while not self._queue.fits(tokens):
+            if self._stopped is not None:
+                raise self._stopped()
+            if self._room_opened is None:
+                self._room_opened = asyncio.get_running_loop().create_future()
+            # Shielded: a waiter cancelled by its caller must not cancel the others' wake-up.
+            await asyncio.shield(self._room_opened)
+        if self._stopped is not None:
+            raise self._stopped()
+
+    def refusal(self, reason: str) -> Backpressure:
+        """The Backpressure to raise for an ingestion request refused for ``reason`` before it was
+        tokenized (it counts in ``rejected_requests``)."""
+        return self._queue.refusal(reason, self._counters.rate)
+
+    def _open_room(self) -> None:
+        """Wake every :meth:`wait_for_room`: the queue shrank, or the batcher stopped."""
+        opened, self._room_opened = self._room_opened, None
+        if opened is not None and not opened.done():
+            opened.set_result(None)
 
     def stats(self) -> BatcherStats:
         """Counters since creation; ``queued_*`` still count texts of callers that gave up, until dropped."""
@@ -195,7 +231,9 @@ class MicroBatcher:
 
     def _take_batch(self) -> list[Item]:
         """The next batch, cut by the queue (module :mod:`workers.batch_queue`)."""
-        return self._queue.take_batch()
+        batch = self._queue.take_batch()
+        self._open_room()
+        return batch
 
     async def _execute(self, batch: list[Item]) -> None:
         """Run ``batch``, splitting it on failure; hand each row to its request (module docstring)."""
@@ -346,5 +384,6 @@ class MicroBatcher:
         held = [*self._held, *self._launched.abandon()]
         self._held = []
         items = [*(item for batch in held for item in batch), *self._queue.drain()]
+        self._open_room()
         for request in {item.request for item in items}:
             request.fail(self._stopped())

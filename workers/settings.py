@@ -125,6 +125,15 @@ class BatchSettings(BaseModel):
         ge=64,
         description="Tokens an actor accepts before it refuses new work with Backpressure.",
     )
+    max_pending_requests: int = Field(
+        32,
+        ge=0,
+        description="Ingestion requests an actor holds before they enter its queue: being tokenized, or "
+        "tokenized and waiting for room while the queue is full (they enter it in turn as forward passes "
+        "drain it). One more is refused with Backpressure at once, before it is tokenized. A refused "
+        "request is sent and tokenized again when its caller retries, so holding it saves that work. "
+        "0: hold none; a request that does not fit the queue once tokenized is refused.",
+    )
     sort_window: int = Field(
         256, ge=1, description="How many waiting texts are sorted by length to cut padding."
     )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from pipeline.ingest.chunking import Chunker
 from pipeline.runtime.embedders import EmbedderBackend
+from pipeline.tools.bench_breakdown import actor_counters, difference
 from workers.model.inputs import ModelInput, TokenizedText
 from workers.prompts import format_input
 from workers.settings import ModelSettings
@@ -81,3 +82,13 @@ async def time_embedder(
                 inflight += tokens
             group.create_task(embed(texts, tokens))
     return time.perf_counter() - started
+
+
+async def time_embedder_round(
+    pool: EmbedderBackend, dims: tuple[int, ...], budget: int, requests: Requests
+) -> tuple[float, dict[str, float]]:
+    """:func:`time_embedder`'s seconds, and what the actors counted over the round
+    (:data:`~pipeline.tools.bench_breakdown.ACTOR_COUNTERS`): where a slow round's time went."""
+    before = await actor_counters(pool)
+    seconds = await time_embedder(pool, dims, budget, requests)
+    return seconds, difference(await actor_counters(pool), before)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.runtime.embedders import EmbedderBackend
 
-ACTOR_COUNTERS = ("tokenize_seconds", "forward_seconds", "tokens", "batches")
+ACTOR_COUNTERS = ("tokenize_seconds", "forward_seconds", "tokens", "batches", "rejected_requests")
 """What the breakdown reads from every embedder actor's ``stats()``."""
 
 
@@ -59,6 +59,9 @@ def breakdown(
         "forward_seconds": actors.get("forward_seconds", 0.0),
         "tokens": int(actors.get("tokens", 0.0)),
         "batches": int(actors.get("batches", 0.0)),
+        # Requests an actor refused with Backpressure (its queue full): each came back later, sent and
+        # tokenized again.
+        "rejected_requests": int(actors.get("rejected_requests", 0.0)),
         "forward_busy": actors.get("forward_seconds", 0.0) / (busy * max(1, pool_size)),
     }
     return result
@@ -75,6 +78,7 @@ def render(result: Mapping[str, Any]) -> str:
     lines.append(
         f"    {'actors: tokenize':<28} {actors['tokenize_seconds']:>8.1f} s\n"
         f"    {'actors: forward passes':<28} {actors['forward_seconds']:>8.1f} s  "
-        f"(model busy {actors['forward_busy']:.1%} of the busy time)"
+        f"(model busy {actors['forward_busy']:.1%} of the busy time)\n"
+        f"    {'actors: requests refused':<28} {actors['rejected_requests']:>8d}   (queue full, sent again)"
     )
     return "\n".join(lines)

@@ -40,7 +40,7 @@ from pipeline.ops import stack
 from pipeline.runtime.assemble import Runtime, build_runtime
 from pipeline.runtime.run_summary import GroupStats
 from pipeline.settings import Settings, load_settings
-from pipeline.tools.bench_bare import Requests, embed_requests, time_embedder
+from pipeline.tools.bench_bare import Requests, embed_requests, time_embedder, time_embedder_round
 from pipeline.tools.bench_breakdown import actor_counters, breakdown, difference, render
 from pipeline.tools.bench_documents import bench_texts, produce_documents
 from pipeline.tools.bench_members import consume, sized_settings
@@ -158,18 +158,20 @@ async def run_pipeline_bench(
         warmup_seconds = await time_embedder(runtime.pool, runtime.dims, budget, warm_requests)
         requests, chunks = _requests(runtime, texts)
         tokens = sum(size for _, size in requests)
-        embedder_rounds: list[float] = []
-        from_ids_rounds: list[float] = []
+        embedder_rounds: list[tuple[float, dict[str, float]]] = []
+        from_ids_rounds: list[tuple[float, dict[str, float]]] = []
         id_requests = _requests(runtime, texts, with_ids=True)[0] if runtime.chunker.keeps_token_ids else None
         # Two rounds of the bare phase, alternating with the ids phase when there is one: the pipeline
         # is compared with the faster, and a difference that is only the order they ran in (a warmer
         # cache, a later clock) shows as rounds that disagree.
         for _ in range(2):
-            embedder_rounds.append(await time_embedder(runtime.pool, runtime.dims, budget, requests))
+            embedder_rounds.append(await time_embedder_round(runtime.pool, runtime.dims, budget, requests))
             if id_requests is not None:
-                from_ids_rounds.append(await time_embedder(runtime.pool, runtime.dims, budget, id_requests))
-        embedder_seconds = min(embedder_rounds)
-        from_ids_seconds = min(from_ids_rounds) if from_ids_rounds else None
+                from_ids_rounds.append(
+                    await time_embedder_round(runtime.pool, runtime.dims, budget, id_requests)
+                )
+        embedder_seconds = min(seconds for seconds, _ in embedder_rounds)
+        from_ids_seconds = min(seconds for seconds, _ in from_ids_rounds) if from_ids_rounds else None
         actors_before, replicas_before = await actor_counters(runtime.pool), replica_write_seconds()
         stats, busy = await consume(runtime, members, one_host)
         where = breakdown(
@@ -211,7 +213,8 @@ async def run_pipeline_bench(
         "warmup_seconds": warmup_seconds,
         "embedder": {
             "seconds": embedder_seconds,
-            "rounds_seconds": embedder_rounds,
+            "rounds_seconds": [seconds for seconds, _ in embedder_rounds],
+            "rounds_actors": [counters for _, counters in embedder_rounds],
             "tokens_per_s": embedder_rate,
             "docs_per_s": docs / embedder_seconds,
         },
@@ -219,7 +222,8 @@ async def run_pipeline_bench(
         if from_ids_seconds is None
         else {
             "seconds": from_ids_seconds,
-            "rounds_seconds": from_ids_rounds,
+            "rounds_seconds": [seconds for seconds, _ in from_ids_rounds],
+            "rounds_actors": [counters for _, counters in from_ids_rounds],
             "tokens_per_s": tokens / from_ids_seconds,
             "docs_per_s": docs / from_ids_seconds,
         },

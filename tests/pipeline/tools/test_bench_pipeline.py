@@ -88,6 +88,10 @@ def test_pipeline_and_bare_embedder_embed_the_same_tokens_and_every_row_lands(
     assert embedder["seconds"] > 0 and pipeline["seconds"] > 0
     # The bare phase ran twice and reports its faster round.
     assert len(embedder["rounds_seconds"]) == 2 and embedder["seconds"] == min(embedder["rounds_seconds"])
+    # Each round's actor counters: every round forwarded all of the workload's tokens, and says how
+    # many requests a full queue refused.
+    assert [round_["tokens"] for round_ in embedder["rounds_actors"]] == [result["tokens"]] * 2
+    assert all(r["forward_seconds"] > 0 and "rejected_requests" in r for r in embedder["rounds_actors"])
     phases = ("produce_seconds", "warmup_seconds")
     assert sum(result[p] for p in phases) + sum(embedder["rounds_seconds"]) + pipeline["seconds"] < wall
     # Both phases embedded the same tokens (checked above), so the ratio of their rates is the
@@ -102,6 +106,7 @@ def test_pipeline_and_bare_embedder_embed_the_same_tokens_and_every_row_lands(
     assert all(f["seconds"] > 0 for f in where["replicas"].values())
     assert where["actors"]["tokens"] == result["tokens"] and where["actors"]["batches"] > 0
     assert where["actors"]["tokenize_seconds"] > 0 and 0 < where["actors"]["forward_busy"] < 1
+    assert isinstance(where["actors"]["rejected_requests"], int)
     assert where["consumer"]["write"]["seconds"] >= max(f["seconds"] for f in where["replicas"].values())
 
 
