@@ -129,10 +129,11 @@ class BatchSettings(BaseModel):
         32,
         ge=0,
         description="Ingestion requests an actor holds before they enter its queue: being tokenized, or "
-        "tokenized and waiting for room while the queue is full (they enter it in turn as forward passes "
-        "drain it). One more is refused with Backpressure at once, before it is tokenized. A refused "
-        "request is sent and tokenized again when its caller retries, so holding it saves that work. "
-        "0: hold none; a request that does not fit the queue once tokenized is refused.",
+        "tokenized and waiting for room while the queue is full (each time a forward pass takes a batch, "
+        "the waiters that fit enter it, earliest first). One more is refused with Backpressure at once, "
+        "before it is tokenized. A refused request is sent and tokenized again when its caller retries, "
+        "so holding it saves that work. 0: hold none; a request that does not fit the queue once "
+        "tokenized is refused.",
     )
     sort_window: int = Field(
         256, ge=1, description="How many waiting texts are sorted by length to cut padding."
