@@ -84,7 +84,7 @@ class ModelActor:
             log.warning("%s restarted by Ray after the previous process died", self._name)
             self._metrics.restarted()
         self._inflight = 0
-        self._pending = 0  # ingestion requests not yet in the queue: being tokenized or waiting for room
+        self._tokenizing = 0  # ingestion requests being tokenized (pending, with those waiting for room)
         self._max_pending = settings.max_pending_requests
         self._tokenize_s = 0.0  # summed over requests; they tokenize side by side in the executor
         self._batcher = MicroBatcher(
@@ -123,21 +123,21 @@ class ModelActor:
         try:
             pends = not priority and self._max_pending > 0
             if pends:
-                if self._pending >= self._max_pending:
+                pending = self._tokenizing + self._batcher.stats().waiting_for_room
+                if pending >= self._max_pending:
                     raise self._batcher.refusal(
-                        f"{self._pending} requests are already pending (batching.max_pending_requests)"
+                        f"{pending} requests are pending (batching.max_pending_requests)"
                     )
-                self._pending += 1
+            self._tokenizing += pends
             try:
                 ids, seconds = await loop.run_in_executor(self._tokenize, _timed, tokenize)
-                self._tokenize_s += seconds  # the tokenizer's own time, not the wait for a thread
-                if pends:
-                    await self._batcher.wait_for_room(sum(len(row) for row in ids))
             finally:
-                self._pending -= pends
-            # Nothing awaits from here into submit(), so the room just found is still there.
+                self._tokenizing -= pends
+            self._tokenize_s += seconds  # the tokenizer's own time, not the wait for a thread
             self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
-            return await self._batcher.submit(ids, dims, priority=priority, adapter=adapter)
+            return await self._batcher.submit(
+                ids, dims, priority=priority, adapter=adapter, wait_for_room=pends
+            )
         finally:
             self._inflight -= 1
             self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)

@@ -7,6 +7,7 @@ and not yet handed to a forward pass.  It guarantees:
   accepting it would put more than ``max_queued_tokens`` in the ingestion queue (``max_priority_tokens``
   in the query lane); a request is always accepted into an empty queue, so one larger than the bound
   still runs.  The refusal carries a retry hint: the time to drain the excess at the measured rate.
+  An ingestion request may wait for room instead (:meth:`BatchQueue.wait_for_room`).
 * Waiting texts are taken in arrival order, ``sort_window`` at a time; each such window is sorted by
   length (stable) and appended to a "ready" run.  Batches are cut from the front of that run, so every
   text of window *k* runs before any text of window *k + 1*: sorting cuts padding, and the bounded window
@@ -33,6 +34,7 @@ Not thread-safe: used from the batcher's event loop only.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -63,9 +65,12 @@ class BatchQueue(Generic[ItemT]):
         self._queries: QueryLane[ItemT] = QueryLane(settings.max_priority_tokens)
         self._ready_since = math.inf  # arrival time of the oldest text in `_ready` (or older)
         self._waiting_tokens = 0
+        self._room_opened: asyncio.Future[None] | None = None  # done when texts leave the queue
         self._query_led = False  # whether the last batch was led by a query (to alternate adapters)
         self.rejected = 0
         """Requests refused with Backpressure since creation."""
+        self.room_waiters = 0
+        """Requests in :meth:`wait_for_room` now."""
 
     @property
     def texts(self) -> int:
@@ -110,6 +115,24 @@ class BatchQueue(Generic[ItemT]):
     def fits(self, tokens: int) -> bool:
         """Whether the ingestion queue admits a request of ``tokens`` now (an empty one admits any)."""
         return not self._waiting_tokens or self._waiting_tokens + tokens <= self._settings.max_queued_tokens
+
+    async def wait_for_room(self, tokens: int) -> None:
+        """Return once a request of ``tokens`` :meth:`fits` the ingestion queue: waiters are woken, in
+        the order they came, whenever texts leave it (:meth:`take_batch`, :meth:`drain`)."""
+        self.room_waiters += 1
+        try:
+            while not self.fits(tokens):
+                if self._room_opened is None:
+                    self._room_opened = asyncio.get_running_loop().create_future()
+                # Shielded: a waiter cancelled by its caller must not cancel the others' wake-up.
+                await asyncio.shield(self._room_opened)
+        finally:
+            self.room_waiters -= 1
+
+    def _open_room(self) -> None:
+        opened, self._room_opened = self._room_opened, None
+        if opened is not None and not opened.done():
+            opened.set_result(None)
 
     def add(self, items: Iterable[ItemT], tokens: int, priority: bool) -> None:
         """Queue the texts of one admitted request (``tokens`` in all)."""
@@ -175,6 +198,7 @@ class BatchQueue(Generic[ItemT]):
             # Ingestion of this adapter left room: more queries of it may take it.
             while (query := next_query()) is not None and fits(query):
                 add(self._queries.pop())
+        self._open_room()
         return batch
 
     def _ingestion_head(self) -> ItemT | None:
@@ -202,6 +226,7 @@ class BatchQueue(Generic[ItemT]):
         items = [*self._ready, *self._pending, *self._queries.drain()]
         self._ready, self._pending = deque(), deque()
         self._waiting_tokens = 0
+        self._open_room()
         return items
 
 

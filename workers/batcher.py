@@ -19,10 +19,8 @@ It guarantees:
   ran; every other text of every request gets its vector.  When a ``probe`` is given, a text is only
   blamed once the probe (a forward pass over a known-good input) succeeds right after: if the probe
   fails too, the model is broken, not the text, and the batcher stops (``on_broken`` is called).
-* :meth:`MicroBatcher.submit` refuses a request that does not fit the queue at once;
-  :meth:`MicroBatcher.wait_for_room` lets the owner hold one until it fits instead (the embedder actor
-  does, for a bounded number of requests: :mod:`workers.actor_base`).  Waiters are woken whenever a
-  batch leaves the queue, and raise once the batcher stops.
+* An ingestion request that does not fit the queue is refused at once, or with ``wait_for_room`` waits
+  until it does (the embedder actor holds a bounded number of requests so: :mod:`workers.actor_base`).
 * The loop task is supervised: if it ever dies, every pending and future submit raises instead of
   hanging; after :meth:`MicroBatcher.close` every one raises :class:`~workers.errors.EmbedderUnavailable`.
 
@@ -111,7 +109,6 @@ class MicroBatcher:
         self._stopped: Callable[[], PipelineError] | None = None  # builds the error once stopped
         self._counters = ForwardCounters(settings.max_batch_tokens)
         self._budget = self._queue.budget
-        self._room_opened: asyncio.Future[None] | None = None  # set when the queue shrinks or stops
 
     async def submit(
         self,
@@ -120,6 +117,7 @@ class MicroBatcher:
         *,
         priority: bool = False,
         adapter: str | None = None,
+        wait_for_room: bool = False,
     ) -> dict[int, np.ndarray]:
         """Embed tokenized texts; returns ``{dim: float32 (len(ids), dim)}`` with rows in input order.
 
@@ -128,9 +126,10 @@ class MicroBatcher:
         ``priority=True`` puts them in the query lane (:mod:`workers.query_lane`) instead of the
         ingestion queue.  Raises :class:`~workers.errors.Backpressure` at once when accepting ``ids``
         would put more than ``max_queued_tokens`` in the queue (``max_priority_tokens`` in the lane; a
-        request is always accepted into an empty queue, so one larger than the bound still runs).
-        Raises :class:`~workers.errors.FailedInputs` naming the texts the model fails on even alone
-        (the others ran), :class:`PipelineError` (chained to the cause) when the batcher stopped,
+        request is always accepted into an empty queue, so one larger than the bound still runs);
+        with ``wait_for_room`` an ingestion request waits until it fits instead.  Raises
+        :class:`~workers.errors.FailedInputs` naming the texts the model fails on even alone (the
+        others ran), :class:`PipelineError` (chained to the cause) when the batcher stopped,
         :class:`EmbedderUnavailable` once closed or when the model is broken.
         """
         if self._stopped is not None:
@@ -140,6 +139,10 @@ class MicroBatcher:
         if not ids:
             return {dim: np.empty((0, dim), dtype=np.float32) for dim in dims}
         tokens = sum(len(seq) for seq in ids)
+        if wait_for_room and not priority:
+            await self._queue.wait_for_room(tokens)  # the queue is emptied when the batcher stops
+            if self._stopped is not None:
+                raise self._stopped()
         self._queue.admit(tokens, priority, self._counters.rate)
         loop = asyncio.get_running_loop()
         if self._task is None:
@@ -159,34 +162,19 @@ class MicroBatcher:
         # A cancelled caller cancels the future; its texts are then skipped when batches form.
         return await request.future
 
-    async def wait_for_room(self, tokens: int) -> None:
-        """Return once an ingestion request of ``tokens`` fits the queue (:meth:`submit` then admits it,
-        when called before anything else awaits).  Raises the stop error once the batcher stopped."""
-        while not self._queue.fits(tokens):
-            if self._stopped is not None:
-                raise self._stopped()
-            if self._room_opened is None:
-                self._room_opened = asyncio.get_running_loop().create_future()
-            # Shielded: a waiter cancelled by its caller must not cancel the others' wake-up.
-            await asyncio.shield(self._room_opened)
-        if self._stopped is not None:
-            raise self._stopped()
-
     def refusal(self, reason: str) -> Backpressure:
         """The Backpressure to raise for an ingestion request refused for ``reason`` before it was
         tokenized (it counts in ``rejected_requests``)."""
         return self._queue.refusal(reason, self._counters.rate)
 
-    def _open_room(self) -> None:
-        """Wake every :meth:`wait_for_room`: the queue shrank, or the batcher stopped."""
-        opened, self._room_opened = self._room_opened, None
-        if opened is not None and not opened.done():
-            opened.set_result(None)
-
     def stats(self) -> BatcherStats:
         """Counters since creation; ``queued_*`` still count texts of callers that gave up, until dropped."""
         return self._counters.snapshot(
-            self._queue.texts, self._queue.tokens, self._queue.rejected, self._budget.current
+            self._queue.texts,
+            self._queue.tokens,
+            self._queue.rejected,
+            self._queue.room_waiters,
+            self._budget.current,
         )
 
     async def close(self) -> None:
@@ -231,9 +219,7 @@ class MicroBatcher:
 
     def _take_batch(self) -> list[Item]:
         """The next batch, cut by the queue (module :mod:`workers.batch_queue`)."""
-        batch = self._queue.take_batch()
-        self._open_room()
-        return batch
+        return self._queue.take_batch()
 
     async def _execute(self, batch: list[Item]) -> None:
         """Run ``batch``, splitting it on failure; hand each row to its request (module docstring)."""
@@ -384,6 +370,5 @@ class MicroBatcher:
         held = [*self._held, *self._launched.abandon()]
         self._held = []
         items = [*(item for batch in held for item in batch), *self._queue.drain()]
-        self._open_room()
         for request in {item.request for item in items}:
             request.fail(self._stopped())

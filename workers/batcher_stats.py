@@ -35,6 +35,8 @@ class BatcherStats:
     batch_budget: int
     """The token budget batches are cut to now (lowered after an out-of-memory)."""
     rejected_requests: int
+    waiting_for_room: int
+    """Ingestion requests waiting for room in the full queue (``submit(..., wait_for_room=True)``)."""
     forward_seconds: float
     mean_fill: float
     """Mean of ``padded tokens / max_batch_tokens`` over batches (capped at 1 per batch)."""
@@ -69,7 +71,9 @@ class ForwardCounters:
             rate = tokens / elapsed
             self.rate = rate if not self.rate else self.rate + _RATE_SMOOTHING * (rate - self.rate)
 
-    def snapshot(self, queued_texts: int, queued_tokens: int, rejected: int, budget: int) -> BatcherStats:
+    def snapshot(
+        self, queued_texts: int, queued_tokens: int, rejected: int, waiting: int, budget: int
+    ) -> BatcherStats:
         return BatcherStats(
             queued_texts=queued_texts,
             queued_tokens=queued_tokens,
@@ -83,6 +87,7 @@ class ForwardCounters:
             failed_texts=self.failed_texts,
             batch_budget=budget,
             rejected_requests=rejected,
+            waiting_for_room=waiting,
             forward_seconds=self.forward_s,
             mean_fill=self.fill_sum / self.batches if self.batches else 0.0,
             padding_efficiency=self.tokens / self.padded if self.padded else 1.0,

@@ -79,6 +79,11 @@ async def fill_the_queue(actor: GatedActor) -> list[asyncio.Task[float]]:
     return running
 
 
+def pending(actor: GatedActor) -> int:
+    """Ingestion requests the actor holds outside its queue: being tokenized or waiting for room."""
+    return actor._tokenizing + actor._batcher.stats().waiting_for_room
+
+
 async def queued(actor: GatedActor, tokens: int) -> None:
     """Until the actor's queue holds ``tokens`` tokens (5 s at most)."""
     for _ in range(500):
@@ -97,14 +102,14 @@ async def test_requests_beyond_a_full_queue_wait_their_turn_and_are_tokenized_on
     await asyncio.sleep(0.2)
     assert not any(task.done() for task in waiting), "they wait in the actor, not refused"
     # A fourth is one more than max_pending_requests: refused at once, before it is tokenized.
-    with pytest.raises(Backpressure, match="3 requests are already pending") as refused:
+    with pytest.raises(Backpressure, match="3 requests are pending") as refused:
         await actor.embed(6)
     assert refused.value.retry_after > 0 and actor.tokenized[6] == 0
     gate.set()
     assert await asyncio.gather(*running, *waiting) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert all(actor.tokenized[uid] == 1 for uid in range(6))
     assert actor._batcher.stats().rejected_requests == 1
-    assert actor._pending == 0
+    assert pending(actor) == 0
 
 
 async def test_without_waiting_room_a_full_queue_refuses_after_tokenizing(
@@ -143,7 +148,7 @@ async def test_a_request_waiting_for_room_fails_when_the_batcher_closes(
     await actor.close()
     with pytest.raises(EmbedderUnavailable):
         await asyncio.wait_for(waiting, 5)
-    assert actor._pending == 0
+    assert pending(actor) == 0
 
 
 async def test_a_cancelled_waiter_leaves_the_others_waiting(
@@ -155,6 +160,6 @@ async def test_a_cancelled_waiter_leaves_the_others_waiting(
     await asyncio.sleep(0.1)
     first.cancel()
     await asyncio.sleep(0.05)
-    assert actor._pending == 1 and not second.done()
+    assert pending(actor) == 1 and not second.done()
     gate.set()
     assert await asyncio.gather(*running, second) == [0.0, 1.0, 2.0, 4.0]
