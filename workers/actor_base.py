@@ -111,7 +111,8 @@ class ModelActor:
         adapter: str | None = None,
     ) -> dict[int, np.ndarray]:
         """``tokenize()`` on the tokenizer threads, then its ids through the batcher; the call counts
-        as in flight until it is answered, and the queue depth is reported on the way in and out.
+        as in flight until it is answered, and the load (queue depth, calls in flight and pending) is
+        reported on its arrival, after each forward pass and on its way out.
 
         An ingestion request (``priority=False``) is pending from its arrival until it enters the
         queue: tokenized, then waiting for room while the queue is full.  At most
@@ -123,24 +124,32 @@ class ModelActor:
         try:
             pends = not priority and self._max_pending > 0
             if pends:
-                pending = self._tokenizing + self._batcher.stats().waiting_for_room
+                pending = self._pending()
                 if pending >= self._max_pending:
                     raise self._batcher.refusal(
                         f"{pending} requests are pending (batching.max_pending_requests)"
                     )
             self._tokenizing += pends
+            self._report_load()
             try:
                 ids, seconds = await loop.run_in_executor(self._tokenize, _timed, tokenize)
             finally:
                 self._tokenizing -= pends
             self._tokenize_s += seconds  # the tokenizer's own time, not the wait for a thread
-            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
             return await self._batcher.submit(
                 ids, dims, priority=priority, adapter=adapter, wait_for_room=pends
             )
         finally:
             self._inflight -= 1
-            self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
+            self._report_load()
+
+    def _pending(self) -> int:
+        """Ingestion requests pending before the queue: being tokenized, or waiting for room."""
+        return self._tokenizing + self._batcher.stats().waiting_for_room
+
+    def _report_load(self) -> None:
+        stats = self._batcher.stats()
+        self._metrics.load(stats.queued_tokens, self._inflight, self._tokenizing + stats.waiting_for_room)
 
     def _stats(self, **extra: Any) -> dict[str, Any]:
         """The batcher's counters plus who this actor is (and ``extra``)."""
@@ -160,7 +169,7 @@ class ModelActor:
 
     def _on_batch(self, tokens: int, padded: int, seconds: float) -> None:
         self._metrics.batch(tokens, padded, seconds)
-        self._metrics.load(self._batcher.stats().queued_tokens, self._inflight)
+        self._report_load()
 
 
 def _timed(tokenize: Callable[[], Sequence[Sequence[int]]]) -> tuple[Sequence[Sequence[int]], float]:

@@ -91,6 +91,13 @@ INFLIGHT_REQUESTS = MetricSpec(
     "Embed calls an embedder actor has accepted and not answered yet.",
     _ACTOR_TAGS,
 )
+PENDING_REQUESTS = MetricSpec(
+    "ingest_pending_requests",
+    "gauge",
+    "Ingestion calls an embedder actor holds before its queue: being tokenized, or tokenized and waiting "
+    "for room while the queue is full (at most batching.max_pending_requests).",
+    _ACTOR_TAGS,
+)
 ACTOR_RESTARTS = MetricSpec(
     "ingest_actor_restarts_total",
     "counter",
@@ -120,6 +127,7 @@ SPECS: tuple[MetricSpec, ...] = (
     TOKENS_EMBEDDED,
     QUEUE_TOKENS,
     INFLIGHT_REQUESTS,
+    PENDING_REQUESTS,
     ACTOR_RESTARTS,
     FORWARD_FAILURES,
     BATCH_BUDGET,
@@ -139,12 +147,14 @@ class ActorMetrics:
         self._tokens = TOKENS_EMBEDDED.counter()
         self._queue = QUEUE_TOKENS.gauge()
         self._inflight = INFLIGHT_REQUESTS.gauge()
+        self._pending = PENDING_REQUESTS.gauge()
         self._restarts = ACTOR_RESTARTS.counter()
         self._failures = FORWARD_FAILURES.counter()
         self._budget_gauge = BATCH_BUDGET.gauge()
         # Series appear on the endpoint only once recorded: start every one at its resting value.
         self._queue.set(0, tags=self._tags)
         self._inflight.set(0, tags=self._tags)
+        self._pending.set(0, tags=self._tags)
         self._budget_gauge.set(batch_budget, tags=self._tags)
 
     def batch(self, tokens: int, padded: int, seconds: float) -> None:
@@ -154,10 +164,11 @@ class ActorMetrics:
         self._seconds.observe(seconds, tags=self._tags)
         self._tokens.inc(tokens, tags=self._tags)
 
-    def load(self, queued_tokens: int, inflight_requests: int) -> None:
-        """The actor's queue depth and calls in flight right now."""
+    def load(self, queued_tokens: int, inflight_requests: int, pending_requests: int) -> None:
+        """The actor's queue depth, calls in flight and calls pending before its queue right now."""
         self._queue.set(queued_tokens, tags=self._tags)
         self._inflight.set(inflight_requests, tags=self._tags)
+        self._pending.set(pending_requests, tags=self._tags)
 
     def forward_failed(self, cause: str, alone: bool, budget: int) -> None:
         """A forward pass failed (``cause`` "oom" or "error"); ``budget`` is the batch budget from now on."""

@@ -115,6 +115,10 @@ async def test_every_metric_is_exported_with_the_values_of_the_run(
                 lambda s: [x.value for x in series(s, "ray_ingest_inflight_requests", **ns)],
                 [0.0],
             ),
+            "pending": (
+                lambda s: [x.value for x in series(s, "ray_ingest_pending_requests", **ns)],
+                [0.0],
+            ),
             "lag": (
                 lambda s: sorted(
                     (x.labels["partition"], x.value) for x in series(s, "ray_ingest_consumer_lag", **topic)

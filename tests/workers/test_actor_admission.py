@@ -35,6 +35,14 @@ class GatedActor(ModelActor):
         self._start_batching(
             self.forward, settings, packed=True, probe=lambda: None, namespace="test", tokenize_threads=2
         )
+        self.reported_pending: list[int] = []  # the pending-requests gauge, each value it was set to
+        report = self._metrics.load
+
+        def record(queued_tokens: int, inflight_requests: int, pending_requests: int) -> None:
+            self.reported_pending.append(pending_requests)
+            report(queued_tokens, inflight_requests, pending_requests)
+
+        self._metrics.load = record  # type: ignore[method-assign]
 
     async def embed(self, uid: int, *, priority: bool = False) -> float:
         def tokenize() -> Sequence[Sequence[int]]:
@@ -105,11 +113,12 @@ async def test_requests_beyond_a_full_queue_wait_their_turn_and_are_tokenized_on
     with pytest.raises(Backpressure, match="3 requests are pending") as refused:
         await actor.embed(6)
     assert refused.value.retry_after > 0 and actor.tokenized[6] == 0
+    assert max(actor.reported_pending) == 3 and actor.reported_pending[-1] == 3, "the gauge shows them"
     gate.set()
     assert await asyncio.gather(*running, *waiting) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert all(actor.tokenized[uid] == 1 for uid in range(6))
     assert actor._batcher.stats().rejected_requests == 1
-    assert pending(actor) == 0
+    assert pending(actor) == 0 and actor.reported_pending[-1] == 0
 
 
 async def test_without_waiting_room_a_full_queue_refuses_after_tokenizing(
