@@ -4,8 +4,9 @@ One stream of 5,000 events (upserts, updates, deletes, tombstones, re-sent dupli
 malformed records) is produced up front.  Kill point k is a seeded random offset count in the
 k-th of 11 equal stretches of the stream; a fresh worker process (``python -m pipeline run``)
 is started, and once the group's committed offsets pass the kill point it is SIGKILLed after a
-further seeded random 0-1 s, or sooner once the commits enter the last stretch (a fast worker
-would otherwise finish the stream before the last kill), with the rest of the stream still to do:
+further seeded random 0-1 s, or sooner once the commits leave the kill point's stretch (a fast
+worker would otherwise run ahead, and leave the last restart less than one commit's work), with
+the rest of the stream still to do:
 in the middle of embedding, writing, dead-lettering or committing.  A last worker drains the
 rest.  Then every replica and the dead-letter topic must equal the oracle: nothing lost, no
 extra row, every malformed record dead-lettered (re-sends of one source offset, which
@@ -39,7 +40,7 @@ EVENTS = 5000
 KILLS = 10
 
 
-async def strike_before_the_end(watcher: CommitWatcher, delay_s: float, last: int) -> None:
+async def strike_within(watcher: CommitWatcher, delay_s: float, last: int) -> None:
     """Return after ``delay_s``, or once more than ``last`` events are committed if that comes first."""
     deadline = time.monotonic() + delay_s
     while time.monotonic() < deadline and await watcher.total() <= last:
@@ -69,13 +70,13 @@ async def test_sigkilled_worker_loses_and_duplicates_nothing(
         async with CommitWatcher(kafka) as watcher:
             await ensure_topics(kafka)
             produced = len(await produce(kafka, oracle.records))
-            for point in points:
+            for k, point in enumerate(points):
                 worker.start()
                 begun = time.monotonic()
                 # A restarted worker re-reads from the last commit, which may already be past the point.
                 await watcher.wait_beyond(max(point, committed), worker.exited, 300)
                 restarts.append(time.monotonic() - begun)
-                await strike_before_the_end(watcher, rng.uniform(0.0, 1.0), produced - int(stretch))
+                await strike_within(watcher, rng.uniform(0.0, 1.0), int(stretch * (k + 1)))
                 worker.kill()
                 committed = await watcher.total()
                 kill_points.append((point, committed))
