@@ -11,10 +11,10 @@ It guarantees:
   run only in batches of that adapter (:mod:`workers.batch_queue` groups them).
 * Requests may ask for different dimension sets: a batch is run once for the union of its requests' dims
   and each request keeps its own (the forward pass is the same; only the cheap cut + normalize repeats).
-* A failing forward pass fails no request on the spot: the batch is split in halves and each half runs
-  again, recursively, down to single texts.  An out-of-memory also lowers the token budget
-  (:mod:`workers.batch_budget`): later batches are cut to it, and a half still over it is halved
-  again before it runs.  A text that still fails alone fails its request
+* A failing forward pass fails no request on the spot (:mod:`workers.batch_failures`): the batch is
+  split in halves and each half runs again, recursively, down to single texts.  An out-of-memory also
+  lowers the token budget (:mod:`workers.batch_budget`): later batches are cut to it, and a half still
+  over it is halved again before it runs.  A text that still fails alone fails its request
   with :class:`~workers.errors.FailedInputs` naming it and the reason, once the request's other texts
   ran; every other text of every request gets its vector.  When a ``probe`` is given, a text is only
   blamed once the probe (a forward pass over a known-good input) succeeds right after: if the probe
@@ -37,28 +37,20 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from functools import partial
 
 import numpy as np
 
 from workers.batch_budget import forward_cost
+from workers.batch_failures import FailedPasses, OnFailure
 from workers.batch_items import Item, Request, forward_args
 from workers.batch_launches import LaunchBatch, LaunchedPasses
 from workers.batch_queue import BatchQueue
 from workers.batcher_stats import BatcherStats, ForwardCounters
-from workers.errors import (
-    Backpressure,
-    EmbedderUnavailable,
-    ForwardOutOfMemory,
-    PipelineError,
-    chained,
-    one_line,
-)
+from workers.errors import Backpressure, EmbedderUnavailable, PipelineError, chained
 from workers.settings import BatchSettings
 
 log = logging.getLogger(__name__)
-
-FailureCause = Literal["oom", "error"]
 
 RunBatch = Callable[[list[Sequence[int]], tuple[int, ...], str | None], Mapping[int, np.ndarray]]
 """``run_batch(ids, dims, adapter)`` → ``{dim: float32 array (len(ids), dim)}``, rows in the order of
@@ -66,10 +58,6 @@ RunBatch = Callable[[list[Sequence[int]], tuple[int, ...], str | None], Mapping[
 
 OnBatch = Callable[[int, int, float], None]
 """``on_batch(tokens, padded_tokens, seconds)`` after each successful forward pass (metrics hook)."""
-
-OnFailure = Callable[[FailureCause, bool, int], None]
-"""``on_failure(cause, alone, budget)`` after each failed forward pass: ``alone`` when it held one text
-(which then fails), else its batch is split; ``budget`` is the token budget from now on (metrics hook)."""
 
 
 class MicroBatcher:
@@ -96,8 +84,6 @@ class MicroBatcher:
         self._run_batch = run_batch
         self._launch_batch = launch_batch if settings.batches_in_flight > 1 else None
         self._on_batch = on_batch
-        self._on_failure = on_failure
-        self._probe = probe
         self._on_broken = on_broken
         self._packed = packed
         self._queue: BatchQueue[Item] = BatchQueue(settings, packed=packed)
@@ -109,6 +95,15 @@ class MicroBatcher:
         self._stopped: Callable[[], PipelineError] | None = None  # builds the error once stopped
         self._counters = ForwardCounters(settings.max_batch_tokens)
         self._budget = self._queue.budget
+        run_probe = None if probe is None else partial(self._on_forward_thread, probe)
+        self._failures = FailedPasses(
+            self._budget,
+            self._counters,
+            run=self._run,
+            run_probe=run_probe,
+            broken=self._broken,
+            on_failure=on_failure,
+        )
 
     async def submit(
         self,
@@ -248,7 +243,7 @@ class MicroBatcher:
             wait = await loop.run_in_executor(self._executor, launch_batch, ids, dims, adapter)
         except Exception as exc:
             await self._finish_launched()  # a failure is handled with nothing else in flight
-            await self._failed(batch, padded, exc)
+            await self._failures.handle(batch, padded, exc)
             return
         self._launched.add(batch, tokens, padded, started, wait)
 
@@ -261,7 +256,7 @@ class MicroBatcher:
             self._launched.pop_oldest()
             self._held.append(launched.batch)
             await self._finish_launched()
-            await self._failed(launched.batch, launched.padded, exc)
+            await self._failures.handle(launched.batch, launched.padded, exc)
             self._release(launched.batch)
             return
         self._launched.pop_oldest()
@@ -290,7 +285,7 @@ class MicroBatcher:
         try:
             out = await loop.run_in_executor(self._executor, self._run_batch, ids, dims, adapter)
         except Exception as exc:
-            await self._failed(batch, padded, exc)
+            await self._failures.handle(batch, padded, exc)
             return
         elapsed = self._launched.device_seconds(started, loop.time())
         self._deliver(batch, out, tokens, padded, elapsed)
@@ -311,34 +306,8 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(tokens, padded, elapsed)
 
-    async def _failed(self, batch: list[Item], padded: int, exc: Exception) -> None:
-        """A forward pass over ``batch`` raised ``exc``: split it and run the halves, or blame its text."""
-        self._counters.failed += 1
-        oom = isinstance(exc, ForwardOutOfMemory)
-        if oom and len(batch) > 1:  # one text alone says nothing about how many fit together
-            self._budget.out_of_memory(padded)
-        cause: FailureCause = "oom" if oom else "error"
-        if self._on_failure is not None:
-            self._on_failure(cause, len(batch) == 1, self._budget.current)
-        if len(batch) > 1:
-            self._counters.splits[cause] += 1
-            log.warning("forward pass over %d texts (%d tokens) failed, split: %r", len(batch), padded, exc)
-            middle = len(batch) // 2
-            await self._run(batch[:middle])
-            await self._run(batch[middle:])
-            return
-        if self._probe is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
-            except Exception as broken:
-                self._broken(exc, broken)
-                return
-        item = batch[0]
-        reason = one_line(exc) if oom else f"{type(exc).__name__}: {one_line(exc)}"
-        log.warning("the model fails on a text of %d tokens run alone: %s", len(item.ids), reason)
-        self._counters.failed_texts += 1
-        item.request.failed[item.row] = reason
-        item.request.row_done()
+    async def _on_forward_thread(self, function: Callable[[], object]) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     def _broken(self, failure: Exception, probe_error: Exception) -> None:
         """The probe failed after a text did: stop, failing every request; tell the owner."""
