@@ -307,6 +307,7 @@ class MicroBatcher:
             self._on_batch(tokens, padded, elapsed)
 
     async def _on_forward_thread(self, function: Callable[[], object]) -> object:
+        """``function()`` on the thread that runs the forward passes: the model is only used from it."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     def _broken(self, failure: Exception, probe_error: Exception) -> None:
