@@ -25,6 +25,7 @@ import ray
 
 from workers.batch_launches import LaunchBatch
 from workers.batcher import MicroBatcher, RunBatch
+from workers.batcher_stats import BatcherStats
 from workers.metrics import ActorMetrics
 from workers.settings import BatchSettings
 
@@ -124,7 +125,7 @@ class ModelActor:
         try:
             pends = not priority and self._max_pending > 0
             if pends:
-                pending = self._pending()
+                pending = self._pending(self._batcher.stats())
                 if pending >= self._max_pending:
                     raise self._batcher.refusal(
                         f"{pending} requests are pending (batching.max_pending_requests)"
@@ -143,13 +144,14 @@ class ModelActor:
             self._inflight -= 1
             self._report_load()
 
-    def _pending(self) -> int:
-        """Ingestion requests pending before the queue: being tokenized, or waiting for room."""
-        return self._tokenizing + self._batcher.stats().waiting_for_room
+    def _pending(self, stats: BatcherStats) -> int:
+        """Ingestion requests pending before the queue (``stats``: the batcher's, now): being
+        tokenized, or waiting for room."""
+        return self._tokenizing + stats.waiting_for_room
 
     def _report_load(self) -> None:
         stats = self._batcher.stats()
-        self._metrics.load(stats.queued_tokens, self._inflight, self._tokenizing + stats.waiting_for_room)
+        self._metrics.load(stats.queued_tokens, self._inflight, self._pending(stats))
 
     def _stats(self, **extra: Any) -> dict[str, Any]:
         """The batcher's counters plus who this actor is (and ``extra``)."""

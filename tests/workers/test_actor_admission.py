@@ -89,7 +89,7 @@ async def fill_the_queue(actor: GatedActor) -> list[asyncio.Task[float]]:
 
 def pending(actor: GatedActor) -> int:
     """Ingestion requests the actor holds outside its queue: being tokenized or waiting for room."""
-    return actor._tokenizing + actor._batcher.stats().waiting_for_room
+    return actor._pending(actor._batcher.stats())
 
 
 async def queued(actor: GatedActor, tokens: int) -> None:
