@@ -85,6 +85,13 @@ class ModelSettings(BaseModel):
         description="torch.compile the model (dynamic shapes) on CUDA, fusing its element-wise work; the "
         "first batches then take minutes to compile. Ignored on CPU.",
     )
+    fuse_projections: bool = Field(
+        True,
+        description="Qwen3 models: run each block's q/k/v projections as one linear layer and its MLP's "
+        "gate/up projections as another (one GEMM where there were three and two; the same weights, "
+        "outputs equal up to the GEMM's summation order). Not applied with model.adapters (unmerged "
+        "adapters target the separate projections); other models run as loaded.",
+    )
     packing: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Packed (unpadded) forward passes: texts back to back in one row, attention kept "

@@ -28,7 +28,7 @@ from workers.model.tokenizer import TextTokenizer
 
 DEFAULT_CHUNK_TOKENS = 512
 RANDOM_SHAPES = ("qwen3-0.6b", "qwen3-4b", "qwen3-8b", "tiny-real")
-STRATEGIES = ("ours", "sentence_transformers", "ours_one_batch_in_flight")
+STRATEGIES = ("ours", "sentence_transformers", "ours_one_batch_in_flight", "ours_unfused")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         "--strategies",
         default="ours,sentence_transformers",
         help=f"comma-separated, of: {', '.join(STRATEGIES)} (ours runs with batching.batches_in_flight "
-        "= 2, the default, ours_one_batch_in_flight with 1)",
+        "= 2, the default, ours_one_batch_in_flight with 1; ours_unfused with model.fuse_projections "
+        "off, the peer always so)",
     )
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (CUDA only)")
@@ -157,9 +158,15 @@ def _figures(args: argparse.Namespace, model: Any, workload: Any, folder: Path) 
     """Ours and the peer on the workload, ours per language, the long document."""
     from workers.bench import realtext_bench
 
+    # The same weights again (seeded), with the projections as transformers builds them: what the peer
+    # runs and the references come from.
+    separate = realtext_bench.load_model(
+        args.random, args.model, model.device, compile=args.compile, fuse_projections=False
+    )
     return realtext_bench.run(
         model,
         workload,
+        separate=separate,
         budget=args.max_batch_tokens,
         strategies=args.strategies.split(","),
         warmup=args.warmup_chunks,
@@ -274,7 +281,13 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
         "command": shlex.join(["python", "-m", "pipeline", "bench", *argv]),
         "what": "random weights of the real Qwen3-Embedding shape + the real Qwen3 tokenizer, real text",
         **realtext_bench.environment(device),
-        "model": {"name": model.name, "dtype": model.dtype, "packed": model.packed, "compiled": args.compile},
+        "model": {
+            "name": model.name,
+            "dtype": model.dtype,
+            "packed": model.packed,
+            "compiled": args.compile,
+            "fused_projections": realtext_bench.has_fused_projections(model),
+        },
         "max_tokens": max_tokens,
         "max_batch_tokens": args.max_batch_tokens,
         "corpus": str(args.real_text),

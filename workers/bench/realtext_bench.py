@@ -32,6 +32,8 @@ from workers.bench.qwen3_tokenizer import EOS, EOS_ID, embedding_tokenizer
 from workers.bench.setup import random_model
 from workers.bench.strategies import padded_forward, single_forward
 from workers.model.embedding_model import EmbeddingModel
+from workers.model.fused import FusedAttention
+from workers.model.fused import fuse_projections as fuse
 from workers.settings import BatchSettings, ModelSettings
 
 REQUEST_TEXTS = 32
@@ -70,17 +72,34 @@ def load_model(
     *,
     compile: bool,
     packing: Literal["auto", "on", "off"] = "auto",
+    fuse_projections: bool = True,
 ) -> EmbeddingModel:
-    """Random weights of a real shape + the real tokenizer (``random``), or the folder ``path``."""
+    """Random weights of a real shape + the real tokenizer (``random``, seeded: every call gives the same
+    weights), or the folder ``path``; with its projections fused as the worker loads it, or not
+    (``fuse_projections=False``: the network as transformers builds it, for the peer and references)."""
     if random is not None:
-        return random_model(
+        model = random_model(
             f"{random}+qwen3-tokenizer", REAL_SHAPES[random], device, max_length=CONTEXT,
             packing=packing, compile=compile, tokenizer=embedding_tokenizer(),
         )  # fmt: skip
+        if fuse_projections:
+            fuse(model.module)  # in place, before the model's first (compiled) call
+        return model
     if path is None:
         raise ValueError("load_model needs a random shape or a model folder")
-    settings = ModelSettings(name_or_path=path, max_length=CONTEXT, packing=packing, compile=compile)
+    settings = ModelSettings(
+        name_or_path=path,
+        max_length=CONTEXT,
+        packing=packing,
+        compile=compile,
+        fuse_projections=fuse_projections,
+    )
     return EmbeddingModel.load(settings, device=device)
+
+
+def has_fused_projections(model: EmbeddingModel) -> bool:
+    """Whether ``model`` runs fused q/k/v and gate/up projections (:mod:`workers.model.fused`)."""
+    return any(isinstance(module, FusedAttention) for module in model.module.modules())
 
 
 class ForwardClock:
@@ -209,8 +228,11 @@ def cosines(vectors: np.ndarray, reference: dict[int, np.ndarray]) -> dict[str, 
     return {"checked": len(values), "min_cosine": min(values)}
 
 
-def long_document(model: EmbeddingModel, chunks: Sequence[str], budget: int) -> dict[str, Any]:
-    """The long document chunked at the full context: one forward of its own, vs a plain forward."""
+def long_document(
+    model: EmbeddingModel, separate: EmbeddingModel, chunks: Sequence[str], budget: int
+) -> dict[str, Any]:
+    """The long document chunked at the full context: one forward of its own, vs a plain forward of
+    ``separate`` (the same weights, unfused)."""
     if len(chunks) != 1:
         return {"chunks": len(chunks), "one_chunk": False}
     ids = model.encode_ids(list(chunks))[0]
@@ -220,7 +242,7 @@ def long_document(model: EmbeddingModel, chunks: Sequence[str], budget: int) -> 
     started = time.perf_counter()
     vector = ours(model, budget, clock)(list(chunks))[0]
     seconds = time.perf_counter() - started
-    plain = single_forward(model, model.module, ids)
+    plain = single_forward(separate, separate.module, ids)
     peak = torch.cuda.max_memory_allocated() / 2**30 if model.device.startswith("cuda") else None
     return {
         "chunks": 1,
@@ -236,6 +258,7 @@ def run(
     model: EmbeddingModel,
     workload: RealTextWorkload,
     *,
+    separate: EmbeddingModel,
     budget: int,
     strategies: Sequence[str],
     warmup: int,
@@ -245,8 +268,11 @@ def run(
     rounds: int = 1,
 ) -> dict[str, Any]:
     """Time ``strategies`` on the mixed workload, then ours per language: "ours" (with
-    ``batching.batches_in_flight = 2``, the default), "sentence_transformers", and "ours_one_batch_in_flight"
-    (with 1: each forward pass queued only once the previous one's vectors are back).  With
+    ``batching.batches_in_flight = 2``, the default), "sentence_transformers", "ours_one_batch_in_flight"
+    (with 1: each forward pass queued only once the previous one's vectors are back) and "ours_unfused"
+    (ours on ``separate``).  ``separate`` is ``model``'s weights with the projections transformers
+    builds (:func:`load_model` with ``fuse_projections=False``): the peer runs it, and the accuracy
+    references come from it.  With
     ``rounds`` > 1 the strategies take turns, round after round, and each reports its fastest round
     (``rounds_tokens_per_s`` holds all of them): a clock or cache that changes during the run then
     shows as rounds that disagree, rather than as a difference between strategies."""
@@ -259,14 +285,16 @@ def run(
         embedders["ours"] = ours(model, budget, clock)
     if "ours_one_batch_in_flight" in strategies:
         embedders["ours_one_batch_in_flight"] = ours(model, budget, clock, batches_in_flight=1)
+    if "ours_unfused" in strategies:
+        embedders["ours_unfused"] = ours(separate, budget, clock)
     if "sentence_transformers" in strategies:
-        peer = sentence_transformers_peer(model, folder, clock)
+        peer = sentence_transformers_peer(separate, folder, clock)
         embedders["sentence_transformers"] = lambda batch: peer.encode(
             batch, batch_size=REQUEST_TEXTS, normalize_embeddings=True, show_progress_bar=False
         )
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(texts), min(accuracy_sample, len(texts)), replace=False)
-    reference = {int(i): padded_forward(model, model.encode_ids([texts[i]]))[0] for i in sample}
+    reference = {int(i): padded_forward(separate, separate.encode_ids([texts[i]]))[0] for i in sample}
     warm = [texts[i] for i in rng.permutation(len(texts))[:warmup]]
     results: dict[str, Any] = {}
     for embed in embedders.values():
@@ -281,7 +309,7 @@ def run(
             if best is None or figures["tokens_per_s"] > best["tokens_per_s"]:
                 best = {**figures, "accuracy": cosines(vectors, reference)}
             results[name] = {**best, "rounds_tokens_per_s": seen}
-    for peer_name in ("sentence_transformers", "ours_one_batch_in_flight"):
+    for peer_name in ("sentence_transformers", "ours_one_batch_in_flight", "ours_unfused"):
         if "ours" in results and peer_name in results:
             results["ours"][f"ratio_vs_{peer_name}"] = (
                 results["ours"]["tokens_per_s"] / results[peer_name]["tokens_per_s"]
@@ -308,7 +336,7 @@ def run(
         },
         "strategies": results,
         "per_language_ours": per_language,
-        "long_document": long_document(model, workload.long_document, budget)
+        "long_document": long_document(model, separate, workload.long_document, budget)
         if workload.long_document
         else None,
     }

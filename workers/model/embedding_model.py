@@ -106,6 +106,10 @@ class EmbeddingModel:
         model = load_weights(AutoModel, files.path, dtype, settings.trust_remote_code, what)
         adapter = merge_lora(model, Path(settings.lora_path)).label() if settings.lora_path else None
         model.to(device).eval()
+        if settings.fuse_projections and not settings.adapters:
+            from workers.model.fused import fuse_projections
+
+            fuse_projections(model)  # before FP8, which then quantizes the fused layers
         if settings.dtype == "fp8":
             from workers.model.fp8 import use_fp8_linears
 

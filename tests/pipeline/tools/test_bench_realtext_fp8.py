@@ -62,11 +62,11 @@ def test_fp8_run_on_cpu_reports_speed_cosines_and_neighbours(tmp_path: Path) -> 
     assert bench_realtext.main([*args, "--max-tokens", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["fp8_layers"] == {
-        "quantized": 14,
+        "quantized": 8,
         "kept": [],
         "bf16_blocks": 0,
         "fast_accumulation": True,
-    }  # 2 blocks x 7 linears
+    }  # 2 blocks x 4 linears (qkv, o, gate_up, down: the projections are fused)
     bf16, fp8 = result["strategies"]["ours_bf16"], result["strategies"]["ours_fp8"]
     assert bf16["tokens_per_s"] > 0 and fp8["speedup_vs_bf16"] == fp8["tokens_per_s"] / bf16["tokens_per_s"]
     cosine = result["cosine_fp8_vs_bf16"]
@@ -78,7 +78,7 @@ def test_fp8_run_on_cpu_reports_speed_cosines_and_neighbours(tmp_path: Path) -> 
     sweep = result["fp8_bf16_blocks_sweep"]
     assert sweep[0]["what"] == "bf16 vs float32" and sweep[0]["vectors"] == 8
     fp8_rows = [(row["bf16_blocks"], row["fast_accumulation"], row["fp8_linears"]) for row in sweep[1:]]
-    assert fp8_rows == [(0, True, 14), (1, True, 7), (0, False, 14)]
+    assert fp8_rows == [(0, True, 8), (1, True, 4), (0, False, 8)]
     assert all(row["vectors"] == 8 and row["min"] > 0.95 for row in sweep)
 
 

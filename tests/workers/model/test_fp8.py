@@ -87,7 +87,8 @@ def test_fp8_linear_takes_a_single_token() -> None:
 
 
 def test_only_the_blocks_linears_become_fp8(tiny_qwen3_path: Path) -> None:
-    model = EmbeddingModel.load(ModelSettings(name_or_path=str(tiny_qwen3_path)), device="cpu").module
+    settings = ModelSettings(name_or_path=str(tiny_qwen3_path), fuse_projections=False)
+    model = EmbeddingModel.load(settings, device="cpu").module
     model.to(torch.bfloat16)
     layers = model.config.num_hidden_layers
     summary = use_fp8_linears(model, bf16_blocks=1)
@@ -99,6 +100,15 @@ def test_only_the_blocks_linears_become_fp8(tiny_qwen3_path: Path) -> None:
     for name in ("gate_proj", "up_proj", "down_proj"):
         assert kinds[f"layers.1.mlp.{name}"] is Fp8Linear
     assert kinds["embed_tokens"] is nn.Embedding and not isinstance(model.norm, Fp8Linear)
+
+
+def test_fused_projections_become_fp8_as_one_layer_each(tiny_qwen3_path: Path) -> None:
+    model = EmbeddingModel.load(ModelSettings(name_or_path=str(tiny_qwen3_path)), device="cpu").module
+    summary = use_fp8_linears(model.to(torch.bfloat16))
+    assert summary.quantized == 4 * model.config.num_hidden_layers and summary.kept == ()
+    for block in model.layers:
+        for linear in (block.self_attn.qkv_proj, block.self_attn.o_proj, block.mlp.gate_up_proj):
+            assert isinstance(linear, Fp8Linear)
 
 
 def test_a_linear_of_unaligned_size_keeps_its_dtype() -> None:

@@ -18,9 +18,12 @@ peft = pytest.importorskip("peft")
 TEXTS = ["hello world", "a longer text about streaming embeddings into replicas", "x"]
 
 
-def load(base: Path, adapter: Path | None = None) -> EmbeddingModel:
+def load(base: Path, adapter: Path | None = None, fuse_projections: bool = True) -> EmbeddingModel:
     settings = ModelSettings(
-        name_or_path=str(base), dtype="float32", lora_path=str(adapter) if adapter else None
+        name_or_path=str(base),
+        dtype="float32",
+        lora_path=str(adapter) if adapter else None,
+        fuse_projections=fuse_projections,
     )
     return EmbeddingModel.load(settings, device="cpu")
 
@@ -36,11 +39,12 @@ def adapter(tiny_qwen3_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_merged_adapter_gives_peft_unmerged_vectors(tiny_qwen3_path: Path, adapter: Path) -> None:
-    merged = load(tiny_qwen3_path, adapter)
-    unmerged = load(tiny_qwen3_path)
+    merged = load(tiny_qwen3_path, adapter)  # merged, then its projections fused
+    unmerged = load(tiny_qwen3_path, fuse_projections=False)
     base = vectors(unmerged)
-    # PEFT injects its LoRA layers into the loaded module tree in place: the same EmbeddingModel now
-    # runs base + B @ A on every call, unmerged, which is the reference the merge must reproduce.
+    # PEFT injects its LoRA layers into the loaded module tree in place (into the separate projections
+    # it targets by name): the same EmbeddingModel now runs base + B @ A on every call, unmerged, which
+    # is the reference the merge must reproduce.
     peft.PeftModel.from_pretrained(unmerged._model, str(adapter))
     reference, ours = vectors(unmerged), vectors(merged)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
@@ -53,7 +57,7 @@ def test_merged_adapter_gives_peft_unmerged_vectors(tiny_qwen3_path: Path, adapt
 
 def test_rslora_scale_is_merged_as_peft_runs_it(tiny_qwen3_path: Path, tmp_path: Path) -> None:
     folder = write_adapter(tiny_qwen3_path, tmp_path / "rs", seed=2, use_rslora=True)
-    unmerged = load(tiny_qwen3_path)
+    unmerged = load(tiny_qwen3_path, fuse_projections=False)
     peft.PeftModel.from_pretrained(unmerged._model, str(folder))
     np.testing.assert_allclose(vectors(load(tiny_qwen3_path, folder)), vectors(unmerged), atol=1e-5)
 
