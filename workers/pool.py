@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -24,6 +25,7 @@ from workers.model.embedding_model import ModelInfo
 from workers.model.inputs import ModelInput, text_of
 from workers.model.matryoshka import validate_dims
 from workers.poison import KillsActors, embed_isolating
+from workers.refusal_backoff import RefusalBackoff
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 from workers.sharing import join_embedders
 from workers.slots import Slot, Slots, call_slot
@@ -48,10 +50,12 @@ class EmbedderPool:
         settings: PoolSettings,
         *,
         indices: Sequence[int] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """A pool over running actors that serve ``info``; :meth:`start` is the usual way to get one.
 
         ``indices``: each actor's ``i`` of ``embedder-{i}`` (default: their positions), for logs.
+        ``rng``: draws the jitter of waits after refusals (default: a fresh, unseeded one).
         """
         indices = range(len(handles)) if indices is None else indices
         self._slots = Slots(
@@ -59,6 +63,7 @@ class EmbedderPool:
         )
         self._info = info
         self._settings = settings
+        self._backoff = RefusalBackoff(rng=rng)
         self.not_attached: dict[str, str] = {}
         """Attached pools only: the actors of the namespace that were not ready, name -> why."""
         self.started_here = False
@@ -171,9 +176,12 @@ class EmbedderPool:
         then raises EmbedderUnavailable from the last failure.  Once every actor has failed, tries wait
         for the avoidance of the first one to end (1 s, 2 s, 4 s, ...), so a quick restart is ridden
         out; a longer outage is the caller's to retry.  A call unanswered after ``call_timeout_s``
-        counts as a failed try.  When an actor's queue is full it waits the actor's ``retry_after``
-        and routes again (not counted as a try); :meth:`embed_queries` does so for at most
-        ``query_backpressure_s`` in all, then raises Backpressure.
+        counts as a failed try.  When an actor's queue is full it waits and routes again (not counted as
+        a try): the n-th refusal in a row waits the actor's ``retry_after`` times a random factor in
+        ``[1, min(2**(n-1), 8)]`` (the first exactly ``retry_after``), so callers refused together
+        come back spread out (:class:`~workers.refusal_backoff.RefusalBackoff`).  :meth:`embed_queries`
+        waits exactly ``retry_after`` each time, for at most ``query_backpressure_s`` in all, then
+        raises Backpressure.
 
         Poison: after ``poison_after_crashes`` failed tries the request runs alone on an actor (once
         it answers, with nothing else in flight there), so a crash then is its own doing.  A request
@@ -227,7 +235,7 @@ class EmbedderPool:
         adapter: str | None = None,
     ) -> dict[int, np.ndarray]:
         """One request, retried as :meth:`embed` says; raises KillsActors when it crashes actors alone."""
-        attempt = crashes = 0
+        attempt = crashes = refusals = 0  # refusals: in a row, since the last other outcome
         waited = 0.0  # in full queues, across tries
         while True:
             slot = await (self._slots.reserve() if alone else self._slots.pick())
@@ -247,10 +255,17 @@ class EmbedderPool:
                         f"(pool.query_backpressure_s={self._settings.query_backpressure_s:g})",
                         retry_after=exc.retry_after,
                     ) from exc
-                waited += exc.retry_after
-                await asyncio.sleep(exc.retry_after)
+                # A query waits the hint exactly: someone is waiting, its lane's hint is the time to drain
+                # the exact excess, and the bound above stays exact.  Ingestion backs off with jitter.
+                refusals += 1
+                delay = exc.retry_after
+                if query_task is None:
+                    delay = self._backoff.delay(exc.retry_after, refusals)
+                waited += delay
+                await asyncio.sleep(delay)
                 continue
             except (RayActorError, TimeoutError) as exc:
+                refusals = 0
                 self._slots.failed(slot, exc)
                 if answered:  # the actor was up and ran nothing else: this request crashed it
                     crashes += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,10 +18,12 @@ import pytest_asyncio
 import ray
 from ray.exceptions import RayActorError
 
+import workers.pool
 from workers.errors import Backpressure, ConfigError, EmbedderUnavailable, PoisonTexts
 from workers.model.embedding_model import EmbeddingModel, ModelInfo
 from workers.model.inputs import ModelInput, TokenizedText, texts_of
 from workers.pool import EmbedderPool
+from workers.refusal_backoff import MAX_FACTOR, RefusalBackoff
 from workers.settings import BatchSettings, ModelSettings, PoolSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -31,9 +34,9 @@ FAKE_INFO = ModelInfo(name="fake", native_dim=8, max_length=64, device="cpu", dt
 class ScriptedEmbedder:
     """A stand-in embedder actor: row ``i`` is ``len(texts[i])`` repeated.
 
-    It refuses the next ``refuse(n)`` calls with Backpressure, hangs on the text "hang" (counting
-    cancellations), takes a second over "slow", and exits its process on every call when built
-    with ``die=True`` or given the text "poison".
+    It refuses the next ``refuse(n)`` calls (queries too) with Backpressure, hangs on the text "hang"
+    (counting cancellations), takes a second over "slow", and exits its process on every call when
+    built with ``die=True`` or given the text "poison".
     """
 
     def __init__(self, die: bool = False) -> None:
@@ -58,6 +61,11 @@ class ScriptedEmbedder:
             raise
         lengths = np.array([len(text) for text in texts], dtype=np.float32)
         return {dim: np.repeat(lengths[:, None], dim, axis=1) for dim in dims}
+
+    async def embed_queries(
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+    ) -> dict[int, np.ndarray]:
+        return await self.embed(list(queries), dims)
 
     async def ready(self) -> ModelInfo:
         return FAKE_INFO
@@ -84,8 +92,8 @@ def scripted(scripted_actor: Any) -> Iterator[list[Any]]:
         ray.kill(handle)
 
 
-def scripted_pool(handles: list[Any], **settings: Any) -> EmbedderPool:
-    return EmbedderPool(handles, FAKE_INFO, PoolSettings(**settings))
+def scripted_pool(handles: list[Any], rng: random.Random | None = None, **settings: Any) -> EmbedderPool:
+    return EmbedderPool(handles, FAKE_INFO, PoolSettings(**settings), rng=rng)
 
 
 async def counters(handle: Any) -> dict[str, int]:
@@ -103,6 +111,62 @@ async def test_backpressure_is_waited_out_without_using_up_attempts(scripted: li
     assert out[2].tolist() == [[3, 3], [2, 2]] and out[8].shape == (2, 8)
     assert (await counters(healthy))["calls"] - before == 4
     assert time.monotonic() - started >= 0.15  # three waits of retry_after
+
+
+@pytest.fixture
+def pool_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every ``asyncio.sleep`` of workers.pool, in order (it still sleeps)."""
+    sleeps: list[float] = []
+    sleep = asyncio.sleep
+
+    class RecordingAsyncio:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def sleep(self, delay: float) -> None:
+            sleeps.append(delay)
+            await sleep(delay)
+
+    monkeypatch.setattr(workers.pool, "asyncio", RecordingAsyncio())
+    return sleeps
+
+
+async def test_consecutive_refusals_of_a_request_back_off_with_jitter(
+    scripted: list[Any], pool_sleeps: list[float]
+) -> None:
+    healthy, hint, refused = scripted[0], 0.05, 6
+    pool = scripted_pool([healthy], rng=random.Random(11), max_attempts=1)
+    await healthy.refuse.remote(refused)
+    before = (await counters(healthy))["calls"]
+    out = await pool.embed(["abc", "de"], (8, 2))
+    assert out[2].tolist() == [[3, 3], [2, 2]]
+    assert (await counters(healthy))["calls"] - before == refused + 1
+    # The waits are the policy's, drawn from the pool's generator: the same seed gives the same ones.
+    policy = RefusalBackoff(rng=random.Random(11))
+    assert pool_sleeps == [policy.delay(hint, n) for n in range(1, refused + 1)]
+    assert pool_sleeps[0] == hint  # an isolated refusal costs the hint, no more
+    assert all(hint <= wait <= hint * min(2 ** (n - 1), MAX_FACTOR) for n, wait in enumerate(pool_sleeps, 1))
+    assert max(pool_sleeps[3:]) > 2 * hint  # the window has grown past the second refusal's
+    # Another seed spreads the same refusals differently: callers refused together come back apart.
+    other = RefusalBackoff(rng=random.Random(12))
+    assert pool_sleeps[1:] != [other.delay(hint, n) for n in range(2, refused + 1)]
+
+
+async def test_a_query_waits_the_hint_exactly_and_gives_up_at_its_bound(
+    scripted: list[Any], pool_sleeps: list[float]
+) -> None:
+    healthy = scripted[0]
+    pool = scripted_pool([healthy], rng=random.Random(11), query_backpressure_s=0.18)
+    await healthy.refuse.remote(3)
+    out = await pool.embed_queries(["abc"], (8,))
+    assert out[8][0, 0] == 3
+    assert pool_sleeps == [0.05, 0.05, 0.05]  # no growth, no jitter
+    pool_sleeps.clear()
+    await healthy.refuse.remote(10)
+    with pytest.raises(Backpressure, match=r"query_backpressure_s=0\.18"):
+        await pool.embed_queries(["abc"], (8,))
+    assert pool_sleeps == [0.05, 0.05, 0.05]  # a fourth wait would pass 0.18 s
+    await healthy.refuse.remote(0)
 
 
 async def test_a_dead_actor_is_retried_elsewhere_then_avoided(
