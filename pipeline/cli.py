@@ -146,7 +146,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         print((await collect_status(settings)).render(settings))
         return 0
     if args.verb == "stop-embedders":
-        from pipeline.runtime.assemble import stop_embedders
+        from pipeline.runtime.embedders import stop_embedders
 
         stopped = await asyncio.to_thread(stop_embedders, settings)
         print(f"stopped {len(stopped)} embedder actors in namespace {settings.ray.namespace!r}: {stopped}")

@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import ray
 
 from workers.errors import ConfigError
+from workers.model.info import ModelInfo
 from workers.settings import ModelSettings, PoolSettings
 from workers.spawn import FoundEmbedders, ask_ready, find_embedders, list_embedders
 
-if TYPE_CHECKING:
-    from workers.pool import EmbedderPool
-
 log = logging.getLogger(__name__)
+
+
+class FollowedPool(Protocol):
+    """What following needs of a pool (:class:`workers.pool.EmbedderPool` is one): the model it serves,
+    the ``i`` of each ``embedder-{i}`` it routes to, and adding or dropping one."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def indices(self) -> list[int]: ...
+
+    def add_actor(self, index: int, handle: Any) -> None: ...
+
+    def drop_actor(self, index: int) -> None: ...
 
 
 async def join_embedders(model: ModelSettings, pool: PoolSettings, namespace: str) -> FoundEmbedders | None:
@@ -56,7 +69,7 @@ async def join_embedders(model: ModelSettings, pool: PoolSettings, namespace: st
     return found
 
 
-async def sync_embedders(pool: EmbedderPool, namespace: str, timeout_s: float) -> None:
+async def sync_embedders(pool: FollowedPool, namespace: str, timeout_s: float) -> None:
     """One round of :func:`follow_embedders`: add the new ready actors, drop the ones gone."""
     running = list_embedders(namespace)
     for index in sorted(set(pool.indices) - set(running)):
@@ -78,7 +91,7 @@ async def sync_embedders(pool: EmbedderPool, namespace: str, timeout_s: float) -
             log.warning("embedder-%d serves another model (%s); not routed to", index, answer)
 
 
-async def follow_embedders(pool: EmbedderPool, namespace: str, interval_s: float) -> None:
+async def follow_embedders(pool: FollowedPool, namespace: str, interval_s: float) -> None:
     """Every ``interval_s``, :func:`sync_embedders`; a failed round is logged and the next one runs.
 
     Runs until cancelled.  An actor that is not ready yet (loading, restarting) is asked again next round.

@@ -29,7 +29,6 @@ from workers.adapter_view import with_adapter
 from workers.errors import ConfigError
 from workers.model.embedding_model import ModelInfo
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
-from workers.pool import EmbedderPool
 
 log = logging.getLogger(__name__)
 
@@ -59,42 +58,6 @@ class Runtime:
         """Close the sink; the actors stop unless detached (then they stay up for the next worker)."""
         self.pool.release()
         self.sink.close()
-
-
-def stop_embedders(settings: Settings) -> list[str]:
-    """Kill the embedder actors of ``ray.namespace`` (detached ones outlive every worker); their names.
-
-    Workers still running there lose their actors: stop them first.
-    """
-    import ray
-
-    from workers.spawn import kill_embedders, list_embedders
-
-    connect_ray(settings)
-    handles, names = [], []
-    for name in list_embedders(settings.ray.namespace).values():
-        try:
-            handles.append(ray.get_actor(name, namespace=settings.ray.namespace))
-            names.append(name)
-        except ValueError:  # gone since the listing
-            continue
-    kill_embedders(handles)
-    return names
-
-
-async def start_pool(
-    settings: Settings, namespace: str | None = None, actor_class: type[EmbedderActor] = EmbedderActor
-) -> tuple[EmbedderPool, tuple[int, ...]]:
-    """Start the embedder actors and resolve the replica dims against the model's native dimension."""
-    pool = await EmbedderPool.start(
-        settings.model, settings.batching, settings.pool, namespace=namespace, actor_class=actor_class
-    )
-    try:
-        dims = settings.replicas.replica_dims(pool.info.native_dim)
-    except ConfigError:
-        pool.release()
-        raise
-    return pool, dims
 
 
 def make_chunker(settings: Settings, tokenizer: TextTokenizer, info: ModelInfo) -> Chunker:

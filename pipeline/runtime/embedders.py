@@ -3,7 +3,8 @@
 :class:`workers.pool.EmbedderPool` (Ray actors, ``embedder.backend = "actors"``) and
 :class:`pipeline.remote.embedder.RemoteEmbedder` (an OpenAI-compatible endpoint, ``"openai"``) both
 satisfy :class:`EmbedderBackend`; only consumer actors and autoscaling need the actors themselves
-(:func:`actors_of`).
+(:func:`actors_of`).  :func:`start_pool` starts the actors alone; :func:`stop_embedders` stops a
+namespace's (detached ones outlive every worker).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings
 from workers.actor import EmbedderActor
 from workers.adapter_view import AdaptablePool
@@ -48,8 +50,6 @@ async def start_embedder(
     ``tokenizer``: the model's tokenizer being loaded by the caller, for the remote backend to count
     with (loaded here otherwise; never twice at once: transformers' lazy imports race)."""
     if settings.embedder.backend == "actors":
-        from pipeline.runtime.assemble import start_pool
-
         return await start_pool(settings, namespace=namespace, actor_class=actor_class)
     from pipeline.remote.startup import start_remote_embedder
 
@@ -60,6 +60,42 @@ async def start_embedder(
         remote.release()
         raise
     return remote, dims
+
+
+async def start_pool(
+    settings: Settings, namespace: str | None = None, actor_class: type[EmbedderActor] = EmbedderActor
+) -> tuple[EmbedderPool, tuple[int, ...]]:
+    """Start the embedder actors and resolve the replica dims against the model's native dimension."""
+    pool = await EmbedderPool.start(
+        settings.model, settings.batching, settings.pool, namespace=namespace, actor_class=actor_class
+    )
+    try:
+        dims = settings.replicas.replica_dims(pool.info.native_dim)
+    except ConfigError:
+        pool.release()
+        raise
+    return pool, dims
+
+
+def stop_embedders(settings: Settings) -> list[str]:
+    """Kill the embedder actors of ``ray.namespace`` (detached ones outlive every worker); their names.
+
+    Workers still running there lose their actors: stop them first.
+    """
+    import ray
+
+    from workers.spawn import kill_embedders, list_embedders
+
+    connect_ray(settings)
+    handles, names = [], []
+    for name in list_embedders(settings.ray.namespace).values():
+        try:
+            handles.append(ray.get_actor(name, namespace=settings.ray.namespace))
+            names.append(name)
+        except ValueError:  # gone since the listing
+            continue
+    kill_embedders(handles)
+    return names
 
 
 def actors_of(backend: EmbedderBackend, what: str) -> EmbedderPool:

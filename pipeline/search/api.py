@@ -50,6 +50,7 @@ from aiohttp import web
 from pipeline.milvus.filters import FilterError
 from pipeline.milvus.sink import MilvusSink
 from pipeline.milvus.tenants import TenantRequired
+from pipeline.search.api_errors import ApiError, json_body
 from pipeline.search.auth import TENANT, ApiKeys, require_key
 from pipeline.search.model_ids import UnknownModel, model_ids, requested_adapter
 from pipeline.search.replicas import load_profile, search
@@ -75,19 +76,6 @@ DEFAULT_TOP_K = 10
 
 class TokenCounter(Protocol):
     def encode(self, texts: list[str]) -> list[list[int]]: ...
-
-
-class ApiError(Exception):
-    """An error response: HTTP ``status`` and OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.param, self.code = status, param, code
-
-    def response(self, headers: dict[str, str] | None = None) -> web.Response:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
-        return web.json_response(body, status=self.status, headers=headers)
 
 
 def parse_inputs(raw: object, max_inputs: int) -> list[str]:
@@ -128,16 +116,6 @@ def _float(body: dict[str, Any], key: str) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ApiError(400, f"'{key}' must be a number", key)
     return None if value is None else float(value)
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
 
 
 class Api:
@@ -193,7 +171,7 @@ class Api:
         return web.AppRunner(self.app(), handler_cancellation=True)
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         if "input" not in body:
             raise ApiError(400, "'input' is required", "input")
         texts = parse_inputs(body["input"], self._settings.api.max_inputs)
@@ -220,7 +198,7 @@ class Api:
         return web.json_response({"object": "list", "data": data, "model": model, "usage": usage})
 
     async def search(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         queries = parse_inputs(body.get("query"), self._settings.api.max_inputs)
         task = body.get("task")
         if task is not None and not isinstance(task, str):

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from pipeline.search.api import ApiError, _json_body
+from pipeline.search.api_errors import ApiError, json_body
 from pipeline.search.rerank import Reranker
 from pipeline.settings import RerankerSettings
 from workers.errors import FailedInputs, InputTooLong
@@ -53,7 +53,7 @@ class RerankHandler:
             raise ApiError(
                 404, "no reranker is served here (set [reranker] name_or_path)", code="no_reranker"
             )
-        body = await _json_body(request)
+        body = await json_body(request)
         query = body.get("query")
         if not isinstance(query, str) or not query:
             raise ApiError(400, "'query' must be a non-empty string", "query")

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime.assemble import make_chunker, start_pool
+from pipeline.runtime.assemble import make_chunker
+from pipeline.runtime.embedders import start_pool
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings, load_settings
 from pipeline.tools.bench_bare import embed_requests, time_embedder

@@ -21,7 +21,8 @@ from helpers.kafka_io import Record, produce
 from helpers.models import write_lora_adapter
 
 from pipeline.milvus.sink import MilvusSink
-from pipeline.runtime.assemble import build_runtime, stop_embedders
+from pipeline.runtime.assemble import build_runtime
+from pipeline.runtime.embedders import stop_embedders
 from pipeline.runtime.serving import open_query_side
 from pipeline.search.replicas import search
 from pipeline.settings import Settings

@@ -33,7 +33,7 @@ from helpers.settings import private_settings, write_toml
 
 from pipeline.milvus.sink import MilvusSink
 from pipeline.ops.processes import HOST, free_port
-from pipeline.runtime.assemble import start_pool
+from pipeline.runtime.embedders import start_pool
 from pipeline.runtime.serving import open_query_side
 from pipeline.search.api import Api
 from pipeline.settings import EmbedderSettings, Settings

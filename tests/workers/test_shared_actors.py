@@ -18,7 +18,7 @@ import pytest
 import ray
 from helpers.services import RayCluster
 
-from pipeline.runtime.assemble import stop_embedders
+from pipeline.runtime.embedders import stop_embedders
 from pipeline.settings import Settings
 from workers.errors import ConfigError
 from workers.pool import EmbedderPool
