@@ -10,7 +10,7 @@ namespace's (detached ones outlive every worker).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings
@@ -38,6 +38,9 @@ class EmbedderBackend(AdaptablePool, Protocol):
     def shutdown(self) -> None: ...
 
 
+Started = TypeVar("Started", bound=EmbedderBackend)
+
+
 async def start_embedder(
     settings: Settings,
     namespace: str | None = None,
@@ -54,12 +57,7 @@ async def start_embedder(
     from pipeline.remote.startup import start_remote_embedder
 
     remote = await start_remote_embedder(settings, None if tokenizer is None else await tokenizer)
-    try:
-        dims = settings.replicas.replica_dims(remote.info.native_dim)
-    except ConfigError:
-        remote.release()
-        raise
-    return remote, dims
+    return _with_replica_dims(remote, settings)
 
 
 async def start_pool(
@@ -69,12 +67,17 @@ async def start_pool(
     pool = await EmbedderPool.start(
         settings.model, settings.batching, settings.pool, namespace=namespace, actor_class=actor_class
     )
+    return _with_replica_dims(pool, settings)
+
+
+def _with_replica_dims(embedder: Started, settings: Settings) -> tuple[Started, tuple[int, ...]]:
+    """``embedder`` and the replica dims resolved against its model's native dimension; ConfigError
+    when they do not fit, the embedder then released."""
     try:
-        dims = settings.replicas.replica_dims(pool.info.native_dim)
+        return embedder, settings.replicas.replica_dims(embedder.info.native_dim)
     except ConfigError:
-        pool.release()
+        embedder.release()
         raise
-    return pool, dims
 
 
 def stop_embedders(settings: Settings) -> list[str]:
