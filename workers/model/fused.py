@@ -40,11 +40,12 @@ def concatenated(linears: list[nn.Linear]) -> nn.Linear:
     """One linear layer whose output is the outputs of ``linears`` (same input width) side by side."""
     weight = torch.cat([linear.weight.detach() for linear in linears])
     bias = linears[0].bias is not None
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        if bias:
-            fused.bias.copy_(torch.cat([linear.bias.detach() for linear in linears]))
+    # Built on the meta device and handed the concatenation: no second weight allocated and
+    # initialized on the GPU only to be overwritten.
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias, device="meta")
+    fused.weight = nn.Parameter(weight)
+    if bias:
+        fused.bias = nn.Parameter(torch.cat([linear.bias.detach() for linear in linears]))
     return fused
 
 
@@ -129,7 +130,8 @@ def fuse_projections(model: PreTrainedModel) -> int:
     fused (0 for a model of another kind, left as it was).
 
     Call it after any LoRA adapter is merged and before FP8 quantization (which then quantizes the fused
-    layers); unmerged adapters target the separate projections, so a model carrying them is not fused.
+    layers); unmerged adapters target the separate projections, so :meth:`EmbeddingModel.load` does not
+    call it for a model that will carry them (this function does not check).
     """
     if getattr(model.config, "model_type", None) != "qwen3":
         return 0
