@@ -33,9 +33,19 @@ class ConsumerStats:
     """Seconds spent in each stage (:data:`STAGES`, and ``write:<collection>`` per replica), summed
     over every unit: stages of different units overlap, so a stage can exceed the busy time."""
 
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU time of the member's worker threads, by what they did: ``build`` (parse and chunk, on the
+    chunk threads) and ``write`` (the Milvus client's side of every write: row checks, packing,
+    sending).  Against the wall time of the same work (``parse + chunk``, ``write`` in
+    :attr:`stage_seconds`) it tells waiting (for a core, the GIL, or Milvus' answer) from working."""
+
     def add_stage_time(self, stage: str, seconds: float) -> None:
         """Count ``seconds`` more spent in ``stage``."""
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def add_cpu_time(self, work: str, seconds: float) -> None:
+        """Count ``seconds`` more of thread CPU time spent on ``work`` (see :attr:`cpu_seconds`)."""
+        self.cpu_seconds[work] = self.cpu_seconds.get(work, 0.0) + seconds
 
     def busy_seconds(self) -> float:
         """Time from the first record polled to the last unit acknowledged."""

@@ -157,6 +157,7 @@ class LaneRunner:
         # returned with its embedding (close relies on it).
         self.stats.add_stage_time("parse", unit.parse_seconds)
         self.stats.add_stage_time("chunk", unit.chunk_seconds)
+        self.stats.add_cpu_time("build", unit.build_cpu_seconds)
         self._flow.chunked(unit.tokens)
         embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
         return unit, embedding
@@ -228,13 +229,25 @@ class LaneRunner:
             raise LaneRevoked(f"{lane.tp.topic}[{lane.tp.partition}] was revoked; its write is dropped")
         lane.sending = True
         started = time.perf_counter()
+        cpu = [0.0]
         try:
-            return await asyncio.to_thread(self._sink.write, writes)
+            return await asyncio.to_thread(self._timed_write, writes, cpu)
         except Exception:
             lane.sending = False
             raise
         finally:
             self.stats.add_stage_time("write", time.perf_counter() - started)
+            self.stats.add_cpu_time("write", cpu[0])
+
+    def _timed_write(self, writes: list[DocumentWrite], cpu: list[float]) -> WriteResult:
+        """``sink.write(writes)`` on the calling thread; its CPU time goes to ``cpu[0]``, which the event
+        loop reads once the thread is done (so only the loop touches the stats; an await cancelled
+        meanwhile, on a revocation, counts none of it)."""
+        started = time.thread_time()
+        try:
+            return self._sink.write(writes)
+        finally:
+            cpu[0] = time.thread_time() - started
 
     async def _write_once(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
         writes = unit.writes(vectors)

@@ -186,6 +186,9 @@ class WorkUnit:
     parse_seconds: float = 0.0
     chunk_seconds: float = 0.0
     """Time :func:`build_unit` spent parsing the records, and chunking (and counting) the texts."""
+    build_cpu_seconds: float = 0.0
+    """CPU time of the thread that ran :func:`build_unit` meanwhile (parse and chunk): below their
+    wall time when the thread waited for a core or the GIL."""
     planner: _Planner | None = field(default=None, repr=False)
     fallbacks: WorkUnit | None = field(default=None, repr=False)
 
@@ -292,7 +295,7 @@ def build_unit(
     if records:
         unit.oldest_timestamp_ms = min(r.timestamp for r in records)
     by_id: dict[str, Candidates] = {}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     for record in records:
         try:
             event = parse_event(record.key, record.value)
@@ -312,6 +315,7 @@ def build_unit(
     split_of = dict(zip(last, splits, strict=True))
     for doc_id, candidates in by_id.items():
         unit.tokens += planner.plan(unit, candidates, split_of.get(doc_id))
+    unit.build_cpu_seconds = time.thread_time() - cpu_started  # read first: within the wall time
     unit.parse_seconds, unit.chunk_seconds = parsed - started, time.perf_counter() - parsed
     return unit
 

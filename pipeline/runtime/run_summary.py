@@ -70,6 +70,15 @@ class GroupStats:
                 totals[stage] = totals.get(stage, 0.0) + seconds
         return totals
 
+    @property
+    def cpu_seconds(self) -> dict[str, float]:
+        """Thread CPU seconds by work, summed over the members (see :attr:`ConsumerStats.cpu_seconds`)."""
+        totals: dict[str, float] = {}
+        for member in self.members:
+            for work, seconds in member.cpu_seconds.items():
+                totals[work] = totals.get(work, 0.0) + seconds
+        return totals
+
     def busiest_member_seconds(self) -> float:
         """The longest busy time any member measured on its own clock (0.0 when none had work).
 

@@ -41,15 +41,32 @@ def breakdown(
     replica_seconds: Mapping[str, float] | None,
     actors: Mapping[str, float],
     pool_size: int,
+    cpu_seconds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready breakdown: each stage's seconds and share of ``busy_seconds``.
 
+    ``cpu_seconds`` (:attr:`~pipeline.ingest.consumer_stats.ConsumerStats.cpu_seconds`) adds the
+    consumer threads' CPU time beside the wall time of the same work: ``build`` against ``parse +
+    chunk``, ``write`` against ``write``.
     ``replica_seconds`` is None when the consumers ran in other processes (consumer actors): their
     per-replica times are not visible here.  ``forward_busy`` is the actors' forward seconds over the busy
     time and the actors: 1.0 means every actor ran a forward pass the whole time."""
     busy = max(busy_seconds, 1e-9)
     stages = {name: {"seconds": s, "share": s / busy} for name, s in sorted(stage_seconds.items())}
     result: dict[str, Any] = {"busy_seconds": busy_seconds, "consumer": stages}
+    if cpu_seconds:
+        wall = {
+            "build": stage_seconds.get("parse", 0.0) + stage_seconds.get("chunk", 0.0),
+            "write": stage_seconds.get("write", 0.0),
+        }
+        result["consumer_cpu"] = {
+            work: {
+                "cpu_seconds": s,
+                "wall_seconds": wall.get(work),
+                "cpu_share": s / wall[work] if wall.get(work) else None,
+            }
+            for work, s in sorted(cpu_seconds.items())
+        }
     if replica_seconds is not None:
         result["replicas"] = {
             name: {"seconds": s, "share": s / busy} for name, s in sorted(replica_seconds.items())
@@ -75,6 +92,9 @@ def render(result: Mapping[str, Any]) -> str:
     lines = [f"  where the {result['busy_seconds']:.1f} busy seconds went (stages overlap):"]
     for name, figure in sorted(rows, key=lambda row: -row[1]["seconds"]):
         lines.append(f"    {name:<28} {figure['seconds']:>8.1f} s  {figure['share']:>7.1%}")
+    for work, figure in result.get("consumer_cpu", {}).items():
+        share = "" if figure["cpu_share"] is None else f" ({figure['cpu_share']:.0%} of its wall time)"
+        lines.append(f"    {f'consumer {work} threads: CPU':<28} {figure['cpu_seconds']:>8.1f} s{share}")
     lines.append(
         f"    {'actors: tokenize':<28} {actors['tokenize_seconds']:>8.1f} s\n"
         f"    {'actors: forward passes':<28} {actors['forward_seconds']:>8.1f} s  "

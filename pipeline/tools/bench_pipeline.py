@@ -180,6 +180,7 @@ async def run_pipeline_bench(
             None if members else _own_replicas(runtime, difference(replica_write_seconds(), replicas_before)),
             difference(await actor_counters(runtime.pool), actors_before),
             runtime.pool.size,
+            stats.cpu_seconds,
         )
         rows = {dim: runtime.sink.count(dim) for dim in runtime.dims}
         if not keep:
@@ -204,6 +205,7 @@ async def run_pipeline_bench(
         "embedder_inflight_tokens": budget,
         "max_batch_tokens": settings.batching.max_batch_tokens,
         "max_inflight_tokens": settings.consumer.max_inflight_tokens,
+        "max_unit_bytes": settings.consumer.unit_bytes(),
         "send_token_ids": runtime.chunker.keeps_token_ids,
         "workload": f"real text: {real_text}, round and round" if real_text else "random one-token words",
         "docs": docs,

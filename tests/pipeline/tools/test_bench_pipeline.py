@@ -108,6 +108,11 @@ def test_pipeline_and_bare_embedder_embed_the_same_tokens_and_every_row_lands(
     assert where["actors"]["tokenize_seconds"] > 0 and 0 < where["actors"]["forward_busy"] < 1
     assert isinstance(where["actors"]["rejected_requests"], int)
     assert where["consumer"]["write"]["seconds"] >= max(f["seconds"] for f in where["replicas"].values())
+    # The consumer threads' CPU time beside the wall time of the same work: positive, and never more
+    # than that wall time (a thread's CPU time cannot outrun its clock).
+    for work in ("build", "write"):
+        figure = where["consumer_cpu"][work]
+        assert 0 < figure["cpu_seconds"] <= figure["wall_seconds"] and 0 < figure["cpu_share"] <= 1
 
 
 def test_consumer_actors_on_several_embedders_land_every_row_and_report_each_member(
