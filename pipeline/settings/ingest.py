@@ -83,6 +83,12 @@ class KafkaSettings(Section):
         return read_secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password_file")
 
 
+DEFAULT_MAX_UNIT_BYTES = 524288
+"""The largest unit by default, whatever the in-flight budget: on one H200 a 0.6B pipeline with a
+2,097,152-token budget ran at 89.9% of the bare actor with units of this size, where 2 MiB units (the
+budget's figure, the default before) had left it at ~80% on an H100 (tests/perf/results/README.md)."""
+
+
 class ConsumerSettings(Section):
     """The Kafka consumer loop's bounds (section [consumer], formerly [worker])."""
 
@@ -99,10 +105,12 @@ class ConsumerSettings(Section):
         None,
         ge=1,
         description="Most bytes of event values in one unit (an event larger than this is a unit of its "
-        "own). A unit's tokens leave the in-flight budget only once all of it is written, so units much "
-        "larger than the budget make the pipeline run in bursts that leave the GPU idle while the next "
-        "ones are fetched and chunked. Default: max_inflight_tokens bytes (a unit then holds about a "
-        "quarter of the budget in tokens: 3-4.5 bytes a token in Latin and CJK text).",
+        "own). A unit's tokens leave the in-flight budget only once all of it is written, and none of "
+        "them reaches the GPU before the whole unit is chunked, so large units make the pipeline run in "
+        "bursts that leave the GPU idle while the next ones are fetched and chunked. Default: "
+        "max_inflight_tokens bytes (a unit then holds about a quarter of the budget in tokens: 3-4.5 "
+        "bytes a token in Latin and CJK text), at most 524288 (~140k tokens, about a second of one "
+        "chunk thread), however large the budget.",
     )
     chunk_threads: int | None = Field(
         None,
@@ -129,7 +137,7 @@ class ConsumerSettings(Section):
 
     def unit_bytes(self) -> int:
         """The effective :attr:`max_unit_bytes`."""
-        return self.max_unit_bytes or self.max_inflight_tokens
+        return self.max_unit_bytes or min(self.max_inflight_tokens, DEFAULT_MAX_UNIT_BYTES)
 
 
 class ChunkingSettings(Section):

@@ -126,6 +126,22 @@ def bench_settings(settings: Settings, run_id: str) -> Settings:
     return settings.model_copy(update={"kafka": kafka, "milvus": milvus, "pool": pool})
 
 
+def bare_inflight_tokens(settings: Settings, members: int, actors: int) -> int:
+    """Tokens the bare phase keeps in flight: as many as the pipeline's consumers together (at least
+    ``consumer.max_inflight_tokens`` per embedder actor), capped, for embedder actors, at what they
+    hold without refusing: each its queue (``batching.max_queued_tokens``) and its held requests
+    (``batching.max_pending_requests`` of up to ``consumer.max_request_tokens``).  Past that the
+    surplus is only refused and sent again, and the refusals cost the actor's host time: one H200,
+    0.6B, 2,097,152 tokens in flight against one actor that holds 786,432 refused ~4,000 requests a
+    round and took 16.3 s where 524,288 in flight took 10.7 s (tests/perf/results/README.md)."""
+    wanted = settings.consumer.max_inflight_tokens * max(1, members, actors)
+    if settings.embedder.backend != "actors":
+        return wanted
+    batching = settings.batching
+    held = batching.max_queued_tokens + batching.max_pending_requests * settings.consumer.max_request_tokens
+    return min(wanted, held * max(1, actors))
+
+
 async def run_pipeline_bench(
     settings: Settings,
     docs: int,
@@ -142,7 +158,8 @@ async def run_pipeline_bench(
 
     With ``scaling.consumer_actors`` M > 0 the pipeline phase runs M consumer actors (``run
     --consumer-actors M``); the pool fed directly gets as many tokens in flight as the pipeline's
-    consumers together, and at least ``consumer.max_inflight_tokens`` per embedder actor."""
+    consumers together, and at least ``consumer.max_inflight_tokens`` per embedder actor, but no more
+    than the actors hold (:func:`bare_inflight_tokens`)."""
     settings = bench_settings(settings, uuid.uuid4().hex[:8])
     texts, warmup = await bench_texts(
         settings, docs, warmup_docs, seed=seed, max_words=max_words, real_text=real_text
@@ -154,7 +171,7 @@ async def run_pipeline_bench(
         produce_seconds = time.perf_counter() - produce_started
         warm_requests, _ = _requests(runtime, warmup)
         members = settings.scaling.consumer_actors
-        budget = settings.consumer.max_inflight_tokens * max(1, members, runtime.pool.size)
+        budget = bare_inflight_tokens(settings, members, runtime.pool.size)
         warmup_seconds = await time_embedder(runtime.pool, runtime.dims, budget, warm_requests)
         requests, chunks = _requests(runtime, texts)
         tokens = sum(size for _, size in requests)

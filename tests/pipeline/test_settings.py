@@ -152,3 +152,15 @@ def test_the_reranker_section_is_absent_by_default_and_nests_from_the_environmen
     reranker = load_settings().reranker
     assert reranker is not None and (reranker.name_or_path, reranker.num_actors) == ("/models/reranker", 2)
     assert RerankerSettings in _models(Settings)
+
+
+def test_units_default_to_the_budget_in_bytes_but_never_past_the_cap() -> None:
+    from pipeline.settings.ingest import DEFAULT_MAX_UNIT_BYTES, ConsumerSettings
+
+    assert ConsumerSettings(max_inflight_tokens=131072).unit_bytes() == 131072
+    # A large budget keeps units small: each must be chunked whole before any of it is embedded.
+    assert (
+        ConsumerSettings(max_inflight_tokens=4 * DEFAULT_MAX_UNIT_BYTES).unit_bytes()
+        == DEFAULT_MAX_UNIT_BYTES
+    )
+    assert ConsumerSettings(max_inflight_tokens=2**22, max_unit_bytes=2**21).unit_bytes() == 2**21

@@ -13,8 +13,10 @@ import torch
 
 from pipeline.ingest.consumer_stats import STAGES
 from pipeline.settings import (
+    BatchSettings,
     ChunkingSettings,
     ConsumerSettings,
+    EmbedderSettings,
     KafkaSettings,
     MilvusSettings,
     ReplicaSettings,
@@ -23,7 +25,7 @@ from pipeline.settings import (
 )
 from pipeline.tools.bench_documents import make_documents, one_token_words
 from pipeline.tools.bench_members import sized_settings
-from pipeline.tools.bench_pipeline import run_pipeline_bench
+from pipeline.tools.bench_pipeline import bare_inflight_tokens, run_pipeline_bench
 from workers.bench.setup import SHAPES, save_random_model
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
 from workers.settings import ModelSettings, PoolSettings
@@ -146,3 +148,24 @@ def test_consumer_actors_on_several_embedders_land_every_row_and_report_each_mem
     assert len(members) == 2 and sum(m["events"] for m in members) == 40
     # The group's span covers every member's own busy time.
     assert pipeline["seconds"] >= max(m["busy_seconds"] for m in members) > 0
+
+
+def test_the_bare_phase_keeps_in_flight_what_the_actors_hold_and_no_more() -> None:
+    held = 262144 + 32 * 16384  # an actor's queue, and 32 held requests of 16,384 tokens
+
+    def settings(budget: int, embedder: EmbedderSettings | None = None) -> Settings:
+        return Settings(
+            consumer=ConsumerSettings(max_inflight_tokens=budget, max_request_tokens=16384),
+            batching=BatchSettings(max_queued_tokens=262144, max_pending_requests=32),
+            embedder=embedder or EmbedderSettings(),
+        )
+
+    assert bare_inflight_tokens(settings(524288), members=0, actors=1) == 524288
+    assert bare_inflight_tokens(settings(2097152), members=0, actors=1) == held
+    assert bare_inflight_tokens(settings(2097152), members=0, actors=2) == 2 * held
+    # Three consumer members on one actor: their budgets together, up to what that actor holds.
+    assert bare_inflight_tokens(settings(131072), members=3, actors=1) == 3 * 131072
+    assert bare_inflight_tokens(settings(524288), members=3, actors=1) == held
+    # A remote endpoint's capacity is not known here: the consumers' budgets together.
+    remote = EmbedderSettings(backend="openai", base_url="http://127.0.0.1:8000/v1")
+    assert bare_inflight_tokens(settings(2097152, remote), members=0, actors=1) == 2097152
