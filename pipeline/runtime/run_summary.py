@@ -11,6 +11,7 @@ and no group-wide events/s.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pipeline.ingest.consumer import ConsumerStats
@@ -64,26 +65,27 @@ class GroupStats:
     @property
     def stage_seconds(self) -> dict[str, float]:
         """Each stage's seconds summed over the members (see :attr:`ConsumerStats.stage_seconds`)."""
-        totals: dict[str, float] = {}
-        for member in self.members:
-            for stage, seconds in member.stage_seconds.items():
-                totals[stage] = totals.get(stage, 0.0) + seconds
-        return totals
+        return _summed(member.stage_seconds for member in self.members)
 
     @property
     def cpu_seconds(self) -> dict[str, float]:
         """Thread CPU seconds by work, summed over the members (see :attr:`ConsumerStats.cpu_seconds`)."""
-        totals: dict[str, float] = {}
-        for member in self.members:
-            for work, seconds in member.cpu_seconds.items():
-                totals[work] = totals.get(work, 0.0) + seconds
-        return totals
+        return _summed(member.cpu_seconds for member in self.members)
 
     def busiest_member_seconds(self) -> float:
         """The longest busy time any member measured on its own clock (0.0 when none had work).
 
         It is not the group's duration: the members' busy spans need not overlap."""
         return max((m.busy_seconds() for m in self.members), default=0.0)
+
+
+def _summed(figures: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """The figures key by key, summed (a key missing from some counts 0 there)."""
+    totals: dict[str, float] = {}
+    for figure in figures:
+        for key, value in figure.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
 
 
 def _counts(stats: ConsumerStats | GroupStats) -> str:

@@ -51,3 +51,15 @@ def test_a_group_sums_the_counters_and_keeps_each_members_busy_time() -> None:
 
 def test_an_empty_group_reports_no_busy_time() -> None:
     assert GroupStats(()).busiest_member_seconds() == pytest.approx(0.0)
+
+
+def test_a_group_sums_stage_and_cpu_seconds_key_by_key() -> None:
+    one, two = member(1, 0.0, 1.0), member(1, 0.0, 1.0)
+    one.add_stage_time("chunk", 2.0)
+    one.add_cpu_time("build", 1.5)
+    two.add_stage_time("chunk", 1.0)
+    two.add_stage_time("write", 4.0)
+    two.add_cpu_time("write", 0.5)
+    group = GroupStats((one, two, member(0, None, None)))
+    assert group.stage_seconds == {"chunk": 3.0, "write": 4.0}
+    assert group.cpu_seconds == {"build": 1.5, "write": 0.5}
