@@ -1,7 +1,8 @@
 """The bare-embedder phase of the benchmarks: chunks sent straight to the embedder pool, no Kafka, no Milvus.
 
 ``bench --end-to-end`` and ``bench --scaling`` time the pool this way: the chunks the consumer would
-embed, in requests of the consumer's size, with as many tokens in flight as the consumer allows.
+embed, in requests of the consumer's size, with as many tokens in flight as the consumers allow and
+the actors hold (:func:`bare_inflight_tokens`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from pipeline.ingest.chunking import Chunker
 from pipeline.runtime.embedders import EmbedderBackend
+from pipeline.settings import Settings
 from pipeline.tools.bench_breakdown import actor_counters, difference
 from workers.model.inputs import ModelInput, TokenizedText
 from workers.prompts import format_input
@@ -20,6 +22,22 @@ from workers.settings import ModelSettings
 
 Requests = list[tuple[list[ModelInput], int]]
 """Embed requests: the model inputs of each, and its tokens."""
+
+
+def bare_inflight_tokens(settings: Settings, members: int, actors: int) -> int:
+    """Tokens the bare phase keeps in flight: as many as the pipeline's consumers together (at least
+    ``consumer.max_inflight_tokens`` per embedder actor), capped, for embedder actors, at what they
+    hold without refusing: each its queue (``batching.max_queued_tokens``) and its held requests
+    (``batching.max_pending_requests`` of up to ``consumer.max_request_tokens``).  Past that the
+    surplus is only refused and sent again, and the refusals cost the actor's host time: one H200,
+    0.6B, 2,097,152 tokens in flight against one actor that holds 786,432 refused ~4,000 requests a
+    round and took 16.3 s where 524,288 in flight took 10.7 s (tests/perf/results/README.md)."""
+    wanted = settings.consumer.max_inflight_tokens * max(1, members, actors)
+    if settings.embedder.backend != "actors":
+        return wanted
+    batching = settings.batching
+    held = batching.max_queued_tokens + batching.max_pending_requests * settings.consumer.max_request_tokens
+    return min(wanted, held * max(1, actors))
 
 
 def embed_requests(

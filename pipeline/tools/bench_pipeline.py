@@ -40,7 +40,13 @@ from pipeline.ops import stack
 from pipeline.runtime.assemble import Runtime, build_runtime
 from pipeline.runtime.run_summary import GroupStats
 from pipeline.settings import Settings, load_settings
-from pipeline.tools.bench_bare import Requests, embed_requests, time_embedder, time_embedder_round
+from pipeline.tools.bench_bare import (
+    Requests,
+    bare_inflight_tokens,
+    embed_requests,
+    time_embedder,
+    time_embedder_round,
+)
 from pipeline.tools.bench_breakdown import actor_counters, breakdown, difference, render
 from pipeline.tools.bench_documents import bench_texts, produce_documents
 from pipeline.tools.bench_members import consume, sized_settings
@@ -124,22 +130,6 @@ def bench_settings(settings: Settings, run_id: str) -> Settings:
     milvus = settings.milvus.model_copy(update={"collection_prefix": f"bench_{run_id}_"})
     pool = settings.pool.model_copy(update={"detached": False})  # a benchmark leaves nothing running
     return settings.model_copy(update={"kafka": kafka, "milvus": milvus, "pool": pool})
-
-
-def bare_inflight_tokens(settings: Settings, members: int, actors: int) -> int:
-    """Tokens the bare phase keeps in flight: as many as the pipeline's consumers together (at least
-    ``consumer.max_inflight_tokens`` per embedder actor), capped, for embedder actors, at what they
-    hold without refusing: each its queue (``batching.max_queued_tokens``) and its held requests
-    (``batching.max_pending_requests`` of up to ``consumer.max_request_tokens``).  Past that the
-    surplus is only refused and sent again, and the refusals cost the actor's host time: one H200,
-    0.6B, 2,097,152 tokens in flight against one actor that holds 786,432 refused ~4,000 requests a
-    round and took 16.3 s where 524,288 in flight took 10.7 s (tests/perf/results/README.md)."""
-    wanted = settings.consumer.max_inflight_tokens * max(1, members, actors)
-    if settings.embedder.backend != "actors":
-        return wanted
-    batching = settings.batching
-    held = batching.max_queued_tokens + batching.max_pending_requests * settings.consumer.max_request_tokens
-    return min(wanted, held * max(1, actors))
 
 
 async def run_pipeline_bench(

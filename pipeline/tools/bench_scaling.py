@@ -3,8 +3,10 @@
 For each actor count the pool is started afresh (``pool.num_actors`` = that count, each actor on its
 own GPU(s) as ``pool.gpus_per_actor`` asks), warmed up, and fed the same chunks from this process the
 way ``bench --end-to-end`` times its embedder phase: requests of the consumer's size, with
-``consumer.max_inflight_tokens`` per actor in flight (scaling out adds consumers as well as GPUs, so each
-actor keeps the queue depth one actor has).  No Kafka, no Milvus: this measures how the pool scales.
+``consumer.max_inflight_tokens`` per actor in flight, at most what each actor holds (scaling out adds
+consumers as well as GPUs, so each actor keeps the queue depth one actor has;
+:func:`~pipeline.tools.bench_bare.bare_inflight_tokens`).  No Kafka, no Milvus: this measures how the pool
+scales.
 
 The documents are those of ``bench --end-to-end`` (random one-token words, lognormal lengths), or with
 ``--real-text FILE`` ``--docs`` documents of that JSONL corpus (``bench --real-text``'s, ``{"id", "lang",
@@ -30,7 +32,7 @@ from pipeline.runtime.assemble import make_chunker
 from pipeline.runtime.embedders import start_pool
 from pipeline.runtime.ray_cluster import connect_ray
 from pipeline.settings import Settings, load_settings
-from pipeline.tools.bench_bare import embed_requests, time_embedder
+from pipeline.tools.bench_bare import bare_inflight_tokens, embed_requests, time_embedder
 from pipeline.tools.bench_documents import bench_texts
 from pipeline.tools.bench_pipeline import gpu_name, write_result
 from workers.model.inputs import ModelInput
@@ -87,7 +89,7 @@ async def _time_count(
         tokenizer = await asyncio.to_thread(load_text_tokenizer, settings.model)
         chunker = make_chunker(settings, tokenizer, pool.info)
         limit, special = settings.consumer.max_request_tokens, tokenizer.num_special_tokens
-        budget = settings.consumer.max_inflight_tokens * count
+        budget = bare_inflight_tokens(settings, 0, count)
         warm_requests, _ = embed_requests(chunker, settings.model, special, limit, warmup)
         requests, chunks = embed_requests(chunker, settings.model, special, limit, texts)
         # Twice over the warm-up: every actor sees batches of every size before the clock starts.

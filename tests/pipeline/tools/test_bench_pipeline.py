@@ -23,9 +23,10 @@ from pipeline.settings import (
     ScalingSettings,
     Settings,
 )
+from pipeline.tools.bench_bare import bare_inflight_tokens
 from pipeline.tools.bench_documents import make_documents, one_token_words
 from pipeline.tools.bench_members import sized_settings
-from pipeline.tools.bench_pipeline import bare_inflight_tokens, run_pipeline_bench
+from pipeline.tools.bench_pipeline import run_pipeline_bench
 from workers.bench.setup import SHAPES, save_random_model
 from workers.model.tokenizer import TextTokenizer, load_text_tokenizer
 from workers.settings import ModelSettings, PoolSettings
