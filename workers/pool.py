@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Sequence
 from functools import partial
@@ -39,8 +40,10 @@ class EmbedderPool:
 
     Routing: each call goes to the actor with the fewest characters in flight from this pool (a cheap
     stand-in for tokens: the driver does not tokenize), ties broken by fewest calls so far.  An actor
-    that just failed is avoided for a while.  Every call's ObjectRef is awaited; a caller cancelled
-    while waiting cancels its Ray task too.
+    that just failed is avoided for a while.  Ingestion calls go only to actors whose
+    :class:`~workers.admission.AdmissionLimit` admits one more (none is limited until it refuses one
+    of this pool's calls); while none does, they wait here rather than be sent to be refused.  Every
+    call's ObjectRef is awaited; a caller cancelled while waiting cancels its Ray task too.
     """
 
     def __init__(
@@ -176,12 +179,13 @@ class EmbedderPool:
         then raises EmbedderUnavailable from the last failure.  Once every actor has failed, tries wait
         for the avoidance of the first one to end (1 s, 2 s, 4 s, ...), so a quick restart is ridden
         out; a longer outage is the caller's to retry.  A call unanswered after ``call_timeout_s``
-        counts as a failed try.  When an actor's queue is full it waits and routes again (not counted as
-        a try): the n-th refusal in a row waits the actor's ``retry_after`` times a random factor in
-        ``[1, min(2**(n-1), 8)]`` (the first exactly ``retry_after``), so callers refused together
-        come back spread out (:class:`~workers.refusal_backoff.RefusalBackoff`).  :meth:`embed_queries`
-        waits exactly ``retry_after`` each time, for at most ``query_backpressure_s`` in all, then
-        raises Backpressure.
+        counts as a failed try.  When an actor's queue is full it waits and routes again (not counted
+        as a try; the refusal also lowers what this pool keeps in flight at that actor,
+        :mod:`workers.admission`): the n-th refusal in a row waits the actor's ``retry_after`` times
+        a random factor in ``[1, min(2**(n-1), 8)]`` (the first exactly ``retry_after``), so callers
+        refused together come back spread out (:class:`~workers.refusal_backoff.RefusalBackoff`).
+        :meth:`embed_queries` waits exactly ``retry_after`` each time, for at most
+        ``query_backpressure_s`` in all, then raises Backpressure.
 
         Poison: after ``poison_after_crashes`` failed tries the request runs alone on an actor (once
         it answers, with nothing else in flight there), so a crash then is its own doing.  A request
@@ -238,14 +242,17 @@ class EmbedderPool:
         attempt = crashes = refusals = 0  # refusals: in a row, since the last other outcome
         waited = 0.0  # in full queues, across tries
         while True:
-            slot = await (self._slots.reserve() if alone else self._slots.pick())
+            # Ingestion calls wait here while every actor holds what its admission limit allows;
+            # queries (their own lane) and lone requests (nothing else in flight) are not limited.
+            ingestion = query_task is None and not alone
+            slot = await (self._slots.reserve() if alone else self._slots.pick(ingestion=ingestion))
             reserved, answered = alone, False
             try:
                 if reserved:
                     await self._slots.until_ready(slot)
                     answered = True
                 result = await call_slot(
-                    slot, texts, dims, query_task, adapter, self._settings.call_timeout_s
+                    slot, texts, dims, query_task, adapter, self._settings.call_timeout_s, ingestion=ingestion
                 )
             except Backpressure as exc:
                 if query_task is not None and waited + exc.retry_after > self._settings.query_backpressure_s:
@@ -286,8 +293,21 @@ class EmbedderPool:
             finally:
                 if reserved:
                     slot.reserved = False
+                self._slots.call_ended()
             slot.failures, slot.avoid_until = 0, 0.0
             return result
+
+    def admission(self) -> list[dict[str, Any]]:
+        """Per actor, what this pool learnt from its refusals: ``limit`` (ingestion calls it keeps in
+        flight there; None while unlimited) and ``refusals`` seen."""
+        return [
+            {
+                "actor": f"embedder-{slot.index}",
+                "limit": slot.admission.limit if math.isfinite(slot.admission.limit) else None,
+                "refusals": slot.admission.refusals,
+            }
+            for slot in self._slots.items
+        ]
 
     async def stats(self) -> list[dict[str, Any]]:
         """Every actor's counters (an actor that cannot answer reports its error instead)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -17,7 +17,8 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
-from workers.errors import EmbedderUnavailable
+from workers.admission import AdmissionLimit
+from workers.errors import Backpressure, EmbedderUnavailable
 from workers.model.inputs import ModelInput, text_of
 
 log = logging.getLogger("workers.pool")  # the pool's own log lines, wherever the code lives
@@ -42,6 +43,8 @@ class Slot:
     avoid_until: float = 0.0
     in_flight: int = 0  # calls sent and not answered
     reserved: bool = False  # a suspect request waits to run alone here: send nothing else
+    ingesting: int = 0  # ingestion calls sent and not answered (queries and lone requests excluded)
+    admission: AdmissionLimit = field(default_factory=AdmissionLimit)  # of ingestion calls, from refusals
 
 
 class Slots:
@@ -50,16 +53,39 @@ class Slots:
     def __init__(self, items: list[Slot], ready_timeout_s: float) -> None:
         self.items = items
         self.ready_timeout_s = ready_timeout_s
+        self._answered: asyncio.Future[None] | None = None  # set when a call is answered
 
-    async def pick(self) -> Slot:
-        """The least loaded actor not avoided, among those no suspect request is waiting for."""
-        while all(slot.reserved for slot in self.items):
-            await asyncio.sleep(0.05)
+    async def pick(self, *, ingestion: bool = False) -> Slot:
+        """The least loaded actor not avoided, among those no suspect request is waiting for.
+
+        ``ingestion``: among those whose :class:`~workers.admission.AdmissionLimit` admits one more
+        ingestion call, waiting for a call to be answered while none does."""
+        while True:
+            open_slots = [
+                slot
+                for slot in self.items
+                if not slot.reserved and (not ingestion or slot.admission.admits(slot.ingesting))
+            ]
+            if open_slots:
+                break
+            if ingestion and any(not slot.reserved for slot in self.items):
+                await self._until_answered()
+            else:
+                await asyncio.sleep(0.05)
         now = time.monotonic()
-        return min(
-            (slot for slot in self.items if not slot.reserved),
-            key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls),
-        )
+        return min(open_slots, key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls))
+
+    async def _until_answered(self) -> None:
+        if self._answered is None:
+            self._answered = asyncio.get_running_loop().create_future()
+        # Shielded: a picker cancelled by its caller must not cancel the others' wake-up.
+        await asyncio.shield(self._answered)
+
+    def call_ended(self) -> None:
+        """A call of :func:`call_slot` ended, however: wake the pickers waiting for admission."""
+        answered, self._answered = self._answered, None
+        if answered is not None and not answered.done():
+            answered.set_result(None)
 
     async def reserve(self) -> Slot:
         """A slot with nothing in flight, reserved (no new calls go there) until the caller clears it."""
@@ -119,14 +145,21 @@ async def call_slot(
     query_task: str | None,
     adapter: str | None,
     timeout_s: float,
+    *,
+    ingestion: bool = False,
 ) -> dict[int, np.ndarray]:
     """One embed call on ``slot`` (``embed_queries`` when ``query_task`` is not None, "" for no task),
     with LoRA adapter ``adapter``; TimeoutError after ``timeout_s`` (the Ray task is cancelled then, as
-    when the caller is: the actor drops the texts instead of embedding them for nobody)."""
+    when the caller is: the actor drops the texts instead of embedding them for nobody).
+
+    ``ingestion``: an ingestion call routed by :meth:`Slots.pick` with ``ingestion=True``; its refusal
+    or answer updates the slot's admission limit."""
     cost = sum(len(text_of(item)) for item in texts)
     slot.outstanding += cost
     slot.calls += 1
     slot.in_flight += 1
+    slot.ingesting += ingestion
+    epoch = slot.admission.epoch
     # The adapter travels only when one is named: a base call stays what it was on the wire.
     extra = () if adapter is None else (adapter,)
     ref: ObjectRef[dict[int, np.ndarray]] = (
@@ -136,10 +169,18 @@ async def call_slot(
     )
     try:
         async with asyncio.timeout(timeout_s):
-            return await ref
+            result = await ref
+    except Backpressure:
+        if ingestion:
+            slot.admission.refused(epoch, slot.ingesting - 1)
+        raise
     except (asyncio.CancelledError, TimeoutError):
         ray.cancel(ref)
         raise
     finally:
         slot.outstanding -= cost
         slot.in_flight -= 1
+        slot.ingesting -= ingestion
+    if ingestion:
+        slot.admission.answered(slot.ingesting)
+    return result

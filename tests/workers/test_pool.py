@@ -74,6 +74,45 @@ class ScriptedEmbedder:
         return {"calls": self.calls, "cancelled": self.cancelled}
 
 
+class CapacityEmbedder:
+    """A stand-in actor that holds at most ``capacity`` calls at once (each takes 20 ms) and refuses
+    any more with Backpressure, as a full embedder queue does; rows as ScriptedEmbedder's."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.active = self.refusals = self.queries = self.most_queries = 0
+
+    async def embed(self, inputs: list[ModelInput], dims: tuple[int, ...]) -> dict[int, np.ndarray]:
+        if self.active >= self.capacity:
+            self.refusals += 1
+            raise Backpressure("queue full", retry_after=0.02)
+        self.active += 1
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            self.active -= 1
+        lengths = np.array([len(text) for text in texts_of(inputs)], dtype=np.float32)
+        return {dim: np.repeat(lengths[:, None], dim, axis=1) for dim in dims}
+
+    async def embed_queries(
+        self, queries: list[str], dims: tuple[int, ...], task: str | None = None
+    ) -> dict[int, np.ndarray]:
+        """Queries have a lane of their own: never refused; the most at once is remembered."""
+        self.queries += 1
+        self.most_queries = max(self.most_queries, self.queries)
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            self.queries -= 1
+        return {dim: np.ones((len(queries), dim), dtype=np.float32) for dim in dims}
+
+    async def refused(self) -> int:
+        return self.refusals
+
+    async def queries_at_once(self) -> int:
+        return self.most_queries
+
+
 @pytest.fixture(scope="module")
 def scripted_actor(ray_namespace: str) -> Any:
     """ScriptedEmbedder as a Ray actor class."""
@@ -233,6 +272,31 @@ async def test_concurrent_calls_spread_over_the_actors(scripted: list[Any]) -> N
     assert [out[8][0, 0] for out in results] == list(range(1, 21))
     after = [(await counters(handle))["calls"] for handle in scripted[:2]]
     assert [b - a for a, b in zip(before, after, strict=True)] == [10, 10]
+
+
+async def test_ingestion_calls_past_what_an_actor_holds_wait_in_the_pool(scripted_actor: Any) -> None:
+    # scripted_actor registered this module for pickling by value: the actor class ships with it.
+    actor = ray.remote(CapacityEmbedder).options(num_cpus=0).remote(capacity=4)
+    pool = scripted_pool([actor], rng=random.Random(5))
+    texts = [f"text {i:03d}" for i in range(64)]
+    try:
+        # The first wave meets an unlimited pool: 64 calls at once, at least 60 refused, and the
+        # pool learns a limit from them.  Without one, the second wave would be refused as often.
+        for _ in range(2):
+            before = await actor.refused.remote()
+            out = await asyncio.gather(*(pool.embed([text], (2,)) for text in texts))
+            assert [int(vectors[2][0, 0]) for vectors in out] == [len(text) for text in texts]
+            refused = await actor.refused.remote() - before
+        [learnt] = pool.admission()
+        assert learnt["limit"] is not None and 1 <= learnt["limit"] <= 8
+        # What is left is the limit probing upwards: with room for 4, about one refusal every six
+        # answers (6 to 8 a wave in 18 waves measured); at least 60 without the limit.
+        assert refused <= 20, f"the second wave was refused {refused} times"
+        # Queries are not held back by it: 16 at once reach the actor together.
+        await asyncio.gather(*(pool.embed_queries([text], (2,)) for text in texts[:16]))
+        assert await actor.queries_at_once.remote() == 16
+    finally:
+        ray.kill(actor)
 
 
 async def test_a_cancelled_caller_cancels_its_ray_task(scripted: list[Any]) -> None:
