@@ -153,6 +153,7 @@ class EmbedderPool:
     def add_actor(self, index: int, handle: ActorHandle) -> None:
         """Route calls to ``handle`` (``embedder-{index}``, serving this pool's model) from now on."""
         self._slots.items.append(Slot(index, handle))
+        self._slots.wake_pickers()
 
     async def retire_actor(self) -> tuple[int, ActorHandle]:
         """Stop routing to the highest-indexed actor; returns it once its calls from this pool are done.
@@ -293,7 +294,7 @@ class EmbedderPool:
             finally:
                 if reserved:
                     slot.reserved = False
-                self._slots.call_ended()
+                self._slots.wake_pickers()
             slot.failures, slot.avoid_until = 0, 0.0
             return result
 

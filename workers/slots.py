@@ -53,7 +53,7 @@ class Slots:
     def __init__(self, items: list[Slot], ready_timeout_s: float) -> None:
         self.items = items
         self.ready_timeout_s = ready_timeout_s
-        self._answered: asyncio.Future[None] | None = None  # set when a call is answered
+        self._woken: asyncio.Future[None] | None = None  # set by wake_pickers
 
     async def pick(self, *, ingestion: bool = False) -> Slot:
         """The least loaded actor not avoided, among those no suspect request is waiting for.
@@ -69,23 +69,24 @@ class Slots:
             if open_slots:
                 break
             if ingestion and any(not slot.reserved for slot in self.items):
-                await self._until_answered()
+                await self._until_woken()
             else:
                 await asyncio.sleep(0.05)
         now = time.monotonic()
         return min(open_slots, key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls))
 
-    async def _until_answered(self) -> None:
-        if self._answered is None:
-            self._answered = asyncio.get_running_loop().create_future()
+    async def _until_woken(self) -> None:
+        if self._woken is None:
+            self._woken = asyncio.get_running_loop().create_future()
         # Shielded: a picker cancelled by its caller must not cancel the others' wake-up.
-        await asyncio.shield(self._answered)
+        await asyncio.shield(self._woken)
 
-    def call_ended(self) -> None:
-        """A call of :func:`call_slot` ended, however: wake the pickers waiting for admission."""
-        answered, self._answered = self._answered, None
-        if answered is not None and not answered.done():
-            answered.set_result(None)
+    def wake_pickers(self) -> None:
+        """Wake the pickers waiting for admission: a call of :func:`call_slot` ended (however), or an
+        actor joined."""
+        woken, self._woken = self._woken, None
+        if woken is not None and not woken.done():
+            woken.set_result(None)
 
     async def reserve(self) -> Slot:
         """A slot with nothing in flight, reserved (no new calls go there) until the caller clears it."""

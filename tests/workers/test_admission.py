@@ -66,11 +66,11 @@ async def test_pick_holds_ingestion_back_until_a_call_ends_but_never_other_calls
     waiting = asyncio.create_task(slots.pick(ingestion=True))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    slots.call_ended()  # a call ended but nothing was freed: still waits
+    slots.wake_pickers()  # a call ended but nothing was freed: still waits
     await asyncio.sleep(0.05)
     assert not waiting.done()
     slots.items[1].ingesting = 0
-    slots.call_ended()
+    slots.wake_pickers()
     assert (await asyncio.wait_for(waiting, 1.0)) is slots.items[1]
 
 
@@ -84,5 +84,5 @@ async def test_a_cancelled_picker_does_not_cancel_the_others_wake_up() -> None:
     first.cancel()
     await asyncio.sleep(0.05)
     slots.items[0].ingesting = 0
-    slots.call_ended()
+    slots.wake_pickers()
     assert (await asyncio.wait_for(second, 1.0)) is slots.items[0]
