@@ -14,10 +14,11 @@ its writes carry their source positions and lose to a newer owner's
 (:mod:`pipeline.milvus.positions`).  On shutdown the lanes get
 ``consumer.shutdown_drain_s`` to finish, then whatever was acknowledged is committed.
 
-The poll loop never waits on the GPU or on Milvus: when the tokens in flight pass
-``consumer.max_inflight_tokens``, or while a Milvus write is being retried, the assigned
-partitions are paused (the loop keeps polling, so the consumer keeps its group membership)
-and resumed once that has cleared (:mod:`pipeline.ingest.flow`).
+The poll loop never waits on the GPU or on Milvus: when the tokens in flight pass the in-flight
+budget (``consumer.max_inflight_tokens``, or by default a few seconds of the measured rate), or
+while a Milvus write is being retried, the assigned partitions are paused (the loop keeps polling,
+so the consumer keeps its group membership) and resumed once that has cleared
+(:mod:`pipeline.ingest.flow`).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class IngestConsumer:
         self._tracker = OffsetTracker()
         self._latency = metrics.CommitLatency(kafka.topic)
         self._lanes: dict[TopicPartition, Lane] = {}
-        self._flow = FlowControl(settings.consumer.max_inflight_tokens)
+        self._flow = FlowControl(settings.consumer.max_inflight_tokens, settings.consumer.inflight_seconds)
         self._fatal: asyncio.Future[None] | None = None
         self._assigned_once = asyncio.Event()
         self._assigned_at = 0.0
@@ -153,6 +154,7 @@ class IngestConsumer:
                 for tp, records in batches.items():
                     await self._dispatch(tp, records)
                 self._flow.apply(self._consumer)
+                self.stats.largest_inflight_budget = self._flow.largest_budget
                 busy = self._flow.units > 0 or not self._tracker.all_committed()
                 if any(batches.values()) or busy or not self._assigned_once.is_set():
                     last_activity = time.monotonic()

@@ -27,6 +27,8 @@ class ConsumerStats:
     chunks_written: int = 0
     tokens_embedded: int = 0
     commits: int = 0
+    largest_inflight_budget: int = 0
+    """The largest in-flight budget the member's flow control used (the adaptive one grows)."""
     first_record_at: float | None = None
     last_ack_at: float | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)

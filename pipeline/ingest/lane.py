@@ -123,7 +123,8 @@ class LaneRunner:
         untracked (the next owner reads them)."""
         tp = lane.tp
         consumer = self._settings.consumer
-        for part in record_groups(records, consumer.max_batch_events, consumer.unit_bytes()):
+        unit_bytes = consumer.unit_bytes(self._flow.budget)
+        for part in record_groups(records, consumer.max_batch_events, unit_bytes):
             await self._building.acquire()
             if lane.revoked:
                 self._building.release()
@@ -200,8 +201,8 @@ class LaneRunner:
         self.stats.tokens_embedded += unit.tokens
         self.stats.last_ack_at = time.monotonic()
 
-    def _release(self, tokens: int) -> None:
-        self._flow.released(tokens)
+    def _release(self, tokens: int, *, written: bool = True) -> None:
+        self._flow.released(tokens, written=written)
 
     async def _write_unit(self, lane: Lane, unit: WorkUnit, vectors: Mapping[int, np.ndarray]) -> int:
         """Write the unit to every replica; documents Milvus refuses for good become dead letters
@@ -317,10 +318,10 @@ class LaneRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await built
             if built.cancelled() or built.exception() is not None:
-                self._release(0)  # its tokens were never counted
+                self._release(0, written=False)  # its tokens were never counted
                 continue
             unit, embedding = built.result()
-            self._release(unit.tokens)
+            self._release(unit.tokens, written=False)
             if embedding is not None:
                 embedding.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

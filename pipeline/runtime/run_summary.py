@@ -59,6 +59,11 @@ class GroupStats:
         return sum(m.tokens_embedded for m in self.members)
 
     @property
+    def largest_inflight_budget(self) -> int:
+        """The largest in-flight budget of any member."""
+        return max((m.largest_inflight_budget for m in self.members), default=0)
+
+    @property
     def commits(self) -> int:
         return sum(m.commits for m in self.members)
 

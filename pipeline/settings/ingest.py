@@ -89,16 +89,32 @@ DEFAULT_MAX_UNIT_BYTES = 524288
 budget's figure, the default before) had left it at ~80% on an H100 (tests/perf/results/README.md)."""
 
 
+ADAPTIVE_MIN_TOKENS = 131072
+"""The adaptive in-flight budget's floor, and the budget before any unit was written."""
+ADAPTIVE_MAX_TOKENS = 4194304
+"""The adaptive in-flight budget's ceiling: it bounds a member's memory whatever the rate measured,
+and is about 5 s of what one member's four chunk threads cut (~900k tokens/s of real text)."""
+
+
 class ConsumerSettings(Section):
     """The Kafka consumer loop's bounds (section [consumer], formerly [worker])."""
 
-    max_inflight_tokens: int = Field(
-        131072,
+    max_inflight_tokens: int | None = Field(
+        None,
         ge=64,
         description="Tokens sent to the pool and not yet written; partitions pause above it. Units still "
         "being chunked count once chunked, so the tokens in flight can pass it by at most the 2 x "
         "chunk_threads units being built (each at most max_batch_events events and max_unit_bytes "
-        "bytes).",
+        "bytes). Default: adaptive, inflight_seconds of the tokens/s this member's units are written at, "
+        f"between {ADAPTIVE_MIN_TOKENS} and {ADAPTIVE_MAX_TOKENS} tokens ({ADAPTIVE_MIN_TOKENS} until a "
+        "rate is measured); a number fixes it.",
+    )
+    inflight_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="With max_inflight_tokens unset: the in-flight budget in seconds of the measured "
+        "tokens/s (weighted over the last ~5 s with units in flight). Enough to keep the embedder busy "
+        "while the next units are fetched and chunked (~1 s each); more lengthens drains and rebalances.",
     )
     max_batch_events: int = Field(256, ge=1, description="Most events of one partition handled as one unit.")
     max_unit_bytes: int | None = Field(
@@ -107,10 +123,10 @@ class ConsumerSettings(Section):
         description="Most bytes of event values in one unit (an event larger than this is a unit of its "
         "own). A unit's tokens leave the in-flight budget only once all of it is written, and none of "
         "them reaches the GPU before the whole unit is chunked, so large units make the pipeline run in "
-        "bursts that leave the GPU idle while the next ones are fetched and chunked. Default: "
-        "max_inflight_tokens bytes (a unit then holds about a quarter of the budget in tokens: 3-4.5 "
-        "bytes a token in Latin and CJK text), at most 524288 (~140k tokens, about a second of one "
-        "chunk thread), however large the budget.",
+        "bursts that leave the GPU idle while the next ones are fetched and chunked. Default: the "
+        "in-flight budget's figure in bytes when the records are cut (a unit then holds about a quarter "
+        "of the budget in tokens: 3-4.5 bytes a token in Latin and CJK text), at most 524288 (~140k "
+        "tokens, about a second of one chunk thread), however large the budget.",
     )
     chunk_threads: int | None = Field(
         None,
@@ -135,9 +151,14 @@ class ConsumerSettings(Section):
         30.0, ge=0, description="On stop, how long units in flight may finish before they are dropped."
     )
 
-    def unit_bytes(self) -> int:
-        """The effective :attr:`max_unit_bytes`."""
-        return self.max_unit_bytes or min(self.max_inflight_tokens, DEFAULT_MAX_UNIT_BYTES)
+    def largest_inflight_tokens(self) -> int:
+        """The most tokens one member keeps in flight: :attr:`max_inflight_tokens`, or the adaptive
+        budget's ceiling when it is unset."""
+        return self.max_inflight_tokens or ADAPTIVE_MAX_TOKENS
+
+    def unit_bytes(self, budget: int) -> int:
+        """The effective :attr:`max_unit_bytes` while the in-flight budget is ``budget`` tokens."""
+        return self.max_unit_bytes or min(budget, DEFAULT_MAX_UNIT_BYTES)
 
 
 class ChunkingSettings(Section):

@@ -148,7 +148,7 @@ async def run_pipeline_bench(
 
     With ``scaling.consumer_actors`` M > 0 the pipeline phase runs M consumer actors (``run
     --consumer-actors M``); the pool fed directly gets as many tokens in flight as the pipeline's
-    consumers together, and at least ``consumer.max_inflight_tokens`` per embedder actor, but no more
+    consumers together, and at least ``consumer.largest_inflight_tokens()`` per embedder actor, but no more
     than the actors hold (:func:`bare_inflight_tokens`)."""
     settings = bench_settings(settings, uuid.uuid4().hex[:8])
     texts, warmup = await bench_texts(
@@ -211,8 +211,10 @@ async def run_pipeline_bench(
         "consumer_actors": members,
         "embedder_inflight_tokens": budget,
         "max_batch_tokens": settings.batching.max_batch_tokens,
-        "max_inflight_tokens": settings.consumer.max_inflight_tokens,
-        "max_unit_bytes": settings.consumer.unit_bytes(),
+        "max_inflight_tokens": settings.consumer.max_inflight_tokens,  # None: adaptive
+        "inflight_seconds": settings.consumer.inflight_seconds,
+        "largest_inflight_budget": stats.largest_inflight_budget,
+        "max_unit_bytes": settings.consumer.unit_bytes(stats.largest_inflight_budget),
         "send_token_ids": runtime.chunker.keeps_token_ids,
         "workload": f"real text: {real_text}, round and round" if real_text else "random one-token words",
         "docs": docs,

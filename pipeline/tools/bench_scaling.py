@@ -3,7 +3,7 @@
 For each actor count the pool is started afresh (``pool.num_actors`` = that count, each actor on its
 own GPU(s) as ``pool.gpus_per_actor`` asks), warmed up, and fed the same chunks from this process the
 way ``bench --end-to-end`` times its embedder phase: requests of the consumer's size, with
-``consumer.max_inflight_tokens`` per actor in flight, at most what each actor holds (scaling out adds
+``consumer.largest_inflight_tokens()`` per actor in flight, at most what each actor holds (scaling out adds
 consumers as well as GPUs, so each actor keeps the queue depth one actor has;
 :func:`~pipeline.tools.bench_bare.bare_inflight_tokens`).  No Kafka, no Milvus: this measures how the pool
 scales.

@@ -6,7 +6,8 @@
 # .devsite/realtext.tar.xz (`bash tests/perf/stage_device.sh realtext`) carried as ".devsite".
 # Argument: the shape, 4b or 0.6b (tiny-real: a CPU rehearsal); DOCS: documents sent (the
 # 484-document corpus round and round); TAG: a suffix of the result's name (e.g. "ids" for a run with
-# PIPELINE_CONSUMER__SEND_TOKEN_IDS=true, the consumer's token ids sent with the texts).
+# PIPELINE_CONSUMER__SEND_TOKEN_IDS=true, the consumer's token ids sent with the texts).  The in-flight
+# budget is the default, adaptive one; PIPELINE_CONSUMER__MAX_INFLIGHT_TOKENS fixes it.
 # Results go to $OUT when set (the device tool), else to tests/perf/results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,13 +15,7 @@ results=${OUT:-tests/perf/results}
 shape=${1:?4b, 0.6b or tiny-real}
 case $shape in
 4b) docs=${DOCS:-1500} shape_name=qwen3-4b ;;
-0.6b)
-    docs=${DOCS:-3000} shape_name=qwen3-0.6b
-    # About 5 s of this GPU's work in flight, as for the 4B's 524,288 (the config's): with 524,288 the
-    # 0.6B drained its budget and idled while the next units were chunked (77.3% of the bare actor
-    # against 89.9% with 2,097,152, one H200, tests/perf/results/README.md).
-    export PIPELINE_CONSUMER__MAX_INFLIGHT_TOKENS=${PIPELINE_CONSUMER__MAX_INFLIGHT_TOKENS:-2097152}
-    ;;
+0.6b) docs=${DOCS:-3000} shape_name=qwen3-0.6b ;;
 tiny-real) docs=${DOCS:-60} shape_name=tiny-real ;;
 *) echo "unknown shape $shape: 4b, 0.6b or tiny-real" >&2; exit 2 ;;
 esac

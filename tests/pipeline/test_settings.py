@@ -157,10 +157,17 @@ def test_the_reranker_section_is_absent_by_default_and_nests_from_the_environmen
 def test_units_default_to_the_budget_in_bytes_but_never_past_the_cap() -> None:
     from pipeline.settings.ingest import DEFAULT_MAX_UNIT_BYTES, ConsumerSettings
 
-    assert ConsumerSettings(max_inflight_tokens=131072).unit_bytes() == 131072
+    assert ConsumerSettings().unit_bytes(131072) == 131072
     # A large budget keeps units small: each must be chunked whole before any of it is embedded.
-    assert (
-        ConsumerSettings(max_inflight_tokens=4 * DEFAULT_MAX_UNIT_BYTES).unit_bytes()
-        == DEFAULT_MAX_UNIT_BYTES
-    )
-    assert ConsumerSettings(max_inflight_tokens=2**22, max_unit_bytes=2**21).unit_bytes() == 2**21
+    assert ConsumerSettings().unit_bytes(4 * DEFAULT_MAX_UNIT_BYTES) == DEFAULT_MAX_UNIT_BYTES
+    assert ConsumerSettings(max_unit_bytes=2**21).unit_bytes(2**22) == 2**21
+
+
+def test_the_in_flight_budget_is_adaptive_unless_fixed() -> None:
+    from pipeline.settings.ingest import ADAPTIVE_MAX_TOKENS, ConsumerSettings
+
+    assert ConsumerSettings().max_inflight_tokens is None
+    assert ConsumerSettings().largest_inflight_tokens() == ADAPTIVE_MAX_TOKENS
+    assert ConsumerSettings(max_inflight_tokens=524288).largest_inflight_tokens() == 524288
+    with pytest.raises(ValidationError):
+        ConsumerSettings(inflight_seconds=0)

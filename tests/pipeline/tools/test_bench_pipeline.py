@@ -131,7 +131,7 @@ def test_consumer_actors_on_several_embedders_land_every_row_and_report_each_mem
             replicas=ReplicaSettings(dims=(8,)),
             chunking=ChunkingSettings(max_tokens=128),
             milvus=MilvusSettings(uri=milvus_lite_uri, index_type="FLAT"),
-            consumer=ConsumerSettings(commit_interval_s=0.3),
+            consumer=ConsumerSettings(commit_interval_s=0.3, max_inflight_tokens=131072),
         ),
         actors=2,
         consumer_actors=2,
