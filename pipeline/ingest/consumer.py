@@ -144,7 +144,8 @@ class IngestConsumer:
                     self._fatal.result()
                 polled = time.perf_counter()
                 try:
-                    batches = await self._consumer.getmany(timeout_ms=100)
+                    wanted = self._flow.records_wanted(self._settings.kafka.max_poll_records)
+                    batches = await self._consumer.getmany(timeout_ms=100, max_records=wanted)
                 except DECODE_ERRORS as exc:
                     raise await decoding.locate(self._consumer, exc) from exc
                 if any(batches.values()):  # an empty poll waited on nothing but an idle topic

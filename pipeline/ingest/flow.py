@@ -34,6 +34,7 @@ RATE_HORIZON_S = 5.0
 """The meter forgets a unit written this many seconds (of busy time) ago by a factor of e."""
 RATE_EVIDENCE_S = 1.0
 """Busy seconds the meter must have seen before its rate moves the budget."""
+_PER_EVENT_WEIGHT = 0.2  # of the latest unit in the running estimate of tokens per event
 
 
 class ThroughputMeter:
@@ -98,6 +99,7 @@ class FlowControl:
         self.tokens = 0
         self.units = 0
         self._failing_writes = 0
+        self._tokens_per_event: float | None = None  # weighted over the units chunked
         self.paused = False
         self.largest_budget = self.budget
         """The largest budget so far (for reports)."""
@@ -124,9 +126,27 @@ class FlowControl:
         self.tokens += tokens
         self.units += 1
 
-    def chunked(self, tokens: int) -> None:
-        """A unit dispatched before it was chunked turned out to hold ``tokens`` tokens."""
+    def chunked(self, tokens: int, events: int = 0) -> None:
+        """A unit of ``events`` events dispatched before it was chunked turned out to hold ``tokens``
+        tokens."""
         self.tokens += tokens
+        if events > 0:
+            per_event = tokens / events
+            self._tokens_per_event = (
+                per_event
+                if self._tokens_per_event is None
+                else (1 - _PER_EVENT_WEIGHT) * self._tokens_per_event + _PER_EVENT_WEIGHT * per_event
+            )
+
+    def records_wanted(self, most: int) -> int:
+        """How many records the next poll should return, at most ``most``: about what fills the budget's
+        headroom at the tokens an event has held so far (all ``most`` before any unit was chunked;
+        at least 1).  A poll's records are all dispatched before the budget is checked again, so
+        without this one poll of long documents could pass the budget several times over."""
+        if self._tokens_per_event is None or self._tokens_per_event <= 0:
+            return most
+        headroom = self.budget - self.tokens
+        return max(1, min(most, math.ceil(headroom / self._tokens_per_event)))
 
     def released(self, tokens: int, *, written: bool = True) -> None:
         """A unit dispatched with ``tokens`` tokens left: ``written``, or dropped (a revocation, a

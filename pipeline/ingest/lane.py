@@ -159,7 +159,7 @@ class LaneRunner:
         self.stats.add_stage_time("parse", unit.parse_seconds)
         self.stats.add_stage_time("chunk", unit.chunk_seconds)
         self.stats.add_cpu_time("build", unit.build_cpu_seconds)
-        self._flow.chunked(unit.tokens)
+        self._flow.chunked(unit.tokens, len(unit.offsets))
         embedding = asyncio.create_task(self._embed(unit)) if unit.texts else None
         return unit, embedding
 

@@ -102,8 +102,9 @@ class ConsumerSettings(Section):
     max_inflight_tokens: int | None = Field(
         None,
         ge=64,
-        description="Tokens sent to the pool and not yet written; partitions pause above it. Units still "
-        "being chunked count once chunked, so the tokens in flight can pass it by at most the 2 x "
+        description="Tokens sent to the pool and not yet written; partitions pause above it. A poll asks "
+        "for about the records that fill what is left (at the tokens an event held so far), and units "
+        "still being chunked count once chunked, so the tokens in flight pass it by about the 2 x "
         "chunk_threads units being built (each at most max_batch_events events and max_unit_bytes "
         "bytes). Default: adaptive, inflight_seconds of the tokens/s this member's units are written at, "
         f"between {ADAPTIVE_MIN_TOKENS} and {ADAPTIVE_MAX_TOKENS} tokens ({ADAPTIVE_MIN_TOKENS} until a "

@@ -133,6 +133,22 @@ def test_the_adaptive_budget_pauses_and_resumes_at_its_current_figure() -> None:
     assert consumer.paused == PARTITIONS and flow.largest_budget == flow.budget
 
 
+def test_a_poll_asks_for_about_the_records_that_fill_the_headroom() -> None:
+    flow = FlowControl(100_000)
+    assert flow.records_wanted(500) == 500  # nothing chunked yet: no estimate of an event's tokens
+    flow.dispatched(0)
+    flow.chunked(30_000, events=10)  # 3,000 tokens an event (long documents)
+    assert flow.records_wanted(500) == 24  # 70,000 left: 23.3 events, rounded up
+    flow.dispatched(0)
+    flow.chunked(80_000, events=20)
+    assert flow.records_wanted(500) == 1  # 110,000 in flight, over the budget: one, never zero
+    flow.released(110_000)
+    flow.released(0)
+    flow.dispatched(0)
+    flow.chunked(1_000, events=100)  # short events now: the estimate follows them
+    assert 24 < flow.records_wanted(500) <= 500
+
+
 async def test_retry_transient_backs_off_and_reports_the_outage_once() -> None:
     calls, events = 0, []
 
