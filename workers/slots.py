@@ -76,8 +76,11 @@ class Slots:
         return min(open_slots, key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls))
 
     async def _until_woken(self) -> None:
-        if self._woken is None:
-            self._woken = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        # A pool may outlive the event loop it was used from (one asyncio.run after another): a
+        # future left by pickers of an earlier loop is not this loop's to wait on.
+        if self._woken is None or self._woken.get_loop() is not loop:
+            self._woken = loop.create_future()
         # Shielded: a picker cancelled by its caller must not cancel the others' wake-up.
         await asyncio.shield(self._woken)
 
@@ -85,7 +88,7 @@ class Slots:
         """Wake the pickers waiting for admission: a call of :func:`call_slot` ended (however), or an
         actor joined."""
         woken, self._woken = self._woken, None
-        if woken is not None and not woken.done():
+        if woken is not None and not woken.done() and not woken.get_loop().is_closed():
             woken.set_result(None)
 
     async def reserve(self) -> Slot:

@@ -86,3 +86,25 @@ async def test_a_cancelled_picker_does_not_cancel_the_others_wake_up() -> None:
     slots.items[0].ingesting = 0
     slots.wake_pickers()
     assert (await asyncio.wait_for(second, 1.0)) is slots.items[0]
+
+
+def test_pickers_of_a_finished_event_loop_leave_nothing_behind() -> None:
+    slots = Slots([Slot(0, handle=None)], ready_timeout_s=1.0)
+    slots.items[0].admission.refused(sent_epoch=0, in_flight=2)
+    slots.items[0].ingesting = 1
+
+    async def abandoned_picker() -> None:
+        waiting = asyncio.create_task(slots.pick(ingestion=True))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # still waiting when this loop ends (asyncio.run cancels it)
+
+    asyncio.run(abandoned_picker())  # nothing woke it: its loop's future is left behind
+
+    async def picker_of_a_new_loop() -> Slot:
+        waiting = asyncio.create_task(slots.pick(ingestion=True))
+        await asyncio.sleep(0.05)
+        slots.items[0].ingesting = 0
+        slots.wake_pickers()
+        return await asyncio.wait_for(waiting, 1.0)
+
+    assert asyncio.run(picker_of_a_new_loop()) is slots.items[0]
