@@ -12,7 +12,7 @@ The budget is ``consumer.max_inflight_tokens`` when set.  Unset (the default) it
 ``consumer.inflight_seconds`` of the tokens/s this member's units were written at while it had
 units in flight (:class:`ThroughputMeter`), between :data:`ADAPTIVE_MIN_TOKENS` and
 :data:`ADAPTIVE_MAX_TOKENS`: what keeps a GPU busy differs a hundredfold between a CPU and an
-H200 (131,072 tokens left an H200's 0.6B idle a fifth of the time, 2,097,152 did not:
+H200 (524,288 tokens left an H200's 0.6B idle almost a quarter of the time, 2,097,152 did not:
 tests/perf/results/README.md), and a fixed figure is wrong for one of them.
 """
 

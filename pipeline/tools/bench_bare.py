@@ -27,12 +27,12 @@ Requests = list[tuple[list[ModelInput], int]]
 def bare_inflight_tokens(settings: Settings, members: int, actors: int) -> int:
     """Tokens the bare phase keeps in flight: as many as the pipeline's consumers together may (at
     least :meth:`~pipeline.settings.ingest.ConsumerSettings.largest_inflight_tokens` per embedder
-    actor), capped, for embedder actors, at what they
-    hold without refusing: each its queue (``batching.max_queued_tokens``) and its held requests
-    (``batching.max_pending_requests`` of up to ``consumer.max_request_tokens``).  Past that the
-    surplus is only refused and sent again, and the refusals cost the actor's host time: one H200,
-    0.6B, 2,097,152 tokens in flight against one actor that holds 786,432 refused ~4,000 requests a
-    round and took 16.3 s where 524,288 in flight took 10.7 s (tests/perf/results/README.md)."""
+    actor), capped, for embedder actors, at what they hold without refusing: each its queue
+    (``batching.max_queued_tokens``) and its held requests (``batching.max_pending_requests`` of up
+    to ``consumer.max_request_tokens``).  Past that the surplus is only refused and sent again, and
+    the refusals cost the actor's host time: one H200, 0.6B, 2,097,152 tokens in flight against one
+    actor that holds 786,432 refused ~4,000 requests a round and took 16.3 s where 524,288 in flight
+    took 10.7 s (tests/perf/results/README.md)."""
     wanted = settings.consumer.largest_inflight_tokens() * max(1, members, actors)
     if settings.embedder.backend != "actors":
         return wanted
