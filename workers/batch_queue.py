@@ -34,7 +34,6 @@ Not thread-safe: used from the batcher's event loop only.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -44,6 +43,7 @@ from workers.batch_budget import BatchBudget
 from workers.errors import Backpressure
 from workers.query_lane import ItemT, QueryLane
 from workers.settings import BatchSettings
+from workers.wakeup import Wakeup
 
 # Bounds of the retry hint handed out with Backpressure: a slow first estimate must not park callers.
 _MIN_RETRY_S = 0.01
@@ -65,7 +65,7 @@ class BatchQueue(Generic[ItemT]):
         self._queries: QueryLane[ItemT] = QueryLane(settings.max_priority_tokens)
         self._ready_since = math.inf  # arrival time of the oldest text in `_ready` (or older)
         self._waiting_tokens = 0
-        self._room_opened: asyncio.Future[None] | None = None  # done when texts leave the queue
+        self._room_opened = Wakeup()  # notified when texts leave the queue
         self._query_led = False  # whether the last batch was led by a query (to alternate adapters)
         self.rejected = 0
         """Requests refused with Backpressure since creation."""
@@ -122,17 +122,12 @@ class BatchQueue(Generic[ItemT]):
         self.room_waiters += 1
         try:
             while not self.fits(tokens):
-                if self._room_opened is None:
-                    self._room_opened = asyncio.get_running_loop().create_future()
-                # Shielded: a waiter cancelled by its caller must not cancel the others' wake-up.
-                await asyncio.shield(self._room_opened)
+                await self._room_opened.wait()
         finally:
             self.room_waiters -= 1
 
     def _open_room(self) -> None:
-        opened, self._room_opened = self._room_opened, None
-        if opened is not None and not opened.done():
-            opened.set_result(None)
+        self._room_opened.notify()
 
     def add(self, items: Iterable[ItemT], tokens: int, priority: bool) -> None:
         """Queue the texts of one admitted request (``tokens`` in all)."""

@@ -20,6 +20,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 from workers.admission import AdmissionLimit
 from workers.errors import Backpressure, EmbedderUnavailable
 from workers.model.inputs import ModelInput, text_of
+from workers.wakeup import Wakeup
 
 log = logging.getLogger("workers.pool")  # the pool's own log lines, wherever the code lives
 
@@ -53,7 +54,7 @@ class Slots:
     def __init__(self, items: list[Slot], ready_timeout_s: float) -> None:
         self.items = items
         self.ready_timeout_s = ready_timeout_s
-        self._woken: asyncio.Future[None] | None = None  # set by wake_pickers
+        self._picker_wakeup = Wakeup()  # notified by wake_pickers
 
     async def pick(self, *, ingestion: bool = False) -> Slot:
         """The least loaded actor not avoided, among those no suspect request is waiting for.
@@ -69,27 +70,16 @@ class Slots:
             if open_slots:
                 break
             if ingestion and any(not slot.reserved for slot in self.items):
-                await self._until_woken()
+                await self._picker_wakeup.wait()
             else:
                 await asyncio.sleep(0.05)
         now = time.monotonic()
         return min(open_slots, key=lambda slot: (slot.avoid_until > now, slot.outstanding, slot.calls))
 
-    async def _until_woken(self) -> None:
-        loop = asyncio.get_running_loop()
-        # A pool may outlive the event loop it was used from (one asyncio.run after another): a
-        # future left by pickers of an earlier loop is not this loop's to wait on.
-        if self._woken is None or self._woken.get_loop() is not loop:
-            self._woken = loop.create_future()
-        # Shielded: a picker cancelled by its caller must not cancel the others' wake-up.
-        await asyncio.shield(self._woken)
-
     def wake_pickers(self) -> None:
         """Wake the pickers waiting for admission: a call of :func:`call_slot` ended (however), or an
         actor joined."""
-        woken, self._woken = self._woken, None
-        if woken is not None and not woken.done() and not woken.get_loop().is_closed():
-            woken.set_result(None)
+        self._picker_wakeup.notify()
 
     async def reserve(self) -> Slot:
         """A slot with nothing in flight, reserved (no new calls go there) until the caller clears it."""

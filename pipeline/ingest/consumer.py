@@ -83,7 +83,9 @@ class IngestConsumer:
         self._tracker = OffsetTracker()
         self._latency = metrics.CommitLatency(kafka.topic)
         self._lanes: dict[TopicPartition, Lane] = {}
-        self._flow = FlowControl(settings.consumer.max_inflight_tokens, settings.consumer.inflight_seconds)
+        self._flow = FlowControl(
+            settings.consumer.max_inflight_tokens, inflight_seconds=settings.consumer.inflight_seconds
+        )
         self._fatal: asyncio.Future[None] | None = None
         self._assigned_once = asyncio.Event()
         self._assigned_at = 0.0

@@ -90,7 +90,7 @@ class FlowControl:
     def __init__(
         self,
         max_inflight_tokens: int | None,
-        inflight_seconds: float = 5.0,
+        inflight_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fixed = max_inflight_tokens

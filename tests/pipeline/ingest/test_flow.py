@@ -29,7 +29,7 @@ class FakeConsumer:
 
 
 def test_budget_pauses_and_resumes_below_half() -> None:
-    flow, consumer = FlowControl(max_inflight_tokens=100), FakeConsumer()
+    flow, consumer = FlowControl(max_inflight_tokens=100, inflight_seconds=5.0), FakeConsumer()
     flow.dispatched(60)
     flow.apply(consumer)
     assert not consumer.paused
@@ -45,7 +45,7 @@ def test_budget_pauses_and_resumes_below_half() -> None:
 
 
 def test_a_failing_write_pauses_until_it_recovers() -> None:
-    flow, consumer = FlowControl(max_inflight_tokens=100), FakeConsumer()
+    flow, consumer = FlowControl(max_inflight_tokens=100, inflight_seconds=5.0), FakeConsumer()
     flow.write_failing()
     flow.write_failing()  # two lanes retrying
     flow.apply(consumer)
@@ -115,7 +115,7 @@ def test_idle_time_and_dropped_units_do_not_lower_the_rate() -> None:
 
 def test_a_fixed_budget_ignores_the_rate() -> None:
     clock = FakeClock()
-    flow = FlowControl(100, clock=clock)
+    flow = FlowControl(100, inflight_seconds=5.0, clock=clock)
     run_units(flow, clock, rate=1_000_000, seconds=10, tokens=50)
     assert flow.budget == 100
 
@@ -134,7 +134,7 @@ def test_the_adaptive_budget_pauses_and_resumes_at_its_current_figure() -> None:
 
 
 def test_a_poll_asks_for_about_the_records_that_fill_the_headroom() -> None:
-    flow = FlowControl(100_000)
+    flow = FlowControl(100_000, inflight_seconds=5.0)
     assert flow.records_wanted(500) == 500  # nothing chunked yet: no estimate of an event's tokens
     flow.dispatched(0)
     flow.chunked(30_000, events=10)  # 3,000 tokens an event (long documents)
