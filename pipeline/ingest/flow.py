@@ -26,7 +26,7 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
-from pipeline.settings.ingest import ADAPTIVE_MAX_TOKENS, ADAPTIVE_MIN_TOKENS
+from pipeline.settings.ingest import ADAPTIVE_MAX_TOKENS, ADAPTIVE_MIN_TOKENS, UNMEASURED_POLL_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,12 @@ class FlowControl:
 
     def records_wanted(self, most: int) -> int:
         """How many records the next poll should return, at most ``most``: about what fills the budget's
-        headroom at the tokens an event has held so far (all ``most`` before any unit was chunked;
-        at least 1).  A poll's records are all dispatched before the budget is checked again, so
-        without this one poll of long documents could pass the budget several times over."""
+        headroom at the tokens an event has held so far (:data:`UNMEASURED_POLL_RECORDS` before any
+        unit was chunked; at least 1).  A poll's records are all dispatched before the budget is
+        checked again, so without this one poll of long documents could pass the budget several
+        times over."""
         if self._tokens_per_event is None or self._tokens_per_event <= 0:
-            return most
+            return min(most, UNMEASURED_POLL_RECORDS)
         headroom = self.budget - self.tokens
         return max(1, min(most, math.ceil(headroom / self._tokens_per_event)))
 

@@ -94,6 +94,10 @@ ADAPTIVE_MIN_TOKENS = 131072
 ADAPTIVE_MAX_TOKENS = 4194304
 """The adaptive in-flight budget's ceiling: it bounds a member's memory whatever the rate measured,
 and is about 5 s of what one member's four chunk threads cut (~900k tokens/s of real text)."""
+UNMEASURED_POLL_RECORDS = 16
+"""The records a poll asks for before any unit was chunked: events may be documents of thousands of
+tokens (a poll's 500 real-text records held 887k tokens against a 214k budget), and the first unit
+built gives an estimate of an event's tokens."""
 
 
 class ConsumerSettings(Section):
@@ -103,7 +107,8 @@ class ConsumerSettings(Section):
         None,
         ge=64,
         description="Tokens sent to the pool and not yet written; partitions pause above it. A poll asks "
-        "for about the records that fill what is left (at the tokens an event held so far), and units "
+        "for about the records that fill what is left (at the tokens an event held so far; "
+        f"{UNMEASURED_POLL_RECORDS} before any unit was chunked), and units "
         "still being chunked count once chunked, so the tokens in flight pass it by about the 2 x "
         "chunk_threads units being built (each at most max_batch_events events and max_unit_bytes "
         "bytes). Default: adaptive, inflight_seconds of the tokens/s this member's units are written at, "

@@ -8,7 +8,7 @@ from aiokafka import TopicPartition
 from pipeline.ingest.flow import RATE_HORIZON_S, FlowControl
 from pipeline.ingest.retry import retry_transient
 from pipeline.milvus.errors import SinkUnavailable
-from pipeline.settings.ingest import ADAPTIVE_MAX_TOKENS, ADAPTIVE_MIN_TOKENS
+from pipeline.settings.ingest import ADAPTIVE_MAX_TOKENS, ADAPTIVE_MIN_TOKENS, UNMEASURED_POLL_RECORDS
 from workers.errors import ConfigError
 
 PARTITIONS = {TopicPartition("t", 0), TopicPartition("t", 1)}
@@ -135,7 +135,9 @@ def test_the_adaptive_budget_pauses_and_resumes_at_its_current_figure() -> None:
 
 def test_a_poll_asks_for_about_the_records_that_fill_the_headroom() -> None:
     flow = FlowControl(100_000, inflight_seconds=5.0)
-    assert flow.records_wanted(500) == 500  # nothing chunked yet: no estimate of an event's tokens
+    # Nothing chunked yet, no estimate of an event's tokens: a few records, to learn it.
+    assert flow.records_wanted(500) == UNMEASURED_POLL_RECORDS
+    assert flow.records_wanted(3) == 3
     flow.dispatched(0)
     flow.chunked(30_000, events=10)  # 3,000 tokens an event (long documents)
     assert flow.records_wanted(500) == 24  # 70,000 left: 23.3 events, rounded up
