@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.runtime.versions_cli import add_run_options, add_versions_verb, settings_of_verb, versions_verb
-from pipeline.search.search_cli import add_search_verb, search_verb
 from pipeline.settings import load_settings
 from pipeline.tools.eval_cli import add_eval_recall_verb, eval_recall_verb
+from pipeline.tools.search_cli import add_search_verb, search_verb
+from pipeline.tools.versions_cli import add_run_options, add_versions_verb, settings_of_verb, versions_verb
 from workers.errors import ConfigError, InputTooLong, PipelineError
 
 log = logging.getLogger("pipeline")

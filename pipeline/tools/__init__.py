@@ -1,6 +1,7 @@
 """Tools around the system, not part of it: ``demo``, ``bench --end-to-end`` / ``--scaling``,
-``eval-recall`` (with its plot and its corpus readers), and the bundled sample corpus and queries.
+``eval-recall`` (with its plot and its corpus readers), the bundled sample corpus and queries, and the
+command lines of ``search`` and of versions.
 
-May import anything in :mod:`pipeline` and :mod:`workers`; nothing outside this package imports it
-(the CLI dispatches to it lazily).
+May import anything in :mod:`pipeline` and :mod:`workers`; nothing outside this package imports it but
+the CLI, which dispatches to it lazily (the command-line modules import nothing heavy until a verb runs).
 """

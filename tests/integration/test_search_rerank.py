@@ -18,8 +18,8 @@ from pipeline.documents import ChunkRow, UpsertDocument
 from pipeline.milvus.connection import MilvusConnection
 from pipeline.milvus.model_stamp import check_stamps, stamp_of
 from pipeline.milvus.sink import MilvusSink
-from pipeline.search.search_cli import search_verb
 from pipeline.settings import Settings
+from pipeline.tools.search_cli import search_verb
 from workers.errors import ConfigError
 from workers.model.embedding_model import EmbeddingModel
 from workers.model.reranker_model import RerankerModel
