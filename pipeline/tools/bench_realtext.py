@@ -148,10 +148,11 @@ def _chunking_tokenizer(args: argparse.Namespace) -> TextTokenizer:
         from workers.bench.qwen3_tokenizer import EOS_ID, embedding_tokenizer
 
         return TextTokenizer(embedding_tokenizer(), max_length=CONTEXT, pad_token_id=EOS_ID)
+    from workers.bench.realtext_bench import folder_context
     from workers.model.tokenizer import load_text_tokenizer
     from workers.settings import ModelSettings
 
-    return load_text_tokenizer(ModelSettings(name_or_path=args.model, max_length=CONTEXT))
+    return load_text_tokenizer(ModelSettings(name_or_path=args.model, max_length=folder_context(args.model)))
 
 
 def _figures(args: argparse.Namespace, model: Any, workload: Any, folder: Path) -> dict[str, Any]:
@@ -245,7 +246,10 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
     long_document: dict[str, Any] = {}
     full_context_chunks: list[str] = []
     if args.long_doc_tokens:
-        text = long_text(documents, tokenizer, args.long_doc_tokens)
+        context = tokenizer.max_length - tokenizer.num_special_tokens
+        if args.long_doc_tokens > context:
+            print(f"the long document is cut to the model's context: {context} tokens", flush=True)
+        text = long_text(documents, tokenizer, min(args.long_doc_tokens, context))
         parts = [chunk.text for chunk in Chunker(tokenizer, max_tokens).split(text)]
         # max_chars lifted: one model input of the whole context.  Through the pipeline the row limit
         # (16,000 characters, Milvus' 65,535-byte text field) still splits it (README, Not promised).
@@ -279,7 +283,11 @@ def main(argv: Sequence[str], config: Path | None = None) -> int:
         figures["long_document"] = {**long_document, **(figures["long_document"] or {})}
     result = {
         "command": shlex.join(["python", "-m", "pipeline", "bench", *argv]),
-        "what": "random weights of the real Qwen3-Embedding shape + the real Qwen3 tokenizer, real text",
+        "what": (
+            "random weights of the real Qwen3-Embedding shape + the real Qwen3 tokenizer, real text"
+            if args.random
+            else f"the model folder {args.model}, real text"
+        ),
         **realtext_bench.environment(device),
         "model": {
             "name": model.name,

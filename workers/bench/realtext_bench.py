@@ -15,12 +15,14 @@ nvidia-smi's utilization samples every 100 ms, when nvidia-smi is there).
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -65,6 +67,20 @@ def environment(device: str) -> dict[str, str]:
     }
 
 
+def folder_context(path: str) -> int:
+    """The longest input the bench gives the model folder ``path``: Qwen3's 32,768 tokens, or fewer
+    where the folder's config has fewer positions (all-MiniLM-L6-v2: 512)."""
+    from workers.model.tokenizer import resolve_model_files
+
+    config = Path(resolve_model_files(path).path) / "config.json"
+    positions = (
+        json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        if config.is_file()
+        else None
+    )
+    return min(CONTEXT, positions) if isinstance(positions, int) else CONTEXT
+
+
 def load_model(
     random: str | None,
     path: str | None,
@@ -89,7 +105,7 @@ def load_model(
         raise ValueError("load_model needs a random shape or a model folder")
     settings = ModelSettings(
         name_or_path=path,
-        max_length=CONTEXT,
+        max_length=folder_context(path),
         packing=packing,
         compile=compile,
         fuse_projections=fuse_projections,

@@ -42,3 +42,17 @@ def test_an_unknown_strategy_is_refused_before_any_work(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "unknown sentence-transformers" in err and "ours_one_batch_in_flight" in err
+
+
+def test_a_model_folder_of_fewer_positions_runs_at_its_own_context(tmp_path: Path, minilm_path: Path) -> None:
+    # all-MiniLM-L6-v2 has 512 positions: the bench once asked every folder for Qwen3's 32,768 and
+    # stopped at a configuration error; the long document is cut to the context instead.
+    out = tmp_path / "minilm.json"
+    args = ["--real-text", str(write_corpus(tmp_path)), "--model", str(minilm_path), "--max-tokens", "64"]
+    args += ["--strategies", "ours", "--warmup-chunks", "4", "--device", "cpu", "--out", str(out)]
+    assert bench_realtext.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["what"].startswith(f"the model folder {minilm_path}")
+    long_document = result["long_document"]
+    assert long_document["text_tokens"] <= 510 and long_document["chunks_at_full_context"] == 1
+    assert result["strategies"]["ours"]["tokens_per_s"] > 0
