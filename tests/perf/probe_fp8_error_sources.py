@@ -8,7 +8,8 @@ computes, up to accumulation order) and reports every chunk's cosine against the
 - all linears, row-wise scales (per token x per output channel: ``workers.model.fp8``'s recipe);
 - all linears, block-wise scales (1x128 groups of each token, 128x128 weight blocks: DeepSeek-V3's);
 - one kind of linear at a time, row-wise (which one carries the error);
-- all but the MLP's down projection, row-wise and block-wise.
+- all but the MLP's down projection, row-wise and block-wise;
+- the MLP alone, and the attention's projections alone, row-wise.
 
 Usage: ``python tests/perf/probe_fp8_error_sources.py --corpus FILE.jsonl --out FILE.json`` (about
 10 minutes on 2 cores for 512 chunks).  Results: tests/perf/results/README.md.
@@ -136,6 +137,7 @@ def main() -> None:
     rows = [variant("row", every), variant("block", every)]
     rows += [variant("row", [kind]) for kind in every]
     rows += [variant("row", not_down), variant("block", not_down)]
+    rows += [variant("row", ["up", "down"]), variant("row", ["query", "key", "value", "attn_out"])]
     result = {
         "command": "python tests/perf/probe_fp8_error_sources.py "
         f"--corpus {args.corpus} --sample {args.sample} --out {args.out}",
