@@ -148,7 +148,7 @@ def _chunking_tokenizer(args: argparse.Namespace) -> TextTokenizer:
         from workers.bench.qwen3_tokenizer import EOS_ID, embedding_tokenizer
 
         return TextTokenizer(embedding_tokenizer(), max_length=CONTEXT, pad_token_id=EOS_ID)
-    from workers.bench.realtext_bench import folder_context
+    from workers.bench.qwen3_folder import folder_context
     from workers.model.tokenizer import load_text_tokenizer
     from workers.settings import ModelSettings
 

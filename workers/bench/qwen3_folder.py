@@ -39,6 +39,20 @@ CONTEXT = 32768
 """Qwen3-Embedding's context: ``model_max_length`` of its tokenizer, ``max_position_embeddings``."""
 
 
+def folder_context(path: str) -> int:
+    """The longest input the benches give the model folder ``path``: :data:`CONTEXT`, or fewer where
+    the folder's config has fewer positions (all-MiniLM-L6-v2: 512)."""
+    from workers.model.tokenizer import resolve_model_files
+
+    config = Path(resolve_model_files(path).path) / "config.json"
+    positions = (
+        json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        if config.is_file()
+        else None
+    )
+    return min(CONTEXT, positions) if isinstance(positions, int) else CONTEXT
+
+
 def write_sentence_transformers_modules(folder: Path, hidden: int, max_length: int = CONTEXT) -> None:
     """Qwen3-Embedding's sentence-transformers files at the root of ``folder``: lasttoken, Normalize."""
     (folder / "sentence_bert_config.json").write_text(

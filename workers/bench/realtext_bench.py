@@ -15,21 +15,19 @@ nvidia-smi's utilization samples every 100 ms, when nvidia-smi is there).
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from workers.batcher import MicroBatcher
-from workers.bench.qwen3_folder import CONTEXT, REAL_SHAPES
+from workers.bench.qwen3_folder import CONTEXT, REAL_SHAPES, folder_context
 from workers.bench.qwen3_tokenizer import EOS, EOS_ID, embedding_tokenizer
 from workers.bench.setup import random_model
 from workers.bench.strategies import padded_forward, single_forward
@@ -65,20 +63,6 @@ def environment(device: str) -> dict[str, str]:
         "transformers": transformers.__version__,
         "sentence_transformers": sentence_transformers.__version__,
     }
-
-
-def folder_context(path: str) -> int:
-    """The longest input the bench gives the model folder ``path``: Qwen3's 32,768 tokens, or fewer
-    where the folder's config has fewer positions (all-MiniLM-L6-v2: 512)."""
-    from workers.model.tokenizer import resolve_model_files
-
-    config = Path(resolve_model_files(path).path) / "config.json"
-    positions = (
-        json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
-        if config.is_file()
-        else None
-    )
-    return min(CONTEXT, positions) if isinstance(positions, int) else CONTEXT
 
 
 def load_model(
