@@ -11,8 +11,9 @@ computes, up to accumulation order) and reports every chunk's cosine against the
 - all but the MLP's down projection, row-wise and block-wise;
 - the MLP alone, and the attention's projections alone, row-wise.
 
-Usage: ``python tests/perf/probe_fp8_error_sources.py --corpus FILE.jsonl --out FILE.json`` (about
-10 minutes on 2 cores for 512 chunks).  Results: tests/perf/results/README.md.
+Usage, from the repository root (it imports ``workers``):
+``PYTHONPATH=. python tests/perf/probe_fp8_error_sources.py --corpus FILE.jsonl --out FILE.json``
+(about 5-10 minutes on 2 cores for 512 chunks).  Results: tests/perf/results/README.md.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-E4M3_MAX = 448.0
+from workers.model.fp8 import quantize_rows
+
 BLOCK = 128
 CHUNK_TOKENS = 254  # + [CLS] and [SEP]: the model's 256-token sentence-transformers limit
 KINDS = {
@@ -44,9 +46,9 @@ KINDS = {
 
 
 def fake_quantize_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` through e4m3 and back, one scale per row of the last dimension."""
-    scale = x.abs().amax(-1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
-    return (x / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float() * scale
+    """``x`` through e4m3 and back, one scale per row of the last dimension (the worker's quantizer)."""
+    q, scale = quantize_rows(x)
+    return q.float() * scale
 
 
 def fake_quantize_groups(x: torch.Tensor) -> torch.Tensor:
